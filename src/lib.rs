@@ -6,6 +6,10 @@
 //! [`fs`] (the namespace and reads, with the fuser adapter in `fs::fuse`), and [`emulator`] (an
 //! OSS-compatible server for tests, demos and benchmarks).
 
+pub mod config;
 pub mod crc64;
+pub mod emulator;
 pub mod oss;
+pub mod sample;
 pub mod size;
+pub mod store;

@@ -34,7 +34,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses `500ms`, `60s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -75,7 +77,9 @@ mod tests {
         assert_eq!(parse_size("512kib"), Ok(512 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert!(parse_size("8 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("8 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_size("MiB").is_err());
     }
 

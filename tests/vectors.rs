@@ -70,9 +70,21 @@ fn v4_header_vectors_reproduce_every_step() {
             s(exp, "canonical_uri"),
             "{id}"
         );
-        assert_eq!(sign::v4_canonical_query(&query), s(exp, "canonical_query"), "{id}");
-        assert_eq!(sign::wire_query(&query), s(exp, "raw_query_as_sent"), "{id}");
-        assert_eq!(signed.canonical_request, s(exp, "canonical_request"), "{id}");
+        assert_eq!(
+            sign::v4_canonical_query(&query),
+            s(exp, "canonical_query"),
+            "{id}"
+        );
+        assert_eq!(
+            sign::wire_query(&query),
+            s(exp, "raw_query_as_sent"),
+            "{id}"
+        );
+        assert_eq!(
+            signed.canonical_request,
+            s(exp, "canonical_request"),
+            "{id}"
+        );
         assert_eq!(signed.string_to_sign, s(exp, "string_to_sign"), "{id}");
         assert_eq!(signed.signature, s(exp, "signature"), "{id}");
         assert_eq!(signed.authorization, s(exp, "authorization"), "{id}");
@@ -92,7 +104,10 @@ fn v4_header_vectors_reproduce_every_step() {
                 let t = input["signing_time_unix"].as_i64().unwrap();
                 assert_eq!(ossmount::oss::time::http_date(t), val, "{id}");
             } else {
-                assert!(signed.added_headers.contains(&(k.clone(), val.clone())), "{id}: {k}");
+                assert!(
+                    signed.added_headers.contains(&(k.clone(), val.clone())),
+                    "{id}: {k}"
+                );
             }
         }
         // Both spellings of the header parse to the same thing (the emulator accepts either).
@@ -175,7 +190,9 @@ fn sdk_unit_test_vectors_reproduce() {
                         key: input["key"].as_str(),
                         query: &query,
                         headers: &headers,
-                        additional_headers_requested: &strings(&input["additional_headers_requested"]),
+                        additional_headers_requested: &strings(
+                            &input["additional_headers_requested"],
+                        ),
                         region: s(input, "region"),
                         product: s(input, "product"),
                         time: input["signing_time_unix"].as_i64().unwrap(),
@@ -196,7 +213,10 @@ fn sdk_unit_test_vectors_reproduce() {
                 q.push(("x-oss-date".into(), date.clone()));
                 let expires = input["expiration_unix"].as_i64().unwrap() - t;
                 q.push(("x-oss-expires".into(), expires.to_string()));
-                q.push(("x-oss-credential".into(), format!("{}/{scope}", s(input, "access_key_id"))));
+                q.push((
+                    "x-oss-credential".into(),
+                    format!("{}/{scope}", s(input, "access_key_id")),
+                ));
                 if let Some(tok) = input["security_token"].as_str() {
                     q.push(("x-oss-security-token".into(), tok.into()));
                 }
@@ -235,7 +255,10 @@ fn sdk_unit_test_vectors_reproduce() {
                 );
                 assert_eq!(sts, s(exp, "string_to_sign"));
                 let sig = sign::v1_signature(s(input, "access_key_secret"), &sts);
-                assert_eq!(sign::v1_authorization(s(input, "access_key_id"), &sig), s(exp, "authorization"));
+                assert_eq!(
+                    sign::v1_authorization(s(input, "access_key_id"), &sig),
+                    s(exp, "authorization")
+                );
             }
             other => panic!("unknown vector kind {other}"),
         }
@@ -293,7 +316,10 @@ fn crc64_values_and_combines_match() {
     let cont = &combine["continuation"];
     let a = crc64::checksum(s(cont, "A").as_bytes());
     assert_eq!(a, num(cont, "crc_A"));
-    assert_eq!(crc64::update(a, s(cont, "B").as_bytes()), num(cont, "crc_A_then_B"));
+    assert_eq!(
+        crc64::update(a, s(cont, "B").as_bytes()),
+        num(cont, "crc_A_then_B")
+    );
     assert_eq!(
         crc64::checksum(format!("{}{}", s(cont, "A"), s(cont, "B")).as_bytes()),
         num(cont, "crc_AB")

@@ -99,7 +99,13 @@ pub fn request_url(
     match (addressing.resolve(endpoint), bucket) {
         (_, None) => format!("{}://{}/", endpoint.scheme, endpoint.authority()),
         (Addressing::Path, Some(b)) => {
-            format!("{}://{}/{}/{}", endpoint.scheme, endpoint.authority(), b, enc_key)
+            format!(
+                "{}://{}/{}/{}",
+                endpoint.scheme,
+                endpoint.authority(),
+                b,
+                enc_key
+            )
         }
         (Addressing::Cname, Some(_)) => {
             format!("{}://{}/{}", endpoint.scheme, endpoint.authority(), enc_key)
@@ -136,8 +142,7 @@ pub fn derive_region(host: &str, bucket: Option<&str>) -> Option<(String, String
     }
     let valid = |r: &str| {
         !r.is_empty()
-            && r
-                .bytes()
+            && r.bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
     };
     if let Some(name) = host.strip_suffix(".aliyuncs.com") {
@@ -221,12 +226,27 @@ mod tests {
     #[test]
     fn regions_derive_from_standard_hosts() {
         let r = |h: &str| derive_region(h, Some("examplebucket")).map(|(r, p)| format!("{r}/{p}"));
-        assert_eq!(r("oss-cn-hangzhou.aliyuncs.com").as_deref(), Some("cn-hangzhou/oss"));
-        assert_eq!(r("oss-cn-hangzhou-internal.aliyuncs.com").as_deref(), Some("cn-hangzhou/oss"));
-        assert_eq!(r("examplebucket.oss-ap-southeast-1.aliyuncs.com").as_deref(), Some("ap-southeast-1/oss"));
-        assert_eq!(r("cn-shanghai.oss.aliyuncs.com").as_deref(), Some("cn-shanghai/oss"));
+        assert_eq!(
+            r("oss-cn-hangzhou.aliyuncs.com").as_deref(),
+            Some("cn-hangzhou/oss")
+        );
+        assert_eq!(
+            r("oss-cn-hangzhou-internal.aliyuncs.com").as_deref(),
+            Some("cn-hangzhou/oss")
+        );
+        assert_eq!(
+            r("examplebucket.oss-ap-southeast-1.aliyuncs.com").as_deref(),
+            Some("ap-southeast-1/oss")
+        );
+        assert_eq!(
+            r("cn-shanghai.oss.aliyuncs.com").as_deref(),
+            Some("cn-shanghai/oss")
+        );
         assert_eq!(r("oss.aliyuncs.com").as_deref(), Some("cn-hangzhou/oss"));
-        assert_eq!(r("cb-123abc.cn-hangzhou.oss-cloudbox.aliyuncs.com").as_deref(), Some("cb-123abc/oss-cloudbox"));
+        assert_eq!(
+            r("cb-123abc.cn-hangzhou.oss-cloudbox.aliyuncs.com").as_deref(),
+            Some("cb-123abc/oss-cloudbox")
+        );
         assert_eq!(r("oss-accelerate.aliyuncs.com"), None);
         assert_eq!(r("static.example.com"), None);
         assert_eq!(r("127.0.0.1"), None);
@@ -248,15 +268,23 @@ mod tests {
             request_url(&real, Addressing::Cname, Some("b"), Some("k")),
             "https://oss-cn-hangzhou.aliyuncs.com/k"
         );
-        assert_eq!(request_url(&ip, Addressing::Auto, Some("b"), None), "http://127.0.0.1:9000/b/");
+        assert_eq!(
+            request_url(&ip, Addressing::Auto, Some("b"), None),
+            "http://127.0.0.1:9000/b/"
+        );
     }
 
     #[test]
     fn oss_urls_take_keys_literally() {
         let u = OssUrl::parse("oss://my-bucket/a%41.txt").unwrap();
-        assert_eq!((u.bucket.as_str(), u.key.as_str()), ("my-bucket", "a%41.txt"));
+        assert_eq!(
+            (u.bucket.as_str(), u.key.as_str()),
+            ("my-bucket", "a%41.txt")
+        );
         assert_eq!(OssUrl::parse("oss://my-bucket").unwrap().key, "");
-        assert!(OssUrl::parse("s3://b/k").unwrap_err().contains("oss://bucket/key"));
+        assert!(OssUrl::parse("s3://b/k")
+            .unwrap_err()
+            .contains("oss://bucket/key"));
         assert!(OssUrl::parse("oss://B/k").unwrap_err().contains("invalid"));
     }
 }

@@ -266,7 +266,8 @@ impl OssClient {
                 if let Some(t) = &c.security_token {
                     all_headers.push(("x-oss-security-token".into(), t.expose().to_string()));
                 }
-                let sts = sign::v1_string_to_sign(method.as_str(), &all_headers, bucket, key, query);
+                let sts =
+                    sign::v1_string_to_sign(method.as_str(), &all_headers, bucket, key, query);
                 let sig = sign::v1_signature(c.access_key_secret.expose(), &sts);
                 all_headers.push((
                     "Authorization".into(),
@@ -430,7 +431,9 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
 }
 
 fn header_str(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn meta_from_headers(
@@ -499,9 +502,18 @@ async fn error_from_response(resp: reqwest::Response, is_head: bool) -> OssError
         }
         _ => {
             let (code, message) = match status {
-                404 => ("NoSuchKey", "The specified key does not exist (HEAD answers carry no body)."),
-                403 => ("AccessDenied", "Access denied (HEAD answers carry no body)."),
-                412 => ("PreconditionFailed", "At least one of the pre-conditions you specified did not hold."),
+                404 => (
+                    "NoSuchKey",
+                    "The specified key does not exist (HEAD answers carry no body).",
+                ),
+                403 => (
+                    "AccessDenied",
+                    "Access denied (HEAD answers carry no body).",
+                ),
+                412 => (
+                    "PreconditionFailed",
+                    "At least one of the pre-conditions you specified did not hold.",
+                ),
                 416 => ("InvalidRange", "The requested range is not satisfiable."),
                 _ if body.is_empty() => ("", "no error document in the answer"),
                 _ => ("BadErrorResponse", "the error document could not be parsed"),
@@ -552,8 +564,10 @@ fn parse_list_page(body: &[u8]) -> Result<ListPage, String> {
         });
     }
     for p in root.children_named("CommonPrefixes") {
-        page.common_prefixes
-            .push(decode(p.child_text("Prefix").ok_or("CommonPrefixes without Prefix")?)?);
+        page.common_prefixes.push(decode(
+            p.child_text("Prefix")
+                .ok_or("CommonPrefixes without Prefix")?,
+        )?);
     }
     Ok(page)
 }
@@ -588,9 +602,20 @@ impl RangeReader {
         self.retries
     }
 
+    /// Marks the reader as done, so further `next_chunk` calls return `None`.
+    pub fn finished(mut self) -> Self {
+        self.end = Some(self.next);
+        self.resp = None;
+        self
+    }
+
     async fn open(&mut self) -> Result<(), OssError> {
         let mut headers = vec![("x-oss-range-behavior".to_string(), "standard".to_string())];
-        let range_end = self.end.map(|e| e - 1).map(|e| e.to_string()).unwrap_or_default();
+        let range_end = self
+            .end
+            .map(|e| e - 1)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         if self.next > 0 || self.end.is_some() {
             headers.push(("Range".into(), format!("bytes={}-{}", self.next, range_end)));
         }
@@ -599,7 +624,13 @@ impl RangeReader {
         }
         let resp = self
             .client
-            .send(Method::GET, Some(&self.bucket), Some(&self.key), &[], &headers)
+            .send(
+                Method::GET,
+                Some(&self.bucket),
+                Some(&self.key),
+                &[],
+                &headers,
+            )
             .await?;
         let endpoint = self.client.endpoint_name();
         let status = resp.status();

@@ -77,7 +77,13 @@ pub fn v4_canonical_query(params: &[(String, String)]) -> String {
     encoded.sort();
     encoded
         .iter()
-        .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.clone()
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -100,7 +106,10 @@ fn is_default_signed_v4(lower_name: &str) -> bool {
 /// The effective AdditionalHeaders list: requested names lower-cased, minus those signed by
 /// default, minus those absent from the request, de-duplicated and sorted.
 pub fn v4_additional_headers(requested: &[String], headers: &[(String, String)]) -> Vec<String> {
-    let present: Vec<String> = headers.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    let present: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
     let mut out: Vec<String> = requested
         .iter()
         .map(|h| h.to_ascii_lowercase())
@@ -358,7 +367,13 @@ pub fn v1_canonical_resource(
         resource.push('?');
         let parts: Vec<String> = subs
             .iter()
-            .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
             .collect();
         resource.push_str(&parts.join("&"));
     }
@@ -391,7 +406,10 @@ pub fn v1_string_to_sign(
         .filter(|(k, _)| k.starts_with("x-oss-"))
         .collect();
     oss_headers.sort();
-    let canonical_headers: String = oss_headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let canonical_headers: String = oss_headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}\n"))
+        .collect();
     format!(
         "{method}\n{}\n{}\n{date}\n{canonical_headers}{}",
         get("content-md5"),

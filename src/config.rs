@@ -1,0 +1,99 @@
+//! Command-line options shared by every command that talks to OSS (endpoint, region,
+//! credentials, signature version, addressing, timeouts) and their translation into a
+//! `ClientConfig`. Secrets come from the environment or flags and are never echoed.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::oss::{
+    Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// OSS endpoint, e.g. oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000
+    #[arg(long, env = "OSS_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// Region for V4 signatures (e.g. cn-hangzhou); derived from standard endpoints when omitted
+    #[arg(long, env = "OSS_REGION", global = true)]
+    pub region: Option<String>,
+    #[arg(long, env = "OSS_ACCESS_KEY_ID", global = true, hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "OSS_ACCESS_KEY_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub access_key_secret: Option<String>,
+    /// STS security token for temporary credentials
+    #[arg(long, env = "OSS_SESSION_TOKEN", global = true, hide_env_values = true)]
+    pub session_token: Option<String>,
+    /// Send unsigned requests (public-read buckets)
+    #[arg(long, global = true)]
+    pub anonymous: bool,
+    #[arg(long, value_enum, default_value_t = SignatureVersion::V4, global = true)]
+    pub signature_version: SignatureVersion,
+    #[arg(long, value_enum, default_value_t = Addressing::Auto, global = true)]
+    pub addressing: Addressing,
+    /// Connect timeout, e.g. 10s
+    #[arg(long, default_value = "10s", value_parser = crate::size::parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an answer, e.g. 30s
+    #[arg(long, default_value = "30s", value_parser = crate::size::parse_duration, global = true)]
+    pub read_timeout: Duration,
+    /// Attempts per request (first included) before giving up on 5xx, throttling and resets
+    #[arg(long, default_value_t = 6, global = true)]
+    pub max_attempts: u32,
+}
+
+impl ConnectionArgs {
+    pub fn client_config(&self) -> Result<ClientConfig, OssError> {
+        let endpoint = self.endpoint.as_deref().ok_or_else(|| {
+            OssError::Config(
+                "no endpoint: pass --endpoint (e.g. oss-cn-hangzhou.aliyuncs.com) or set OSS_ENDPOINT"
+                    .into(),
+            )
+        })?;
+        let endpoint = Endpoint::parse(endpoint).map_err(OssError::Config)?;
+        let mut cfg = ClientConfig::new(endpoint);
+        cfg.region = self.region.clone();
+        cfg.signature_version = self.signature_version;
+        cfg.addressing = self.addressing;
+        cfg.connect_timeout = self.connect_timeout;
+        cfg.read_timeout = self.read_timeout;
+        cfg.retry.max_attempts = self.max_attempts.max(1);
+        cfg.credentials = if self.anonymous {
+            None
+        } else {
+            match (&self.access_key_id, &self.access_key_secret) {
+                (Some(id), Some(secret)) => Some(Credentials {
+                    access_key_id: id.clone(),
+                    access_key_secret: Secret::new(secret.clone()),
+                    security_token: self.session_token.clone().map(Secret::new),
+                }),
+                (None, None) => {
+                    return Err(OssError::Config(
+                        "no credentials: set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or pass --access-key-id/--access-key-secret), or use --anonymous for a public-read bucket".into(),
+                    ))
+                }
+                (Some(_), None) => {
+                    return Err(OssError::Config(
+                        "OSS_ACCESS_KEY_ID is set but OSS_ACCESS_KEY_SECRET is not".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(OssError::Config(
+                        "OSS_ACCESS_KEY_SECRET is set but OSS_ACCESS_KEY_ID is not".into(),
+                    ))
+                }
+            }
+        };
+        Ok(cfg)
+    }
+
+    pub fn client(&self) -> Result<OssClient, OssError> {
+        OssClient::new(self.client_config()?)
+    }
+}

@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests: an emulator on a temp dir, clients for it, the
+//! `ossmount` binary, and bounded waits.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ossmount::emulator::{Emulator, EmulatorConfig};
+use ossmount::oss::{ClientConfig, Credentials, Endpoint, OssClient, Secret};
+
+pub const AK: &str = "test-ak-0001";
+pub const SK: &str = "test-secret-DO-NOT-PRINT-9f8e7d";
+pub const BUCKET: &str = "test-bucket";
+
+pub struct Server {
+    pub emu: Emulator,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(BUCKET)).unwrap();
+        let emu = Emulator::start(EmulatorConfig::new(dir.path(), AK, SK), "127.0.0.1:0")
+            .await
+            .unwrap();
+        Server { emu, dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.dir.path().join(BUCKET).join(key)
+    }
+
+    pub fn put(&self, key: &str, data: &[u8]) {
+        self.emu.put_object(BUCKET, key, data).unwrap();
+    }
+
+    /// Writes a seeded object of `len` bytes without holding it in memory.
+    pub fn put_sample(&self, key: &str, seed: u64, len: u64) {
+        ossmount::sample::write_file(&self.object_path(key), seed, len).unwrap();
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new(Endpoint::parse(&self.emu.endpoint()).unwrap());
+        cfg.region = Some("cn-hangzhou".into());
+        cfg.credentials = Some(Credentials {
+            access_key_id: AK.into(),
+            access_key_secret: Secret::new(SK),
+            security_token: None,
+        });
+        cfg.retry.base_delay = Duration::from_millis(5);
+        cfg.retry.max_delay = Duration::from_millis(100);
+        cfg
+    }
+
+    pub fn client(&self) -> OssClient {
+        OssClient::new(self.client_config()).unwrap()
+    }
+
+    /// Environment for running the `ossmount` binary against this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OSS_ENDPOINT", self.emu.endpoint()),
+            ("OSS_REGION", "cn-hangzhou".into()),
+            ("OSS_ACCESS_KEY_ID", AK.into()),
+            ("OSS_ACCESS_KEY_SECRET", SK.into()),
+        ]
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ossmount")
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
