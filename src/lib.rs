@@ -9,7 +9,9 @@
 pub mod config;
 pub mod crc64;
 pub mod emulator;
+pub mod hydrate;
 pub mod oss;
+pub mod progress;
 pub mod sample;
 pub mod size;
 pub mod store;

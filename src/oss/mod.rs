@@ -685,7 +685,12 @@ impl RangeReader {
                 return Ok(None);
             }
             let step = match self.resp.as_mut() {
-                None => self.open().await.map(|_| None),
+                // Opening already retried as a request does: its failure is final here, or
+                // the two retry loops would multiply.
+                None => {
+                    self.open().await?;
+                    continue;
+                }
                 Some(resp) => match resp.chunk().await {
                     Ok(Some(mut chunk)) => {
                         if self.skip > 0 {
@@ -697,7 +702,7 @@ impl RangeReader {
                         if chunk.len() as u64 > remaining {
                             chunk.truncate(remaining as usize);
                         }
-                        Ok(Some(chunk))
+                        Ok(chunk)
                     }
                     Ok(None) => Err(OssError::Transport {
                         endpoint: self.client.endpoint_name(),
@@ -714,13 +719,12 @@ impl RangeReader {
                 },
             };
             match step {
-                Ok(Some(chunk)) if chunk.is_empty() => continue,
-                Ok(Some(chunk)) => {
+                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(chunk) => {
                     self.next += chunk.len() as u64;
                     self.failures_in_a_row = 0;
                     return Ok(Some(chunk));
                 }
-                Ok(None) => continue,
                 Err(e) => {
                     self.resp = None;
                     self.failures_in_a_row += 1;

@@ -1,0 +1,291 @@
+//! The checkpoint: the durable record of which parts of one object version are present in a
+//! data file. JSON, format-versioned, with a SHA-256 over its own content; written to a temp
+//! file, fsynced and renamed into place, so a crash leaves either the old record or the new
+//! one. A checkpoint that is corrupt, truncated, foreign, of another format, or for another
+//! version of the object is rejected with a reason and never trusted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ObjectIdentity, PartLayout};
+
+pub const FORMAT: &str = "ossmount-checkpoint";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub format: String,
+    pub version: u32,
+    /// Where the object lives (endpoint), so caches of different stores never mix.
+    pub store: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: String,
+    pub crc64: Option<u64>,
+    pub part_size: u64,
+    /// The file the parts are in.
+    pub data_file: String,
+    /// One character per part: `1` present (durable), `0` missing.
+    pub present: String,
+    /// CRC-64 of each present part (0 for missing ones).
+    pub part_crc64: Vec<u64>,
+    /// Lower-case hex SHA-256 of this record serialised with an empty `checksum`.
+    pub checksum: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejected {
+    #[error("cannot read it: {0}")]
+    Unreadable(String),
+    #[error("it is not an ossmount checkpoint (or it is truncated): {0}")]
+    NotJson(String),
+    #[error("it has format {0:?} version {1}; this ossmount reads {FORMAT:?} version {VERSION}")]
+    WrongFormat(String, u32),
+    #[error("its checksum does not match its content (corrupted)")]
+    BadChecksum,
+    #[error("its part list is inconsistent with its size and part size")]
+    Inconsistent,
+    #[error("it belongs to another object or store ({0})")]
+    Foreign(String),
+    #[error("the object changed on the server since ({0})")]
+    ObjectChanged(String),
+    #[error("its data file {0} is missing or has the wrong size")]
+    DataFileMismatch(String),
+}
+
+impl Checkpoint {
+    pub fn new(store: &str, id: &ObjectIdentity, part_size: u64, data_file: &Path) -> Checkpoint {
+        let parts = PartLayout::new(id.size, part_size).count();
+        Checkpoint {
+            format: FORMAT.into(),
+            version: VERSION,
+            store: store.into(),
+            bucket: id.bucket.clone(),
+            key: id.key.clone(),
+            size: id.size,
+            etag: id.etag.clone(),
+            last_modified: id.last_modified.clone(),
+            crc64: id.crc64,
+            part_size,
+            data_file: data_file.to_string_lossy().into_owned(),
+            present: "0".repeat(parts),
+            part_crc64: vec![0; parts],
+            checksum: String::new(),
+        }
+    }
+
+    pub fn layout(&self) -> PartLayout {
+        PartLayout::new(self.size, self.part_size)
+    }
+
+    pub fn is_present(&self, part: usize) -> bool {
+        self.present.as_bytes().get(part) == Some(&b'1')
+    }
+
+    pub fn parts_present(&self) -> usize {
+        self.present.bytes().filter(|&b| b == b'1').count()
+    }
+
+    pub fn bytes_present(&self) -> u64 {
+        let layout = self.layout();
+        (0..layout.count())
+            .filter(|&p| self.is_present(p))
+            .map(|p| layout.range(p).end - layout.range(p).start)
+            .sum()
+    }
+
+    fn compute_checksum(&self) -> String {
+        let mut c = self.clone();
+        c.checksum.clear();
+        let body = serde_json::to_vec(&c).expect("checkpoint serialises");
+        hex::encode(Sha256::digest(&body))
+    }
+
+    /// Serialised with a fresh checksum.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.checksum = self.compute_checksum();
+        serde_json::to_vec_pretty(&c).expect("checkpoint serialises")
+    }
+
+    /// Parses and checks self-consistency (format, checksum, part list); says why not.
+    pub fn parse(bytes: &[u8]) -> Result<Checkpoint, Rejected> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| Rejected::NotJson(e.to_string()))?;
+        let format = value["format"].as_str().unwrap_or("").to_string();
+        let version = value["version"].as_u64().unwrap_or(0) as u32;
+        if format != FORMAT || version != VERSION {
+            return Err(Rejected::WrongFormat(format, version));
+        }
+        let c: Checkpoint =
+            serde_json::from_value(value).map_err(|e| Rejected::NotJson(e.to_string()))?;
+        if c.checksum != c.compute_checksum() {
+            return Err(Rejected::BadChecksum);
+        }
+        let parts = if c.part_size == 0 {
+            usize::MAX
+        } else {
+            c.layout().count()
+        };
+        if c.present.len() != parts
+            || c.part_crc64.len() != parts
+            || c.present.bytes().any(|b| b != b'0' && b != b'1')
+        {
+            return Err(Rejected::Inconsistent);
+        }
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, Rejected> {
+        let bytes = std::fs::read(path).map_err(|e| Rejected::Unreadable(e.to_string()))?;
+        Checkpoint::parse(&bytes)
+    }
+
+    /// Whether this record describes exactly `id` from `store` in `data_file`.
+    pub fn check_identity(
+        &self,
+        store: &str,
+        id: &ObjectIdentity,
+        data_file: &Path,
+    ) -> Result<(), Rejected> {
+        if self.store != store || self.bucket != id.bucket || self.key != id.key {
+            return Err(Rejected::Foreign(format!(
+                "{}/{}/{}",
+                self.store, self.bucket, self.key
+            )));
+        }
+        if self.size != id.size
+            || self.etag != id.etag
+            || self.last_modified != id.last_modified
+            || self.crc64 != id.crc64
+        {
+            return Err(Rejected::ObjectChanged(format!(
+                "was {} bytes, ETag {}, now {} bytes, ETag {}",
+                self.size, self.etag, id.size, id.etag
+            )));
+        }
+        if Path::new(&self.data_file) != data_file {
+            return Err(Rejected::Foreign(format!("data file {}", self.data_file)));
+        }
+        match std::fs::metadata(data_file) {
+            Ok(m) if m.len() == self.size => Ok(()),
+            _ => Err(Rejected::DataFileMismatch(self.data_file.clone())),
+        }
+    }
+
+    /// Atomically replaces the checkpoint at `path`: temp file, fsync, rename, fsync dir.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = temp_path(path);
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&self.to_json())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            sync_dir(path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// fsyncs the directory holding `path`, so a rename in it is durable.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ObjectIdentity {
+        ObjectIdentity {
+            bucket: "b".into(),
+            key: "k".into(),
+            size: 25,
+            etag: "\"E\"".into(),
+            last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
+            crc64: Some(7),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_detects_tampering() {
+        let mut c = Checkpoint::new("http://x", &id(), 10, Path::new("/tmp/d"));
+        c.present = "101".into();
+        c.part_crc64 = vec![1, 0, 3];
+        let json = c.to_json();
+        let back = Checkpoint::parse(&json).unwrap();
+        assert_eq!(back.present, "101");
+        assert_eq!(back.parts_present(), 2);
+        assert_eq!(back.bytes_present(), 15);
+        let tampered = String::from_utf8(json.clone())
+            .unwrap()
+            .replace("\"101\"", "\"111\"");
+        assert_eq!(
+            Checkpoint::parse(tampered.as_bytes()),
+            Err(Rejected::BadChecksum)
+        );
+        assert!(matches!(
+            Checkpoint::parse(&json[..json.len() / 2]),
+            Err(Rejected::NotJson(_))
+        ));
+        assert!(matches!(
+            Checkpoint::parse(b"garbage"),
+            Err(Rejected::NotJson(_))
+        ));
+        let other = String::from_utf8(json)
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 9");
+        assert!(matches!(
+            Checkpoint::parse(other.as_bytes()),
+            Err(Rejected::WrongFormat(_, 9))
+        ));
+    }
+
+    #[test]
+    fn identity_must_match_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::write(&data, vec![0u8; 25]).unwrap();
+        let c = Checkpoint::new("http://x", &id(), 10, &data);
+        assert_eq!(c.check_identity("http://x", &id(), &data), Ok(()));
+        let mut changed = id();
+        changed.etag = "\"F\"".into();
+        assert!(matches!(
+            c.check_identity("http://x", &changed, &data),
+            Err(Rejected::ObjectChanged(_))
+        ));
+        let mut other = id();
+        other.key = "k2".into();
+        assert!(matches!(
+            c.check_identity("http://x", &other, &data),
+            Err(Rejected::Foreign(_))
+        ));
+        assert!(matches!(
+            c.check_identity("http://y", &id(), &data),
+            Err(Rejected::Foreign(_))
+        ));
+        std::fs::write(&data, b"short").unwrap();
+        assert!(matches!(
+            c.check_identity("http://x", &id(), &data),
+            Err(Rejected::DataFileMismatch(_))
+        ));
+    }
+}
