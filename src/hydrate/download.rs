@@ -225,7 +225,7 @@ pub async fn resumable_download(
         };
         let progress = h.progress();
         on_progress(&progress);
-        h.stop();
+        h.shutdown().await;
         match outcome {
             Ok(()) => {
                 finish(req, &temp)?;

@@ -210,7 +210,11 @@ struct Inner {
     limiter: Arc<ConnectionLimiter>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
-    checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Held for each whole checkpoint write (snapshot to rename), in blocking code, so an
+    /// aborted task can never leave a write running unlocked.
+    checkpoint_lock: Mutex<()>,
+    /// Set by `shutdown`; checked under `checkpoint_lock` before every write.
+    writes_closed: std::sync::atomic::AtomicBool,
     bytes_fetched: AtomicU64,
     bytes_resumed: u64,
     part_requests: AtomicU64,
@@ -303,7 +307,8 @@ impl Hydration {
                 complete: false,
             }),
             changed,
-            checkpoint_lock: tokio::sync::Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+            writes_closed: std::sync::atomic::AtomicBool::new(false),
             bytes_fetched: AtomicU64::new(0),
             bytes_resumed,
             part_requests: AtomicU64::new(0),
@@ -485,6 +490,19 @@ impl Hydration {
         self.inner.notify();
     }
 
+    /// Stops, then waits until no checkpoint write is running; none starts afterwards. After
+    /// this the caller owns the checkpoint file (to delete it, say).
+    pub async fn shutdown(&self) {
+        self.stop();
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = inner.checkpoint_lock.lock().unwrap();
+            inner.writes_closed.store(true, Ordering::SeqCst);
+        })
+        .await
+        .expect("shutdown does not panic");
+    }
+
     /// Reads bytes that are present (the caller waited for them) from the data file.
     pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let end = (offset + len as u64).min(self.inner.layout.size);
@@ -562,7 +580,11 @@ impl Inner {
     }
 
     /// Fetches one part (retrying), records it, and publishes the outcome to waiters.
-    async fn fetch_and_record(&self, part: usize, demand: bool) -> Result<(), Arc<HydrateError>> {
+    async fn fetch_and_record(
+        self: &Arc<Self>,
+        part: usize,
+        demand: bool,
+    ) -> Result<(), Arc<HydrateError>> {
         let result = self.fetch_part(part, demand).await;
         let outcome = match result {
             Ok(crc) => {
@@ -659,18 +681,24 @@ impl Inner {
         c
     }
 
-    async fn save_checkpoint(&self) -> Result<(), HydrateError> {
+    async fn save_checkpoint(self: &Arc<Self>) -> Result<(), HydrateError> {
         let Some(path) = self.checkpoint_path.clone() else {
             return Ok(());
         };
-        // Serialised so an older snapshot can never overwrite a newer one.
-        let _guard = self.checkpoint_lock.lock().await;
-        let c = self.snapshot();
+        let inner = self.clone();
         let p = path.clone();
-        tokio::task::spawn_blocking(move || c.save(&p))
-            .await
-            .expect("checkpoint writer does not panic")
-            .map_err(|source| HydrateError::Io { path, source })
+        tokio::task::spawn_blocking(move || {
+            // Serialised, and the snapshot taken under the lock, so an older record can never
+            // overwrite a newer one; nothing is written once the hydration was shut down.
+            let _guard = inner.checkpoint_lock.lock().unwrap();
+            if inner.writes_closed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            inner.snapshot().save(&p)
+        })
+        .await
+        .expect("checkpoint writer does not panic")
+        .map_err(|source| HydrateError::Io { path, source })
     }
 
     async fn fetch_part(&self, part: usize, demand: bool) -> Result<u64, HydrateError> {
