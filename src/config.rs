@@ -44,8 +44,9 @@ pub struct ConnectionArgs {
     #[arg(long, default_value = "30s", value_parser = crate::size::parse_duration, global = true)]
     pub read_timeout: Duration,
     /// Attempts per request (first included) before giving up on 5xx, throttling and resets
-    #[arg(long, default_value_t = 6, global = true)]
-    pub max_attempts: u32,
+    /// [default: 6; 3 for mount, so a read fails promptly when the server is gone]
+    #[arg(long, global = true)]
+    pub max_attempts: Option<u32>,
 }
 
 impl ConnectionArgs {
@@ -63,7 +64,7 @@ impl ConnectionArgs {
         cfg.addressing = self.addressing;
         cfg.connect_timeout = self.connect_timeout;
         cfg.read_timeout = self.read_timeout;
-        cfg.retry.max_attempts = self.max_attempts.max(1);
+        cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
         cfg.credentials = if self.anonymous {
             None
         } else {

@@ -6,10 +6,13 @@
 //! [`fs`] (the namespace and reads, with the fuser adapter in `fs::fuse`), and [`emulator`] (an
 //! OSS-compatible server for tests, demos and benchmarks).
 
+pub mod cache;
 pub mod config;
 pub mod crc64;
 pub mod emulator;
+pub mod fs;
 pub mod hydrate;
+pub mod mount;
 pub mod oss;
 pub mod progress;
 pub mod sample;

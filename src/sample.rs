@@ -50,6 +50,43 @@ pub fn write_file(path: &Path, seed: u64, len: u64) -> std::io::Result<()> {
     f.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
+/// The demo's bucket: a README, nested folders of small files and one big file. Files that
+/// already exist with the right size are kept (a second demo run resumes, not regenerates).
+pub fn write_demo_bucket(root: &Path, big_size: u64) -> std::io::Result<()> {
+    let mut files: Vec<(String, u64)> = vec![
+        ("README.txt".into(), 0),
+        ("big/dataset.bin".into(), big_size),
+    ];
+    for year in [2023, 2024] {
+        for i in 0..100u64 {
+            files.push((format!("photos/{year}/img-{i:04}.jpg"), 20_000 + i * 517));
+        }
+    }
+    for i in 0..50u64 {
+        files.push((format!("logs/app/{:02}/events.log", i), 4096 + i * 100));
+    }
+    for (i, (name, size)) in files.iter().enumerate() {
+        let path = root.join(name);
+        if name == "README.txt" {
+            if !path.exists() {
+                std::fs::create_dir_all(root)?;
+                std::fs::write(&path, "Sample data served by `ossmount demo`.\n")?;
+            }
+            continue;
+        }
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(*size) {
+            if *size > (64 << 20) {
+                eprintln!(
+                    "writing the {} sample file {name} (once)...",
+                    crate::size::human_bytes(*size)
+                );
+            }
+            write_file(&path, 1000 + i as u64, *size)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,185 @@
+//! Wiring a mount together: check what the user gave (mountpoint, cache dir, credentials and
+//! bucket with one request), open the cache, build the filesystem, run the FUSE session until
+//! it is unmounted (`umount`, SIGINT or SIGTERM), then stop hydrations with their checkpoints
+//! consistent and log the mount's counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cache::Cache;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{FsConfig, OssFs};
+use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
+use crate::oss::{ListRequest, OssUrl};
+use crate::store::ObjectStore;
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub url: OssUrl,
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub part_size: u64,
+    pub threads: usize,
+    pub max_connections: usize,
+    pub mode: FetchMode,
+    pub readahead: u64,
+    pub metadata_ttl: Duration,
+    pub allow_other: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+}
+
+impl MountOptions {
+    /// The mount prefix: the URL's key with a trailing `/` (or empty for the whole bucket).
+    pub fn prefix(&self) -> String {
+        let k = &self.url.key;
+        if k.is_empty() || k.ends_with('/') {
+            k.clone()
+        } else {
+            format!("{k}/")
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/ossmount/<bucket>-<hash>` (or `~/.cache/...`), one per endpoint, bucket
+/// and prefix, so two mounts never share a cache directory by accident.
+pub fn default_cache_dir(endpoint: &str, url: &OssUrl) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    let id = Cache::entry_name(endpoint, &url.bucket, &url.key);
+    base.join("ossmount")
+        .join(format!("{}-{}", url.bucket, &id[..8]))
+}
+
+pub fn check_mountpoint(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("mountpoint {} is not a directory", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "mountpoint {} does not exist: create it first (mkdir -p {})",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => bail!(
+            "mountpoint {} is not usable ({e}); if an earlier ossmount died, run: umount {}",
+            path.display(),
+            path.display()
+        ),
+    }
+}
+
+/// One request that proves the credentials, region, endpoint and bucket before mounting.
+pub async fn preflight(store: &dyn ObjectStore, url: &OssUrl, prefix: &str) -> Result<()> {
+    store
+        .list_page(
+            &url.bucket,
+            ListRequest {
+                prefix: prefix.to_string(),
+                max_keys: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot list {url} (checked before mounting)"))?;
+    Ok(())
+}
+
+/// Mounts and serves until unmounted. `on_mounted` runs once the kernel has the mount.
+pub fn run_mount(
+    opts: &MountOptions,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+    on_mounted: impl FnOnce(),
+) -> Result<()> {
+    check_mountpoint(&opts.mountpoint)?;
+    let prefix = opts.prefix();
+    rt.block_on(preflight(&*store, &opts.url, &prefix))?;
+    let part_size = opts.part_size;
+    let cfg = HydrationConfig {
+        part_size,
+        threads: opts.threads,
+        mode: opts.mode,
+        readahead_parts: opts.readahead.div_ceil(part_size).max(1) as usize,
+        part_attempts: 2,
+        retry_delay: Duration::from_millis(200),
+    };
+    let reserve = (opts.max_connections / 4).max(2);
+    let limiter = ConnectionLimiter::new(opts.max_connections, reserve);
+    let cache = Arc::new(Cache::open(&opts.cache_dir, store.clone(), cfg, limiter)?);
+    let fs = Arc::new(OssFs::new(
+        FsConfig {
+            bucket: opts.url.bucket.clone(),
+            prefix,
+            metadata_ttl: opts.metadata_ttl,
+            uid: opts.uid,
+            gid: opts.gid,
+            file_mode: opts.file_mode,
+            dir_mode: opts.dir_mode,
+        },
+        store,
+        cache.clone(),
+    ));
+    let mut mount_options = vec![
+        fuser::MountOption::FSName(format!("ossmount:{}", opts.url.bucket)),
+        fuser::MountOption::Subtype("ossmount".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    let acl = if opts.allow_other {
+        mount_options.push(fuser::MountOption::CUSTOM("allow_other".into()));
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_options;
+    config.acl = acl;
+    config.n_threads = Some(2);
+    let adapter = FuseAdapter::new(fs.clone(), rt.clone());
+    let mut session = fuser::Session::new(adapter, &opts.mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;
+    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let signal_task = rt.spawn({
+        let unmounter = unmounter.clone();
+        let mountpoint = opts.mountpoint.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received, unmounting {}", mountpoint.display());
+            if let Err(e) = unmounter.lock().unwrap().unmount() {
+                tracing::warn!("unmount failed: {e}");
+            }
+        }
+    });
+    tracing::info!(
+        "mounted {} at {} (cache {})",
+        opts.url,
+        opts.mountpoint.display(),
+        opts.cache_dir.display()
+    );
+    on_mounted();
+    let result = session.run();
+    signal_task.abort();
+    rt.block_on(cache.shutdown());
+    tracing::info!(
+        "unmounted {}: {}",
+        opts.mountpoint.display(),
+        fs.stats_line()
+    );
+    result.with_context(|| format!("the FUSE session on {} failed", opts.mountpoint.display()))
+}
