@@ -194,6 +194,9 @@ struct State {
     paused: Option<Arc<HydrateError>>,
     fatal: Option<Arc<HydrateError>>,
     readahead: Range<usize>,
+    /// The window to open once a demand fetch has its first bytes, so demand always reaches
+    /// the server before readahead.
+    pending_readahead: Option<Range<usize>>,
     stopped: bool,
     complete: bool,
 }
@@ -303,6 +306,7 @@ impl Hydration {
                 paused: None,
                 fatal: None,
                 readahead: 0..0,
+                pending_readahead: None,
                 stopped: false,
                 complete: false,
             }),
@@ -402,7 +406,12 @@ impl Hydration {
             }
             if !parts.is_empty() {
                 let n = self.inner.layout.count();
-                st.readahead = parts.end..(parts.end + self.inner.cfg.readahead_parts).min(n);
+                let window = parts.end..(parts.end + self.inner.cfg.readahead_parts).min(n);
+                if spawn.is_empty() {
+                    st.readahead = window;
+                } else {
+                    st.pending_readahead = Some(window);
+                }
             }
         }
         self.inner.notify();
@@ -601,6 +610,9 @@ impl Inner {
                 }
             }
             Err(e) => {
+                if demand {
+                    self.open_pending_readahead();
+                }
                 let fatal = matches!(
                     e,
                     HydrateError::ObjectChanged { .. } | HydrateError::Io { .. }
@@ -709,7 +721,7 @@ impl Inner {
             let err = {
                 let _permit = self.limiter.acquire(demand).await;
                 self.part_requests.fetch_add(1, Ordering::Relaxed);
-                match self.fetch_part_once(range.clone()).await {
+                match self.fetch_part_once(range.clone(), demand).await {
                     Ok(crc) => return Ok(crc),
                     Err(e) => e,
                 }
@@ -743,7 +755,16 @@ impl Inner {
 
     /// One GET of the part, streamed to the data file in chunks; returns the part's CRC-64
     /// after its bytes are durable.
-    async fn fetch_part_once(&self, range: Range<u64>) -> Result<u64, PartFailure> {
+    fn open_pending_readahead(&self) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(w) = st.pending_readahead.take() {
+            st.readahead = w;
+            drop(st);
+            self.notify();
+        }
+    }
+
+    async fn fetch_part_once(&self, range: Range<u64>, demand: bool) -> Result<u64, PartFailure> {
         let mut stream = self.store.get_range(
             &self.id.bucket,
             &self.id.key,
@@ -759,6 +780,9 @@ impl Inner {
             let done = chunk.is_none();
             if let Some(chunk) = chunk {
                 let chunk = chunk.map_err(PartFailure::Oss)?;
+                if demand && offset == range.start {
+                    self.open_pending_readahead();
+                }
                 self.bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 crc = crate::crc64::update(crc, &chunk);

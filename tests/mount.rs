@@ -1,0 +1,643 @@
+//! `ossmount mount` through the real kernel FUSE (root and /dev/fuse required). Every mount is
+//! owned by a guard that unmounts and kills the process even when an assertion fails, and
+//! every filesystem operation runs under a timeout, so a hang fails the test instead of
+//! hanging it.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ossmount::hydrate::Checkpoint;
+
+const MIB: u64 = 1 << 20;
+const PART: u64 = 8 * MIB;
+const BIG: u64 = 256 * MIB;
+
+fn require_fuse() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root && Path::new("/dev/fuse").exists(),
+        "mount tests need root and /dev/fuse (run cargo test as root)"
+    );
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let mnt = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, target, fstype) = (f.next(), f.next(), f.next());
+            target == Some(mnt.to_str().unwrap()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+        })
+}
+
+fn force_unmount(mnt: &Path) {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: umount2 with a valid C string.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// A running `ossmount mount --foreground`; dropping it always unmounts and reaps it.
+struct Mount {
+    child: Option<Child>,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn start(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        let m = Mount::spawn(s, url, mnt, cache, extra);
+        let mut m = m;
+        let up = wait_until(Duration::from_secs(20), || {
+            is_mounted(mnt) || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
+        });
+        assert!(
+            up && is_mounted(mnt),
+            "mount did not come up: {}",
+            m.log_text()
+        );
+        m
+    }
+
+    fn spawn(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mnt).unwrap();
+        let log = mnt.with_extension("log");
+        let child = Command::new(bin())
+            .args(["mount", url])
+            .arg(mnt)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--foreground", "--log-level", "info"])
+            .args(extra)
+            .envs(s.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// SIGKILL, as a crash would; the dead mount is detached.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mnt);
+    }
+
+    /// `umount`, and the process must then exit by itself, successfully.
+    fn unmount(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("umount").arg(&self.mnt).status().unwrap();
+        assert!(status.success(), "umount failed");
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "process did not exit after umount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+    }
+}
+
+/// Runs blocking filesystem work off the runtime, failing the test if it takes too long.
+async fn fs_op<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::time::timeout(limit, tokio::task::spawn_blocking(f))
+        .await
+        .expect("filesystem operation timed out")
+        .expect("filesystem operation panicked")
+}
+
+fn url() -> String {
+    format!("oss://{BUCKET}/")
+}
+
+fn dirs(s: &Server, name: &str) -> (PathBuf, PathBuf) {
+    let base = s.root().parent().unwrap().join(format!(
+        "{}-{name}",
+        s.root().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&base).unwrap();
+    (base.join("mnt"), base.join("cache"))
+}
+
+fn entry_checkpoints(cache: &Path) -> Vec<Checkpoint> {
+    std::fs::read_dir(cache.join("entries"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "ckpt"))
+                .filter_map(|e| Checkpoint::load(&e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cp_ls_and_stat_through_the_kernel() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("big/large.bin", 256, BIG);
+    for i in 0..1500 {
+        s.put(
+            &format!("many/f{i:04}.txt"),
+            format!("file {i}\n").repeat(i % 7).as_bytes(),
+        );
+    }
+    s.put("odd/with space+plus=eq~.txt", b"odd");
+    let (mnt, cache) = dirs(&s, "cp");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--threads", "4"]);
+
+    // stat and ls come from listings: no object data is fetched.
+    let big = m.path("big/large.bin");
+    let md = fs_op(Duration::from_secs(10), move || {
+        std::fs::metadata(big).unwrap()
+    })
+    .await;
+    assert_eq!(md.len(), BIG);
+    assert_eq!(md.permissions().mode_bits(), 0o444);
+    let c = s.emu.object_counters(BUCKET, "big/large.bin");
+    assert_eq!(
+        (c.get_requests, c.body_bytes),
+        (0, 0),
+        "stat fetched data: {c:?}"
+    );
+
+    let many = m.path("many");
+    let listing = fs_op(Duration::from_secs(20), move || {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(many)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    })
+    .await;
+    let want: Vec<(String, u64)> = (0..1500)
+        .map(|i| {
+            (
+                format!("f{i:04}.txt"),
+                (format!("file {i}\n").len() * (i % 7)) as u64,
+            )
+        })
+        .collect();
+    assert_eq!(listing, want);
+    let odd = m.path("odd/with space+plus=eq~.txt");
+    assert_eq!(
+        fs_op(Duration::from_secs(10), move || std::fs::read(odd).unwrap()).await,
+        b"odd"
+    );
+
+    // `ls -l` itself, as a user runs it.
+    let out = fs_op(Duration::from_secs(20), {
+        let p = m.path("many");
+        move || Command::new("ls").arg("-l").arg(p).output().unwrap()
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("-r--r--r--")).count(),
+        1500
+    );
+    assert_eq!(
+        s.emu.totals().get_requests,
+        1,
+        "only odd.txt was read so far"
+    );
+
+    // cp of the 256 MiB object is byte-exact.
+    let dest = mnt.parent().unwrap().join("copy.bin");
+    let (src, d) = (m.path("big/large.bin"), dest.clone());
+    let st = fs_op(Duration::from_secs(120), move || {
+        Command::new("cp").arg(src).arg(d).status().unwrap()
+    })
+    .await;
+    assert!(st.success());
+    assert_eq!(
+        sha256_file(&dest),
+        sha256_file(&s.object_path("big/large.bin"))
+    );
+    let c = s.emu.object_counters(BUCKET, "big/large.bin");
+    assert_eq!(c.body_bytes, BIG, "each byte fetched once");
+
+    // Writes are refused.
+    let p = m.path("new.txt");
+    let err = fs_op(Duration::from_secs(5), move || {
+        std::fs::write(p, b"x").unwrap_err()
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let p = m.path("many/f0001.txt");
+    let err = fs_op(Duration::from_secs(5), move || {
+        std::fs::remove_file(p).unwrap_err()
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // umount ends the process cleanly.
+    let mut m = m;
+    let status = tokio::task::spawn_blocking(move || m.unmount())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+trait ModeBits {
+    fn mode_bits(&self) -> u32;
+}
+impl ModeBits for std::fs::Permissions {
+    fn mode_bits(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        self.mode() & 0o7777
+    }
+}
+
+/// Byte offsets of the GETs (206) for `key` since `from`, in arrival order, as part indexes.
+fn part_order(s: &Server, from: usize, key: &str) -> Vec<u64> {
+    s.emu.request_log()[from..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.key == key && r.status == 206)
+        .filter_map(|r| r.range.map(|(a, _)| a / PART))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_near_the_end_of_a_cold_file_is_fetched_first() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("cold.bin", 7, BIG);
+    // 16 MiB/s per connection: one 8 MiB part takes about 0.5 s; the whole file over 3
+    // connections over 5 s.
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 16 * MIB);
+    let (mnt, cache) = dirs(&s, "cold");
+    for mode in ["open", "read"] {
+        let _ = std::fs::remove_dir_all(&cache);
+        let m = Mount::start(
+            &s,
+            &url(),
+            &mnt,
+            &cache,
+            &["--threads", "3", "--hydrate", mode, "--readahead", "8MiB"],
+        );
+        let from = s.emu.request_log().len();
+        let before = s.emu.object_counters(BUCKET, "cold.bin").body_bytes;
+        let path = m.path("cold.bin");
+        let offset = 200 * MIB + 123;
+        let (elapsed, got) = fs_op(Duration::from_secs(30), move || {
+            let f = std::fs::File::open(path).unwrap();
+            let start = Instant::now();
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, offset).unwrap();
+            (start.elapsed(), buf)
+        })
+        .await;
+        let served = s.emu.object_counters(BUCKET, "cold.bin").body_bytes - before;
+        let mut want = vec![0u8; 4096];
+        ossmount::sample::fill(7, offset, &mut want);
+        assert_eq!(got, want, "{mode}");
+        let target = offset / PART;
+        let order = part_order(&s, from, "cold.bin");
+        let pos = order
+            .iter()
+            .position(|&p| p == target)
+            .expect("the part was requested");
+        // Only parts the background had already started (0..threads) came before it.
+        assert!(
+            order[..pos].iter().all(|&p| p < 3),
+            "{mode}: order {order:?}"
+        );
+        // About one part's fetch time (0.5 s here), far from the whole file's 5 s.
+        assert!(
+            elapsed < Duration::from_millis(2500),
+            "{mode}: read took {elapsed:?}"
+        );
+        if mode == "read" {
+            assert!(
+                order[..pos].is_empty(),
+                "read mode fetches nothing unasked: {order:?}"
+            );
+            assert!(
+                served <= PART + 8 * MIB,
+                "read mode served {served} bytes before the read returned"
+            );
+        }
+        eprintln!(
+            "{mode}: 4 KiB at 200 MiB in {elapsed:?}, {served} bytes served, order {order:?}"
+        );
+        drop(m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("slow.bin", 1, 16 * MIB);
+    s.put_sample("cached.bin", 2, 4 * MIB);
+    let (mnt, cache) = dirs(&s, "stall");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let cached = m.path("cached.bin");
+    let c2 = cached.clone();
+    fs_op(Duration::from_secs(20), move || std::fs::read(c2).unwrap()).await;
+    s.emu
+        .update_faults(|f| f.stalled = vec![format!("{BUCKET}/slow.bin")]);
+    let slow = m.path("slow.bin");
+    let stuck = tokio::task::spawn_blocking(move || std::fs::read(slow).map(|v| v.len()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the stalled read should still be waiting"
+    );
+    let root = m.path("");
+    let start = Instant::now();
+    let names = fs_op(Duration::from_secs(5), move || {
+        std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .count()
+    })
+    .await;
+    assert_eq!(names, 2);
+    let data = fs_op(Duration::from_secs(5), move || {
+        std::fs::read(cached).unwrap()
+    })
+    .await;
+    assert_eq!(data, ossmount::sample::bytes(2, (4 * MIB) as usize));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "ls and cached read took {:?}",
+        start.elapsed()
+    );
+    s.emu.update_faults(|f| f.stalled.clear());
+    let n = tokio::time::timeout(Duration::from_secs(30), stuck)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(n as u64, 16 * MIB);
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_cp_then_remount_resumes_from_the_cache() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("resume.bin", 9, BIG);
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 12 * MIB);
+    let (mnt, cache) = dirs(&s, "kill");
+    let threads = 3;
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &["--threads", "3"]);
+    let dest = mnt.parent().unwrap().join("out.bin");
+    let mut cp = Command::new("cp")
+        .arg(m.path("resume.bin"))
+        .arg(&dest)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let total_parts = (BIG / PART) as usize;
+    let reached = wait_until(Duration::from_secs(60), || {
+        entry_checkpoints(&cache)
+            .iter()
+            .any(|c| c.parts_present() * 10 >= total_parts * 4)
+    });
+    m.kill9();
+    let _ = cp.kill();
+    let _ = cp.wait();
+    assert!(reached, "cp never reached 40%: {}", m.log_text());
+    let ckpt = entry_checkpoints(&cache)
+        .pop()
+        .expect("the entry's checkpoint survives SIGKILL");
+    let present = ckpt.bytes_present();
+    assert!(present >= BIG * 4 / 10);
+
+    s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    let before = s.emu.object_counters(BUCKET, "resume.bin").body_bytes;
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--threads", "3"]);
+    let (src, d) = (m.path("resume.bin"), dest.clone());
+    let st = fs_op(Duration::from_secs(120), move || {
+        Command::new("cp").arg(src).arg(d).status().unwrap()
+    })
+    .await;
+    assert!(st.success());
+    assert_eq!(
+        sha256_file(&dest),
+        sha256_file(&s.object_path("resume.bin"))
+    );
+    let second_round = s.emu.object_counters(BUCKET, "resume.bin").body_bytes - before;
+    assert!(
+        second_round <= (BIG - present) + threads * PART,
+        "second round served {second_round}, missing was {}",
+        BIG - present
+    );
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_server_gone_cached_files_read_and_others_fail_fast() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("cached.bin", 3, 6 * MIB);
+    s.put_sample("never.bin", 4, 6 * MIB);
+    let (mnt, cache) = dirs(&s, "down");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--metadata-ttl", "1s"]);
+    let cached = m.path("cached.bin");
+    let c2 = cached.clone();
+    let first = fs_op(Duration::from_secs(20), move || std::fs::read(c2).unwrap()).await;
+    assert_eq!(first, ossmount::sample::bytes(3, (6 * MIB) as usize));
+    let Server { emu, dir: _dir } = s;
+    emu.shutdown().await;
+    // Past the TTL: listings and HEADs fail, the cache still answers.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = fs_op(Duration::from_secs(20), move || {
+        std::fs::read(cached).unwrap()
+    })
+    .await;
+    assert_eq!(again, first);
+    let never = m.path("never.bin");
+    let start = Instant::now();
+    let err = fs_op(Duration::from_secs(20), move || {
+        std::fs::read(never).unwrap_err()
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "EIO took {:?}",
+        start.elapsed()
+    );
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_object_reads_new_content_after_the_ttl() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("v.bin", 1, 3 * MIB);
+    let (mnt, cache) = dirs(&s, "replace");
+    let m = Mount::start(
+        &s,
+        &url(),
+        &mnt,
+        &cache,
+        &["--metadata-ttl", "1s", "--part-size", "1MiB"],
+    );
+    let p = m.path("v.bin");
+    let p2 = p.clone();
+    let v1 = fs_op(Duration::from_secs(20), move || std::fs::read(p2).unwrap()).await;
+    assert_eq!(v1, ossmount::sample::bytes(1, (3 * MIB) as usize));
+    let v2_data = ossmount::sample::bytes(2, (3 * MIB + 5) as usize);
+    s.put("v.bin", &v2_data);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v2 = fs_op(Duration::from_secs(20), move || std::fs::read(p).unwrap()).await;
+    assert!(
+        v2 == v2_data,
+        "after the TTL the new version is served, whole"
+    );
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_refuses_bad_input_before_mounting() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("a", b"a");
+    let (mnt, cache) = dirs(&s, "bad");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| {
+        Command::new(bin())
+            .arg("mount")
+            .args(args)
+            .arg("--foreground")
+            .envs(env)
+            .output()
+            .unwrap()
+    };
+    let mnt_s = mnt.display().to_string();
+    let cache_s = cache.display().to_string();
+
+    let mut env = s.env();
+    env.retain(|(k, _)| *k != "OSS_ACCESS_KEY_SECRET");
+    env.push(("OSS_ACCESS_KEY_SECRET", "wrong-secret-xyz".into()));
+    let out = tokio::task::spawn_blocking({
+        let (a, b) = (mnt_s.clone(), cache_s.clone());
+        move || run(vec![url(), a, "--cache-dir".into(), b], env)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("SignatureDoesNotMatch"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-secret-xyz"));
+    assert!(!is_mounted(&mnt));
+
+    let out = tokio::task::spawn_blocking({
+        let env = s.env();
+        let c = cache_s.clone();
+        let missing = mnt.parent().unwrap().join("nope").display().to_string();
+        move || run(vec![url(), missing, "--cache-dir".into(), c], env)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("does not exist: create it first"),
+        "{text}"
+    );
+
+    let out = tokio::task::spawn_blocking({
+        let env = s.env();
+        let (a, c) = (mnt_s.clone(), cache_s.clone());
+        move || {
+            run(
+                vec!["oss://no-such-bucket/".into(), a, "--cache-dir".into(), c],
+                env,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("NoSuchBucket"),
+        "{text}"
+    );
+
+    // A second process on the same cache directory is refused while the first runs.
+    let m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let other = mnt.parent().unwrap().join("mnt2");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let env = s.env();
+        let (a, c) = (other.display().to_string(), cache_s.clone());
+        move || run(vec![url(), a, "--cache-dir".into(), c], env)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("in use by another ossmount process"),
+        "{text}"
+    );
+    assert!(!is_mounted(&other));
+    drop(m);
+}
