@@ -408,13 +408,15 @@ async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
     let root = m.path("");
     let start = Instant::now();
     let names = fs_op(Duration::from_secs(5), move || {
-        std::fs::read_dir(root)
+        let mut v: Vec<String> = std::fs::read_dir(root)
             .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .count()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     })
     .await;
-    assert_eq!(names, 2);
+    assert_eq!(names, vec!["cached.bin", "slow.bin"]);
     let data = fs_op(Duration::from_secs(5), move || {
         std::fs::read(cached).unwrap()
     })
