@@ -89,6 +89,36 @@ enum Command {
         #[arg(long, default_value = "32MiB", value_parser = parse_size)]
         bandwidth: u64,
     },
+    /// Show a cache directory: every entry's parts present, state and last use, totals
+    /// against capacity, and the mount's counters (works with or without a mount)
+    Status {
+        /// The cache directory [default: every cache under $XDG_CACHE_HOME/ossmount]
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hydrate the objects under a prefix into a cache ahead of use (resumable); a later
+    /// mount with the same --cache-dir serves them without requests
+    Prefetch {
+        /// oss://bucket/prefix/
+        url: String,
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+        part_size: u64,
+        #[arg(long, default_value_t = 3)]
+        threads: usize,
+        /// Objects hydrated at once
+        #[arg(long, default_value_t = 4)]
+        objects: usize,
+        #[arg(long, value_parser = parse_size)]
+        cache_size: Option<u64>,
+        #[arg(long, value_parser = parse_size)]
+        min_free_disk: Option<u64>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Serve a directory as OSS buckets (each subdirectory is a bucket), for tests and demos.
     /// The credential it accepts is --access-key-id/--access-key-secret (default
     /// emulator-ak/emulator-secret) and its region --region (default cn-hangzhou).
@@ -157,6 +187,12 @@ struct MountArgs {
     file_mode: u16,
     #[arg(long, default_value = "0555", value_parser = parse_mode)]
     dir_mode: u16,
+    /// Most the cache may hold, e.g. 20GiB [default: a quarter of the cache's filesystem]
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Free space to leave on the cache's filesystem [default: 5% of it, at most 5 GiB]
+    #[arg(long, value_parser = parse_size)]
+    min_free_disk: Option<u64>,
     /// Stay in the foreground (logs to stderr) instead of detaching
     #[arg(short, long)]
     foreground: bool,
@@ -328,6 +364,8 @@ fn mount_options(cli: &Cli, m: &MountArgs) -> Result<MountOptions> {
         gid: m.gid.unwrap_or(gid),
         file_mode: m.file_mode,
         dir_mode: m.dir_mode,
+        cache_size: m.cache_size,
+        min_free_disk: m.min_free_disk,
     })
 }
 
@@ -421,6 +459,8 @@ fn demo(
         gid,
         file_mode: 0o444,
         dir_mode: 0o555,
+        cache_size: None,
+        min_free_disk: None,
     };
     let m = mnt.display();
     let result = ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
@@ -535,6 +575,101 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { cache_dir, json } => {
+            let dirs = match cache_dir {
+                Some(d) => vec![d],
+                None => ossmount::status::default_cache_dirs(),
+            };
+            if dirs.is_empty() {
+                anyhow::bail!("no cache directories found; pass --cache-dir DIR");
+            }
+            let mut all = Vec::new();
+            for d in dirs {
+                all.push(
+                    ossmount::status::cache_status(&d)
+                        .with_context(|| format!("cannot read the cache at {}", d.display()))?,
+                );
+            }
+            if json {
+                let v = if all.len() == 1 {
+                    serde_json::to_string_pretty(&all[0])?
+                } else {
+                    serde_json::to_string_pretty(&all)?
+                };
+                println!("{v}");
+            } else {
+                for s in &all {
+                    print!("{}", ossmount::status::render(s));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prefetch {
+            url,
+            cache_dir,
+            part_size,
+            threads,
+            objects,
+            cache_size,
+            min_free_disk,
+            quiet,
+        } => {
+            let url = OssUrl::parse(&url).map_err(anyhow::Error::msg)?;
+            if part_size == 0 || part_size > MAX_PART_SIZE || threads == 0 {
+                anyhow::bail!("--part-size must be 1 byte to 5 GiB and --threads at least 1");
+            }
+            let client: Arc<dyn ossmount::store::ObjectStore> = Arc::new(cli.conn.client()?);
+            std::fs::create_dir_all(&cache_dir)
+                .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+            let defaults = ossmount::cache::Capacity::default_for(&cache_dir);
+            let capacity = ossmount::cache::Capacity {
+                max_bytes: cache_size.unwrap_or(defaults.max_bytes),
+                min_free_disk: min_free_disk.unwrap_or(defaults.min_free_disk),
+            };
+            let cfg = ossmount::hydrate::HydrationConfig {
+                part_size,
+                threads,
+                ..Default::default()
+            };
+            let limiter = ossmount::hydrate::ConnectionLimiter::new(threads * objects.max(1), 0);
+            let cache =
+                ossmount::cache::Cache::open(&cache_dir, client.clone(), cfg, limiter, capacity)?;
+            let mut reporter = progress::Reporter::new(quiet, &url.to_string());
+            let report =
+                ossmount::prefetch::prefetch(client, &cache, &url.bucket, &url.key, objects, |p| {
+                    reporter.update(p)
+                })
+                .await;
+            reporter.finish();
+            cache.shutdown().await;
+            let report = report?;
+            for (key, size) in &report.skipped {
+                eprintln!(
+                    "not prefetched (does not fit --cache-size {}): oss://{}/{key} ({})",
+                    human_bytes(capacity.max_bytes),
+                    url.bucket,
+                    human_bytes(*size)
+                );
+            }
+            for (key, err) in &report.failed {
+                eprintln!("failed: oss://{}/{key}: {err}", url.bucket);
+            }
+            if !quiet {
+                eprintln!(
+                    "prefetched {} objects into {} ({} fetched); {} skipped, {} failed",
+                    report.fetched.len(),
+                    cache_dir.display(),
+                    human_bytes(report.bytes_fetched),
+                    report.skipped.len(),
+                    report.failed.len()
+                );
+            }
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Serve {
             root,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Capacity};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, OssFs};
 use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// `None`: the defaults for the cache's filesystem (see `Capacity::default_for`).
+    pub cache_size: Option<u64>,
+    pub min_free_disk: Option<u64>,
 }
 
 impl MountOptions {
@@ -109,10 +112,23 @@ pub fn run_mount(
         readahead_parts: opts.readahead.div_ceil(part_size).max(1) as usize,
         part_attempts: 2,
         retry_delay: Duration::from_millis(200),
+        ..HydrationConfig::default()
     };
     let reserve = (opts.max_connections / 4).max(2);
     let limiter = ConnectionLimiter::new(opts.max_connections, reserve);
-    let cache = Arc::new(Cache::open(&opts.cache_dir, store.clone(), cfg, limiter)?);
+    std::fs::create_dir_all(&opts.cache_dir).ok();
+    let defaults = Capacity::default_for(&opts.cache_dir);
+    let capacity = Capacity {
+        max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
+        min_free_disk: opts.min_free_disk.unwrap_or(defaults.min_free_disk),
+    };
+    let cache = Arc::new(Cache::open(
+        &opts.cache_dir,
+        store.clone(),
+        cfg,
+        limiter,
+        capacity,
+    )?);
     let fs = Arc::new(OssFs::new(
         FsConfig {
             bucket: opts.url.bucket.clone(),
@@ -173,9 +189,21 @@ pub fn run_mount(
         opts.cache_dir.display()
     );
     on_mounted();
+    let status_task = rt.spawn({
+        let fs = fs.clone();
+        let opts = opts.clone();
+        async move {
+            loop {
+                crate::status::write_mount_status(&fs, &opts);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
     let result = session.run();
     signal_task.abort();
+    status_task.abort();
     rt.block_on(cache.shutdown());
+    crate::status::write_mount_status(&fs, opts);
     tracing::info!(
         "unmounted {}: {}",
         opts.mountpoint.display(),

@@ -97,11 +97,60 @@ pub struct FsStats {
     pub reads: AtomicU64,
     pub read_bytes: AtomicU64,
     pub read_errors: AtomicU64,
+    /// Reads whose bytes were all present when they arrived.
+    pub cache_hits: AtomicU64,
+    /// Reads that had to wait for parts.
+    pub cache_misses: AtomicU64,
+    /// Reads served by direct ranged GETs (objects larger than the cache).
+    pub direct_reads: AtomicU64,
 }
 
-struct OpenFile {
-    ino: u64,
-    hydration: Hydration,
+enum OpenFile {
+    /// Served from the object's cache entry.
+    Cached { ino: u64, hydration: Hydration },
+    /// Larger than the whole cache: served by ranged reads with readahead, never kept.
+    Direct { ino: u64, reader: Arc<DirectReader> },
+}
+
+impl OpenFile {
+    fn ino(&self) -> u64 {
+        match self {
+            OpenFile::Cached { ino, .. } | OpenFile::Direct { ino, .. } => *ino,
+        }
+    }
+}
+
+/// Sequential ranged reads through a memory window of `window` bytes, for objects that do not
+/// fit the cache. Memory per handle is bounded by the window.
+pub struct DirectReader {
+    store: Arc<dyn ObjectStore>,
+    id: ObjectIdentity,
+    window: u64,
+    buf: tokio::sync::Mutex<(u64, bytes::Bytes)>,
+}
+
+impl DirectReader {
+    async fn read(&self, offset: u64, end: u64) -> Result<Vec<u8>, OssError> {
+        use futures_util::StreamExt;
+        let mut buf = self.buf.lock().await;
+        let covered = offset >= buf.0 && end <= buf.0 + buf.1.len() as u64;
+        if !covered {
+            let fetch_end = (offset + self.window.max(end - offset)).min(self.id.size);
+            let mut s = self.store.get_range(
+                &self.id.bucket,
+                &self.id.key,
+                offset..fetch_end,
+                Some(self.id.etag.clone()),
+            );
+            let mut data = bytes::BytesMut::with_capacity((fetch_end - offset) as usize);
+            while let Some(chunk) = s.next().await {
+                data.extend_from_slice(&chunk?);
+            }
+            *buf = (offset, data.freeze());
+        }
+        let start = (offset - buf.0) as usize;
+        Ok(buf.1[start..start + (end - offset) as usize].to_vec())
+    }
 }
 
 pub struct OssFs {
@@ -455,17 +504,26 @@ impl OssFs {
     /// cannot be reached, the last known identity (or a complete cache entry's) is used, so
     /// cached files stay readable offline.
     async fn identity_for_open(&self, ino: u64) -> Result<ObjectIdentity, i32> {
-        let (key, cached, listed_etag) = {
+        let (key, cached, listed_etag, listed_size) = {
             let ns = self.ns.lock().unwrap();
             let n = ns.nodes.get(&ino).ok_or(libc::ENOENT)?;
             if n.kind == Kind::Dir {
                 return Err(libc::EISDIR);
             }
-            (n.key.clone(), n.identity.clone(), n.etag.clone())
+            (n.key.clone(), n.identity.clone(), n.etag.clone(), n.size)
         };
         if let Some((id, at)) = &cached {
             if at.elapsed() < self.cfg.metadata_ttl {
                 return Ok(id.clone());
+            }
+        }
+        // A fresh listing that shows the same version as a complete cache entry needs no
+        // HEAD: prefetched or earlier-hydrated files open without any request.
+        if cached.is_none() {
+            if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
+                if id.etag == listed_etag && id.size == listed_size {
+                    return Ok(id);
+                }
             }
         }
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
@@ -500,10 +558,32 @@ impl OssFs {
     /// kernel may keep its page cache (same version as last time).
     pub async fn open(&self, ino: u64) -> Result<(u64, bool), i32> {
         let id = self.identity_for_open(ino).await?;
-        let hydration = self.cache.hydration(&id).map_err(|e| {
-            tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-            libc::EIO
-        })?;
+        let file = if id.size > self.cache.capacity().max_bytes {
+            if self
+                .ns
+                .lock()
+                .unwrap()
+                .logged_skips
+                .insert(format!("direct:{}", id.key))
+            {
+                tracing::warn!(key = %id.key, size = id.size, "larger than the whole cache: served by ranged reads, not kept");
+            }
+            OpenFile::Direct {
+                ino,
+                reader: Arc::new(DirectReader {
+                    store: self.store.clone(),
+                    window: 8 << 20,
+                    buf: tokio::sync::Mutex::new((0, bytes::Bytes::new())),
+                    id: id.clone(),
+                }),
+            }
+        } else {
+            let hydration = self.cache.open_entry(&id).map_err(|e| {
+                tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                libc::EIO
+            })?;
+            OpenFile::Cached { ino, hydration }
+        };
         let keep_cache = {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(libc::ENOENT)?;
@@ -518,33 +598,36 @@ impl OssFs {
             keep
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .lock()
-            .unwrap()
-            .insert(fh, OpenFile { ino, hydration });
+        self.files.lock().unwrap().insert(fh, file);
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
         Ok((fh, keep_cache))
     }
 
     /// Reads `[offset, offset + size)`, waiting only for the parts that hold it.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
-        let h = self
-            .files
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .map(|f| f.hydration.clone())
-            .ok_or(libc::EBADF)?;
+        let h = match self.files.lock().unwrap().get(&fh).ok_or(libc::EBADF)? {
+            OpenFile::Cached { hydration, .. } => Ok(hydration.clone()),
+            OpenFile::Direct { reader, .. } => Err(reader.clone()),
+        };
+        let h = match h {
+            Ok(h) => h,
+            Err(direct) => return self.read_direct(&direct, offset, size).await,
+        };
         let total = h.identity().size;
         if offset >= total || size == 0 {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(total);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = h.wait_range(offset..end).await {
-            self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(key = %h.identity().key, offset, "read failed: {e}");
-            return Err(libc::EIO);
+        if h.is_present(offset..end) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = h.wait_range(offset..end).await {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %h.identity().key, offset, "read failed: {e}");
+                return Err(libc::EIO);
+            }
         }
         let data = tokio::task::spawn_blocking(move || h.read_at(offset, (end - offset) as usize))
             .await
@@ -559,13 +642,41 @@ impl OssFs {
         Ok(data)
     }
 
+    async fn read_direct(&self, r: &DirectReader, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let end = (offset + size as u64).min(r.id.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.direct_reads.fetch_add(1, Ordering::Relaxed);
+        match r.read(offset, end).await {
+            Ok(d) => {
+                self.stats
+                    .read_bytes
+                    .fetch_add(d.len() as u64, Ordering::Relaxed);
+                Ok(d)
+            }
+            Err(e) => {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if e.is_precondition_failed() {
+                    tracing::warn!(key = %r.id.key, "the object changed while it was being read");
+                    return Err(libc::EIO);
+                }
+                Err(eio(&format!("read {}", r.id.key), &e))
+            }
+        }
+    }
+
     pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+        let file = self.files.lock().unwrap().remove(&fh);
+        if let Some(OpenFile::Cached { hydration, .. }) = file {
+            self.cache.close_entry(hydration.identity());
+        }
     }
 
     /// The inode an open handle belongs to.
     pub fn handle_ino(&self, fh: u64) -> Option<u64> {
-        self.files.lock().unwrap().get(&fh).map(|f| f.ino)
+        self.files.lock().unwrap().get(&fh).map(|f| f.ino())
     }
 
     /// Extended attributes of a file: `user.ossmount.hydration` ("37/128 parts"),
@@ -613,16 +724,33 @@ impl OssFs {
     }
 
     pub fn stats_line(&self) -> String {
-        let s = &self.stats;
+        let c = self.counters();
         format!(
-            "{} listings, {} HEADs, {} opens, {} reads ({} bytes), {} read errors",
-            s.listings.load(Ordering::Relaxed),
-            s.heads.load(Ordering::Relaxed),
-            s.opens.load(Ordering::Relaxed),
-            s.reads.load(Ordering::Relaxed),
-            s.read_bytes.load(Ordering::Relaxed),
-            s.read_errors.load(Ordering::Relaxed)
+            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens, {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions",
+            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions
         )
+    }
+
+    /// Every counter of the mount, for logs and `status`.
+    pub fn counters(&self) -> crate::status::MountCounters {
+        let s = &self.stats;
+        let e = self.cache.engine_stats();
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::status::MountCounters {
+            part_requests: l(&e.part_requests),
+            part_retries: l(&e.part_retries),
+            bytes_fetched: l(&e.bytes_fetched),
+            listings: l(&s.listings),
+            heads: l(&s.heads),
+            opens: l(&s.opens),
+            reads: l(&s.reads),
+            bytes_served: l(&s.read_bytes),
+            cache_hits: l(&s.cache_hits),
+            cache_misses: l(&s.cache_misses),
+            direct_reads: l(&s.direct_reads),
+            read_errors: l(&s.read_errors),
+            evictions: l(&self.cache.stats().evictions),
+        }
     }
 }
 

@@ -197,6 +197,7 @@ pub async fn resumable_download(
             readahead_parts: 0,
             part_attempts: req.part_attempts.max(1),
             retry_delay: Duration::from_millis(500),
+            ..HydrationConfig::default()
         };
         let limiter = ConnectionLimiter::new(req.threads, 0);
         let files = HydrationFiles {

@@ -96,7 +96,25 @@ pub enum FetchMode {
     OnDemand,
 }
 
-#[derive(Debug, Clone)]
+/// Room on local disk for parts: asked before each part is fetched, so a cache can evict
+/// other entries first. The engine never decides what to evict.
+pub trait SpaceBudget: Send + Sync {
+    /// Reserve `bytes` for a part of `id`; false when no room can be made.
+    fn reserve(&self, id: &ObjectIdentity, bytes: u64) -> bool;
+    /// Give back a reservation whose part was not written.
+    fn release(&self, id: &ObjectIdentity, bytes: u64);
+}
+
+/// Counters shared by every hydration of a mount (or one download).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub part_requests: AtomicU64,
+    pub part_retries: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub parts_completed: AtomicU64,
+}
+
+#[derive(Clone)]
 pub struct HydrationConfig {
     pub part_size: u64,
     /// Background fetches in flight for this object (the SDKs' ParallelThreadCount).
@@ -107,6 +125,20 @@ pub struct HydrationConfig {
     /// Attempts per part (each attempt already retries inside the client).
     pub part_attempts: u32,
     pub retry_delay: Duration,
+    pub budget: Option<Arc<dyn SpaceBudget>>,
+    pub stats: Arc<EngineStats>,
+}
+
+impl std::fmt::Debug for HydrationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HydrationConfig")
+            .field("part_size", &self.part_size)
+            .field("threads", &self.threads)
+            .field("mode", &self.mode)
+            .field("readahead_parts", &self.readahead_parts)
+            .field("budget", &self.budget.is_some())
+            .finish()
+    }
 }
 
 impl Default for HydrationConfig {
@@ -118,6 +150,8 @@ impl Default for HydrationConfig {
             readahead_parts: 2,
             part_attempts: 3,
             retry_delay: Duration::from_millis(500),
+            budget: None,
+            stats: Arc::new(EngineStats::default()),
         }
     }
 }
@@ -156,6 +190,12 @@ pub enum HydrateError {
     },
     #[error("hydration of oss://{bucket}/{key} was stopped")]
     Stopped { bucket: String, key: String },
+    #[error("no room in the cache for part {part} of oss://{bucket}/{key}: every other entry is open or the disk is full; raise --cache-size or free disk space")]
+    NoSpace {
+        bucket: String,
+        key: String,
+        part: usize,
+    },
 }
 
 impl HydrateError {
@@ -715,12 +755,46 @@ impl Inner {
 
     async fn fetch_part(&self, part: usize, demand: bool) -> Result<u64, HydrateError> {
         let range = self.layout.range(part);
+        let len = range.end - range.start;
+        if let Some(b) = &self.cfg.budget {
+            if !b.reserve(&self.id, len) {
+                return Err(HydrateError::NoSpace {
+                    bucket: self.id.bucket.clone(),
+                    key: self.id.key.clone(),
+                    part,
+                });
+            }
+        }
+        let result = self.fetch_part_reserved(part, range, demand).await;
+        if result.is_err() {
+            if let Some(b) = &self.cfg.budget {
+                b.release(&self.id, len);
+            }
+        } else {
+            self.cfg
+                .stats
+                .parts_completed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn fetch_part_reserved(
+        &self,
+        part: usize,
+        range: Range<u64>,
+        demand: bool,
+    ) -> Result<u64, HydrateError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let err = {
                 let _permit = self.limiter.acquire(demand).await;
                 self.part_requests.fetch_add(1, Ordering::Relaxed);
+                self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
+                if attempt > 1 {
+                    self.cfg.stats.part_retries.fetch_add(1, Ordering::Relaxed);
+                }
                 match self.fetch_part_once(range.clone(), demand).await {
                     Ok(crc) => return Ok(crc),
                     Err(e) => e,
@@ -784,6 +858,10 @@ impl Inner {
                     self.open_pending_readahead();
                 }
                 self.bytes_fetched
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.cfg
+                    .stats
+                    .bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 crc = crate::crc64::update(crc, &chunk);
                 buf.extend_from_slice(&chunk);

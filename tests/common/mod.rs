@@ -2,6 +2,8 @@
 //! `ossmount` binary, and bounded waits.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

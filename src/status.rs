@@ -1,0 +1,285 @@
+//! What `ossmount status` shows: every cache entry (object, parts present of total, bytes,
+//! state, last use) read straight from the checkpoints, the totals against capacity, and a
+//! running mount's counters from the `status.json` it refreshes every second. Works with or
+//! without a mount: it never takes the cache lock.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::OssFs;
+use crate::hydrate::checkpoint::Checkpoint;
+use crate::mount::MountOptions;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountCounters {
+    pub part_requests: u64,
+    pub part_retries: u64,
+    pub bytes_fetched: u64,
+    pub listings: u64,
+    pub heads: u64,
+    pub opens: u64,
+    pub reads: u64,
+    pub bytes_served: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub direct_reads: u64,
+    pub read_errors: u64,
+    pub evictions: u64,
+}
+
+/// Written by a mount into its cache directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountStatusFile {
+    pub pid: u32,
+    pub url: String,
+    pub mountpoint: String,
+    pub capacity_bytes: u64,
+    pub min_free_disk: u64,
+    pub used_bytes: u64,
+    /// Checkpoint names (entry hashes) being hydrated right now.
+    pub hydrating: Vec<String>,
+    pub counters: MountCounters,
+    pub updated_unix: u64,
+}
+
+pub fn write_mount_status(fs: &OssFs, opts: &MountOptions) {
+    let cache = fs.cache();
+    let hydrating = cache
+        .active()
+        .iter()
+        .filter(|h| !h.is_complete())
+        .filter_map(|h| {
+            h.data_path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    let st = MountStatusFile {
+        pid: std::process::id(),
+        url: opts.url.to_string(),
+        mountpoint: opts.mountpoint.display().to_string(),
+        capacity_bytes: cache.capacity().max_bytes,
+        min_free_disk: cache.capacity().min_free_disk,
+        used_bytes: cache.used_bytes(),
+        hydrating,
+        counters: fs.counters(),
+        updated_unix: unix(SystemTime::now()),
+    };
+    let path = cache.dir().join("status.json");
+    let tmp = cache.dir().join("status.json.tmp");
+    let body = serde_json::to_vec_pretty(&st).unwrap_or_default();
+    if std::fs::write(&tmp, body).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntryStatus {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub parts_present: usize,
+    pub parts_total: usize,
+    pub bytes_present: u64,
+    /// complete, partial or hydrating
+    pub state: String,
+    pub last_use: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStatus {
+    pub cache_dir: String,
+    /// The mount using this cache now, if any.
+    pub mounted: Option<MountStatusFile>,
+    /// The last mount's status when none runs now.
+    pub last_mount: Option<MountStatusFile>,
+    pub entries: Vec<EntryStatus>,
+    pub total_entries: usize,
+    pub complete_entries: usize,
+    pub bytes_present: u64,
+    /// Bytes the cache directory takes on disk (allocated blocks, like `du`).
+    pub disk_bytes: u64,
+}
+
+/// Whether a process holds the cache lock (a mount or prefetch runs).
+fn lock_held(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `f` drops.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            total += m.blocks() * 512;
+        }
+    }
+    total
+}
+
+pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
+    let entries_dir = dir.join("entries");
+    if !entries_dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} is not an ossmount cache directory (no entries/)",
+                dir.display()
+            ),
+        ));
+    }
+    let running = lock_held(dir);
+    let status_file: Option<MountStatusFile> = std::fs::read(dir.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let hydrating: Vec<String> = match (&status_file, running) {
+        (Some(s), true) => s.hydrating.clone(),
+        _ => vec![],
+    };
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(&entries_dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".ckpt") else {
+            continue;
+        };
+        let Ok(c) = Checkpoint::load(&e.path()) else {
+            continue;
+        };
+        let total = c.layout().count();
+        let present = c.parts_present();
+        let state = if present == total {
+            "complete"
+        } else if hydrating.iter().any(|h| h == stem) {
+            "hydrating"
+        } else {
+            "partial"
+        };
+        let used = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        entries.push(EntryStatus {
+            bytes_present: c.bytes_present(),
+            bucket: c.bucket,
+            key: c.key,
+            size: c.size,
+            parts_present: present,
+            parts_total: total,
+            state: state.into(),
+            last_use: crate::oss::time::iso8601_extended(used),
+        });
+    }
+    entries.sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    Ok(CacheStatus {
+        cache_dir: dir.display().to_string(),
+        total_entries: entries.len(),
+        complete_entries: entries.iter().filter(|e| e.state == "complete").count(),
+        bytes_present: entries.iter().map(|e| e.bytes_present).sum(),
+        disk_bytes: disk_usage(dir),
+        mounted: status_file.clone().filter(|_| running),
+        last_mount: status_file.filter(|_| !running),
+        entries,
+    })
+}
+
+/// Every cache directory under the default base, for `status` without `--cache-dir`.
+pub fn default_cache_dirs() -> Vec<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("ossmount");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("entries").is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The human-readable report.
+pub fn render(s: &CacheStatus) -> String {
+    use crate::size::human_bytes;
+    let mut out = format!("cache {}", s.cache_dir);
+    match (&s.mounted, &s.last_mount) {
+        (Some(m), _) => out.push_str(&format!(
+            " — in use by pid {} ({} at {}); {} of {} capacity used\n",
+            m.pid,
+            m.url,
+            m.mountpoint,
+            human_bytes(m.used_bytes),
+            human_bytes(m.capacity_bytes)
+        )),
+        (None, Some(m)) => out.push_str(&format!(
+            " — not mounted (last: {} at {}, capacity {})\n",
+            m.url,
+            m.mountpoint,
+            human_bytes(m.capacity_bytes)
+        )),
+        _ => out.push_str(" — not mounted\n"),
+    }
+    out.push_str(&format!(
+        "{} entries ({} complete), {} present, {} on disk\n",
+        s.total_entries,
+        s.complete_entries,
+        human_bytes(s.bytes_present),
+        human_bytes(s.disk_bytes)
+    ));
+    if !s.entries.is_empty() {
+        out.push_str(&format!(
+            "{:<10} {:>11} {:>11} {:<24} OBJECT\n",
+            "STATE", "PARTS", "BYTES", "LAST USE"
+        ));
+    }
+    for e in &s.entries {
+        out.push_str(&format!(
+            "{:<10} {:>11} {:>11} {:<24} oss://{}/{}\n",
+            e.state,
+            format!("{}/{}", e.parts_present, e.parts_total),
+            human_bytes(e.bytes_present),
+            e.last_use,
+            e.bucket,
+            e.key
+        ));
+    }
+    if let Some(m) = s.mounted.as_ref().or(s.last_mount.as_ref()) {
+        let c = &m.counters;
+        out.push_str(&format!(
+            "counters: {} part requests ({} retries), {} fetched, {} served ({} hits, {} misses), {} evictions, {} read errors\n",
+            c.part_requests,
+            c.part_retries,
+            human_bytes(c.bytes_fetched),
+            human_bytes(c.bytes_served),
+            c.cache_hits,
+            c.cache_misses,
+            c.evictions,
+            c.read_errors
+        ));
+    }
+    out
+}

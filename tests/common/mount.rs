@@ -1,0 +1,180 @@
+//! The kernel-mount harness: a guard that always unmounts and reaps the mount process, and
+//! bounded filesystem operations.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+use ossmount::hydrate::Checkpoint;
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn require_fuse() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root && Path::new("/dev/fuse").exists(),
+        "mount tests need root and /dev/fuse (run cargo test as root)"
+    );
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let mnt = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, target, fstype) = (f.next(), f.next(), f.next());
+            target == Some(mnt.to_str().unwrap()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+        })
+}
+
+pub fn force_unmount(mnt: &Path) {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: umount2 with a valid C string.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// A running `ossmount mount --foreground`; dropping it always unmounts and reaps it.
+pub struct Mount {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    pub fn start(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        let m = Mount::spawn(s, url, mnt, cache, extra);
+        let mut m = m;
+        let up = wait_until(Duration::from_secs(20), || {
+            is_mounted(mnt) || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
+        });
+        assert!(
+            up && is_mounted(mnt),
+            "mount did not come up: {}",
+            m.log_text()
+        );
+        m
+    }
+
+    pub fn spawn(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mnt).unwrap();
+        let log = mnt.with_extension("log");
+        let child = Command::new(bin())
+            .args(["mount", url])
+            .arg(mnt)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--foreground", "--log-level", "info"])
+            .args(extra)
+            .envs(s.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// SIGKILL, as a crash would; the dead mount is detached.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mnt);
+    }
+
+    /// `umount`, and the process must then exit by itself, successfully.
+    pub fn unmount(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("umount").arg(&self.mnt).status().unwrap();
+        assert!(status.success(), "umount failed");
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "process did not exit after umount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+    }
+}
+
+/// Runs blocking filesystem work off the runtime, failing the test if it takes too long.
+pub async fn fs_op<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    tokio::time::timeout(limit, tokio::task::spawn_blocking(f))
+        .await
+        .expect("filesystem operation timed out")
+        .expect("filesystem operation panicked")
+}
+
+pub fn url() -> String {
+    format!("oss://{BUCKET}/")
+}
+
+pub fn dirs(s: &Server, name: &str) -> (PathBuf, PathBuf) {
+    let base = s.root().parent().unwrap().join(format!(
+        "{}-{name}",
+        s.root().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&base).unwrap();
+    (base.join("mnt"), base.join("cache"))
+}
+
+pub fn entry_checkpoints(cache: &Path) -> Vec<Checkpoint> {
+    std::fs::read_dir(cache.join("entries"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "ckpt"))
+                .filter_map(|e| Checkpoint::load(&e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
