@@ -38,9 +38,14 @@ fn populate(entries: &Path, n: usize, parts: usize) {
         let name = Cache::entry_name(LOCATION, "bench", &key);
         let data = entries.join(format!("{name}.data"));
         // Sparse: the index reads checkpoints, not data.
-        std::fs::File::create(&data).unwrap().set_len(id.size).unwrap();
+        std::fs::File::create(&data)
+            .unwrap()
+            .set_len(id.size)
+            .unwrap();
         let mut c = Checkpoint::new(LOCATION, &id, part_size, &data);
-        c.present = (0..parts).map(|p| if p % 3 == 0 { '1' } else { '0' }).collect();
+        c.present = (0..parts)
+            .map(|p| if p % 3 == 0 { '1' } else { '0' })
+            .collect();
         std::fs::write(entries.join(format!("{name}.ckpt")), c.to_json()).unwrap();
     }
 }

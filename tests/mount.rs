@@ -476,3 +476,81 @@ async fn mount_refuses_bad_input_before_mounting() {
     assert!(!is_mounted(&other));
     drop(m);
 }
+
+/// Without --foreground the command returns once the mount is up, the daemon logs into the
+/// cache directory, and `umount` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("hello.txt", b"hello from a daemon");
+    let (mnt, cache) = dirs(&s, "daemon");
+    std::fs::create_dir_all(&mnt).unwrap();
+    /// Unmounts and kills the daemon (found by the pid in its cache lock) if the test fails.
+    struct DaemonGuard {
+        mnt: std::path::PathBuf,
+        cache: std::path::PathBuf,
+    }
+    impl Drop for DaemonGuard {
+        fn drop(&mut self) {
+            if is_mounted(&self.mnt) {
+                force_unmount(&self.mnt);
+            }
+            if let Ok(pid) = std::fs::read_to_string(self.cache.join("lock")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: signalling a process by pid; harmless if it is gone.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+    let _guard = DaemonGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let out = tokio::task::spawn_blocking({
+        let env = s.env();
+        let (m, c) = (mnt.clone(), cache.clone());
+        move || {
+            Command::new(bin())
+                .args(["mount", &url()])
+                .arg(&m)
+                .arg("--cache-dir")
+                .arg(&c)
+                .envs(env)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mnt), "mounted by the time the command returned");
+    let p = mnt.join("hello.txt");
+    let got = fs_op(Duration::from_secs(10), move || std::fs::read(p).unwrap()).await;
+    assert_eq!(got, b"hello from a daemon");
+    let pid: i32 = std::fs::read_to_string(cache.join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    // SAFETY: kill(pid, 0) only checks whether the process exists.
+    let gone = wait_until(
+        Duration::from_secs(15),
+        || unsafe { libc::kill(pid, 0) } != 0,
+    );
+    assert!(gone, "the daemon did not exit after umount");
+    let log = std::fs::read_to_string(cache.join("ossmount.log")).unwrap();
+    assert!(
+        log.contains("mounted oss://test-bucket/") && log.contains("unmounted"),
+        "{log}"
+    );
+}
