@@ -484,14 +484,7 @@ impl Cache {
         if !(complete && c.bucket == bucket && c.key == key && c.store == self.location) {
             return None;
         }
-        Some(ObjectIdentity {
-            bucket: c.bucket,
-            key: c.key,
-            size: c.size,
-            etag: c.etag,
-            last_modified: c.last_modified,
-            crc64: c.crc64,
-        })
+        Some(c.identity())
     }
 
     /// Parts present and total, ETag, and whether complete, for an object's entry: from its

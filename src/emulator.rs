@@ -529,7 +529,7 @@ async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<Incoming>) -
         &query,
         &headers,
     ) {
-        record(&state, &ctx, None, e.status.as_u16(), 0);
+        record(&state, &ctx, None, e.status.as_u16());
         return error_response(&ctx, e);
     }
     let is_object_or_list = bucket.is_some();
@@ -545,7 +545,7 @@ async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<Incoming>) -
             } else {
                 ("ServiceUnavailable", "Please reduce your request rate.")
             };
-            record(&state, &ctx, None, status, 0);
+            record(&state, &ctx, None, status);
             bump(&state, &ctx, |c| c.injected_errors += 1);
             return error_response(&ctx, oss_err(status, code, msg, "0003-00000001"));
         }
@@ -562,7 +562,7 @@ async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<Incoming>) -
         );
     };
     if sign::uri_encode(&bucket, false) != bucket || !state.cfg.root.join(&bucket).is_dir() {
-        record(&state, &ctx, None, 404, 0);
+        record(&state, &ctx, None, 404);
         let mut e = oss_err(
             404,
             "NoSuchBucket",
@@ -761,7 +761,7 @@ fn verify_auth(
     Ok(())
 }
 
-fn record(state: &State, ctx: &Ctx, range: Option<(u64, u64)>, status: u16, _bytes: u64) {
+fn record(state: &State, ctx: &Ctx, range: Option<(u64, u64)>, status: u16) {
     let mut s = state.stats.lock().unwrap();
     s.log.push(LoggedRequest {
         seq: ctx.seq,
@@ -894,6 +894,18 @@ fn resolve_range(
     Ok(Some((start, end.min(size))))
 }
 
+fn precondition_failed(state: &State, ctx: &Ctx, condition: &str) -> Resp {
+    record(state, ctx, None, 412);
+    let mut e = oss_err(
+        412,
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold.",
+        "0017-00001001",
+    );
+    e.extra.push(("Condition", condition.to_string()));
+    error_response(ctx, e)
+}
+
 fn etag_matches(cond: &str, etag: &str) -> bool {
     let bare = etag.trim_matches('"');
     cond.split(',')
@@ -929,7 +941,7 @@ async fn get_object(
         None => None,
     };
     let Some(obj) = obj else {
-        record(state, ctx, None, 404, 0);
+        record(state, ctx, None, 404);
         let mut e = oss_err(
             404,
             "NoSuchKey",
@@ -941,15 +953,7 @@ async fn get_object(
     };
     if let Some(cond) = get("if-match") {
         if !etag_matches(cond, &obj.etag) {
-            record(state, ctx, None, 412, 0);
-            let mut e = oss_err(
-                412,
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold.",
-                "0017-00001001",
-            );
-            e.extra.push(("Condition", "If-Match".into()));
-            return error_response(ctx, e);
+            return precondition_failed(state, ctx, "If-Match");
         }
     }
     let secs = |t: SystemTime| {
@@ -960,15 +964,7 @@ async fn get_object(
     if let Some(since) = get("if-unmodified-since").and_then(|d| httpdate::parse_http_date(d).ok())
     {
         if secs(obj.mtime) > secs(since) {
-            record(state, ctx, None, 412, 0);
-            let mut e = oss_err(
-                412,
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold.",
-                "0017-00001001",
-            );
-            e.extra.push(("Condition", "If-Unmodified-Since".into()));
-            return error_response(ctx, e);
+            return precondition_failed(state, ctx, "If-Unmodified-Since");
         }
     }
     let not_modified = get("if-none-match").is_some_and(|c| etag_matches(c, &obj.etag))
@@ -990,7 +986,7 @@ async fn get_object(
             .header("Date", time::http_date(time::unix_now()))
     };
     if not_modified {
-        record(state, ctx, None, 304, 0);
+        record(state, ctx, None, 304);
         return base(StatusCode::NOT_MODIFIED)
             .body(EmuBody::empty())
             .expect("valid");
@@ -999,7 +995,7 @@ async fn get_object(
     let range = match resolve_range(get("range"), obj.size, standard) {
         Ok(r) => r,
         Err(()) => {
-            record(state, ctx, None, 416, 0);
+            record(state, ctx, None, 416);
             return error_response(
                 ctx,
                 oss_err(
@@ -1029,7 +1025,6 @@ async fn get_object(
         ctx,
         range.or(Some((0, obj.size))).filter(|_| !is_head),
         status.as_u16(),
-        0,
     );
     if is_head || start == end {
         return b.body(EmuBody::empty()).expect("valid");
@@ -1213,7 +1208,7 @@ async fn list_objects(
         c.requests += 1;
         c.list_requests += 1;
     });
-    record(state, ctx, None, 200, 0);
+    record(state, ctx, None, 200);
     let q = |name: &str| {
         query
             .iter()

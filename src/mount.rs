@@ -52,13 +52,17 @@ impl MountOptions {
 /// `$XDG_CACHE_HOME/ossmount/<bucket>-<hash>` (or `~/.cache/...`), one per endpoint, bucket
 /// and prefix, so two mounts never share a cache directory by accident.
 pub fn default_cache_dir(endpoint: &str, url: &OssUrl) -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    let id = Cache::entry_name(endpoint, &url.bucket, &url.key);
+    cache_base_dir().join(format!("{}-{}", url.bucket, &id[..8]))
+}
+
+/// `$XDG_CACHE_HOME/ossmount`, else `~/.cache/ossmount`: where default caches live.
+pub fn cache_base_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    let id = Cache::entry_name(endpoint, &url.bucket, &url.key);
-    base.join("ossmount")
-        .join(format!("{}-{}", url.bucket, &id[..8]))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("ossmount")
 }
 
 pub fn check_mountpoint(path: &Path) -> Result<()> {

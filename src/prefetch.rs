@@ -33,26 +33,12 @@ pub async fn prefetch(
     concurrency: usize,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<PrefetchReport, OssError> {
-    let mut objects = Vec::new();
-    let mut token = None;
-    loop {
-        let page = store
-            .list_page(
-                bucket,
-                crate::oss::ListRequest {
-                    prefix: prefix.to_string(),
-                    max_keys: Some(1000),
-                    continuation_token: token.take(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        objects.extend(page.objects.into_iter().filter(|o| !o.key.ends_with('/')));
-        match (page.is_truncated, page.next_continuation_token) {
-            (true, Some(t)) => token = Some(t),
-            _ => break,
-        }
-    }
+    let objects: Vec<_> = crate::store::list_all(&*store, bucket, prefix, None)
+        .await?
+        .objects
+        .into_iter()
+        .filter(|o| !o.key.ends_with('/'))
+        .collect();
     let capacity = cache.capacity().max_bytes;
     let mut report = PrefetchReport::default();
     let mut planned = Vec::new();
@@ -72,7 +58,6 @@ pub async fn prefetch(
     let running: Arc<Mutex<HashMap<String, Hydration>>> = Arc::default();
     let done_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fetched_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let parts_total: usize = 0;
     let tasks = futures_util::stream::iter(planned.into_iter().map(|o| {
         let store = store.clone();
         let running = running.clone();
@@ -114,7 +99,6 @@ pub async fn prefetch(
         Progress {
             bytes_total: total,
             bytes_present: done_bytes.load(std::sync::atomic::Ordering::Relaxed) + partial,
-            parts_total,
             ..Progress::default()
         }
     };

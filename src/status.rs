@@ -205,11 +205,7 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
 
 /// Every cache directory under the default base, for `status` without `--cache-dir`.
 pub fn default_cache_dirs() -> Vec<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("ossmount");
+    let base = crate::mount::cache_base_dir();
     let mut v: Vec<PathBuf> = std::fs::read_dir(base)
         .map(|rd| {
             rd.flatten()

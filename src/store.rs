@@ -41,6 +41,44 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn location(&self) -> String;
 }
 
+/// Every page of a listing, concatenated. A truncated page without a continuation token is
+/// an error rather than a silently short listing.
+pub async fn list_all(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+) -> Result<ListPage, OssError> {
+    let mut all = ListPage::default();
+    let mut token = None;
+    loop {
+        let page = store
+            .list_page(
+                bucket,
+                ListRequest {
+                    prefix: prefix.to_string(),
+                    delimiter: delimiter.map(str::to_string),
+                    max_keys: Some(1000),
+                    continuation_token: token.take(),
+                    start_after: None,
+                },
+            )
+            .await?;
+        all.objects.extend(page.objects);
+        all.common_prefixes.extend(page.common_prefixes);
+        match (page.is_truncated, page.next_continuation_token) {
+            (true, Some(t)) => token = Some(t),
+            (true, None) => {
+                return Err(OssError::Protocol {
+                    endpoint: store.location(),
+                    detail: "listing is truncated but has no NextContinuationToken".into(),
+                })
+            }
+            _ => return Ok(all),
+        }
+    }
+}
+
 impl ObjectStore for OssClient {
     fn head<'a>(
         &'a self,

@@ -6,6 +6,7 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -396,81 +397,55 @@ async fn mount_refuses_bad_input_before_mounting() {
     s.put("a", b"a");
     let (mnt, cache) = dirs(&s, "bad");
     std::fs::create_dir_all(&mnt).unwrap();
-    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| {
-        Command::new(bin())
-            .arg("mount")
-            .args(args)
-            .arg("--foreground")
-            .envs(env)
-            .output()
-            .unwrap()
-    };
-    let mnt_s = mnt.display().to_string();
-    let cache_s = cache.display().to_string();
+    /// Runs `ossmount mount URL MNT --cache-dir CACHE --foreground`; expects it to fail and
+    /// returns its stderr.
+    async fn refused(
+        url: String,
+        mnt: &Path,
+        cache: &Path,
+        env: Vec<(&'static str, String)>,
+    ) -> String {
+        let (mnt, cache) = (mnt.to_path_buf(), cache.to_path_buf());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(["mount", &url])
+                .arg(&mnt)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("--foreground")
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "expected a refusal: {text}");
+        text
+    }
 
     let mut env = s.env();
     env.retain(|(k, _)| *k != "OSS_ACCESS_KEY_SECRET");
     env.push(("OSS_ACCESS_KEY_SECRET", "wrong-secret-xyz".into()));
-    let out = tokio::task::spawn_blocking({
-        let (a, b) = (mnt_s.clone(), cache_s.clone());
-        move || run(vec![url(), a, "--cache-dir".into(), b], env)
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && text.contains("SignatureDoesNotMatch"),
-        "{text}"
-    );
+    let text = refused(url(), &mnt, &cache, env).await;
+    assert!(text.contains("SignatureDoesNotMatch"), "{text}");
     assert!(!text.contains("wrong-secret-xyz"));
     assert!(!is_mounted(&mnt));
 
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        let c = cache_s.clone();
-        let missing = mnt.parent().unwrap().join("nope").display().to_string();
-        move || run(vec![url(), missing, "--cache-dir".into(), c], env)
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && text.contains("does not exist: create it first"),
-        "{text}"
-    );
+    let missing = mnt.parent().unwrap().join("nope");
+    let text = refused(url(), &missing, &cache, s.env()).await;
+    assert!(text.contains("does not exist: create it first"), "{text}");
 
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        let (a, c) = (mnt_s.clone(), cache_s.clone());
-        move || {
-            run(
-                vec!["oss://no-such-bucket/".into(), a, "--cache-dir".into(), c],
-                env,
-            )
-        }
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && text.contains("NoSuchBucket"),
-        "{text}"
-    );
+    let text = refused("oss://no-such-bucket/".into(), &mnt, &cache, s.env()).await;
+    assert!(text.contains("NoSuchBucket"), "{text}");
 
     // A second process on the same cache directory is refused while the first runs.
     let m = Mount::start(&s, &url(), &mnt, &cache, &[]);
     let other = mnt.parent().unwrap().join("mnt2");
     std::fs::create_dir_all(&other).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        let (a, c) = (other.display().to_string(), cache_s.clone());
-        move || run(vec![url(), a, "--cache-dir".into(), c], env)
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = refused(url(), &other, &cache, s.env()).await;
     assert!(
-        !out.status.success() && text.contains("in use by another ossmount process"),
+        text.contains("in use by another ossmount process"),
         "{text}"
     );
     assert!(!is_mounted(&other));

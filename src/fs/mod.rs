@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::Cache;
 use crate::hydrate::{Hydration, ObjectIdentity};
-use crate::oss::{ListPage, ListRequest, OssError};
+use crate::oss::{ListPage, OssError};
 use crate::store::ObjectStore;
 
 pub const ROOT_INO: u64 = 1;
@@ -91,6 +91,7 @@ struct Namespace {
 /// Counters for a mount, for logs and status.
 #[derive(Debug, Default)]
 pub struct FsStats {
+    /// Directory listings (each may take several pages).
     pub listings: AtomicU64,
     pub heads: AtomicU64,
     pub opens: AtomicU64,
@@ -315,33 +316,6 @@ impl OssFs {
             .ok_or(libc::ENOENT)
     }
 
-    async fn list_all(&self, prefix: &str) -> Result<ListPage, OssError> {
-        let mut all = ListPage::default();
-        let mut token = None;
-        loop {
-            let page = self
-                .store
-                .list_page(
-                    &self.cfg.bucket,
-                    ListRequest {
-                        prefix: prefix.to_string(),
-                        delimiter: Some("/".into()),
-                        max_keys: Some(1000),
-                        continuation_token: token.take(),
-                        start_after: None,
-                    },
-                )
-                .await?;
-            self.stats.listings.fetch_add(1, Ordering::Relaxed);
-            all.objects.extend(page.objects);
-            all.common_prefixes.extend(page.common_prefixes);
-            match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(t)) => token = Some(t),
-                _ => return Ok(all),
-            }
-        }
-    }
-
     fn listing_fresh(&self, dir: u64) -> bool {
         let ns = self.ns.lock().unwrap();
         ns.listings
@@ -374,7 +348,10 @@ impl OssFs {
         if self.listing_fresh(dir) {
             return Ok(());
         }
-        let page = match self.list_all(&prefix).await {
+        self.stats.listings.fetch_add(1, Ordering::Relaxed);
+        let page = match crate::store::list_all(&*self.store, &self.cfg.bucket, &prefix, Some("/"))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 let has_old = self.ns.lock().unwrap().listings.contains_key(&dir);

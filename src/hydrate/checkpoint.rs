@@ -79,6 +79,18 @@ impl Checkpoint {
         }
     }
 
+    /// The object version this record belongs to.
+    pub fn identity(&self) -> ObjectIdentity {
+        ObjectIdentity {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            size: self.size,
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            crc64: self.crc64,
+        }
+    }
+
     pub fn layout(&self) -> PartLayout {
         PartLayout::new(self.size, self.part_size)
     }

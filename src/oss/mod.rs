@@ -380,41 +380,14 @@ impl OssClient {
         parse_list_page(&body).map_err(|detail| OssError::Protocol { endpoint, detail })
     }
 
-    /// Every page of a listing, concatenated.
+    /// Every page of a listing, concatenated (see [`crate::store::list_all`]).
     pub async fn list_all(
         &self,
         bucket: &str,
         prefix: &str,
         delimiter: Option<&str>,
     ) -> Result<ListPage, OssError> {
-        let mut all = ListPage::default();
-        let mut token = None;
-        loop {
-            let page = self
-                .list_objects_v2(
-                    bucket,
-                    &ListRequest {
-                        prefix: prefix.to_string(),
-                        delimiter: delimiter.map(str::to_string),
-                        max_keys: Some(1000),
-                        continuation_token: token.take(),
-                        start_after: None,
-                    },
-                )
-                .await?;
-            all.objects.extend(page.objects);
-            all.common_prefixes.extend(page.common_prefixes);
-            match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(t)) => token = Some(t),
-                (true, None) => {
-                    return Err(OssError::Protocol {
-                        endpoint: self.endpoint_name(),
-                        detail: "listing is truncated but has no NextContinuationToken".into(),
-                    })
-                }
-                _ => return Ok(all),
-            }
-        }
+        crate::store::list_all(self, bucket, prefix, delimiter).await
     }
 }
 
