@@ -146,7 +146,7 @@ pub fn run_mount(
         store,
         cache.clone(),
     ));
-    let mut mount_options = vec![
+    let mount_options = vec![
         fuser::MountOption::FSName(format!("ossmount:{}", opts.url.bucket)),
         fuser::MountOption::Subtype("ossmount".into()),
         fuser::MountOption::RO,
@@ -155,8 +155,8 @@ pub fn run_mount(
         fuser::MountOption::NoAtime,
         fuser::MountOption::DefaultPermissions,
     ];
+    // SessionACL::All is what adds the kernel's allow_other option.
     let acl = if opts.allow_other {
-        mount_options.push(fuser::MountOption::CUSTOM("allow_other".into()));
         fuser::SessionACL::All
     } else {
         fuser::SessionACL::Owner

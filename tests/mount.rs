@@ -529,3 +529,54 @@ async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ownership_modes_and_allow_other_are_applied() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("d/f.txt", b"x");
+    let (mnt, cache) = dirs(&s, "modes");
+    let m = Mount::start(
+        &s,
+        &url(),
+        &mnt,
+        &cache,
+        &[
+            "--allow-other",
+            "--uid",
+            "1234",
+            "--gid",
+            "5678",
+            "--file-mode",
+            "0440",
+            "--dir-mode",
+            "0750",
+        ],
+    );
+    let (f, d) = (m.path("d/f.txt"), m.path("d"));
+    let (fm, dm) = fs_op(Duration::from_secs(10), move || {
+        (std::fs::metadata(f).unwrap(), std::fs::metadata(d).unwrap())
+    })
+    .await;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (fm.uid(), fm.gid(), fm.mode() & 0o7777),
+        (1234, 5678, 0o440)
+    );
+    assert_eq!(
+        (dm.uid(), dm.gid(), dm.mode() & 0o7777),
+        (1234, 5678, 0o750)
+    );
+    assert!(fm.is_file() && dm.is_dir());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .expect("mount listed");
+    assert!(
+        line.contains("allow_other") && line.contains("ro,"),
+        "{line}"
+    );
+    assert!(line.starts_with("ossmount:test-bucket "), "{line}");
+    drop(m);
+}
