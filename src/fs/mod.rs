@@ -555,10 +555,15 @@ impl OssFs {
                 }),
             }
         } else {
-            let hydration = self.cache.open_entry(&id).map_err(|e| {
-                tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-                libc::EIO
-            })?;
+            // Opening an entry reads and may fsync its checkpoint: off the async workers.
+            let (cache, entry_id) = (self.cache.clone(), id.clone());
+            let hydration = tokio::task::spawn_blocking(move || cache.open_entry(&entry_id))
+                .await
+                .map_err(|_| libc::EIO)?
+                .map_err(|e| {
+                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                    libc::EIO
+                })?;
             OpenFile::Cached { ino, hydration }
         };
         let keep_cache = {
