@@ -193,6 +193,10 @@ struct MountArgs {
     /// Free space to leave on the cache's filesystem [default: 5% of it, at most 5 GiB]
     #[arg(long, value_parser = parse_size)]
     min_free_disk: Option<u64>,
+    /// Serve every read through ossmount, even of complete files the kernel could read
+    /// directly (FUSE passthrough, used when the kernel offers it)
+    #[arg(long)]
+    no_passthrough: bool,
     /// Stay in the foreground (logs to stderr) instead of detaching
     #[arg(short, long)]
     foreground: bool,
@@ -366,6 +370,7 @@ fn mount_options(cli: &Cli, m: &MountArgs) -> Result<MountOptions> {
         dir_mode: m.dir_mode,
         cache_size: m.cache_size,
         min_free_disk: m.min_free_disk,
+        passthrough: !m.no_passthrough,
     })
 }
 
@@ -461,6 +466,7 @@ fn demo(
         dir_mode: 0o555,
         cache_size: None,
         min_free_disk: None,
+        passthrough: true,
     };
     let m = mnt.display();
     let result = ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {

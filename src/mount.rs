@@ -35,6 +35,8 @@ pub struct MountOptions {
     /// `None`: the defaults for the cache's filesystem (see `Capacity::default_for`).
     pub cache_size: Option<u64>,
     pub min_free_disk: Option<u64>,
+    /// Hand complete files to the kernel (FUSE passthrough) when it offers it.
+    pub passthrough: bool,
 }
 
 impl MountOptions {
@@ -165,7 +167,7 @@ pub fn run_mount(
     config.mount_options = mount_options;
     config.acl = acl;
     config.n_threads = Some(2);
-    let adapter = FuseAdapter::new(fs.clone(), rt.clone());
+    let adapter = FuseAdapter::new(fs.clone(), rt.clone(), opts.passthrough);
     let mut session = fuser::Session::new(adapter, &opts.mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));

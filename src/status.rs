@@ -26,6 +26,8 @@ pub struct MountCounters {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub direct_reads: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
     pub read_errors: u64,
     pub evictions: u64,
 }

@@ -580,3 +580,62 @@ async fn ownership_modes_and_allow_other_are_applied() {
     assert!(line.starts_with("ossmount:test-bucket "), "{line}");
     drop(m);
 }
+
+/// Complete files are handed to the kernel (FUSE passthrough): concurrent opens share one
+/// backing file, an open partial file keeps later opens on the daemon path (the kernel cannot
+/// mix the two on one inode), and --no-passthrough serves every read itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn complete_files_are_read_through_kernel_passthrough() {
+    require_fuse();
+    let s = Server::start().await;
+    let data = ossmount::sample::bytes(77, (6 * MIB) as usize);
+    s.put("p.bin", &data);
+    let (mnt, cache) = dirs(&s, "passthrough");
+    for passthrough in [true, false] {
+        let _ = std::fs::remove_dir_all(&cache);
+        let extra: &[&str] = if passthrough {
+            &[]
+        } else {
+            &["--no-passthrough"]
+        };
+        let mut m = Mount::start(&s, &url(), &mnt, &cache, extra);
+        let p = m.path("p.bin");
+        let expect = data.clone();
+        fs_op(Duration::from_secs(30), move || {
+            // Partial at open: the daemon serves it. While it stays open, the file completes
+            // and a second open must still work (on the daemon path).
+            let held = std::fs::File::open(&p).unwrap();
+            let mut first = vec![0u8; 4096];
+            held.read_exact_at(&mut first, 0).unwrap();
+            assert_eq!(&first[..], &expect[..4096]);
+            assert!(wait_until(Duration::from_secs(10), || std::fs::read(&p)
+                .unwrap()
+                == expect));
+            drop(held);
+            // Complete and nothing open: two concurrent opens share one backing file.
+            let a = std::fs::File::open(&p).unwrap();
+            let b = std::fs::read(&p).unwrap();
+            let mut whole = vec![0u8; expect.len()];
+            a.read_exact_at(&mut whole, 0).unwrap();
+            assert!(b == expect && whole == expect);
+        })
+        .await;
+        let log = tokio::task::spawn_blocking(move || {
+            assert!(m.unmount().success());
+            m.log_text()
+        })
+        .await
+        .unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("unmounted"))
+            .unwrap_or_default()
+            .to_string();
+        if passthrough {
+            assert!(log.contains("FUSE passthrough on"), "{log}");
+            assert!(line.contains("(2 passthrough)"), "{line}");
+        } else {
+            assert!(line.contains("(0 passthrough)"), "{line}");
+        }
+    }
+}

@@ -1,14 +1,18 @@
 //! The only place that speaks `fuser`: translates kernel requests into `OssFs` calls and
 //! replies. Anything that may wait on the network (lookup, opendir, open, read) is moved into
 //! a task with its reply, so the request loop never blocks and one slow object never stalls
-//! `ls`, `stat` or reads of other files. No policy lives here.
+//! `ls`, `stat` or reads of other files. When the kernel offers FUSE passthrough, complete
+//! cache entries are handed to it, so their reads run at local-disk speed without a round trip
+//! through this process. No policy lives here.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
@@ -19,12 +23,34 @@ pub struct FuseAdapter {
     fs: Arc<OssFs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    passthrough_wanted: bool,
+    passthrough: Arc<AtomicBool>,
+    backing: Arc<Mutex<Backing>>,
+}
+
+/// The kernel allows one backing file per inode, and no mix of passthrough and cached opens
+/// on one inode: this table keeps both rules.
+#[derive(Default)]
+struct Backing {
+    /// Every open handle: its inode, and its backing id when it is a passthrough open.
+    by_fh: HashMap<u64, (u64, Option<Arc<BackingId>>)>,
+    /// The backing id shared by an inode's passthrough opens, while any is open.
+    by_ino: HashMap<u64, Weak<BackingId>>,
+    /// Opens served through ossmount (partial files), per inode.
+    cached_opens: HashMap<u64, usize>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<OssFs>, rt: tokio::runtime::Handle) -> FuseAdapter {
+    pub fn new(fs: Arc<OssFs>, rt: tokio::runtime::Handle, passthrough: bool) -> FuseAdapter {
         let ttl = fs.config().metadata_ttl;
-        FuseAdapter { fs, rt, ttl }
+        FuseAdapter {
+            fs,
+            rt,
+            ttl,
+            passthrough_wanted: passthrough,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            backing: Arc::default(),
+        }
     }
 }
 
@@ -61,6 +87,22 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
+        if self.passthrough_wanted {
+            let granted = config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if granted {
+                tracing::info!(
+                    "FUSE passthrough on: complete files are read by the kernel directly"
+                );
+            } else {
+                tracing::info!(
+                    "this kernel offers no FUSE passthrough; every read goes through ossmount"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -92,18 +134,54 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let fs = self.fs.clone();
+        let passthrough = self.passthrough.load(Ordering::Relaxed);
+        let backing = self.backing.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0).await {
-                Ok((fh, keep_cache)) => {
-                    let flags = if keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags)
+            let o = match fs.open(ino.0).await {
+                Ok(o) => o,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let mut table = backing.lock().unwrap();
+            if let (true, Some(file)) = (passthrough, &o.complete_file) {
+                let shared = table.by_ino.get(&ino.0).and_then(Weak::upgrade);
+                let no_cached_opens = table.cached_opens.get(&ino.0).copied().unwrap_or(0) == 0;
+                let id = match shared {
+                    Some(id) => Some(id),
+                    None if no_cached_opens => match reply.open_backing(&**file) {
+                        Ok(id) => Some(Arc::new(id)),
+                        Err(e) => {
+                            tracing::debug!("passthrough refused, serving reads: {e}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(id) = id {
+                    table.by_ino.insert(ino.0, Arc::downgrade(&id));
+                    table.by_fh.insert(o.fh, (ino.0, Some(id.clone())));
+                    drop(table);
+                    fs.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                    // The kernel reads the backing file's own page cache here; it refuses
+                    // FOPEN_KEEP_CACHE with passthrough.
+                    return reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
                 }
-                Err(e) => reply.error(errno(e)),
             }
+            if table.by_ino.get(&ino.0).and_then(Weak::upgrade).is_some() {
+                // A new version is being opened while the old one is still open in
+                // passthrough; the kernel cannot mix the two on one inode.
+                drop(table);
+                fs.release(o.fh);
+                return reply.error(Errno::EBUSY);
+            }
+            *table.cached_opens.entry(ino.0).or_default() += 1;
+            table.by_fh.insert(o.fh, (ino.0, None));
+            drop(table);
+            let flags = if o.keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(o.fh), flags)
         });
     }
 
@@ -137,6 +215,25 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        {
+            let mut table = self.backing.lock().unwrap();
+            match table.by_fh.remove(&fh.0) {
+                // The last passthrough open of the inode: its backing id goes with it.
+                Some((ino, Some(id))) if Arc::strong_count(&id) == 1 => {
+                    table.by_ino.remove(&ino);
+                }
+                Some((_, Some(_))) => {}
+                Some((ino, None)) => {
+                    if let Some(n) = table.cached_opens.get_mut(&ino) {
+                        *n -= 1;
+                        if *n == 0 {
+                            table.cached_opens.remove(&ino);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
         self.fs.release(fh.0);
         reply.ok();
     }

@@ -104,6 +104,9 @@ pub struct FsStats {
     pub cache_misses: AtomicU64,
     /// Reads served by direct ranged GETs (objects larger than the cache).
     pub direct_reads: AtomicU64,
+    /// Opens of complete files handed to the kernel (FUSE passthrough): their reads never
+    /// reach ossmount and are not counted in `reads`.
+    pub passthrough_opens: AtomicU64,
 }
 
 enum OpenFile {
@@ -165,6 +168,16 @@ pub struct OssFs {
     next_fh: AtomicU64,
     started: SystemTime,
     pub stats: FsStats,
+}
+
+/// The result of `open`.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The version is the one the kernel saw last time: its page cache is still right.
+    pub keep_cache: bool,
+    /// Set when the cache entry is complete: the kernel may read this file directly.
+    pub complete_file: Option<Arc<std::fs::File>>,
 }
 
 /// One child of a directory as a listing shows it.
@@ -532,8 +545,9 @@ impl OssFs {
     }
 
     /// Opens a file: confirms its version, joins or starts its hydration, and says whether the
-    /// kernel may keep its page cache (same version as last time).
-    pub async fn open(&self, ino: u64) -> Result<(u64, bool), i32> {
+    /// kernel may keep its page cache (same version as last time) and, for a complete entry,
+    /// which file the kernel could read directly.
+    pub async fn open(&self, ino: u64) -> Result<Opened, i32> {
         let id = self.identity_for_open(ino).await?;
         let file = if id.size > self.cache.capacity().max_bytes {
             if self
@@ -580,9 +594,17 @@ impl OssFs {
             keep
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let complete_file = match &file {
+            OpenFile::Cached { hydration, .. } if hydration.is_complete() => Some(hydration.file()),
+            _ => None,
+        };
         self.files.lock().unwrap().insert(fh, file);
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
-        Ok((fh, keep_cache))
+        Ok(Opened {
+            fh,
+            keep_cache,
+            complete_file,
+        })
     }
 
     /// Reads `[offset, offset + size)`, waiting only for the parts that hold it.
@@ -708,8 +730,8 @@ impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();
         format!(
-            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens, {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions",
-            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions
+            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions",
+            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions
         )
     }
 
@@ -730,6 +752,7 @@ impl OssFs {
             cache_hits: l(&s.cache_hits),
             cache_misses: l(&s.cache_misses),
             direct_reads: l(&s.direct_reads),
+            passthrough_opens: l(&s.passthrough_opens),
             read_errors: l(&s.read_errors),
             evictions: l(&self.cache.stats().evictions),
         }
