@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release --example bench_cache_index [-- --entries 10000 --parts 128 --rounds 5]`
 
+mod common;
+use common::arg;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,14 +14,6 @@ use ossmount::cache::{Cache, Capacity};
 use ossmount::hydrate::{Checkpoint, ConnectionLimiter, HydrationConfig, ObjectIdentity};
 use ossmount::oss::{ClientConfig, Endpoint, OssClient};
 use ossmount::store::ObjectStore;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 const LOCATION: &str = "http://127.0.0.1:1";
 

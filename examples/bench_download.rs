@@ -7,6 +7,9 @@
 //! Each download runs in a child process (this program re-executed), so its peak RSS is its
 //! own (`wait4`). Throughput cases run side by side in each round; the table shows medians.
 
+mod common;
+use common::arg;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,14 +18,6 @@ use ossmount::emulator::{Emulator, EmulatorConfig, Faults};
 use ossmount::hydrate::download::{resumable_download, DownloadRequest};
 use ossmount::oss::{ClientConfig, Credentials, Endpoint, OssClient, Secret};
 use ossmount::size::{human_bytes, parse_duration, parse_size};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 /// Child mode: one download, then exit. Prints nothing; the parent times and measures it.
 async fn child(endpoint: &str, key: &str, out: &Path, part_size: u64, threads: usize) {

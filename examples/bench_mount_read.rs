@@ -5,6 +5,9 @@
 //!
 //! `cargo run --release --example bench_mount_read [-- --size 1GiB --rounds 5]` (as root)
 
+mod common;
+use common::arg;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,14 +18,6 @@ use ossmount::hydrate::FetchMode;
 use ossmount::mount::{run_mount, MountOptions};
 use ossmount::oss::{ClientConfig, Credentials, Endpoint, OssClient, OssUrl, Secret};
 use ossmount::size::{human_bytes, parse_size};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn mounted(mnt: &Path) -> bool {
     let m = std::fs::canonicalize(mnt).unwrap();

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use ossmount::emulator::Faults;
 use ossmount::oss::{ListRequest, OssClient, OssError, SignatureVersion};
@@ -321,26 +319,12 @@ async fn cli_reports_bad_secret_and_missing_key_without_leaking() {
     let s = Server::start().await;
     s.put("dir/a.txt", b"abc");
     let wrong_secret = "wrong-secret-SHOULD-NOT-APPEAR-123";
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        move || {
-            Command::new(bin())
-                .args(["ls", "oss://test-bucket/dir/"])
-                .envs(env)
-                .env("OSS_ACCESS_KEY_SECRET", wrong_secret)
-                .env("RUST_LOG", "trace")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success());
+    let mut env = s.env();
+    env.retain(|(k, _)| *k != "OSS_ACCESS_KEY_SECRET");
+    env.push(("OSS_ACCESS_KEY_SECRET", wrong_secret.into()));
+    env.push(("RUST_LOG", "trace".into()));
+    let (status, text) = run_cli(&["ls", "oss://test-bucket/dir/"], env).await;
+    assert!(!status.success());
     assert!(text.contains("SignatureDoesNotMatch"), "{text}");
     assert!(
         text.contains("RequestID: ") && text.contains("HostID: "),
@@ -349,49 +333,25 @@ async fn cli_reports_bad_secret_and_missing_key_without_leaking() {
     assert!(!text.contains(wrong_secret), "secret leaked: {text}");
     assert!(!text.contains(SK), "secret leaked: {text}");
 
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        move || {
-            Command::new(bin())
-                .args([
-                    "--log-level",
-                    "trace",
-                    "stat",
-                    "oss://test-bucket/dir/missing.txt",
-                ])
-                .envs(env)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1));
+    let (status, text) = run_cli(
+        &[
+            "--log-level",
+            "trace",
+            "stat",
+            "oss://test-bucket/dir/missing.txt",
+        ],
+        s.env(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1));
     assert!(
         text.contains("NoSuchKey") && text.contains("not found"),
         "{text}"
     );
     assert!(!text.contains(SK), "secret leaked: {text}");
 
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        move || {
-            Command::new(bin())
-                .args(["ls", "-l", "oss://test-bucket/dir/"])
-                .envs(env)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success());
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let (status, listing) = run_cli(&["ls", "-l", "oss://test-bucket/dir/"], s.env()).await;
+    assert!(status.success());
     assert!(
         listing.contains("3  ") && listing.trim_end().ends_with("dir/a.txt"),
         "{listing}"

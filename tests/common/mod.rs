@@ -78,6 +78,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ossmount")
 }
 
+/// Runs `ossmount ARGS` with `env` off the async runtime; returns the exit status and
+/// stdout followed by stderr.
+pub async fn run_cli(
+    args: &[&str],
+    env: Vec<(&'static str, String)>,
+) -> (std::process::ExitStatus, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin())
+            .args(args)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     use std::io::Read;
