@@ -152,6 +152,7 @@ enum Command {
 struct MountArgs {
     /// oss://bucket or oss://bucket/prefix/
     url: String,
+    /// An existing directory to mount on
     mountpoint: PathBuf,
     /// Cache directory [default: $XDG_CACHE_HOME/ossmount/<bucket>-<id>]
     #[arg(long)]
