@@ -16,18 +16,12 @@ use std::time::Instant;
 
 use ossmount::emulator::{Emulator, EmulatorConfig, Faults};
 use ossmount::hydrate::download::{resumable_download, DownloadRequest};
-use ossmount::oss::{ClientConfig, Credentials, Endpoint, OssClient, Secret};
+use ossmount::oss::OssClient;
 use ossmount::size::{human_bytes, parse_duration, parse_size};
 
 /// Child mode: one download, then exit. Prints nothing; the parent times and measures it.
 async fn child(endpoint: &str, key: &str, out: &Path, part_size: u64, threads: usize) {
-    let mut cfg = ClientConfig::new(Endpoint::parse(endpoint).unwrap());
-    cfg.region = Some("cn-hangzhou".into());
-    cfg.credentials = Some(Credentials {
-        access_key_id: "bench-ak".into(),
-        access_key_secret: Secret::new("bench-secret"),
-        security_token: None,
-    });
+    let cfg = common::bench_client_config(endpoint);
     let mut req = DownloadRequest::new("bench", key, out);
     req.part_size = part_size;
     req.threads = threads;
@@ -114,7 +108,7 @@ fn main() {
     }
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut cfg = EmulatorConfig::new(&root, "bench-ak", "bench-secret");
+    let mut cfg = EmulatorConfig::new(&root, common::BENCH_AK, common::BENCH_SK);
     cfg.faults = Faults {
         latency_ms: latency.as_millis() as u64,
         bandwidth_per_connection: cap,

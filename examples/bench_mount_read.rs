@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ossmount::emulator::{Emulator, EmulatorConfig};
 use ossmount::hydrate::FetchMode;
 use ossmount::mount::{run_mount, MountOptions};
-use ossmount::oss::{ClientConfig, Credentials, Endpoint, OssClient, OssUrl, Secret};
+use ossmount::oss::{OssClient, OssUrl};
 use ossmount::size::{human_bytes, parse_size};
 
 fn mounted(mnt: &Path) -> bool {
@@ -50,13 +50,7 @@ fn with_mount<T>(
 ) -> T {
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut cfg = ClientConfig::new(Endpoint::parse(endpoint).unwrap());
-    cfg.region = Some("cn-hangzhou".into());
-    cfg.credentials = Some(Credentials {
-        access_key_id: "bench-ak".into(),
-        access_key_secret: Secret::new("bench-secret"),
-        security_token: None,
-    });
+    let cfg = common::bench_client_config(endpoint);
     let _g = rt.enter();
     let client = Arc::new(OssClient::new(cfg).unwrap());
     let opts = MountOptions {
@@ -111,7 +105,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = rt
         .block_on(Emulator::start(
-            EmulatorConfig::new(&root, "bench-ak", "bench-secret"),
+            EmulatorConfig::new(&root, common::BENCH_AK, common::BENCH_SK),
             "127.0.0.1:0",
         ))
         .unwrap();
