@@ -61,11 +61,9 @@ async fn main() {
     match resumable_download(Arc::new(client), &request, |_| {}).await {
         Ok(_) => println!("Resumable download object:{object_name} succeeded"),
         Err(e) => {
-            match e.oss().and_then(|o| o.service()) {
-                Some(s) => println!(
-                    "Failed with error code: {}; Error info: {}. \nRequestID:{}\tHostID:{}",
-                    s.code, s.message, s.request_id, s.host_id
-                ),
+            // Service errors print the way the SDK samples do (code, message, RequestID).
+            match e.store_error() {
+                Some(s) => println!("{s}"),
                 None => println!("Failed with error info: {e}"),
             }
             std::process::exit(match e {

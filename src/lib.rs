@@ -1,13 +1,15 @@
 //! ossmount: mount an Alibaba Cloud OSS bucket as a read-only filesystem, hydrating what is
 //! read into a local cache with a resumable, part-parallel download engine.
 //!
-//! Layers, bottom up: [`oss`] (the client and signer), [`store`] (the `ObjectStore` seam the
-//! engine talks to), [`hydrate`] (the resumable engine), [`cache`] (the cache directory),
-//! [`fs`] (the namespace and reads, with the fuser adapter in `fs::fuse`), and [`emulator`] (an
-//! OSS-compatible server for tests, demos and benchmarks).
+//! Layers, top down (each imports only those below it; `tests/layering.rs` checks it):
+//! [`mount`] (wiring a mount), [`status`] (reading a cache directory), [`prefetch`],
+//! [`fs`] with `fs::fuse` (the namespace and reads; only `fs::fuse` speaks fuser), [`cache`]
+//! (the cache directory), [`hydrate`] (the resumable engine), [`store`] (the `ObjectStore`
+//! seam, its types and errors), [`oss`] (the client, which implements `store`), and
+//! [`emulator`] (an OSS-compatible server for tests, demos and benchmarks, sharing only
+//! `oss::sign` and formatting helpers with the client).
 
 pub mod cache;
-pub mod config;
 pub mod crc64;
 pub mod emulator;
 pub mod fs;
@@ -15,7 +17,6 @@ pub mod hydrate;
 pub mod mount;
 pub mod oss;
 pub mod prefetch;
-pub mod progress;
 pub mod sample;
 pub mod size;
 pub mod status;

@@ -13,7 +13,9 @@ use crate::cache::{Cache, Capacity};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, OssFs};
 use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
-use crate::oss::{ListRequest, OssUrl};
+use crate::oss::OssUrl;
+use crate::status::{self, MountStatusFile};
+use crate::store::ListRequest;
 use crate::store::ObjectStore;
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,30 @@ pub struct MountOptions {
 }
 
 impl MountOptions {
+    /// The defaults of `ossmount mount` (the SDKs' PartSize and ParallelThreadCount, whole-file
+    /// hydration, files owned by the caller, read-only modes, passthrough when offered).
+    pub fn new(url: OssUrl, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
+        MountOptions {
+            url,
+            mountpoint,
+            cache_dir,
+            part_size: 8 << 20,
+            threads: 3,
+            max_connections: 12,
+            mode: FetchMode::All,
+            readahead: 16 << 20,
+            metadata_ttl: Duration::from_secs(60),
+            allow_other: false,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            file_mode: 0o444,
+            dir_mode: 0o555,
+            cache_size: None,
+            min_free_disk: None,
+            passthrough: true,
+        }
+    }
+
     /// The mount prefix: the URL's key with a trailing `/` (or empty for the whole bucket).
     pub fn prefix(&self) -> String {
         let k = &self.url.key;
@@ -49,22 +75,6 @@ impl MountOptions {
             format!("{k}/")
         }
     }
-}
-
-/// `$XDG_CACHE_HOME/ossmount/<bucket>-<hash>` (or `~/.cache/...`), one per endpoint, bucket
-/// and prefix, so two mounts never share a cache directory by accident.
-pub fn default_cache_dir(endpoint: &str, url: &OssUrl) -> PathBuf {
-    let id = Cache::entry_name(endpoint, &url.bucket, &url.key);
-    cache_base_dir().join(format!("{}-{}", url.bucket, &id[..8]))
-}
-
-/// `$XDG_CACHE_HOME/ossmount`, else `~/.cache/ossmount`: where default caches live.
-pub fn cache_base_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("ossmount")
 }
 
 pub fn check_mountpoint(path: &Path) -> Result<()> {
@@ -200,7 +210,7 @@ pub fn run_mount(
         let opts = opts.clone();
         async move {
             loop {
-                crate::status::write_mount_status(&fs, &opts);
+                write_mount_status(&fs, &opts);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -209,11 +219,38 @@ pub fn run_mount(
     signal_task.abort();
     status_task.abort();
     rt.block_on(cache.shutdown());
-    crate::status::write_mount_status(&fs, opts);
+    write_mount_status(&fs, opts);
     tracing::info!(
         "unmounted {}: {}",
         opts.mountpoint.display(),
         fs.stats_line()
     );
     result.with_context(|| format!("the FUSE session on {} failed", opts.mountpoint.display()))
+}
+
+/// Refreshes `<cache>/status.json` for `ossmount status`.
+fn write_mount_status(fs: &OssFs, opts: &MountOptions) {
+    let cache = fs.cache();
+    let hydrating = cache
+        .active()
+        .iter()
+        .filter(|h| !h.is_complete())
+        .filter_map(|h| {
+            h.data_path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    let st = MountStatusFile {
+        pid: std::process::id(),
+        url: opts.url.to_string(),
+        mountpoint: opts.mountpoint.display().to_string(),
+        capacity_bytes: cache.capacity().max_bytes,
+        min_free_disk: cache.capacity().min_free_disk,
+        used_bytes: cache.used_bytes(),
+        hydrating,
+        counters: fs.counters(),
+        updated_unix: status::unix_now(),
+    };
+    status::write_status_file(cache.dir(), &st);
 }

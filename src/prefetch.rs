@@ -11,8 +11,7 @@ use futures_util::StreamExt;
 
 use crate::cache::Cache;
 use crate::hydrate::{Hydration, ObjectIdentity, Progress};
-use crate::oss::OssError;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 #[derive(Debug, Default, Clone)]
 pub struct PrefetchReport {
@@ -32,7 +31,7 @@ pub async fn prefetch(
     prefix: &str,
     concurrency: usize,
     mut on_progress: impl FnMut(&Progress),
-) -> Result<PrefetchReport, OssError> {
+) -> Result<PrefetchReport, StoreError> {
     let objects: Vec<_> = crate::store::list_all(&*store, bucket, prefix, None)
         .await?
         .objects

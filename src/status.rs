@@ -1,36 +1,17 @@
 //! What `ossmount status` shows: every cache entry (object, parts present of total, bytes,
 //! state, last use) read straight from the checkpoints, the totals against capacity, and a
 //! running mount's counters from the `status.json` it refreshes every second. Works with or
-//! without a mount: it never takes the cache lock.
+//! without a mount: it never takes the cache lock. It reads the cache directory and owns the
+//! `status.json` format; it must not reach into a running filesystem or mount.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fs::OssFs;
+use crate::cache;
+use crate::fs::MountCounters;
 use crate::hydrate::checkpoint::Checkpoint;
-use crate::mount::MountOptions;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MountCounters {
-    pub part_requests: u64,
-    pub part_retries: u64,
-    pub bytes_fetched: u64,
-    pub listings: u64,
-    pub heads: u64,
-    pub opens: u64,
-    pub reads: u64,
-    pub bytes_served: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub direct_reads: u64,
-    #[serde(default)]
-    pub passthrough_opens: u64,
-    pub read_errors: u64,
-    pub evictions: u64,
-}
 
 /// Written by a mount into its cache directory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,35 +28,19 @@ pub struct MountStatusFile {
     pub updated_unix: u64,
 }
 
-pub fn write_mount_status(fs: &OssFs, opts: &MountOptions) {
-    let cache = fs.cache();
-    let hydrating = cache
-        .active()
-        .iter()
-        .filter(|h| !h.is_complete())
-        .filter_map(|h| {
-            h.data_path()
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .collect();
-    let st = MountStatusFile {
-        pid: std::process::id(),
-        url: opts.url.to_string(),
-        mountpoint: opts.mountpoint.display().to_string(),
-        capacity_bytes: cache.capacity().max_bytes,
-        min_free_disk: cache.capacity().min_free_disk,
-        used_bytes: cache.used_bytes(),
-        hydrating,
-        counters: fs.counters(),
-        updated_unix: unix(SystemTime::now()),
-    };
-    let path = cache.dir().join("status.json");
-    let tmp = cache.dir().join("status.json.tmp");
-    let body = serde_json::to_vec_pretty(&st).unwrap_or_default();
+/// Writes a mount's status into its cache directory (temp file, then rename, so a reader
+/// never sees half a record).
+pub fn write_status_file(cache_dir: &Path, st: &MountStatusFile) {
+    let path = cache_dir.join("status.json");
+    let tmp = cache_dir.join("status.json.tmp");
+    let body = serde_json::to_vec_pretty(st).unwrap_or_default();
     if std::fs::write(&tmp, body).is_ok() {
         let _ = std::fs::rename(&tmp, &path);
     }
+}
+
+pub fn unix_now() -> u64 {
+    unix(SystemTime::now())
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -112,15 +77,6 @@ pub struct CacheStatus {
     pub disk_bytes: u64,
 }
 
-/// Whether a process holds the cache lock (a mount or prefetch runs).
-fn lock_held(dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(dir.join("lock")) else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; released when `f` drops.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
-}
-
 fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
@@ -151,7 +107,7 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
             ),
         ));
     }
-    let running = lock_held(dir);
+    let running = cache::lock_is_held(dir);
     let status_file: Option<MountStatusFile> = std::fs::read(dir.join("status.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -207,7 +163,7 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
 
 /// Every cache directory under the default base, for `status` without `--cache-dir`.
 pub fn default_cache_dirs() -> Vec<PathBuf> {
-    let base = crate::mount::cache_base_dir();
+    let base = cache::cache_base_dir();
     let mut v: Vec<PathBuf> = std::fs::read_dir(base)
         .map(|rd| {
             rd.flatten()

@@ -1,25 +1,129 @@
-//! The seam between the download engine and the network: `ObjectStore` is what the engine and
-//! the filesystem need from object storage (HEAD, a ranged GET as a byte stream, one listing
-//! page). `OssClient` implements it; tests can put any other store behind it.
+//! The seam between the engine and the network: `ObjectStore` is what the download engine, the
+//! cache and the filesystem need from object storage (HEAD, a ranged GET as a byte stream, one
+//! listing page), written in this module's own types and error, so any store (the OSS client,
+//! an in-memory double in a test) can stand behind it without faking another's errors.
+//! It must not name OSS types: `oss` implements this trait, not the other way round.
 
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::oss::{ListPage, ListRequest, ObjectMeta, OssClient, OssError};
-
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, OssError>> + Send>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// What a HEAD (or a GET's headers) says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// As the server sent it, quotes included.
+    pub etag: String,
+    /// The Last-Modified header as sent (RFC 1123).
+    pub last_modified: String,
+    pub crc64: Option<u64>,
+    pub content_type: Option<String>,
+    pub request_id: String,
+}
+
+impl ObjectMeta {
+    pub fn last_modified_time(&self) -> Option<SystemTime> {
+        httpdate::parse_http_date(&self.last_modified).ok()
+    }
+}
+
+/// One listing request (ListObjectsV2 semantics).
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub max_keys: Option<u32>,
+    pub continuation_token: Option<String>,
+    pub start_after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub storage_class: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ListedObject>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+    pub next_continuation_token: Option<String>,
+}
+
+/// What kind of failure a store reports: the engine and the filesystem decide by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The object or bucket does not exist.
+    NotFound,
+    /// The object changed since its ETag was pinned (If-Match failed).
+    PreconditionFailed,
+    /// The credentials may not do this.
+    AccessDenied,
+    /// Worth another attempt: server errors, throttling, a broken connection, a short body.
+    Transient,
+    /// Will not change by asking again (bad request, bad configuration, not modified).
+    Permanent,
+}
+
+/// A store's error: its kind, the message to show (the store's own words, which say what to
+/// change), and the service's error code and request id when there are any.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            message: message.into(),
+            code: None,
+            request_id: None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StoreErrorKind::NotFound
+    }
+
+    pub fn is_precondition_failed(&self) -> bool {
+        self.kind == StoreErrorKind::PreconditionFailed
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StoreErrorKind::Transient
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+}
 
 pub trait ObjectStore: Send + Sync + 'static {
     fn head<'a>(
         &'a self,
         bucket: &'a str,
         key: &'a str,
-    ) -> BoxFut<'a, Result<ObjectMeta, OssError>>;
+    ) -> BoxFut<'a, Result<ObjectMeta, StoreError>>;
 
     /// The bytes `[range.start, range.end)`, pinned to `if_match` when given. The stream ends
     /// after exactly `range.end - range.start` bytes or yields an error.
@@ -35,7 +139,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         &'a self,
         bucket: &'a str,
         req: ListRequest,
-    ) -> BoxFut<'a, Result<ListPage, OssError>>;
+    ) -> BoxFut<'a, Result<ListPage, StoreError>>;
 
     /// Where the objects come from (endpoint), to tell caches of different stores apart.
     fn location(&self) -> String;
@@ -43,12 +147,12 @@ pub trait ObjectStore: Send + Sync + 'static {
 
 /// Every page of a listing, concatenated. A truncated page without a continuation token is
 /// an error rather than a silently short listing.
-pub async fn list_all(
-    store: &dyn ObjectStore,
+pub async fn list_all<S: ObjectStore + ?Sized>(
+    store: &S,
     bucket: &str,
     prefix: &str,
     delimiter: Option<&str>,
-) -> Result<ListPage, OssError> {
+) -> Result<ListPage, StoreError> {
     let mut all = ListPage::default();
     let mut token = None;
     loop {
@@ -69,52 +173,15 @@ pub async fn list_all(
         match (page.is_truncated, page.next_continuation_token) {
             (true, Some(t)) => token = Some(t),
             (true, None) => {
-                return Err(OssError::Protocol {
-                    endpoint: store.location(),
-                    detail: "listing is truncated but has no NextContinuationToken".into(),
-                })
+                return Err(StoreError::new(
+                    StoreErrorKind::Transient,
+                    format!(
+                        "unexpected answer from {}: listing is truncated but has no NextContinuationToken",
+                        store.location()
+                    ),
+                ))
             }
             _ => return Ok(all),
         }
-    }
-}
-
-impl ObjectStore for OssClient {
-    fn head<'a>(
-        &'a self,
-        bucket: &'a str,
-        key: &'a str,
-    ) -> BoxFut<'a, Result<ObjectMeta, OssError>> {
-        Box::pin(self.head_object(bucket, key))
-    }
-
-    fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<String>,
-    ) -> ByteStream {
-        let reader = self.get_object(bucket, key, Some(range), if_match);
-        Box::pin(futures_util::stream::unfold(reader, |mut r| async move {
-            match r.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), r)),
-                Ok(None) => None,
-                // After an error the reader is spent: end the stream behind it.
-                Err(e) => Some((Err(e), r.finished())),
-            }
-        }))
-    }
-
-    fn list_page<'a>(
-        &'a self,
-        bucket: &'a str,
-        req: ListRequest,
-    ) -> BoxFut<'a, Result<ListPage, OssError>> {
-        Box::pin(async move { self.list_objects_v2(bucket, &req).await })
-    }
-
-    fn location(&self) -> String {
-        self.config().endpoint.to_string()
     }
 }

@@ -428,7 +428,7 @@ impl ObjectStore for Corrupting {
         &'a self,
         b: &'a str,
         k: &'a str,
-    ) -> ossmount::store::BoxFut<'a, Result<ossmount::oss::ObjectMeta, ossmount::oss::OssError>>
+    ) -> ossmount::store::BoxFut<'a, Result<ossmount::store::ObjectMeta, ossmount::store::StoreError>>
     {
         self.0.head(b, k)
     }
@@ -456,8 +456,9 @@ impl ObjectStore for Corrupting {
     fn list_page<'a>(
         &'a self,
         b: &'a str,
-        r: ossmount::oss::ListRequest,
-    ) -> ossmount::store::BoxFut<'a, Result<ossmount::oss::ListPage, ossmount::oss::OssError>> {
+        r: ossmount::store::ListRequest,
+    ) -> ossmount::store::BoxFut<'a, Result<ossmount::store::ListPage, ossmount::store::StoreError>>
+    {
         self.0.list_page(b, r)
     }
     fn location(&self) -> String {

@@ -3,12 +3,12 @@
 //! a task with its reply, so the request loop never blocks and one slow object never stalls
 //! `ls`, `stat` or reads of other files. When the kernel offers FUSE passthrough, complete
 //! cache entries are handed to it, so their reads run at local-disk speed without a round trip
-//! through this process. No policy lives here.
+//! through this process. No policy lives here: `fs::passthrough` decides which opens the
+//! kernel may read directly, and `errno` is the one place a `FsError` becomes an errno.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -17,7 +17,8 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::{Attr, Kind, OssFs};
+use super::passthrough::{OpenPlan, PassthroughTable};
+use super::{Attr, FsError, Kind, OssFs};
 
 pub struct FuseAdapter {
     fs: Arc<OssFs>,
@@ -25,19 +26,7 @@ pub struct FuseAdapter {
     ttl: Duration,
     passthrough_wanted: bool,
     passthrough: Arc<AtomicBool>,
-    backing: Arc<Mutex<Backing>>,
-}
-
-/// The kernel allows one backing file per inode, and no mix of passthrough and cached opens
-/// on one inode: this table keeps both rules.
-#[derive(Default)]
-struct Backing {
-    /// Every open handle: its inode, and its backing id when it is a passthrough open.
-    by_fh: HashMap<u64, (u64, Option<Arc<BackingId>>)>,
-    /// The backing id shared by an inode's passthrough opens, while any is open.
-    by_ino: HashMap<u64, Weak<BackingId>>,
-    /// Opens served through ossmount (partial files), per inode.
-    cached_opens: HashMap<u64, usize>,
+    backing: Arc<Mutex<PassthroughTable<BackingId>>>,
 }
 
 impl FuseAdapter {
@@ -77,8 +66,19 @@ fn to_file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn errno(e: i32) -> Errno {
-    Errno::from_i32(e)
+/// The one place a filesystem error becomes an errno.
+fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::NotFound => Errno::ENOENT,
+        FsError::NotADirectory => Errno::ENOTDIR,
+        FsError::IsADirectory => Errno::EISDIR,
+        FsError::BadHandle => Errno::EBADF,
+        FsError::PassthroughBusy => Errno::EBUSY,
+        FsError::Store { .. }
+        | FsError::ObjectChanged
+        | FsError::Hydrate(_)
+        | FsError::Cache(_) => Errno::EIO,
+    }
 }
 
 impl Filesystem for FuseAdapter {
@@ -116,7 +116,7 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &to_file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -124,7 +124,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &to_file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -139,42 +139,36 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             let o = match fs.open(ino.0).await {
                 Ok(o) => o,
-                Err(e) => return reply.error(errno(e)),
+                Err(e) => return reply.error(errno(&e)),
             };
             let mut table = backing.lock().unwrap();
-            if let (true, Some(file)) = (passthrough, &o.complete_file) {
-                let shared = table.by_ino.get(&ino.0).and_then(Weak::upgrade);
-                let no_cached_opens = table.cached_opens.get(&ino.0).copied().unwrap_or(0) == 0;
-                let id = match shared {
-                    Some(id) => Some(id),
-                    None if no_cached_opens => match reply.open_backing(&**file) {
-                        Ok(id) => Some(Arc::new(id)),
-                        Err(e) => {
-                            tracing::debug!("passthrough refused, serving reads: {e}");
-                            None
-                        }
-                    },
-                    None => None,
+            let file = o.complete_file.as_ref().filter(|_| passthrough);
+            let mut plan = table.plan(ino.0, file.is_some());
+            if let (OpenPlan::CreateBacking, Some(file)) = (&plan, file) {
+                plan = match reply.open_backing(&**file) {
+                    Ok(id) => OpenPlan::Share(Arc::new(id)),
+                    Err(e) => {
+                        tracing::debug!("passthrough refused, serving reads: {e}");
+                        table.fallback(ino.0)
+                    }
                 };
-                if let Some(id) = id {
-                    table.by_ino.insert(ino.0, Arc::downgrade(&id));
-                    table.by_fh.insert(o.fh, (ino.0, Some(id.clone())));
+            }
+            match plan {
+                OpenPlan::Share(id) => {
+                    table.record_passthrough(o.fh, ino.0, id.clone());
                     drop(table);
                     fs.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                     // The kernel reads the backing file's own page cache here; it refuses
                     // FOPEN_KEEP_CACHE with passthrough.
                     return reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
                 }
+                OpenPlan::Busy => {
+                    drop(table);
+                    fs.release(o.fh);
+                    return reply.error(errno(&FsError::PassthroughBusy));
+                }
+                OpenPlan::Serve | OpenPlan::CreateBacking => table.record_served(o.fh, ino.0),
             }
-            if table.by_ino.get(&ino.0).and_then(Weak::upgrade).is_some() {
-                // A new version is being opened while the old one is still open in
-                // passthrough; the kernel cannot mix the two on one inode.
-                drop(table);
-                fs.release(o.fh);
-                return reply.error(Errno::EBUSY);
-            }
-            *table.cached_opens.entry(ino.0).or_default() += 1;
-            table.by_fh.insert(o.fh, (ino.0, None));
             drop(table);
             let flags = if o.keep_cache {
                 FopenFlags::FOPEN_KEEP_CACHE
@@ -200,7 +194,7 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -215,25 +209,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        {
-            let mut table = self.backing.lock().unwrap();
-            match table.by_fh.remove(&fh.0) {
-                // The last passthrough open of the inode: its backing id goes with it.
-                Some((ino, Some(id))) if Arc::strong_count(&id) == 1 => {
-                    table.by_ino.remove(&ino);
-                }
-                Some((_, Some(_))) => {}
-                Some((ino, None)) => {
-                    if let Some(n) = table.cached_opens.get_mut(&ino) {
-                        *n -= 1;
-                        if *n == 0 {
-                            table.cached_opens.remove(&ino);
-                        }
-                    }
-                }
-                None => {}
-            }
-        }
+        self.backing.lock().unwrap().release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -254,7 +230,7 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -280,7 +256,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 

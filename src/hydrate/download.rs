@@ -10,19 +10,34 @@ use std::time::Duration;
 use super::checkpoint::{sync_dir, Checkpoint};
 use super::{
     ConnectionLimiter, FetchMode, HydrateError, Hydration, HydrationConfig, HydrationFiles,
-    ObjectIdentity, Progress, MAX_PART_SIZE,
+    ObjectIdentity, Progress,
 };
-use crate::oss::OssError;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 /// What to do when the object changes on the server mid-download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnChange {
     /// Discard what was fetched and download the new version (up to 3 times).
     #[default]
     Restart,
     /// Stop with an error (the partial data is discarded).
     Fail,
+}
+
+impl OnChange {
+    /// The spellings `FromStr` accepts, for command-line help.
+    pub const NAMES: [&'static str; 2] = ["restart", "fail"];
+}
+
+impl std::str::FromStr for OnChange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnChange, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "restart" => Ok(OnChange::Restart),
+            "fail" => Ok(OnChange::Fail),
+            _ => Err(format!("{s:?} is not a choice here: use restart or fail")),
+        }
+    }
 }
 
 /// A download request, with the SDK's parameter names in mind.
@@ -69,18 +84,8 @@ impl DownloadRequest {
     /// Refuses values that cannot work, before any request is made.
     pub fn validate(&self) -> Result<(), DownloadError> {
         let bad = |m: String| Err(DownloadError::Invalid(m));
-        if self.part_size == 0 || self.part_size > MAX_PART_SIZE {
-            return bad(format!(
-                "part size {} is out of range: use 1 byte to 5 GiB (e.g. --part-size 8MiB)",
-                self.part_size
-            ));
-        }
-        if self.threads == 0 || self.threads > 256 {
-            return bad(format!(
-                "thread count {} is out of range: use 1 to 256 (e.g. --threads 3)",
-                self.threads
-            ));
-        }
+        super::validate_part_size(self.part_size).map_err(DownloadError::Invalid)?;
+        super::validate_threads(self.threads).map_err(DownloadError::Invalid)?;
         if self.local_path.is_dir() {
             return bad(format!(
                 "{} is a directory: give a file path to download to (e.g. {})",
@@ -145,7 +150,7 @@ pub enum DownloadError {
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
-    Oss(#[from] OssError),
+    Store(#[from] StoreError),
     #[error("{0}")]
     Hydrate(Arc<HydrateError>),
     #[error("local file {path}: {source}")]
@@ -157,11 +162,11 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// The OSS service error behind this failure, if any (for printing code and request id).
-    pub fn oss(&self) -> Option<&OssError> {
+    /// The store's error behind this failure, if any (for printing code and request id).
+    pub fn store_error(&self) -> Option<&StoreError> {
         match self {
-            DownloadError::Oss(e) => Some(e),
-            DownloadError::Hydrate(h) => h.oss(),
+            DownloadError::Store(e) => Some(e),
+            DownloadError::Hydrate(h) => h.store_error(),
             _ => None,
         }
     }

@@ -23,11 +23,30 @@ use tokio::sync::watch;
 pub use checkpoint::Checkpoint;
 pub use limiter::ConnectionLimiter;
 
-use crate::oss::{ObjectMeta, OssError};
-use crate::store::ObjectStore;
+use crate::store::{ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
 
 /// The largest part size accepted (the object-store limit for one part).
 pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// Refuses a PartSize the store cannot serve, with the flag to change.
+pub fn validate_part_size(part_size: u64) -> Result<(), String> {
+    if part_size == 0 || part_size > MAX_PART_SIZE {
+        return Err(format!(
+            "part size {part_size} is out of range: use 1 byte to 5 GiB (e.g. --part-size 8MiB)"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a ParallelThreadCount that cannot work, with the flag to change.
+pub fn validate_threads(threads: usize) -> Result<(), String> {
+    if threads == 0 || threads > 256 {
+        return Err(format!(
+            "thread count {threads} is out of range: use 1 to 256 (e.g. --threads 3)"
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes buffered per part before they are written: memory grows with parts in flight only.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -180,7 +199,7 @@ pub enum HydrateError {
         end: u64,
         attempts: u32,
         #[source]
-        source: Box<OssError>,
+        source: Box<StoreError>,
     },
     #[error("local file {path}: {source}")]
     Io {
@@ -199,8 +218,8 @@ pub enum HydrateError {
 }
 
 impl HydrateError {
-    /// The OSS error behind a part failure, for logs (code and request id).
-    pub fn oss(&self) -> Option<&OssError> {
+    /// The store's error behind a part failure, for logs (code and request id).
+    pub fn store_error(&self) -> Option<&StoreError> {
         match self {
             HydrateError::Part { source, .. } => Some(source),
             _ => None,
@@ -666,8 +685,8 @@ impl Inner {
                     st.failed[part] = Some(e.clone());
                 }
                 drop(st);
-                if let Some(oss) = e.oss() {
-                    tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, code = oss.code().unwrap_or(""), request_id = oss.service().map(|s| s.request_id.as_str()).unwrap_or(""), "part failed: {e}");
+                if let Some(se) = e.store_error() {
+                    tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, code = se.code().unwrap_or(""), request_id = se.request_id().unwrap_or(""), "part failed: {e}");
                 } else {
                     tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, "part failed: {e}");
                 }
@@ -802,14 +821,14 @@ impl Inner {
             };
             let err = match err {
                 PartFailure::Io(e) => return Err(e),
-                PartFailure::Oss(e) if e.is_precondition_failed() => {
+                PartFailure::Store(e) if e.is_precondition_failed() => {
                     return Err(HydrateError::ObjectChanged {
                         bucket: self.id.bucket.clone(),
                         key: self.id.key.clone(),
                         etag: self.id.etag.clone(),
                     })
                 }
-                PartFailure::Oss(e) => e,
+                PartFailure::Store(e) => e,
             };
             if !err.is_retryable() || attempt >= self.cfg.part_attempts {
                 return Err(HydrateError::Part {
@@ -853,7 +872,7 @@ impl Inner {
             let chunk = stream.next().await;
             let done = chunk.is_none();
             if let Some(chunk) = chunk {
-                let chunk = chunk.map_err(PartFailure::Oss)?;
+                let chunk = chunk.map_err(PartFailure::Store)?;
                 if demand && offset == range.start {
                     self.open_pending_readahead();
                 }
@@ -867,10 +886,9 @@ impl Inner {
                 buf.extend_from_slice(&chunk);
                 offset += chunk.len() as u64;
                 if offset > range.end {
-                    return Err(PartFailure::Oss(OssError::Protocol {
-                        endpoint: self.store_location.clone(),
-                        detail: format!("part body ran past byte {}", range.end),
-                    }));
+                    return Err(PartFailure::Store(
+                        self.protocol_error(format!("part body ran past byte {}", range.end)),
+                    ));
                 }
             }
             if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
@@ -888,10 +906,10 @@ impl Inner {
             }
         }
         if offset != range.end {
-            return Err(PartFailure::Oss(OssError::Protocol {
-                endpoint: self.store_location.clone(),
-                detail: format!("part body ended at byte {offset}, expected {}", range.end),
-            }));
+            return Err(PartFailure::Store(self.protocol_error(format!(
+                "part body ended at byte {offset}, expected {}",
+                range.end
+            ))));
         }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
@@ -899,6 +917,14 @@ impl Inner {
             .expect("fsync does not panic")
             .map_err(|source| self.io_failure(source))?;
         Ok(crc)
+    }
+
+    /// A body that does not match its range: worth another attempt, like any broken answer.
+    fn protocol_error(&self, detail: String) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Transient,
+            format!("unexpected answer from {}: {detail}", self.store_location),
+        )
     }
 
     fn io_failure(&self, source: std::io::Error) -> PartFailure {
@@ -910,7 +936,7 @@ impl Inner {
 }
 
 enum PartFailure {
-    Oss(OssError),
+    Store(StoreError),
     Io(HydrateError),
 }
 

@@ -65,7 +65,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Addressing {
     /// Virtual-hosted for OSS host names, path style for IPs and localhost.
     #[default]
@@ -79,12 +79,32 @@ pub enum Addressing {
 }
 
 impl Addressing {
+    /// The spellings `FromStr` accepts, for command-line help.
+    pub const NAMES: [&'static str; 4] = ["auto", "path", "virtual", "cname"];
+
     pub fn resolve(self, endpoint: &Endpoint) -> Addressing {
         match self {
             Addressing::Auto if endpoint.is_ip_or_localhost() => Addressing::Path,
             Addressing::Auto => Addressing::Virtual,
             other => other,
         }
+    }
+}
+
+impl std::str::FromStr for Addressing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Addressing, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Addressing::Auto,
+            "path" => Addressing::Path,
+            "virtual" => Addressing::Virtual,
+            "cname" => Addressing::Cname,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not an addressing style: use auto, path, virtual or cname"
+                ))
+            }
+        })
     }
 }
 

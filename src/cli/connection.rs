@@ -1,16 +1,18 @@
 //! Command-line options shared by every command that talks to OSS (endpoint, region,
 //! credentials, signature version, addressing, timeouts) and their translation into a
-//! `ClientConfig`. Secrets come from the environment or flags and are never echoed.
+//! `ClientConfig`. Secrets come from the environment or flags and are never echoed. Only the
+//! command line lives here: the library's types know nothing of clap.
 
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
-use crate::oss::{
+use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
 };
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct ConnectionArgs {
     /// OSS endpoint, e.g. oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000
     #[arg(long, env = "OSS_ENDPOINT", global = true)]
@@ -33,20 +35,42 @@ pub struct ConnectionArgs {
     /// Send unsigned requests (public-read buckets)
     #[arg(long, global = true)]
     pub anonymous: bool,
-    #[arg(long, value_enum, default_value_t = SignatureVersion::V4, global = true)]
+    #[arg(long, default_value = "v4", global = true,
+          value_parser = PossibleValuesParser::new(SignatureVersion::NAMES).map(|s| s.parse::<SignatureVersion>().expect("a listed name")))]
     pub signature_version: SignatureVersion,
-    #[arg(long, value_enum, default_value_t = Addressing::Auto, global = true)]
+    #[arg(long, default_value = "auto", global = true,
+          value_parser = PossibleValuesParser::new(Addressing::NAMES).map(|s| s.parse::<Addressing>().expect("a listed name")))]
     pub addressing: Addressing,
     /// Connect timeout, e.g. 10s
-    #[arg(long, default_value = "10s", value_parser = crate::size::parse_duration, global = true)]
+    #[arg(long, default_value = "10s", value_parser = ossmount::size::parse_duration, global = true)]
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer, e.g. 30s
-    #[arg(long, default_value = "30s", value_parser = crate::size::parse_duration, global = true)]
+    #[arg(long, default_value = "30s", value_parser = ossmount::size::parse_duration, global = true)]
     pub read_timeout: Duration,
     /// Attempts per request (first included) before giving up on 5xx, throttling and resets
     /// [default: 6; 3 for mount, so a read fails promptly when the server is gone]
     #[arg(long, global = true)]
     pub max_attempts: Option<u32>,
+}
+
+/// Names what was given, never the secret or the token.
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "access_key_secret",
+                &self.access_key_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("anonymous", &self.anonymous)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectionArgs {

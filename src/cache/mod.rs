@@ -11,22 +11,26 @@
 //! start from each checkpoint's mtime, which an open refreshes). Eviction unlinks the
 //! checkpoint before the data, so a crash leaves the whole entry or none.
 
+mod capacity;
+mod dir;
+
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
+
+pub use capacity::{disk_space, CacheStats, Capacity, IndexEntry};
+pub use dir::{cache_base_dir, default_cache_dir, lock_is_held};
 
 use crate::hydrate::checkpoint::Checkpoint;
 use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
-    SpaceBudget,
 };
 use crate::store::ObjectStore;
-use std::sync::atomic::{AtomicU64, Ordering};
+use capacity::{build_index, clean_strays, Budget, Index, Shared, FIXED_OVERHEAD};
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,93 +53,6 @@ pub struct EntryState {
     pub complete: bool,
 }
 
-/// Limits on what the cache may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    /// Bytes the entries may take on disk (data blocks plus checkpoints).
-    pub max_bytes: u64,
-    /// Free space to leave on the cache's filesystem.
-    pub min_free_disk: u64,
-}
-
-impl Capacity {
-    /// Defaults: a quarter of the cache filesystem, and 5% of it (at most 5 GiB) left free.
-    pub fn default_for(dir: &Path) -> Capacity {
-        let (total, _) = disk_space(dir).unwrap_or((u64::MAX / 2, u64::MAX / 2));
-        Capacity {
-            max_bytes: total / 4,
-            min_free_disk: (total / 20).min(5 << 30),
-        }
-    }
-
-    pub fn unlimited() -> Capacity {
-        Capacity {
-            max_bytes: u64::MAX / 2,
-            min_free_disk: 0,
-        }
-    }
-}
-
-/// (total, available) bytes of the filesystem holding `dir`.
-pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
-}
-
-/// What the index knows of one entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexEntry {
-    pub bucket: String,
-    pub key: String,
-    pub size: u64,
-    /// Bytes charged against the capacity: present parts rounded to blocks, plus the record.
-    pub charged: u64,
-}
-
-const BLOCK: u64 = 4096;
-
-fn charge_for(bytes: u64) -> u64 {
-    bytes.div_ceil(BLOCK) * BLOCK
-}
-
-/// What an entry's checkpoint takes on disk, about: fixed fields plus each part's bit and CRC.
-fn checkpoint_charge(parts: usize, key_len: usize) -> u64 {
-    charge_for(1024 + key_len as u64 * 2 + parts as u64 * 26)
-}
-
-/// The cache directory, `entries/`, `lock` and `status.json`: charged once, so the whole
-/// directory (as `du` counts it) stays within the capacity.
-const FIXED_OVERHEAD: u64 = 4 * BLOCK;
-
-/// Counters of a cache, for `status` and the unmount log line.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub evictions: AtomicU64,
-    pub evicted_bytes: AtomicU64,
-    pub no_space: AtomicU64,
-}
-
-struct Shared {
-    entries: PathBuf,
-    capacity: Capacity,
-    part_size: u64,
-    index: Mutex<Index>,
-    stats: CacheStats,
-}
-
-struct Index {
-    lru: lru::LruCache<String, IndexEntry>,
-    used: u64,
-    open: HashMap<String, usize>,
-    active: HashMap<String, Hydration>,
-}
-
 pub struct Cache {
     dir: PathBuf,
     entries: PathBuf,
@@ -144,148 +61,13 @@ pub struct Cache {
     cfg: HydrationConfig,
     limiter: Arc<ConnectionLimiter>,
     shared: Arc<Shared>,
-    _lock: File,
-}
-
-/// The budget a hydration asks for room; weak, so hydrations do not keep the cache alive.
-struct Budget {
-    shared: std::sync::Weak<Shared>,
-    location: String,
-}
-
-impl SpaceBudget for Budget {
-    fn reserve(&self, id: &ObjectIdentity, bytes: u64) -> bool {
-        let Some(shared) = self.shared.upgrade() else {
-            return false;
-        };
-        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
-        shared.reserve(&name, id, charge_for(bytes))
-    }
-
-    fn release(&self, id: &ObjectIdentity, bytes: u64) {
-        if let Some(shared) = self.shared.upgrade() {
-            let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
-            let mut idx = shared.index.lock().unwrap();
-            let charge = charge_for(bytes);
-            if let Some(e) = idx.lru.peek_mut(&name) {
-                e.charged = e.charged.saturating_sub(charge);
-                idx.used = idx.used.saturating_sub(charge);
-            }
-        }
-    }
-}
-
-impl Shared {
-    fn part_count(&self, size: u64) -> usize {
-        size.div_ceil(self.part_size.max(1)) as usize
-    }
-
-    fn free_disk(&self) -> u64 {
-        disk_space(&self.entries)
-            .map(|(_, a)| a)
-            .unwrap_or(u64::MAX)
-    }
-
-    fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
-        let mut idx = self.index.lock().unwrap();
-        loop {
-            let over_cap = idx.used + charge > self.capacity.max_bytes;
-            let low_disk = self.capacity.min_free_disk > 0
-                && self.free_disk() < self.capacity.min_free_disk + charge;
-            if !over_cap && !low_disk {
-                break;
-            }
-            // The least recently used entry that no handle has open, other than this one.
-            let victim = idx
-                .lru
-                .iter()
-                .rev()
-                .map(|(k, _)| k.clone())
-                .find(|k| k != name && idx.open.get(k).copied().unwrap_or(0) == 0);
-            let Some(victim) = victim else {
-                self.stats.no_space.fetch_add(1, Ordering::Relaxed);
-                return false;
-            };
-            self.evict_locked(&mut idx, &victim);
-        }
-        idx.used += charge;
-        match idx.lru.peek_mut(name) {
-            Some(e) => e.charged += charge,
-            None => {
-                let parts = self.part_count(id.size);
-                let record = checkpoint_charge(parts, id.key.len());
-                idx.lru.put(
-                    name.to_string(),
-                    IndexEntry {
-                        bucket: id.bucket.clone(),
-                        key: id.key.clone(),
-                        size: id.size,
-                        charged: charge + record,
-                    },
-                );
-                idx.used += record;
-            }
-        }
-        true
-    }
-
-    /// Removes an entry: checkpoint first (from then on the entry does not exist), then data.
-    fn evict_locked(&self, idx: &mut Index, name: &str) {
-        if let Some(h) = idx.active.remove(name) {
-            h.stop();
-        }
-        let ckpt = self.entries.join(format!("{name}.ckpt"));
-        let data = self.entries.join(format!("{name}.data"));
-        let _ = std::fs::remove_file(&ckpt);
-        let _ = std::fs::remove_file(&data);
-        if let Some(e) = idx.lru.pop(name) {
-            idx.used = idx.used.saturating_sub(e.charged);
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .evicted_bytes
-                .fetch_add(e.charged, Ordering::Relaxed);
-            tracing::info!(bucket = %e.bucket, key = %e.key, bytes = e.charged, "evicted from the cache");
-        }
-    }
+    _lock: Flock<File>,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Cache({})", self.dir.display())
     }
-}
-
-/// Takes the cache directory's lock, or says who holds it.
-fn lock_dir(dir: &Path) -> Result<File, CacheError> {
-    let path = dir.join("lock");
-    let unusable = |source| CacheError::Unusable {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(unusable)?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-        let pid = pid.trim();
-        return Err(CacheError::Locked {
-            path: dir.to_path_buf(),
-            pid: if pid.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {pid})")
-            },
-        });
-    }
-    f.set_len(0).map_err(unusable)?;
-    write!(f, "{}", std::process::id()).map_err(unusable)?;
-    Ok(f)
 }
 
 impl Cache {
@@ -308,7 +90,7 @@ impl Cache {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let lock = lock_dir(dir)?;
+        let lock = dir::lock_dir(dir)?;
         clean_strays(&entries);
         let (lru, used) = build_index(&entries);
         let shared = Arc::new(Shared {
@@ -516,73 +298,6 @@ impl Cache {
     }
 }
 
-/// Removes leftovers of a crash: temp checkpoints, probes, and data files whose checkpoint
-/// is gone (an eviction or replacement that was interrupted). Unknown files are left alone.
-fn clean_strays(entries: &Path) {
-    let Ok(rd) = std::fs::read_dir(entries) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let orphan_data = name
-            .strip_suffix(".data")
-            .is_some_and(|stem| !entries.join(format!("{stem}.ckpt")).exists());
-        if name.contains(".tmp-") || name.starts_with(".probe-") || orphan_data {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Reads every checkpoint (oldest use first) into the LRU order and the bytes in use.
-/// Unreadable checkpoints are removed with their data.
-fn build_index(entries: &Path) -> (lru::LruCache<String, IndexEntry>, u64) {
-    let mut found: Vec<(SystemTime, String, IndexEntry)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(entries) {
-        for e in rd.flatten() {
-            let fname = e.file_name().to_string_lossy().into_owned();
-            let Some(name) = fname.strip_suffix(".ckpt") else {
-                continue;
-            };
-            match Checkpoint::load(&e.path()) {
-                Ok(c) => {
-                    let meta = e.metadata().ok();
-                    let used = meta
-                        .as_ref()
-                        .and_then(|m| m.modified().ok())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    let record = checkpoint_charge(c.layout().count(), c.key.len())
-                        .max(charge_for(meta.map(|m| m.len()).unwrap_or(0)));
-                    found.push((
-                        used,
-                        name.to_string(),
-                        IndexEntry {
-                            charged: charge_for(c.bytes_present()) + record,
-                            bucket: c.bucket,
-                            key: c.key,
-                            size: c.size,
-                        },
-                    ));
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        "removing cache entry {name}: its checkpoint is unusable: {reason}"
-                    );
-                    let _ = std::fs::remove_file(e.path());
-                    let _ = std::fs::remove_file(entries.join(format!("{name}.data")));
-                }
-            }
-        }
-    }
-    found.sort_by_key(|e| e.0);
-    let mut lru = lru::LruCache::unbounded();
-    let mut used = 0;
-    for (_, name, entry) in found {
-        used += entry.charged;
-        lru.put(name, entry);
-    }
-    (lru, used)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,8 +395,8 @@ mod tests {
     #[test]
     fn a_second_lock_is_refused_with_the_holder_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = lock_dir(dir.path()).unwrap();
-        let err = lock_dir(dir.path()).unwrap_err().to_string();
+        let _held = dir::lock_dir(dir.path()).unwrap();
+        let err = dir::lock_dir(dir.path()).unwrap_err().to_string();
         // flock is per open file description, so the same process is refused too.
         assert!(err.contains("in use by another ossmount process"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");

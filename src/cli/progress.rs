@@ -1,11 +1,11 @@
 //! Progress display for long transfers: a bar on a terminal, a plain line every few seconds
-//! otherwise (logs, CI), nothing with `--quiet`.
+//! otherwise (logs, CI), nothing with `--quiet`. Terminal output only: no transfer logic.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use crate::hydrate::Progress;
-use crate::size::human_bytes;
+use ossmount::hydrate::Progress;
+use ossmount::size::human_bytes;
 
 pub struct Reporter {
     bar: Option<indicatif::ProgressBar>,

@@ -1,0 +1,270 @@
+//! What the cache may hold and what it holds: the capacity, the index of entries in LRU order
+//! with the bytes each is charged, the budget the engine asks before each part (evicting
+//! unopened entries least recently used first), and the rebuild of that index at start.
+//! Eviction unlinks the checkpoint before the data, so a crash leaves the whole entry or none.
+//! Must not start hydrations or send requests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::hydrate::checkpoint::Checkpoint;
+use crate::hydrate::{Hydration, ObjectIdentity, SpaceBudget};
+
+use super::Cache;
+
+/// Limits on what the cache may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Bytes the entries may take on disk (data blocks plus checkpoints).
+    pub max_bytes: u64,
+    /// Free space to leave on the cache's filesystem.
+    pub min_free_disk: u64,
+}
+
+impl Capacity {
+    /// Defaults: a quarter of the cache filesystem, and 5% of it (at most 5 GiB) left free.
+    pub fn default_for(dir: &Path) -> Capacity {
+        let (total, _) = disk_space(dir).unwrap_or((u64::MAX / 2, u64::MAX / 2));
+        Capacity {
+            max_bytes: total / 4,
+            min_free_disk: (total / 20).min(5 << 30),
+        }
+    }
+
+    pub fn unlimited() -> Capacity {
+        Capacity {
+            max_bytes: u64::MAX / 2,
+            min_free_disk: 0,
+        }
+    }
+}
+
+/// (total, available) bytes of the filesystem holding `dir`.
+pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frsize = st.fragment_size() as u64;
+    Some((
+        st.blocks() as u64 * frsize,
+        st.blocks_available() as u64 * frsize,
+    ))
+}
+
+/// What the index knows of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Bytes charged against the capacity: present parts rounded to blocks, plus the record.
+    pub charged: u64,
+}
+
+const BLOCK: u64 = 4096;
+
+pub(super) fn charge_for(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK) * BLOCK
+}
+
+/// What an entry's checkpoint takes on disk, about: fixed fields plus each part's bit and CRC.
+pub(super) fn checkpoint_charge(parts: usize, key_len: usize) -> u64 {
+    charge_for(1024 + key_len as u64 * 2 + parts as u64 * 26)
+}
+
+/// The cache directory, `entries/`, `lock` and `status.json`: charged once, so the whole
+/// directory (as `du` counts it) stays within the capacity.
+pub(super) const FIXED_OVERHEAD: u64 = 4 * BLOCK;
+
+/// Counters of a cache, for `status` and the unmount log line.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub no_space: AtomicU64,
+}
+
+pub(super) struct Shared {
+    pub(super) entries: PathBuf,
+    pub(super) capacity: Capacity,
+    pub(super) part_size: u64,
+    pub(super) index: Mutex<Index>,
+    pub(super) stats: CacheStats,
+}
+
+pub(super) struct Index {
+    pub(super) lru: lru::LruCache<String, IndexEntry>,
+    pub(super) used: u64,
+    pub(super) open: HashMap<String, usize>,
+    pub(super) active: HashMap<String, Hydration>,
+}
+
+/// The budget a hydration asks for room; weak, so hydrations do not keep the cache alive.
+pub(super) struct Budget {
+    pub(super) shared: std::sync::Weak<Shared>,
+    pub(super) location: String,
+}
+
+impl SpaceBudget for Budget {
+    fn reserve(&self, id: &ObjectIdentity, bytes: u64) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
+        shared.reserve(&name, id, charge_for(bytes))
+    }
+
+    fn release(&self, id: &ObjectIdentity, bytes: u64) {
+        if let Some(shared) = self.shared.upgrade() {
+            let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
+            let mut idx = shared.index.lock().unwrap();
+            let charge = charge_for(bytes);
+            if let Some(e) = idx.lru.peek_mut(&name) {
+                e.charged = e.charged.saturating_sub(charge);
+                idx.used = idx.used.saturating_sub(charge);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn part_count(&self, size: u64) -> usize {
+        size.div_ceil(self.part_size.max(1)) as usize
+    }
+
+    fn free_disk(&self) -> u64 {
+        disk_space(&self.entries)
+            .map(|(_, a)| a)
+            .unwrap_or(u64::MAX)
+    }
+
+    fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
+        let mut idx = self.index.lock().unwrap();
+        loop {
+            let over_cap = idx.used + charge > self.capacity.max_bytes;
+            let low_disk = self.capacity.min_free_disk > 0
+                && self.free_disk() < self.capacity.min_free_disk + charge;
+            if !over_cap && !low_disk {
+                break;
+            }
+            // The least recently used entry that no handle has open, other than this one.
+            let victim = idx
+                .lru
+                .iter()
+                .rev()
+                .map(|(k, _)| k.clone())
+                .find(|k| k != name && idx.open.get(k).copied().unwrap_or(0) == 0);
+            let Some(victim) = victim else {
+                self.stats.no_space.fetch_add(1, Ordering::Relaxed);
+                return false;
+            };
+            self.evict_locked(&mut idx, &victim);
+        }
+        idx.used += charge;
+        match idx.lru.peek_mut(name) {
+            Some(e) => e.charged += charge,
+            None => {
+                let parts = self.part_count(id.size);
+                let record = checkpoint_charge(parts, id.key.len());
+                idx.lru.put(
+                    name.to_string(),
+                    IndexEntry {
+                        bucket: id.bucket.clone(),
+                        key: id.key.clone(),
+                        size: id.size,
+                        charged: charge + record,
+                    },
+                );
+                idx.used += record;
+            }
+        }
+        true
+    }
+
+    /// Removes an entry: checkpoint first (from then on the entry does not exist), then data.
+    fn evict_locked(&self, idx: &mut Index, name: &str) {
+        if let Some(h) = idx.active.remove(name) {
+            h.stop();
+        }
+        let ckpt = self.entries.join(format!("{name}.ckpt"));
+        let data = self.entries.join(format!("{name}.data"));
+        let _ = std::fs::remove_file(&ckpt);
+        let _ = std::fs::remove_file(&data);
+        if let Some(e) = idx.lru.pop(name) {
+            idx.used = idx.used.saturating_sub(e.charged);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .evicted_bytes
+                .fetch_add(e.charged, Ordering::Relaxed);
+            tracing::info!(bucket = %e.bucket, key = %e.key, bytes = e.charged, "evicted from the cache");
+        }
+    }
+}
+
+/// Removes leftovers of a crash: temp checkpoints, probes, and data files whose checkpoint
+/// is gone (an eviction or replacement that was interrupted). Unknown files are left alone.
+pub(super) fn clean_strays(entries: &Path) {
+    let Ok(rd) = std::fs::read_dir(entries) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let orphan_data = name
+            .strip_suffix(".data")
+            .is_some_and(|stem| !entries.join(format!("{stem}.ckpt")).exists());
+        if name.contains(".tmp-") || name.starts_with(".probe-") || orphan_data {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Reads every checkpoint (oldest use first) into the LRU order and the bytes in use.
+/// Unreadable checkpoints are removed with their data.
+pub(super) fn build_index(entries: &Path) -> (lru::LruCache<String, IndexEntry>, u64) {
+    let mut found: Vec<(SystemTime, String, IndexEntry)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(entries) {
+        for e in rd.flatten() {
+            let fname = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = fname.strip_suffix(".ckpt") else {
+                continue;
+            };
+            match Checkpoint::load(&e.path()) {
+                Ok(c) => {
+                    let meta = e.metadata().ok();
+                    let used = meta
+                        .as_ref()
+                        .and_then(|m| m.modified().ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    let record = checkpoint_charge(c.layout().count(), c.key.len())
+                        .max(charge_for(meta.map(|m| m.len()).unwrap_or(0)));
+                    found.push((
+                        used,
+                        name.to_string(),
+                        IndexEntry {
+                            charged: charge_for(c.bytes_present()) + record,
+                            bucket: c.bucket,
+                            key: c.key,
+                            size: c.size,
+                        },
+                    ));
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        "removing cache entry {name}: its checkpoint is unusable: {reason}"
+                    );
+                    let _ = std::fs::remove_file(e.path());
+                    let _ = std::fs::remove_file(entries.join(format!("{name}.data")));
+                }
+            }
+        }
+    }
+    found.sort_by_key(|e| e.0);
+    let mut lru = lru::LruCache::unbounded();
+    let mut used = 0;
+    for (_, name, entry) in found {
+        used += entry.charged;
+        lru.put(name, entry);
+    }
+    (lru, used)
+}

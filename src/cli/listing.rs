@@ -1,0 +1,78 @@
+//! `ossmount ls` and `ossmount stat`: listings and one object's metadata, printed.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use ossmount::oss::OssUrl;
+use ossmount::size::human_bytes;
+
+use super::connection::ConnectionArgs;
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    /// oss://bucket/prefix/
+    url: String,
+    /// List every key below the prefix, not just one level
+    #[arg(short, long)]
+    recursive: bool,
+    /// Show size and last-modified time
+    #[arg(short, long)]
+    long: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StatArgs {
+    url: String,
+}
+
+pub async fn ls(conn: &ConnectionArgs, a: LsArgs) -> Result<ExitCode> {
+    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let client = conn.client()?;
+    let delimiter = if a.recursive { None } else { Some("/") };
+    let page = client.list_all(&url.bucket, &url.key, delimiter).await?;
+    let mut out = std::io::stdout().lock();
+    for p in &page.common_prefixes {
+        if a.long {
+            writeln!(out, "{:>14}  {:<24}  {p}", "DIR", "")?;
+        } else {
+            writeln!(out, "{p}")?;
+        }
+    }
+    for o in &page.objects {
+        if a.long {
+            writeln!(
+                out,
+                "{:>14}  {:<24}  {}",
+                o.size,
+                ossmount::oss::time::iso8601_extended(o.last_modified),
+                o.key
+            )?;
+        } else {
+            writeln!(out, "{}", o.key)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stat(conn: &ConnectionArgs, a: StatArgs) -> Result<ExitCode> {
+    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let client = conn.client()?;
+    let meta = client
+        .head_object(&url.bucket, &url.key)
+        .await
+        .with_context(|| format!("cannot stat {url}"))?;
+    println!("object:        {url}");
+    println!("size:          {} ({})", meta.size, human_bytes(meta.size));
+    println!("etag:          {}", meta.etag);
+    println!("last-modified: {}", meta.last_modified);
+    match meta.crc64 {
+        Some(c) => println!("crc64:         {c}"),
+        None => println!("crc64:         (not given by the server)"),
+    }
+    if let Some(ct) = &meta.content_type {
+        println!("content-type:  {ct}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

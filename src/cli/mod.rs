@@ -1,0 +1,101 @@
+//! The command line: the argument types of every command (one file per command), how each
+//! command turns its arguments into a library call, and the demo. Holds no logic worth
+//! testing on its own: parsing, validation messages and wiring only.
+
+pub mod connection;
+pub mod daemon;
+pub mod demo;
+pub mod download;
+pub mod listing;
+pub mod mount;
+pub mod prefetch;
+pub mod progress;
+pub mod serve;
+pub mod status;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use connection::ConnectionArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "ossmount",
+    version,
+    about = "Mount an Alibaba Cloud OSS bucket read-only, with a resumable local cache"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG takes precedence
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List objects and prefixes: one decoded key per line
+    Ls(listing::LsArgs),
+    /// Show an object's size, ETag, Last-Modified and CRC-64
+    Stat(listing::StatArgs),
+    /// Download an object with parallel ranged GETs, resumable from a checkpoint (like the OSS
+    /// SDKs' ResumableDownloadObject)
+    Download(download::DownloadArgs),
+    /// Mount a bucket (or a prefix) read-only; files are hydrated into the cache when opened
+    Mount(mount::MountArgs),
+    /// Start a local OSS-compatible server with sample data and mount it (Ctrl-C to stop)
+    Demo(demo::DemoArgs),
+    /// Show a cache directory: every entry's parts present, state and last use, totals
+    /// against capacity, and the mount's counters (works with or without a mount)
+    Status(status::StatusArgs),
+    /// Hydrate the objects under a prefix into a cache ahead of use (resumable); a later
+    /// mount with the same --cache-dir serves them without requests
+    Prefetch(prefetch::PrefetchArgs),
+    /// Serve a directory as OSS buckets (each subdirectory is a bucket), for tests and demos.
+    /// The credential it accepts is --access-key-id/--access-key-secret (default
+    /// emulator-ak/emulator-secret) and its region --region (default cn-hangzhou).
+    Serve(serve::ServeArgs),
+}
+
+pub fn init_logging(level: Option<&str>, default: &str, file: Option<std::fs::File>) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+        _ => tracing_subscriber::EnvFilter::new(level.unwrap_or(default)),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+/// The commands that run inside the async runtime from start to end.
+pub async fn run_async(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Command::Ls(a) => listing::ls(&cli.conn, a).await,
+        Command::Stat(a) => listing::stat(&cli.conn, a).await,
+        Command::Download(a) => download::run(&cli.conn, a).await,
+        Command::Status(a) => status::run(a),
+        Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
+        Command::Serve(a) => serve::run(&cli.conn, a).await,
+        Command::Mount(_) | Command::Demo(_) => unreachable!("run synchronously by main"),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

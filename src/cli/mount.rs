@@ -1,0 +1,152 @@
+//! `ossmount mount`: the mount's flags, turned into `MountOptions`, and the run (detached
+//! unless `--foreground`, logging to `<cache dir>/ossmount.log` when detached).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
+use ossmount::hydrate::{validate_part_size, validate_threads, FetchMode};
+use ossmount::mount::MountOptions;
+use ossmount::oss::OssUrl;
+use ossmount::size::{parse_duration, parse_size};
+
+use super::connection::ConnectionArgs;
+use super::daemon::Detached;
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// oss://bucket or oss://bucket/prefix/
+    url: String,
+    /// An existing directory to mount on
+    mountpoint: PathBuf,
+    /// Cache directory [default: $XDG_CACHE_HOME/ossmount/<bucket>-<id>]
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Bytes per part (PartSize)
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    /// Background parts in flight per file (ParallelThreadCount)
+    #[arg(long, default_value_t = 3)]
+    threads: usize,
+    /// Requests in flight for the whole mount [default: 4 x threads, at least 8]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// open: hydrate whole files once opened; read: only what reads touch, plus readahead
+    #[arg(long, default_value = "open",
+          value_parser = PossibleValuesParser::new(["open", "read"]).map(|s| if s == "open" { FetchMode::All } else { FetchMode::OnDemand }))]
+    hydrate: FetchMode,
+    /// Bytes fetched ahead of a reader's position before the rest of the file
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    readahead: u64,
+    /// How long listings and attributes are trusted, e.g. 60s
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    metadata_ttl: std::time::Duration,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    allow_other: bool,
+    /// Owner of every file [default: you]
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Group of every file [default: your group]
+    #[arg(long)]
+    gid: Option<u32>,
+    #[arg(long, default_value = "0444", value_parser = parse_mode)]
+    file_mode: u16,
+    #[arg(long, default_value = "0555", value_parser = parse_mode)]
+    dir_mode: u16,
+    /// Most the cache may hold, e.g. 20GiB [default: a quarter of the cache's filesystem]
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Free space to leave on the cache's filesystem [default: 5% of it, at most 5 GiB]
+    #[arg(long, value_parser = parse_size)]
+    min_free_disk: Option<u64>,
+    /// Serve every read through ossmount, even of complete files the kernel could read
+    /// directly (FUSE passthrough, used when the kernel offers it)
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Stay in the foreground (logs to stderr) instead of detaching
+    #[arg(short, long)]
+    pub foreground: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0444"))
+}
+
+fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
+    let url = OssUrl::parse(&m.url).map_err(anyhow::Error::msg)?;
+    validate_part_size(m.part_size).map_err(anyhow::Error::msg)?;
+    validate_threads(m.threads).map_err(anyhow::Error::msg)?;
+    let endpoint = conn.endpoint.clone().unwrap_or_default();
+    let cache_dir = m
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| ossmount::cache::default_cache_dir(&endpoint, &url.bucket, &url.key));
+    let mut o = MountOptions::new(url, m.mountpoint.clone(), cache_dir);
+    o.part_size = m.part_size;
+    o.threads = m.threads;
+    o.max_connections = m.max_connections.unwrap_or((m.threads * 4).max(8)).max(1);
+    o.mode = m.hydrate;
+    o.readahead = m.readahead;
+    o.metadata_ttl = m.metadata_ttl;
+    o.allow_other = m.allow_other;
+    o.uid = m.uid.unwrap_or(o.uid);
+    o.gid = m.gid.unwrap_or(o.gid);
+    o.file_mode = m.file_mode;
+    o.dir_mode = m.dir_mode;
+    o.cache_size = m.cache_size;
+    o.min_free_disk = m.min_free_disk;
+    o.passthrough = !m.no_passthrough;
+    Ok(o)
+}
+
+/// The detached mount logs to `<cache dir>/ossmount.log`; checked before detaching.
+pub fn log_file(conn: &ConnectionArgs, m: &MountArgs) -> Result<std::fs::File> {
+    let opts = mount_options(conn, m)?;
+    ossmount::mount::check_mountpoint(&opts.mountpoint)?;
+    std::fs::create_dir_all(&opts.cache_dir)
+        .with_context(|| format!("cannot create cache directory {}", opts.cache_dir.display()))?;
+    let path = opts.cache_dir.join("ossmount.log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "cannot write {}; choose another --cache-dir",
+                path.display()
+            )
+        })
+}
+
+pub fn run(
+    conn: &ConnectionArgs,
+    m: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    detached: Option<Detached>,
+) -> Result<ExitCode> {
+    let opts = mount_options(conn, m)?;
+    let mut cfg = conn.client_config()?;
+    cfg.retry.max_attempts = conn.max_attempts.unwrap_or(3).max(1);
+    let _guard = rt.enter();
+    let client = ossmount::oss::OssClient::new(cfg)?;
+    ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
+        if let Some(d) = detached {
+            d.report_mounted();
+        } else {
+            eprintln!(
+                "mounted {} at {}; unmount with: umount {}",
+                opts.url,
+                opts.mountpoint.display(),
+                opts.mountpoint.display()
+            );
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,93 @@
+//! `ossmount prefetch`: hydrate a prefix into a cache directory ahead of use.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use ossmount::cache::{Cache, Capacity};
+use ossmount::hydrate::{validate_part_size, validate_threads, ConnectionLimiter, HydrationConfig};
+use ossmount::oss::OssUrl;
+use ossmount::size::{human_bytes, parse_size};
+use ossmount::store::ObjectStore;
+
+use super::connection::ConnectionArgs;
+use super::progress::Reporter;
+
+#[derive(clap::Args)]
+pub struct PrefetchArgs {
+    /// oss://bucket/prefix/
+    url: String,
+    #[arg(long)]
+    cache_dir: PathBuf,
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    #[arg(long, default_value_t = 3)]
+    threads: usize,
+    /// Objects hydrated at once
+    #[arg(long, default_value_t = 4)]
+    objects: usize,
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    #[arg(long, value_parser = parse_size)]
+    min_free_disk: Option<u64>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
+    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    validate_part_size(a.part_size).map_err(anyhow::Error::msg)?;
+    validate_threads(a.threads).map_err(anyhow::Error::msg)?;
+    let client: Arc<dyn ObjectStore> = Arc::new(conn.client()?);
+    std::fs::create_dir_all(&a.cache_dir)
+        .with_context(|| format!("cannot create {}", a.cache_dir.display()))?;
+    let defaults = Capacity::default_for(&a.cache_dir);
+    let capacity = Capacity {
+        max_bytes: a.cache_size.unwrap_or(defaults.max_bytes),
+        min_free_disk: a.min_free_disk.unwrap_or(defaults.min_free_disk),
+    };
+    let cfg = HydrationConfig {
+        part_size: a.part_size,
+        threads: a.threads,
+        ..Default::default()
+    };
+    let limiter = ConnectionLimiter::new(a.threads * a.objects.max(1), 0);
+    let cache = Cache::open(&a.cache_dir, client.clone(), cfg, limiter, capacity)?;
+    let mut reporter = Reporter::new(a.quiet, &url.to_string());
+    let report =
+        ossmount::prefetch::prefetch(client, &cache, &url.bucket, &url.key, a.objects, |p| {
+            reporter.update(p)
+        })
+        .await;
+    reporter.finish();
+    cache.shutdown().await;
+    let report = report?;
+    for (key, size) in &report.skipped {
+        eprintln!(
+            "not prefetched (does not fit --cache-size {}): oss://{}/{key} ({})",
+            human_bytes(capacity.max_bytes),
+            url.bucket,
+            human_bytes(*size)
+        );
+    }
+    for (key, err) in &report.failed {
+        eprintln!("failed: oss://{}/{key}: {err}", url.bucket);
+    }
+    if !a.quiet {
+        eprintln!(
+            "prefetched {} objects into {} ({} fetched); {} skipped, {} failed",
+            report.fetched.len(),
+            a.cache_dir.display(),
+            human_bytes(report.bytes_fetched),
+            report.skipped.len(),
+            report.failed.len()
+        );
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

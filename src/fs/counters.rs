@@ -1,0 +1,81 @@
+//! The mount's counters: what the filesystem counts itself (`FsStats`), and `MountCounters`,
+//! the snapshot of every layer's counters for the log and `status`. Must not write files.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::OssFs;
+
+/// Counters for a mount, for logs and status.
+#[derive(Debug, Default)]
+pub struct FsStats {
+    /// Directory listings (each may take several pages).
+    pub listings: AtomicU64,
+    pub heads: AtomicU64,
+    pub opens: AtomicU64,
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub read_errors: AtomicU64,
+    /// Reads whose bytes were all present when they arrived.
+    pub cache_hits: AtomicU64,
+    /// Reads that had to wait for parts.
+    pub cache_misses: AtomicU64,
+    /// Reads served by direct ranged GETs (objects larger than the cache).
+    pub direct_reads: AtomicU64,
+    /// Opens of complete files handed to the kernel (FUSE passthrough): their reads never
+    /// reach ossmount and are not counted in `reads`.
+    pub passthrough_opens: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountCounters {
+    pub part_requests: u64,
+    pub part_retries: u64,
+    pub bytes_fetched: u64,
+    pub listings: u64,
+    pub heads: u64,
+    pub opens: u64,
+    pub reads: u64,
+    pub bytes_served: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub direct_reads: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    pub read_errors: u64,
+    pub evictions: u64,
+}
+
+impl OssFs {
+    pub fn stats_line(&self) -> String {
+        let c = self.counters();
+        format!(
+            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions",
+            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions
+        )
+    }
+
+    /// Every counter of the mount, for logs and `status`.
+    pub fn counters(&self) -> MountCounters {
+        let s = &self.stats;
+        let e = self.cache.engine_stats();
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MountCounters {
+            part_requests: l(&e.part_requests),
+            part_retries: l(&e.part_retries),
+            bytes_fetched: l(&e.bytes_fetched),
+            listings: l(&s.listings),
+            heads: l(&s.heads),
+            opens: l(&s.opens),
+            reads: l(&s.reads),
+            bytes_served: l(&s.read_bytes),
+            cache_hits: l(&s.cache_hits),
+            cache_misses: l(&s.cache_misses),
+            direct_reads: l(&s.direct_reads),
+            passthrough_opens: l(&s.passthrough_opens),
+            read_errors: l(&s.read_errors),
+            evictions: l(&self.cache.stats().evictions),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! What can go wrong in the filesystem, typed, so a reader of the code (and of the log) sees
+//! the cause; `fs::fuse` alone turns it into an errno. Must not choose errno values itself.
+
+use std::sync::Arc;
+
+use crate::hydrate::HydrateError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("no such open handle")]
+    BadHandle,
+    /// The store failed (after its retries): listing, HEAD or a direct read.
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: StoreError,
+    },
+    /// The object changed on the server while a handle was reading it.
+    #[error("the object changed while it was being read")]
+    ObjectChanged,
+    /// The parts a read needs could not be fetched.
+    #[error("{0}")]
+    Hydrate(Arc<HydrateError>),
+    /// The cache entry could not be opened or read.
+    #[error("cache: {0}")]
+    Cache(String),
+    /// A new version was opened while an old one is open through the kernel's passthrough.
+    #[error("an older version of this file is open through passthrough")]
+    PassthroughBusy,
+}
+
+impl FsError {
+    pub(crate) fn store(context: impl Into<String>, source: StoreError) -> FsError {
+        let context = context.into();
+        tracing::warn!(
+            code = source.code().unwrap_or(""),
+            request_id = source.request_id().unwrap_or(""),
+            "{context}: {source}"
+        );
+        FsError::Store { context, source }
+    }
+}

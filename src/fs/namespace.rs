@@ -1,0 +1,360 @@
+//! The namespace: inode numbers (stable for the life of the mount), directory listings cached
+//! for the metadata TTL with one listing per directory in flight, the naming rules that turn
+//! keys into names, and lookup/readdir over them. Must not open or read files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use crate::hydrate::ObjectIdentity;
+use crate::store::ListPage;
+
+use super::{Attr, DirEntry, FsError, Kind, OssFs, ROOT_INO};
+
+#[derive(Debug)]
+pub(super) struct Node {
+    pub(super) parent: u64,
+    /// Full key for files; full prefix (ending in `/`, or empty for the bucket) for dirs.
+    pub(super) key: String,
+    pub(super) kind: Kind,
+    pub(super) size: u64,
+    pub(super) mtime: SystemTime,
+    pub(super) etag: String,
+    /// The identity last confirmed by HEAD (or listing) for opens, and when.
+    pub(super) identity: Option<(ObjectIdentity, Instant)>,
+    /// The ETag of the content the kernel may hold in its page cache for this inode.
+    pub(super) kernel_etag: Option<String>,
+}
+
+pub(super) struct Listing {
+    fetched: Instant,
+    entries: Vec<DirEntry>,
+}
+
+#[derive(Default)]
+pub(super) struct Namespace {
+    pub(super) nodes: HashMap<u64, Node>,
+    names: HashMap<(u64, String, bool), u64>,
+    pub(super) listings: HashMap<u64, Listing>,
+    pub(super) next_ino: u64,
+    pub(super) logged_skips: HashSet<String>,
+}
+
+impl Namespace {
+    /// A namespace holding only the root directory (the mount's prefix).
+    pub(super) fn new(root_key: &str, started: SystemTime) -> Namespace {
+        let mut ns = Namespace {
+            next_ino: ROOT_INO + 1,
+            ..Default::default()
+        };
+        ns.nodes.insert(
+            ROOT_INO,
+            Node {
+                parent: ROOT_INO,
+                key: root_key.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: started,
+                etag: String::new(),
+                identity: None,
+                kernel_etag: None,
+            },
+        );
+        ns
+    }
+}
+
+/// One child of a directory as a listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedChild {
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: String,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name.len() <= 255
+}
+
+/// Turns one directory's listing (with delimiter `/`) into children, applying the naming
+/// rules; returns the children and the keys that were skipped.
+pub fn children_from_listing(prefix: &str, page: &ListPage) -> (Vec<ListedChild>, Vec<String>) {
+    let mut skipped = Vec::new();
+    let mut dirs: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    for cp in &page.common_prefixes {
+        let name = cp
+            .strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix('/'))
+            .unwrap_or("");
+        if !valid_name(name) {
+            skipped.push(cp.clone());
+            continue;
+        }
+        if dirs.insert(name.to_string()) {
+            out.push(ListedChild {
+                name: name.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: String::new(),
+            });
+        }
+    }
+    for o in &page.objects {
+        let Some(name) = o.key.strip_prefix(prefix) else {
+            continue;
+        };
+        if name.is_empty() {
+            continue; // the directory's own marker object
+        }
+        if !valid_name(name) {
+            skipped.push(o.key.clone());
+            continue;
+        }
+        if dirs.contains(name) {
+            skipped.push(o.key.clone());
+            continue;
+        }
+        out.push(ListedChild {
+            name: name.to_string(),
+            kind: Kind::File,
+            size: o.size,
+            mtime: o.last_modified,
+            etag: o.etag.clone(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    (out, skipped)
+}
+
+impl OssFs {
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let ns = self.ns.lock().unwrap();
+        ns.nodes
+            .get(&ino)
+            .map(|n| self.attr_of(ino, n))
+            .ok_or(FsError::NotFound)
+    }
+
+    fn listing_fresh(&self, dir: u64) -> bool {
+        let ns = self.ns.lock().unwrap();
+        ns.listings
+            .get(&dir)
+            .is_some_and(|l| l.fetched.elapsed() < self.cfg.metadata_ttl)
+    }
+
+    /// Makes sure `dir` has a listing no older than the TTL (one request burst per directory
+    /// at a time). A failed refresh keeps serving the previous listing, if any.
+    async fn ensure_listing(&self, dir: u64) -> Result<(), FsError> {
+        if self.listing_fresh(dir) {
+            return Ok(());
+        }
+        let prefix = {
+            let ns = self.ns.lock().unwrap();
+            match ns.nodes.get(&dir) {
+                Some(n) if n.kind == Kind::Dir => n.key.clone(),
+                Some(_) => return Err(FsError::NotADirectory),
+                None => return Err(FsError::NotFound),
+            }
+        };
+        let lock = self
+            .dir_locks
+            .lock()
+            .unwrap()
+            .entry(dir)
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if self.listing_fresh(dir) {
+            return Ok(());
+        }
+        self.stats.listings.fetch_add(1, Ordering::Relaxed);
+        let page = match crate::store::list_all(&*self.store, &self.cfg.bucket, &prefix, Some("/"))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let has_old = self.ns.lock().unwrap().listings.contains_key(&dir);
+                if has_old && (e.is_retryable()) {
+                    tracing::warn!("listing {prefix:?} failed, serving the previous listing: {e}");
+                    return Ok(());
+                }
+                return Err(FsError::store(format!("listing {prefix:?}"), e));
+            }
+        };
+        let (children, skipped) = children_from_listing(&prefix, &page);
+        let mut ns = self.ns.lock().unwrap();
+        for key in skipped {
+            if ns.logged_skips.insert(key.clone()) {
+                tracing::warn!(key = %key, "skipping a key that cannot be a file name here (empty, '.', '..' or over-long component, or hidden by a directory of the same name)");
+            }
+        }
+        let mut entries = Vec::with_capacity(children.len());
+        for c in children {
+            let is_dir = c.kind == Kind::Dir;
+            let name_key = (dir, c.name.clone(), is_dir);
+            let ino = match ns.names.get(&name_key) {
+                Some(&ino) => ino,
+                None => {
+                    let ino = ns.next_ino;
+                    ns.next_ino += 1;
+                    ns.names.insert(name_key, ino);
+                    ino
+                }
+            };
+            let key = if is_dir {
+                format!("{prefix}{}/", c.name)
+            } else {
+                format!("{prefix}{}", c.name)
+            };
+            let node = ns.nodes.entry(ino).or_insert_with(|| Node {
+                parent: dir,
+                key,
+                kind: c.kind,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: String::new(),
+                identity: None,
+                kernel_etag: None,
+            });
+            if c.kind == Kind::File {
+                node.size = c.size;
+                node.mtime = c.mtime;
+                node.etag = c.etag.clone();
+            }
+            entries.push(DirEntry {
+                ino,
+                kind: c.kind,
+                name: c.name,
+            });
+        }
+        ns.listings.insert(
+            dir,
+            Listing {
+                fetched: Instant::now(),
+                entries,
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.ensure_listing(parent).await?;
+        let ns = self.ns.lock().unwrap();
+        let listing = ns.listings.get(&parent).ok_or(FsError::NotFound)?;
+        let entry = listing
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or(FsError::NotFound)?;
+        let node = ns.nodes.get(&entry.ino).ok_or(FsError::NotFound)?;
+        Ok(self.attr_of(entry.ino, node))
+    }
+
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        self.ensure_listing(ino).await?;
+        let entries = {
+            let ns = self.ns.lock().unwrap();
+            let parent = ns.nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
+            let mut v = vec![
+                DirEntry {
+                    ino,
+                    kind: Kind::Dir,
+                    name: ".".into(),
+                },
+                DirEntry {
+                    ino: parent,
+                    kind: Kind::Dir,
+                    name: "..".into(),
+                },
+            ];
+            v.extend(
+                ns.listings
+                    .get(&ino)
+                    .map(|l| l.entries.clone())
+                    .unwrap_or_default(),
+            );
+            v
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on, each with the offset of the entry after it.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>, FsError> {
+        let dirs = self.dirs.lock().unwrap();
+        let entries = dirs.get(&fh).ok_or(FsError::BadHandle)?;
+        Ok(entries
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ListedObject;
+
+    fn obj(key: &str) -> ListedObject {
+        ListedObject {
+            key: key.into(),
+            size: 1,
+            etag: "\"E\"".into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+            storage_class: String::new(),
+        }
+    }
+
+    #[test]
+    fn listing_rules() {
+        let page = ListPage {
+            objects: vec![
+                obj("p/"),
+                obj("p/a.txt"),
+                obj("p/same"),
+                obj("p/."),
+                obj("p/.."),
+            ],
+            common_prefixes: vec!["p/same/".into(), "p/sub/".into(), "p//".into()],
+            ..Default::default()
+        };
+        let (children, skipped) = children_from_listing("p/", &page);
+        let names: Vec<(&str, Kind)> = children.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a.txt", Kind::File),
+                ("same", Kind::Dir),
+                ("sub", Kind::Dir)
+            ]
+        );
+        let mut skipped = skipped;
+        skipped.sort();
+        assert_eq!(skipped, vec!["p/.", "p/..", "p//", "p/same"]);
+        let long = format!("p/{}", "x".repeat(256));
+        let (c, s) = children_from_listing(
+            "p/",
+            &ListPage {
+                objects: vec![obj(&long)],
+                ..Default::default()
+            },
+        );
+        assert!(c.is_empty() && s == vec![long]);
+    }
+}

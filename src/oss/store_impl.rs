@@ -1,0 +1,73 @@
+//! `OssClient` as an `ObjectStore`, and the translation of the client's errors into the
+//! store's kinds. The message is the client's own text (SDK-style, with hints), so what a user
+//! reads does not change with the layer that reports it.
+
+use std::ops::Range;
+
+use crate::store::{
+    BoxFut, ByteStream, ListPage, ListRequest, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+};
+
+use super::{OssClient, OssError};
+
+impl From<OssError> for StoreError {
+    fn from(e: OssError) -> StoreError {
+        let kind = if e.is_precondition_failed() {
+            StoreErrorKind::PreconditionFailed
+        } else if e.is_not_found() {
+            StoreErrorKind::NotFound
+        } else if e.service().is_some_and(|s| s.status == 403) {
+            StoreErrorKind::AccessDenied
+        } else if e.is_retryable() {
+            StoreErrorKind::Transient
+        } else {
+            StoreErrorKind::Permanent
+        };
+        StoreError {
+            kind,
+            message: e.to_string(),
+            code: e.code().map(str::to_string),
+            request_id: e.service().map(|s| s.request_id.clone()),
+        }
+    }
+}
+
+impl ObjectStore for OssClient {
+    fn head<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFut<'a, Result<ObjectMeta, StoreError>> {
+        Box::pin(async move { Ok(self.head_object(bucket, key).await?) })
+    }
+
+    fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<String>,
+    ) -> ByteStream {
+        let reader = self.get_object(bucket, key, Some(range), if_match);
+        Box::pin(futures_util::stream::unfold(reader, |mut r| async move {
+            match r.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), r)),
+                Ok(None) => None,
+                // After an error the reader is spent: end the stream behind it.
+                Err(e) => Some((Err(e.into()), r.finished())),
+            }
+        }))
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        bucket: &'a str,
+        req: ListRequest,
+    ) -> BoxFut<'a, Result<ListPage, StoreError>> {
+        Box::pin(async move { Ok(self.list_objects_v2(bucket, &req).await?) })
+    }
+
+    fn location(&self) -> String {
+        self.config().endpoint.to_string()
+    }
+}
