@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cache::{Cache, Capacity};
-use crate::fs::fuse::FuseAdapter;
+use crate::fs::fuse::{self, KernelMount};
 use crate::fs::{FsConfig, OssFs};
 use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
 use crate::oss::OssUrl;
@@ -158,29 +158,14 @@ pub fn run_mount(
         store,
         cache.clone(),
     ));
-    let mount_options = vec![
-        fuser::MountOption::FSName(format!("ossmount:{}", opts.url.bucket)),
-        fuser::MountOption::Subtype("ossmount".into()),
-        fuser::MountOption::RO,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoAtime,
-        fuser::MountOption::DefaultPermissions,
-    ];
-    // SessionACL::All is what adds the kernel's allow_other option.
-    let acl = if opts.allow_other {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
+    let kernel = KernelMount {
+        fs_name: format!("ossmount:{}", opts.url.bucket),
+        allow_other: opts.allow_other,
+        passthrough: opts.passthrough,
     };
-    let mut config = fuser::Config::default();
-    config.mount_options = mount_options;
-    config.acl = acl;
-    config.n_threads = Some(2);
-    let adapter = FuseAdapter::new(fs.clone(), rt.clone(), opts.passthrough);
-    let mut session = fuser::Session::new(adapter, &opts.mountpoint, &config)
+    let mut session = fuse::mount(fs.clone(), rt.clone(), &opts.mountpoint, &kernel)
         .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;
-    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let unmounter = Arc::new(Mutex::new(session.unmounter()));
     let signal_task = rt.spawn({
         let unmounter = unmounter.clone();
         let mountpoint = opts.mountpoint.clone();

@@ -353,11 +353,8 @@ mod tests {
         std::fs::write(entries.join("x.ckpt.tmp-123"), b"{").unwrap();
         std::fs::write(entries.join("bad.ckpt"), b"not json").unwrap();
         std::fs::write(entries.join("bad.data"), b"x").unwrap();
-        let mut cfg = crate::oss::ClientConfig::new(
-            crate::oss::Endpoint::parse("http://127.0.0.1:1").unwrap(),
-        );
-        cfg.region = Some("r".into());
-        let store: Arc<dyn ObjectStore> = Arc::new(crate::oss::OssClient::new(cfg).unwrap());
+        let store: Arc<dyn ObjectStore> =
+            crate::store::memory::MemoryStore::new("http://127.0.0.1:1");
         let cache = Cache::open(
             dir.path(),
             store,

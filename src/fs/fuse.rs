@@ -7,6 +7,7 @@
 //! kernel may read directly, and `errno` is the one place a `FsError` becomes an errno.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,71 @@ use fuser::{
 
 use super::passthrough::{OpenPlan, PassthroughTable};
 use super::{Attr, FsError, Kind, OssFs};
+
+/// How the kernel is to see a mount.
+#[derive(Debug, Clone)]
+pub struct KernelMount {
+    /// What `mount` and `/proc/mounts` show as the source.
+    pub fs_name: String,
+    /// Let other users in (the kernel's allow_other).
+    pub allow_other: bool,
+    /// Hand complete files to the kernel when it offers FUSE passthrough.
+    pub passthrough: bool,
+}
+
+/// A mounted FUSE session: `run` serves requests until the filesystem is unmounted.
+pub struct MountedSession {
+    session: fuser::Session<FuseAdapter>,
+}
+
+/// Ends a session from elsewhere (a signal handler).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+impl MountedSession {
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.session.unmount_callable())
+    }
+
+    /// Serves until unmounted (`umount`, or an `Unmounter`).
+    pub fn run(self) -> std::io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Mounts `fs` read-only on `mountpoint`; requests are answered on `rt`.
+pub fn mount(
+    fs: Arc<OssFs>,
+    rt: tokio::runtime::Handle,
+    mountpoint: &Path,
+    kernel: &KernelMount,
+) -> std::io::Result<MountedSession> {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(kernel.fs_name.clone()),
+        fuser::MountOption::Subtype("ossmount".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    // SessionACL::All is what adds the kernel's allow_other option.
+    config.acl = if kernel.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(2);
+    let adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    Ok(MountedSession { session })
+}
 
 pub struct FuseAdapter {
     fs: Arc<OssFs>,

@@ -4,6 +4,8 @@
 //! an in-memory double in a test) can stand behind it without faking another's errors.
 //! It must not name OSS types: `oss` implements this trait, not the other way round.
 
+pub mod memory;
+
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;

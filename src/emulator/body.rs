@@ -1,0 +1,97 @@
+//! Streaming an object's bytes under the faults: the bandwidth cap per connection, stalls,
+//! truncated bodies and connection resets.
+
+use std::io::Read;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::response::Ctx;
+use super::{bump, ConnCtx, State};
+
+/// What one GET body sends: `[start, end)` of `path`, cut at `cut.0` (by a reset when
+/// `cut.1`) if a fault was rolled.
+pub(super) struct BodyPlan {
+    pub(super) path: PathBuf,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) cut: Option<(u64, bool)>,
+}
+
+pub(super) async fn stream_file(
+    state: &Arc<State>,
+    conn: &ConnCtx,
+    ctx: &Ctx,
+    plan: BodyPlan,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> std::io::Result<()> {
+    let BodyPlan {
+        path,
+        start,
+        end,
+        cut,
+    } = plan;
+    let mut file = std::fs::File::open(&path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut pos = start;
+    while pos < end {
+        let rate = state.faults.lock().unwrap().bandwidth_per_connection;
+        let chunk_cap: u64 = if rate > 0 {
+            (rate / 50).clamp(4096, 256 << 10)
+        } else {
+            256 << 10
+        };
+        let mut want = chunk_cap.min(end - pos);
+        if let Some((at, _)) = cut {
+            if pos >= at {
+                let (_, reset) = cut.expect("cut");
+                if reset {
+                    // SO_LINGER 0 turns the close into a RST, as a dropped connection would.
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: fd belongs to this live connection; setsockopt only reads `linger`.
+                    unsafe {
+                        libc::setsockopt(
+                            conn.fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            &linger as *const libc::linger as *const libc::c_void,
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected cut",
+                ));
+            }
+            want = want.min(at - pos).max(1);
+        }
+        let mut buf = vec![0u8; want as usize];
+        file.read_exact(&mut buf)?;
+        if rate > 0 {
+            let wait_until = {
+                let mut nf = conn.next_free.lock().unwrap();
+                let now = Instant::now();
+                let begin = if *nf > now { *nf } else { now };
+                *nf = begin + Duration::from_secs_f64(want as f64 / rate as f64);
+                *nf
+            };
+            tokio::time::sleep_until(wait_until.into()).await;
+        }
+        if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            return Ok(()); // the client went away
+        }
+        bump(state, ctx, |c| c.body_bytes += want);
+        pos += want;
+    }
+    Ok(())
+}

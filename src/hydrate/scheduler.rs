@@ -1,0 +1,176 @@
+//! What is fetched next: parts a reader waits for (`want`, `wait_range`) at once on demand
+//! connections, then a readahead window after them, then (mode `All`) the rest in order by
+//! `threads` background workers. Must not write files or the checkpoint.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::{FetchMode, HydrateError, Hydration, Inner, State};
+
+impl Hydration {
+    /// Asks for the parts covering `range` ahead of everything else: missing parts that are
+    /// not in flight are fetched at once on demand connections, and the readahead window moves
+    /// to just after the range. Clears earlier part failures, so a new read retries.
+    pub fn want(&self, range: Range<u64>) {
+        let parts = self.inner.layout.parts_for(range);
+        let mut spawn = Vec::new();
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            if st.stopped || st.fatal.is_some() || st.complete {
+                return;
+            }
+            st.paused = None;
+            for f in st.failed.iter_mut() {
+                *f = None;
+            }
+            for p in parts.clone() {
+                if !st.present[p] && !st.in_flight[p] {
+                    st.in_flight[p] = true;
+                    spawn.push(p);
+                }
+            }
+            if !parts.is_empty() {
+                let n = self.inner.layout.count();
+                let window = parts.end..(parts.end + self.inner.cfg.readahead_parts).min(n);
+                if spawn.is_empty() {
+                    st.readahead = window;
+                } else {
+                    st.pending_readahead = Some(window);
+                }
+            }
+        }
+        self.inner.notify();
+        for p in spawn {
+            let inner = self.inner.clone();
+            self.inner.spawn(async move {
+                // Waiters learn the outcome from the shared state.
+                let _ = inner.fetch_and_record(p, true).await;
+            });
+        }
+    }
+
+    /// Waits until every byte of `range` is present, fetching those parts first. Fails with
+    /// the part's error when it fails after retries, or when the hydration as a whole failed.
+    pub async fn wait_range(&self, range: Range<u64>) -> Result<(), Arc<HydrateError>> {
+        let parts = self.inner.layout.parts_for(range.clone());
+        let mut rx = self.inner.changed.subscribe();
+        if self.is_present(range.clone()) {
+            return Ok(());
+        }
+        self.want(range);
+        loop {
+            if self.check_parts(parts.clone())?.is_some() {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(self.inner.stopped_error()));
+            }
+        }
+    }
+
+    fn check_parts(&self, parts: Range<usize>) -> Result<Option<()>, Arc<HydrateError>> {
+        let st = self.inner.state.lock().unwrap();
+        if parts.clone().all(|p| st.present[p]) {
+            return Ok(Some(()));
+        }
+        if let Some(f) = &st.fatal {
+            return Err(f.clone());
+        }
+        if st.stopped {
+            return Err(Arc::new(self.inner.stopped_error()));
+        }
+        for p in parts {
+            if let Some(e) = &st.failed[p] {
+                return Err(e.clone());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until every part is present and the whole-object CRC checked (mode `All`), or
+    /// returns the first failure.
+    pub async fn wait_complete(&self) -> Result<(), Arc<HydrateError>> {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            {
+                let st = self.inner.state.lock().unwrap();
+                if let Some(f) = &st.fatal {
+                    return Err(f.clone());
+                }
+                if st.complete {
+                    return Ok(());
+                }
+                if let Some(p) = &st.paused {
+                    return Err(p.clone());
+                }
+                if st.stopped {
+                    return Err(Arc::new(self.inner.stopped_error()));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(self.inner.stopped_error()));
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The next part for a background worker: readahead window first, then (mode All) the
+    /// lowest missing part. Marks it in flight.
+    pub(super) fn pick_background(&self, st: &mut State) -> Option<usize> {
+        let free =
+            |st: &State, p: usize| !st.present[p] && !st.in_flight[p] && st.failed[p].is_none();
+        let mut pick = st.readahead.clone().find(|&p| free(st, p));
+        if pick.is_none() && self.cfg.mode == FetchMode::All {
+            pick = (0..self.layout.count()).find(|&p| free(st, p));
+        }
+        if let Some(p) = pick {
+            st.in_flight[p] = true;
+        }
+        pick
+    }
+
+    pub(super) async fn background_worker(self: Arc<Self>) {
+        let mut rx = self.changed.subscribe();
+        loop {
+            let next = {
+                let mut st = self.state.lock().unwrap();
+                if st.stopped || st.fatal.is_some() || st.complete {
+                    return;
+                }
+                if st.paused.is_some() {
+                    None
+                } else {
+                    self.pick_background(&mut st)
+                }
+            };
+            match next {
+                Some(p) => {
+                    if let Err(e) = self.fetch_and_record(p, false).await {
+                        let mut st = self.state.lock().unwrap();
+                        if st.paused.is_none() {
+                            st.paused = Some(e);
+                        }
+                        drop(st);
+                        self.notify();
+                    }
+                }
+                None => {
+                    rx.borrow_and_update();
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn open_pending_readahead(&self) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(w) = st.pending_readahead.take() {
+            st.readahead = w;
+            drop(st);
+            self.notify();
+        }
+    }
+}

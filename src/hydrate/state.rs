@@ -1,0 +1,109 @@
+//! A hydration's state beyond the scheduler: progress snapshots, failures that end it, the
+//! whole-object CRC-64 check once every part is present, and the checkpoint record written
+//! from the state (serialised, never after shutdown). Must not fetch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{Checkpoint, HydrateError, Inner};
+
+/// A snapshot of a hydration's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub parts_total: usize,
+    pub parts_present: usize,
+    pub parts_in_flight: usize,
+    pub bytes_total: u64,
+    pub bytes_present: u64,
+    /// Body bytes received in this run (including parts that were later retried).
+    pub bytes_fetched: u64,
+    /// Bytes that were already present when this run started.
+    pub bytes_resumed: u64,
+    pub part_requests: u64,
+    pub complete: bool,
+}
+
+impl Inner {
+    pub(super) fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(super) fn stopped_error(&self) -> HydrateError {
+        HydrateError::Stopped {
+            bucket: self.id.bucket.clone(),
+            key: self.id.key.clone(),
+        }
+    }
+
+    pub(super) fn set_fatal(&self, e: HydrateError) -> Arc<HydrateError> {
+        let e = Arc::new(e);
+        self.state
+            .lock()
+            .unwrap()
+            .fatal
+            .get_or_insert_with(|| e.clone());
+        e
+    }
+
+    /// When every part is present: checks the combined CRC-64 against the server's.
+    pub(super) fn finish_if_complete(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.complete || st.fatal.is_some() || !st.present.iter().all(|&p| p) {
+            return;
+        }
+        let combined = (0..self.layout.count()).fold(0u64, |acc, p| {
+            let r = self.layout.range(p);
+            crate::crc64::combine(acc, st.part_crc[p], r.end - r.start)
+        });
+        match self.id.crc64 {
+            Some(expected) if expected != combined => {
+                st.fatal = Some(Arc::new(HydrateError::ChecksumMismatch {
+                    bucket: self.id.bucket.clone(),
+                    key: self.id.key.clone(),
+                    expected,
+                    actual: combined,
+                }));
+            }
+            _ => st.complete = true,
+        }
+        drop(st);
+        self.notify();
+    }
+
+    pub(super) fn snapshot(&self) -> Checkpoint {
+        let st = self.state.lock().unwrap();
+        let mut c = Checkpoint::new(
+            &self.store_location,
+            &self.id,
+            self.layout.part_size,
+            &self.data_path,
+        );
+        c.present = st
+            .present
+            .iter()
+            .map(|&p| if p { '1' } else { '0' })
+            .collect();
+        c.part_crc64 = st.part_crc.clone();
+        c
+    }
+
+    pub(super) async fn save_checkpoint(self: &Arc<Self>) -> Result<(), HydrateError> {
+        let Some(path) = self.checkpoint_path.clone() else {
+            return Ok(());
+        };
+        let inner = self.clone();
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            // Serialised, and the snapshot taken under the lock, so an older record can never
+            // overwrite a newer one; nothing is written once the hydration was shut down.
+            let _guard = inner.checkpoint_lock.lock().unwrap();
+            if inner.writes_closed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            inner.snapshot().save(&p)
+        })
+        .await
+        .expect("checkpoint writer does not panic")
+        .map_err(|source| HydrateError::Io { path, source })
+    }
+}

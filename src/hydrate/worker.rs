@@ -1,0 +1,235 @@
+//! One part from request to record: a ranged GET pinned by If-Match, streamed to the data
+//! file in 1 MiB writes with its CRC-64, made durable (fdatasync), and only then recorded in
+//! the checkpoint; retries, and the failures that pause or end a hydration. Must not choose
+//! which part comes next.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::store::{StoreError, StoreErrorKind};
+
+use super::{HydrateError, Inner};
+
+/// Bytes buffered per part before they are written: memory grows with parts in flight only.
+const WRITE_CHUNK: usize = 1 << 20;
+
+impl Inner {
+    /// Fetches one part (retrying), records it, and publishes the outcome to waiters.
+    pub(super) async fn fetch_and_record(
+        self: &Arc<Self>,
+        part: usize,
+        demand: bool,
+    ) -> Result<(), Arc<HydrateError>> {
+        let result = self.fetch_part(part, demand).await;
+        let outcome = match result {
+            Ok(crc) => {
+                {
+                    let mut st = self.state.lock().unwrap();
+                    st.present[part] = true;
+                    st.in_flight[part] = false;
+                    st.part_crc[part] = crc;
+                    st.failed[part] = None;
+                }
+                match self.save_checkpoint().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(self.set_fatal(e)),
+                }
+            }
+            Err(e) => {
+                if demand {
+                    self.open_pending_readahead();
+                }
+                let fatal = matches!(
+                    e,
+                    HydrateError::ObjectChanged { .. } | HydrateError::Io { .. }
+                );
+                let e = Arc::new(e);
+                let mut st = self.state.lock().unwrap();
+                st.in_flight[part] = false;
+                if fatal {
+                    st.fatal.get_or_insert_with(|| e.clone());
+                } else {
+                    st.failed[part] = Some(e.clone());
+                }
+                drop(st);
+                if let Some(se) = e.store_error() {
+                    tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, code = se.code().unwrap_or(""), request_id = se.request_id().unwrap_or(""), "part failed: {e}");
+                } else {
+                    tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, "part failed: {e}");
+                }
+                Err(e)
+            }
+        };
+        if outcome.is_ok() {
+            self.finish_if_complete();
+        }
+        self.notify();
+        outcome
+    }
+
+    pub(super) async fn fetch_part(&self, part: usize, demand: bool) -> Result<u64, HydrateError> {
+        let range = self.layout.range(part);
+        let len = range.end - range.start;
+        if let Some(b) = &self.cfg.budget {
+            if !b.reserve(&self.id, len) {
+                return Err(HydrateError::NoSpace {
+                    bucket: self.id.bucket.clone(),
+                    key: self.id.key.clone(),
+                    part,
+                });
+            }
+        }
+        let result = self.fetch_part_reserved(part, range, demand).await;
+        if result.is_err() {
+            if let Some(b) = &self.cfg.budget {
+                b.release(&self.id, len);
+            }
+        } else {
+            self.cfg
+                .stats
+                .parts_completed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    pub(super) async fn fetch_part_reserved(
+        &self,
+        part: usize,
+        range: Range<u64>,
+        demand: bool,
+    ) -> Result<u64, HydrateError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = {
+                let _permit = self.limiter.acquire(demand).await;
+                self.part_requests.fetch_add(1, Ordering::Relaxed);
+                self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
+                if attempt > 1 {
+                    self.cfg.stats.part_retries.fetch_add(1, Ordering::Relaxed);
+                }
+                match self.fetch_part_once(range.clone(), demand).await {
+                    Ok(crc) => return Ok(crc),
+                    Err(e) => e,
+                }
+            };
+            let err = match err {
+                PartFailure::Io(e) => return Err(e),
+                PartFailure::Store(e) if e.is_precondition_failed() => {
+                    return Err(HydrateError::ObjectChanged {
+                        bucket: self.id.bucket.clone(),
+                        key: self.id.key.clone(),
+                        etag: self.id.etag.clone(),
+                    })
+                }
+                PartFailure::Store(e) => e,
+            };
+            if !err.is_retryable() || attempt >= self.cfg.part_attempts {
+                return Err(HydrateError::Part {
+                    bucket: self.id.bucket.clone(),
+                    key: self.id.key.clone(),
+                    part,
+                    start: range.start,
+                    end: range.end,
+                    attempts: attempt,
+                    source: Box::new(err),
+                });
+            }
+            tracing::debug!(key = %self.id.key, part, attempt, "part attempt failed, retrying: {err}");
+            tokio::time::sleep(self.cfg.retry_delay * attempt).await;
+        }
+    }
+
+    /// One GET of the part, streamed to the data file in chunks; returns the part's CRC-64
+    /// after its bytes are durable.
+    pub(super) async fn fetch_part_once(
+        &self,
+        range: Range<u64>,
+        demand: bool,
+    ) -> Result<u64, PartFailure> {
+        let mut stream = self.store.get_range(
+            &self.id.bucket,
+            &self.id.key,
+            range.clone(),
+            Some(self.id.etag.clone()),
+        );
+        let mut crc = 0u64;
+        let mut offset = range.start;
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+        let mut buf_start = offset;
+        loop {
+            let chunk = stream.next().await;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                let chunk = chunk.map_err(PartFailure::Store)?;
+                if demand && offset == range.start {
+                    self.open_pending_readahead();
+                }
+                self.bytes_fetched
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.cfg
+                    .stats
+                    .bytes_fetched
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                crc = crate::crc64::update(crc, &chunk);
+                buf.extend_from_slice(&chunk);
+                offset += chunk.len() as u64;
+                if offset > range.end {
+                    return Err(PartFailure::Store(
+                        self.protocol_error(format!("part body ran past byte {}", range.end)),
+                    ));
+                }
+            }
+            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
+                let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK));
+                let file = self.file.clone();
+                let at = buf_start;
+                tokio::task::spawn_blocking(move || file.write_all_at(&data, at))
+                    .await
+                    .expect("writer does not panic")
+                    .map_err(|source| self.io_failure(source))?;
+                buf_start = offset;
+            }
+            if done {
+                break;
+            }
+        }
+        if offset != range.end {
+            return Err(PartFailure::Store(self.protocol_error(format!(
+                "part body ended at byte {offset}, expected {}",
+                range.end
+            ))));
+        }
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .expect("fsync does not panic")
+            .map_err(|source| self.io_failure(source))?;
+        Ok(crc)
+    }
+
+    /// A body that does not match its range: worth another attempt, like any broken answer.
+    pub(super) fn protocol_error(&self, detail: String) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Transient,
+            format!("unexpected answer from {}: {detail}", self.store_location),
+        )
+    }
+
+    pub(super) fn io_failure(&self, source: std::io::Error) -> PartFailure {
+        PartFailure::Io(HydrateError::Io {
+            path: self.data_path.clone(),
+            source,
+        })
+    }
+}
+
+pub(super) enum PartFailure {
+    Store(StoreError),
+    Io(HydrateError),
+}
