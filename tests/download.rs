@@ -259,7 +259,7 @@ async fn corrupt_or_foreign_checkpoints_are_discarded_safely() {
     let other_id = ossmount::hydrate::ObjectIdentity::from_meta(BUCKET, "other.bin", &meta);
     let local = s.root().join("c.out");
     let mut foreign = Checkpoint::new(&store.location(), &other_id, MIB, &tmp(&local));
-    foreign.present = "111111".into();
+    foreign.present.insert_range(..);
     let valid = Checkpoint::new(
         &store.location(),
         &ossmount::hydrate::ObjectIdentity::from_meta(

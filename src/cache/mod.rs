@@ -327,7 +327,7 @@ mod tests {
         let data = entries.join(format!("{name}.data"));
         std::fs::write(&data, vec![0u8; 3 * 4096]).unwrap();
         let mut c = Checkpoint::new("http://127.0.0.1:1", &id, 4096, &data);
-        c.present = present.into();
+        c.present = crate::hydrate::checkpoint::parse_present(present).unwrap();
         let ckpt = entries.join(format!("{name}.ckpt"));
         c.save(&ckpt).unwrap();
         let t = SystemTime::now() - std::time::Duration::from_secs(age_secs);

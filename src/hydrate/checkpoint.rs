@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use fixedbitset::FixedBitSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -30,8 +31,10 @@ pub struct Checkpoint {
     pub part_size: u64,
     /// The file the parts are in.
     pub data_file: String,
-    /// One character per part: `1` present (durable), `0` missing.
-    pub present: String,
+    /// Which parts are present (durable). Format 1 writes it as one character per part,
+    /// `1` present, `0` missing.
+    #[serde(with = "present_as_text")]
+    pub present: FixedBitSet,
     /// CRC-64 of each present part (0 for missing ones).
     pub part_crc64: Vec<u64>,
     /// Lower-case hex SHA-256 of this record serialised with an empty `checksum`.
@@ -73,7 +76,7 @@ impl Checkpoint {
             crc64: id.crc64,
             part_size,
             data_file: data_file.to_string_lossy().into_owned(),
-            present: "0".repeat(parts),
+            present: FixedBitSet::with_capacity(parts),
             part_crc64: vec![0; parts],
             checksum: String::new(),
         }
@@ -96,11 +99,11 @@ impl Checkpoint {
     }
 
     pub fn is_present(&self, part: usize) -> bool {
-        self.present.as_bytes().get(part) == Some(&b'1')
+        part < self.present.len() && self.present[part]
     }
 
     pub fn parts_present(&self) -> usize {
-        self.present.bytes().filter(|&b| b == b'1').count()
+        self.present.count_ones(..)
     }
 
     pub fn bytes_present(&self) -> u64 {
@@ -144,10 +147,7 @@ impl Checkpoint {
         } else {
             c.layout().count()
         };
-        if c.present.len() != parts
-            || c.part_crc64.len() != parts
-            || c.present.bytes().any(|b| b != b'0' && b != b'1')
-        {
+        if c.present.len() != parts || c.part_crc64.len() != parts {
             return Err(Rejected::Inconsistent);
         }
         Ok(c)
@@ -222,6 +222,38 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Parses format 1's present string (`"0110"`); `None` for any other character.
+pub fn parse_present(text: &str) -> Option<FixedBitSet> {
+    let mut bits = FixedBitSet::with_capacity(text.len());
+    for (i, ch) in text.bytes().enumerate() {
+        match ch {
+            b'1' => bits.insert(i),
+            b'0' => {}
+            _ => return None,
+        }
+    }
+    Some(bits)
+}
+
+/// Format 1 keeps the present bitmap as text, so checksums of existing records still match.
+mod present_as_text {
+    use fixedbitset::FixedBitSet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bits: &FixedBitSet, s: S) -> Result<S::Ok, S::Error> {
+        let text: String = (0..bits.len())
+            .map(|i| if bits[i] { '1' } else { '0' })
+            .collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FixedBitSet, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_present(&text)
+            .ok_or_else(|| serde::de::Error::custom("present may hold only 0 and 1"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,11 +272,11 @@ mod tests {
     #[test]
     fn round_trips_and_detects_tampering() {
         let mut c = Checkpoint::new("http://x", &id(), 10, Path::new("/tmp/d"));
-        c.present = "101".into();
+        c.present = parse_present("101").unwrap();
         c.part_crc64 = vec![1, 0, 3];
         let json = c.to_json();
         let back = Checkpoint::parse(&json).unwrap();
-        assert_eq!(back.present, "101");
+        assert_eq!(back.present, parse_present("101").unwrap());
         assert_eq!(back.parts_present(), 2);
         assert_eq!(back.bytes_present(), 15);
         let tampered = String::from_utf8(json.clone())

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fixedbitset::FixedBitSet;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -107,7 +108,7 @@ impl Default for HydrationConfig {
 }
 
 struct State {
-    present: Vec<bool>,
+    present: FixedBitSet,
     in_flight: Vec<bool>,
     part_crc: Vec<u64>,
     /// The last failure of a part, kept until new demand asks again.
@@ -200,17 +201,14 @@ impl Hydration {
             file.set_len(id.size).map_err(io_err)?;
         }
         let (present, part_crc) = match resume {
-            Some(c) => (
-                (0..n).map(|p| c.is_present(p)).collect::<Vec<_>>(),
-                c.part_crc64.clone(),
-            ),
-            None => (vec![false; n], vec![0; n]),
+            Some(c) => (c.present.clone(), c.part_crc64.clone()),
+            None => (FixedBitSet::with_capacity(n), vec![0; n]),
         };
         let bytes_resumed = (0..n)
             .filter(|&p| present[p])
             .map(|p| layout.range(p).end - layout.range(p).start)
             .sum();
-        let complete = present.iter().all(|&p| p);
+        let complete = present.is_full();
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             store_location: store.location(),
@@ -282,7 +280,7 @@ impl Hydration {
         let layout = self.inner.layout;
         Progress {
             parts_total: layout.count(),
-            parts_present: st.present.iter().filter(|&&p| p).count(),
+            parts_present: st.present.count_ones(..),
             parts_in_flight: st.in_flight.iter().filter(|&&p| p).count(),
             bytes_total: layout.size,
             bytes_present: (0..layout.count())

@@ -48,7 +48,7 @@ impl Inner {
     /// When every part is present: checks the combined CRC-64 against the server's.
     pub(super) fn finish_if_complete(&self) {
         let mut st = self.state.lock().unwrap();
-        if st.complete || st.fatal.is_some() || !st.present.iter().all(|&p| p) {
+        if st.complete || st.fatal.is_some() || !st.present.is_full() {
             return;
         }
         let combined = (0..self.layout.count()).fold(0u64, |acc, p| {
@@ -78,11 +78,7 @@ impl Inner {
             self.layout.part_size,
             &self.data_path,
         );
-        c.present = st
-            .present
-            .iter()
-            .map(|&p| if p { '1' } else { '0' })
-            .collect();
+        c.present = st.present.clone();
         c.part_crc64 = st.part_crc.clone();
         c
     }

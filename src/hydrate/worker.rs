@@ -29,7 +29,7 @@ impl Inner {
             Ok(crc) => {
                 {
                     let mut st = self.state.lock().unwrap();
-                    st.present[part] = true;
+                    st.present.insert(part);
                     st.in_flight[part] = false;
                     st.part_crc[part] = crc;
                     st.failed[part] = None;
