@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ossmount::emulator::{Emulator, EmulatorConfig};
-use ossmount::hydrate::FetchMode;
 use ossmount::mount::{run_mount, MountOptions};
 use ossmount::oss::{OssClient, OssUrl};
 use ossmount::size::{human_bytes, parse_size};
@@ -53,25 +52,15 @@ fn with_mount<T>(
     let cfg = common::bench_client_config(endpoint);
     let _g = rt.enter();
     let client = Arc::new(OssClient::new(cfg).unwrap());
-    let opts = MountOptions {
-        url: OssUrl::parse("oss://bench/").unwrap(),
-        mountpoint: mnt.clone(),
-        cache_dir: dir.join("cache"),
-        part_size: 8 << 20,
-        threads: 8,
-        max_connections: 16,
-        mode: FetchMode::All,
-        readahead: 16 << 20,
-        metadata_ttl: Duration::from_secs(600),
-        allow_other: false,
-        uid: 0,
-        gid: 0,
-        file_mode: 0o444,
-        dir_mode: 0o555,
-        cache_size: None,
-        min_free_disk: None,
-        passthrough,
-    };
+    let mut opts = MountOptions::new(
+        OssUrl::parse("oss://bench/").unwrap(),
+        mnt.clone(),
+        dir.join("cache"),
+    );
+    opts.threads = 8;
+    opts.max_connections = 16;
+    opts.metadata_ttl = Duration::from_secs(600);
+    opts.passthrough = passthrough;
     let handle = rt.handle().clone();
     let t = std::thread::spawn(move || run_mount(&opts, client, handle, || {}).unwrap());
     let start = Instant::now();

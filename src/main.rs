@@ -5,12 +5,19 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let secret_in_argv =
+        matches.value_source("access_key_secret") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let mut detached = None;
     match &cli.cmd {
         Command::Mount(m) if !m.foreground => {
@@ -34,6 +41,9 @@ fn main() -> ExitCode {
             cli::init_logging(cli.log_level.as_deref(), "info", None)
         }
         _ => cli::init_logging(cli.log_level.as_deref(), "warn", None),
+    }
+    if secret_in_argv {
+        tracing::warn!("--access-key-secret on the command line is visible to every user in `ps` and in shell history; prefer OSS_ACCESS_KEY_SECRET in the environment");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -39,6 +39,10 @@ pub struct MountOptions {
     pub min_free_disk: Option<u64>,
     /// Hand complete files to the kernel (FUSE passthrough) when it offers it.
     pub passthrough: bool,
+    /// Refuse objects the server announces no CRC-64 for.
+    pub require_crc: bool,
+    /// The longest a read waits for its bytes.
+    pub read_deadline: Duration,
 }
 
 impl MountOptions {
@@ -63,6 +67,8 @@ impl MountOptions {
             cache_size: None,
             min_free_disk: None,
             passthrough: true,
+            require_crc: false,
+            read_deadline: Duration::from_secs(60),
         }
     }
 
@@ -132,7 +138,7 @@ pub fn run_mount(
     };
     let reserve = (opts.max_connections / 4).max(2);
     let limiter = ConnectionLimiter::new(opts.max_connections, reserve);
-    std::fs::create_dir_all(&opts.cache_dir).ok();
+    crate::cache::private_dir(&opts.cache_dir)?;
     let defaults = Capacity::default_for(&opts.cache_dir);
     let capacity = Capacity {
         max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
@@ -154,6 +160,8 @@ pub fn run_mount(
             gid: opts.gid,
             file_mode: opts.file_mode,
             dir_mode: opts.dir_mode,
+            require_crc: opts.require_crc,
+            read_deadline: opts.read_deadline,
         },
         store,
         cache.clone(),

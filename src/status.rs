@@ -4,6 +4,8 @@
 //! without a mount: it never takes the cache lock. It reads the cache directory and owns the
 //! `status.json` format; it must not reach into a running filesystem or mount.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache;
 use crate::fs::MountCounters;
-use crate::hydrate::checkpoint::Checkpoint;
+use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 
 /// Written by a mount into its cache directory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,7 +36,15 @@ pub fn write_status_file(cache_dir: &Path, st: &MountStatusFile) {
     let path = cache_dir.join("status.json");
     let tmp = cache_dir.join("status.json.tmp");
     let body = serde_json::to_vec_pretty(st).unwrap_or_default();
-    if std::fs::write(&tmp, body).is_ok() {
+    // Owner-only, like the rest of the cache: it names the bucket and the mount.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&body));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, &path);
     }
 }
@@ -57,7 +67,8 @@ pub struct EntryStatus {
     pub parts_present: usize,
     pub parts_total: usize,
     pub bytes_present: u64,
-    /// complete, partial or hydrating
+    /// complete (CRC-64 checked), unverified (complete, the server gave no CRC-64), corrupt
+    /// (failed the check; discarded at the next open), partial or hydrating
     pub state: String,
     pub last_use: String,
 }
@@ -126,12 +137,12 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
         };
         let total = c.layout().count();
         let present = c.parts_present();
-        let state = if present == total {
-            "complete"
-        } else if hydrating.iter().any(|h| h == stem) {
-            "hydrating"
-        } else {
-            "partial"
+        let state = match c.verdict() {
+            Verdict::Complete => "complete",
+            Verdict::Unverified => "unverified",
+            Verdict::Corrupt => "corrupt",
+            Verdict::Partial if hydrating.iter().any(|h| h == stem) => "hydrating",
+            Verdict::Partial => "partial",
         };
         let used = e
             .metadata()
@@ -152,7 +163,10 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
     Ok(CacheStatus {
         cache_dir: dir.display().to_string(),
         total_entries: entries.len(),
-        complete_entries: entries.iter().filter(|e| e.state == "complete").count(),
+        complete_entries: entries
+            .iter()
+            .filter(|e| e.state == "complete" || e.state == "unverified")
+            .count(),
         bytes_present: entries.iter().map(|e| e.bytes_present).sum(),
         disk_bytes: disk_usage(dir),
         mounted: status_file.clone().filter(|_| running),

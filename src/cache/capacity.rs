@@ -141,10 +141,29 @@ impl Shared {
 
     fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
         let mut idx = self.index.lock().unwrap();
+        // What evicting every unopened entry could give back: when the disk is short by more
+        // than that (space used outside the cache), evicting would empty the cache for
+        // nothing, so the part is refused instead.
+        let evictable = |idx: &Index| -> u64 {
+            idx.lru
+                .iter()
+                .filter(|(k, _)| k.as_str() != name && idx.open.get(*k).copied().unwrap_or(0) == 0)
+                .map(|(_, e)| e.charged)
+                .sum()
+        };
+        let disk_deficit = |charge: u64| {
+            if self.capacity.min_free_disk == 0 {
+                return 0;
+            }
+            (self.capacity.min_free_disk + charge).saturating_sub(self.free_disk())
+        };
+        if disk_deficit(charge) > evictable(&idx) {
+            self.stats.no_space.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         loop {
             let over_cap = idx.used + charge > self.capacity.max_bytes;
-            let low_disk = self.capacity.min_free_disk > 0
-                && self.free_disk() < self.capacity.min_free_disk + charge;
+            let low_disk = disk_deficit(charge) > 0;
             if !over_cap && !low_disk {
                 break;
             }

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -47,6 +48,7 @@ pub(super) fn lock_dir(dir: &Path) -> Result<Flock<File>, CacheError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(unusable)?;
     let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
@@ -67,4 +69,52 @@ pub(super) fn lock_dir(dir: &Path) -> Result<Flock<File>, CacheError> {
     f.set_len(0).map_err(unusable)?;
     write!(f, "{}", std::process::id()).map_err(unusable)?;
     Ok(f)
+}
+
+/// Creates `path` owner-only (0700, parents too), or checks an existing one: a symlink, or a
+/// directory another user owns, is refused; one of ours that others may read is narrowed
+/// to 0700 (caches made by earlier versions).
+pub fn private_dir(path: &Path) -> Result<(), CacheError> {
+    let refuse = |reason: String| CacheError::NotPrivate {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let unusable = |source| CacheError::Unusable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(unusable)?;
+            std::fs::symlink_metadata(path).map_err(unusable)?
+        }
+        Err(e) => return Err(unusable(e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::info!(
+            "narrowing {} to owner-only access (was {:o})",
+            path.display(),
+            meta.mode() & 0o777
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(unusable)?;
+    }
+    Ok(())
 }

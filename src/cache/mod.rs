@@ -23,9 +23,9 @@ use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
 pub use capacity::{disk_space, CacheStats, Capacity, IndexEntry};
-pub use dir::{cache_base_dir, default_cache_dir, lock_is_held};
+pub use dir::{cache_base_dir, default_cache_dir, lock_is_held, private_dir};
 
-use crate::hydrate::checkpoint::Checkpoint;
+use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
@@ -43,6 +43,8 @@ pub enum CacheError {
     },
     #[error("cache directory {path} is in use by another ossmount process{pid}; unmount it first or use another --cache-dir")]
     Locked { path: PathBuf, pid: String },
+    #[error("cache directory {path} {reason}: a cache holds a bucket's bytes and key names, so it must be a real directory owned by you; choose another --cache-dir")]
+    NotPrivate { path: PathBuf, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +52,10 @@ pub struct EntryState {
     pub parts_present: usize,
     pub parts_total: usize,
     pub etag: String,
+    /// Every part present and not failed the whole-object CRC-64 check.
     pub complete: bool,
+    /// Complete with a passed CRC-64 check (false when the server sent no CRC).
+    pub verified: bool,
 }
 
 pub struct Cache {
@@ -79,10 +84,8 @@ impl Cache {
         capacity: Capacity,
     ) -> Result<Cache, CacheError> {
         let entries = dir.join("entries");
-        std::fs::create_dir_all(&entries).map_err(|source| CacheError::Unusable {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        dir::private_dir(dir)?;
+        dir::private_dir(&entries)?;
         let probe = entries.join(format!(".probe-{}", std::process::id()));
         std::fs::write(&probe, b"ok")
             .and_then(|_| std::fs::remove_file(&probe))
@@ -148,9 +151,11 @@ impl Cache {
 
     /// A handle opened this entry: it is not evicted until `close_entry`.
     pub fn open_entry(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
-        let h = self.hydration(id)?;
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
+        // One critical section: no eviction can come between taking the hydration and
+        // counting the open.
         let mut idx = self.shared.index.lock().unwrap();
+        let h = self.hydration_locked(&mut idx, id)?;
         *idx.open.entry(name.clone()).or_default() += 1;
         idx.lru.get(&name);
         drop(idx);
@@ -193,20 +198,38 @@ impl Cache {
         HydrationFiles {
             data: self.entries.join(format!("{name}.data")),
             checkpoint: Some(self.entries.join(format!("{name}.ckpt"))),
+            data_mode: 0o600,
         }
     }
 
     /// The hydration of this exact object version: the running one if there is one, else one
     /// resumed from the entry's checkpoint, else a fresh one. A different version replaces the
-    /// entry (open handles on the old version keep reading their old, unlinked file).
+    /// entry (open handles on the old version keep reading their old, unlinked file), and so
+    /// does a hydration that failed for good (the object changed, or its bytes failed the
+    /// CRC-64 check): the next open starts afresh instead of meeting the same failure.
     pub fn hydration(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
-        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.index.lock().unwrap();
+        self.hydration_locked(&mut idx, id)
+    }
+
+    fn hydration_locked(
+        &self,
+        idx: &mut Index,
+        id: &ObjectIdentity,
+    ) -> Result<Hydration, HydrateError> {
+        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
+        let mut start_fresh = false;
         if let Some(h) = idx.active.get(&name) {
-            if h.identity() == id {
-                return Ok(h.clone());
+            match h.failure() {
+                None if h.identity() == id => return Ok(h.clone()),
+                None => {
+                    tracing::info!(bucket = %id.bucket, key = %id.key, "object changed on the server; replacing its cache entry")
+                }
+                Some(e) => {
+                    tracing::info!(bucket = %id.bucket, key = %id.key, "starting the entry afresh after: {e}");
+                    start_fresh = true;
+                }
             }
-            tracing::info!(bucket = %id.bucket, key = %id.key, "object changed on the server; replacing its cache entry");
             h.stop();
             idx.active.remove(&name);
         }
@@ -215,10 +238,14 @@ impl Cache {
             .checkpoint
             .clone()
             .expect("cache entries have checkpoints");
-        let resume = if ckpt_path.exists() {
+        let resume = if ckpt_path.exists() && !start_fresh {
             match Checkpoint::load(&ckpt_path)
                 .and_then(|c| c.check_identity(&self.location, id, &files.data).map(|_| c))
             {
+                Ok(c) if c.verdict() == Verdict::Corrupt => {
+                    tracing::warn!(bucket = %id.bucket, key = %id.key, "starting a fresh cache entry: the recorded parts fail the object's CRC-64");
+                    None
+                }
                 Ok(c) => Some(c),
                 Err(reason) => {
                     tracing::info!(bucket = %id.bucket, key = %id.key, "starting a fresh cache entry: the old one is unusable: {reason}");
@@ -229,12 +256,7 @@ impl Cache {
             None
         };
         if resume.is_none() {
-            // Checkpoint first: without it the data file is never trusted.
-            let _ = std::fs::remove_file(&ckpt_path);
-            let _ = std::fs::remove_file(&files.data);
-            if let Some(old) = idx.lru.pop(&name) {
-                idx.used = idx.used.saturating_sub(old.charged);
-            }
+            self.remove_entry_files(idx, &name);
         }
         let h = Hydration::start(
             self.store.clone(),
@@ -246,6 +268,35 @@ impl Cache {
         )?;
         idx.active.insert(name, h.clone());
         Ok(h)
+    }
+
+    /// Checkpoint first: without it the data file is never trusted. Open handles keep their
+    /// (now unlinked) file.
+    fn remove_entry_files(&self, idx: &mut Index, name: &str) {
+        let files = self.files(name);
+        if let Some(ckpt) = &files.checkpoint {
+            let _ = std::fs::remove_file(ckpt);
+        }
+        let _ = std::fs::remove_file(&files.data);
+        if let Some(old) = idx.lru.pop(name) {
+            idx.used = idx.used.saturating_sub(old.charged);
+        }
+    }
+
+    /// Drops an object's entry (its version changed, or its bytes failed the CRC-64 check):
+    /// the next open starts afresh. Handles open on it keep what their file holds.
+    pub fn discard(&self, id: &ObjectIdentity) {
+        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
+        let mut idx = self.shared.index.lock().unwrap();
+        match idx.active.get(&name) {
+            Some(h) if h.identity() != id => return, // a newer version already replaced it
+            Some(h) => {
+                h.stop();
+                idx.active.remove(&name);
+            }
+            None => {}
+        }
+        self.remove_entry_files(&mut idx, &name);
     }
 
     /// Stops every hydration and waits for their checkpoint writes to finish.
@@ -262,7 +313,7 @@ impl Cache {
         let name = Cache::entry_name(&self.location, bucket, key);
         let files = self.files(&name);
         let c = Checkpoint::load(files.checkpoint.as_ref()?).ok()?;
-        let complete = c.parts_present() == c.layout().count();
+        let complete = matches!(c.verdict(), Verdict::Complete | Verdict::Unverified);
         if !(complete && c.bucket == bucket && c.key == key && c.store == self.location) {
             return None;
         }
@@ -280,14 +331,16 @@ impl Cache {
                 parts_total: p.parts_total,
                 etag: h.identity().etag.clone(),
                 complete: p.complete,
+                verified: p.complete && h.identity().crc64.is_some(),
             });
         }
         let c = Checkpoint::load(self.files(&name).checkpoint.as_ref()?).ok()?;
-        let total = c.layout().count();
+        let verdict = c.verdict();
         Some(EntryState {
             parts_present: c.parts_present(),
-            parts_total: total,
-            complete: c.parts_present() == total,
+            parts_total: c.layout().count(),
+            complete: matches!(verdict, Verdict::Complete | Verdict::Unverified),
+            verified: verdict == Verdict::Complete,
             etag: c.etag,
         })
     }

@@ -1,6 +1,7 @@
 //! `ossmount mount`: the mount's flags, turned into `MountOptions`, and the run (detached
 //! unless `--foreground`, logging to `<cache dir>/ossmount.log` when detached).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,6 +68,13 @@ pub struct MountArgs {
     /// directly (FUSE passthrough, used when the kernel offers it)
     #[arg(long)]
     no_passthrough: bool,
+    /// Refuse objects the server sends no CRC-64 for (they cannot be verified); without
+    /// it they are served and shown as unverified
+    #[arg(long)]
+    require_crc: bool,
+    /// The longest a read waits for its bytes before it fails with EIO, e.g. 60s
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    read_deadline: std::time::Duration,
     /// Stay in the foreground (logs to stderr) instead of detaching
     #[arg(short, long)]
     pub foreground: bool,
@@ -103,6 +111,8 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
     o.cache_size = m.cache_size;
     o.min_free_disk = m.min_free_disk;
     o.passthrough = !m.no_passthrough;
+    o.require_crc = m.require_crc;
+    o.read_deadline = m.read_deadline;
     Ok(o)
 }
 
@@ -110,12 +120,12 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
 pub fn log_file(conn: &ConnectionArgs, m: &MountArgs) -> Result<std::fs::File> {
     let opts = mount_options(conn, m)?;
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
-    std::fs::create_dir_all(&opts.cache_dir)
-        .with_context(|| format!("cannot create cache directory {}", opts.cache_dir.display()))?;
+    ossmount::cache::private_dir(&opts.cache_dir)?;
     let path = opts.cache_dir.join("ossmount.log");
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| {
             format!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use ossmount::cache::{Cache, Capacity};
 use ossmount::hydrate::{validate_part_size, validate_threads, ConnectionLimiter, HydrationConfig};
@@ -41,8 +41,7 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
     validate_part_size(a.part_size).map_err(anyhow::Error::msg)?;
     validate_threads(a.threads).map_err(anyhow::Error::msg)?;
     let client: Arc<dyn ObjectStore> = Arc::new(conn.client()?);
-    std::fs::create_dir_all(&a.cache_dir)
-        .with_context(|| format!("cannot create {}", a.cache_dir.display()))?;
+    ossmount::cache::private_dir(&a.cache_dir)?;
     let defaults = Capacity::default_for(&a.cache_dir);
     let capacity = Capacity {
         max_bytes: a.cache_size.unwrap_or(defaults.max_bytes),

@@ -181,7 +181,11 @@ pub(super) async fn list_objects(
                 contents.push_str(&format!(
                     "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Type>Normal</Type><Size>{}</Size><StorageClass>Standard</StorageClass></Contents>",
                     enc(&item.key),
-                    time::iso8601_extended(item.mtime),
+                    // The service keeps second precision: `...T00:06:23.000Z` (oss2 refuses
+                    // other millisecond values).
+                    time::iso8601_extended(std::time::UNIX_EPOCH + std::time::Duration::from_secs(
+                        item.mtime.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+                    )),
                     escape(&item.etag),
                     item.size
                 ));

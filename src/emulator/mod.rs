@@ -50,6 +50,10 @@ pub struct Faults {
     pub truncate_rate: f64,
     /// `bucket/key` names whose GETs hang (before any byte) until removed from this list.
     pub stalled: Vec<String>,
+    /// `bucket/key` names whose answers announce a wrong CRC-64 (a lying server).
+    pub wrong_crc: Vec<String>,
+    /// `bucket/key` names whose answers carry no CRC-64 header.
+    pub no_crc: Vec<String>,
 }
 
 /// Requests and body bytes for one object, or for the whole server.

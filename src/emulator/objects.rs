@@ -210,18 +210,30 @@ pub(super) async fn get_object(
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .is_some_and(|since| secs(obj.mtime) <= secs(since));
     let last_modified = httpdate::fmt_http_date(obj.mtime);
+    // A lying server (a wrong CRC-64) or one that sends none, per object, for the tests.
+    let name = format!("{bucket}/{key}");
+    let crc_header = if faults.no_crc.contains(&name) {
+        None
+    } else if faults.wrong_crc.contains(&name) {
+        Some((obj.crc64 ^ 0x5eed).to_string())
+    } else {
+        Some(obj.crc64.to_string())
+    };
     let base = |status: StatusCode| {
-        Response::builder()
+        let b = Response::builder()
             .status(status)
             .header("x-oss-request-id", &ctx.request_id)
             .header("ETag", &obj.etag)
-            .header("Last-Modified", &last_modified)
-            .header("x-oss-hash-crc64ecma", obj.crc64.to_string())
-            .header("x-oss-object-type", "Normal")
-            .header("x-oss-storage-class", "Standard")
-            .header("Accept-Ranges", "bytes")
-            .header("Server", "AliyunOSS")
-            .header("Date", time::http_date(time::unix_now()))
+            .header("Last-Modified", &last_modified);
+        match &crc_header {
+            Some(crc) => b.header("x-oss-hash-crc64ecma", crc.as_str()),
+            None => b,
+        }
+        .header("x-oss-object-type", "Normal")
+        .header("x-oss-storage-class", "Standard")
+        .header("Accept-Ranges", "bytes")
+        .header("Server", "AliyunOSS")
+        .header("Date", time::http_date(time::unix_now()))
     };
     if not_modified {
         record(state, ctx, None, 304);

@@ -45,14 +45,20 @@ pub struct MountCounters {
     pub passthrough_opens: u64,
     pub read_errors: u64,
     pub evictions: u64,
+    /// Objects whose bytes failed the whole-object CRC-64 (never served; discarded).
+    #[serde(default)]
+    pub crc_mismatches: u64,
+    /// Cached parts that failed their CRC-64 re-check after a restart (fetched again).
+    #[serde(default)]
+    pub parts_failed_check: u64,
 }
 
 impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();
         format!(
-            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions",
-            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions
+            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
+            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
         )
     }
 
@@ -76,6 +82,8 @@ impl OssFs {
             passthrough_opens: l(&s.passthrough_opens),
             read_errors: l(&s.read_errors),
             evictions: l(&self.cache.stats().evictions),
+            crc_mismatches: l(&e.crc_mismatches),
+            parts_failed_check: l(&e.parts_failed_check),
         }
     }
 }

@@ -35,6 +35,15 @@ pub enum FsError {
     /// A new version was opened while an old one is open through the kernel's passthrough.
     #[error("an older version of this file is open through passthrough")]
     PassthroughBusy,
+    /// The file has a new version under a new inode number: the kernel looks it up again.
+    #[error("the object has a new version; look it up again")]
+    Stale,
+    /// `--require-crc` and the server announced no CRC-64 for the object.
+    #[error("oss://{bucket}/{key}: the server sends no CRC-64 (x-oss-hash-crc64ecma) for it, and --require-crc refuses objects that cannot be verified")]
+    NoCrc { bucket: String, key: String },
+    /// A read waited longer than `--read-deadline`.
+    #[error("the read waited longer than its deadline ({0:?}) for its bytes")]
+    Deadline(std::time::Duration),
 }
 
 impl FsError {

@@ -20,6 +20,7 @@ use fuser::{
 
 use super::passthrough::{OpenPlan, PassthroughTable};
 use super::{Attr, FsError, Kind, OssFs};
+use crate::store::StoreErrorKind;
 
 /// How the kernel is to see a mount.
 #[derive(Debug, Clone)]
@@ -140,10 +141,22 @@ fn errno(e: &FsError) -> Errno {
         FsError::IsADirectory => Errno::EISDIR,
         FsError::BadHandle => Errno::EBADF,
         FsError::PassthroughBusy => Errno::EBUSY,
-        FsError::Store { .. }
-        | FsError::ObjectChanged
-        | FsError::Hydrate(_)
-        | FsError::Cache(_) => Errno::EIO,
+        FsError::Stale => Errno::ESTALE,
+        FsError::Store { source, .. } => match source.kind {
+            StoreErrorKind::NotFound => Errno::ENOENT,
+            StoreErrorKind::AccessDenied => Errno::EACCES,
+            _ => Errno::EIO,
+        },
+        FsError::Hydrate(e) if e.is_no_space() => Errno::ENOSPC,
+        FsError::Hydrate(e) => match e.store_error().map(|s| s.kind) {
+            Some(StoreErrorKind::AccessDenied) => Errno::EACCES,
+            Some(StoreErrorKind::NotFound) => Errno::ENOENT,
+            _ => Errno::EIO,
+        },
+        FsError::ObjectChanged
+        | FsError::Cache(_)
+        | FsError::NoCrc { .. }
+        | FsError::Deadline(_) => Errno::EIO,
     }
 }
 

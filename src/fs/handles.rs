@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::hydrate::{Hydration, ObjectIdentity};
+use std::ops::Range;
+
+use crate::hydrate::{FetchMode, HydrateError, Hydration, ObjectIdentity};
 
 use super::direct::DirectReader;
 use super::{FsError, Kind, OssFs};
@@ -23,6 +25,13 @@ impl OpenFile {
     fn ino(&self) -> u64 {
         match self {
             OpenFile::Cached { ino, .. } | OpenFile::Direct { ino, .. } => *ino,
+        }
+    }
+
+    fn etag(&self) -> &str {
+        match self {
+            OpenFile::Cached { hydration, .. } => &hydration.identity().etag,
+            OpenFile::Direct { reader, .. } => &reader.id.etag,
         }
     }
 }
@@ -97,6 +106,25 @@ impl OssFs {
     /// which file the kernel could read directly.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
         let id = self.identity_for_open(ino).await?;
+        if id.crc64.is_none() && self.cfg.require_crc {
+            tracing::warn!(key = %id.key, "refusing an object without a CRC-64 (--require-crc)");
+            return Err(FsError::NoCrc {
+                bucket: id.bucket,
+                key: id.key,
+            });
+        }
+        // A new version while handles of another are open: it gets its own inode.
+        let old_version_open = self
+            .files
+            .lock()
+            .unwrap()
+            .values()
+            .any(|f| f.ino() == ino && f.etag() != id.etag);
+        if old_version_open {
+            let new_ino = self.ns.lock().unwrap().renumber(ino, &id);
+            tracing::info!(key = %id.key, ino, new_ino, "a new version is open beside the old one: it gets a new inode");
+            return Err(FsError::Stale);
+        }
         let file = if id.size > self.cache.capacity().max_bytes {
             if self
                 .ns
@@ -128,6 +156,7 @@ impl OssFs {
                 })?;
             OpenFile::Cached { ino, hydration }
         };
+        let id_size = id.size;
         let keep_cache = {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
@@ -143,7 +172,13 @@ impl OssFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let complete_file = match &file {
-            OpenFile::Cached { hydration, .. } if hydration.is_complete() => Some(hydration.file()),
+            OpenFile::Cached { hydration, .. } if hydration.is_complete() => {
+                // The kernel will read the file without asking us: check its bytes first.
+                match hydration.verify_cached(0..id_size).await {
+                    Ok(0) => Some(hydration.file()),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         self.files.lock().unwrap().insert(fh, file);
@@ -155,7 +190,10 @@ impl OssFs {
         })
     }
 
-    /// Reads `[offset, offset + size)`, waiting only for the parts that hold it.
+    /// Reads `[offset, offset + size)`, waiting only for the parts that hold it, within the
+    /// read deadline. Cached bytes from an earlier run are checked against their CRC-64 before
+    /// they are served, and the read that reaches the end of the object waits for the
+    /// whole-object CRC-64 check, so no reader finishes with success on corrupt bytes.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let h = match self
             .files
@@ -177,15 +215,22 @@ impl OssFs {
         }
         let end = (offset + size as u64).min(total);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        if h.is_present(offset..end) {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = h.wait_range(offset..end).await {
-                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key = %h.identity().key, offset, "read failed: {e}");
-                return Err(FsError::Hydrate(e));
+        let deadline = self.cfg.read_deadline;
+        let waited = tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end)).await;
+        let outcome = match waited {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(key = %h.identity().key, offset, "read failed: no bytes within the read deadline ({deadline:?}); the server is slow or unreachable");
+                Err(FsError::Deadline(deadline))
             }
+        };
+        if let Err(e) = outcome {
+            self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            if let FsError::Hydrate(he) = &e {
+                tracing::warn!(key = %h.identity().key, offset, "read failed: {he}");
+                self.after_failure(&h, he);
+            }
+            return Err(e);
         }
         let data = tokio::task::spawn_blocking(move || h.read_at(offset, (end - offset) as usize))
             .await
@@ -198,6 +243,52 @@ impl OssFs {
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
+    }
+
+    /// Waits until `range` is present and checked, and for a range that reaches the end of
+    /// the object, until the whole object passed its CRC-64 check.
+    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<(), FsError> {
+        if let Some(e) = h.failure().filter(|e| e.is_corrupt()) {
+            return Err(FsError::Hydrate(e));
+        }
+        let mut missed = false;
+        loop {
+            if !h.is_present(range.clone()) {
+                missed = true;
+                h.wait_range(range.clone())
+                    .await
+                    .map_err(FsError::Hydrate)?;
+            }
+            match h.verify_cached(range.clone()).await {
+                Ok(0) => break,
+                Ok(_) => missed = true, // parts failed their check: fetched again
+                Err(e) => return Err(FsError::Hydrate(Arc::new(e))),
+            }
+        }
+        let stat = if missed {
+            &self.stats.cache_misses
+        } else {
+            &self.stats.cache_hits
+        };
+        stat.fetch_add(1, Ordering::Relaxed);
+        let reaches_end = range.end == h.identity().size;
+        if reaches_end && (h.mode() == FetchMode::All || h.all_present()) {
+            h.wait_complete().await.map_err(FsError::Hydrate)?;
+        }
+        Ok(())
+    }
+
+    /// A failure that ends a hydration also ends its cache entry and its known version: the
+    /// next open asks the server again and starts afresh.
+    fn after_failure(&self, h: &Hydration, e: &HydrateError) {
+        let id = h.identity();
+        if matches!(e, HydrateError::ObjectChanged { .. }) || e.is_corrupt() {
+            self.cache.discard(id);
+            let mut ns = self.ns.lock().unwrap();
+            for n in ns.nodes.values_mut().filter(|n| n.key == id.key) {
+                n.identity = None;
+            }
+        }
     }
 
     pub fn release(&self, fh: u64) {

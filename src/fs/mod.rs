@@ -47,6 +47,10 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// Refuse objects the server announces no CRC-64 for (they cannot be verified).
+    pub require_crc: bool,
+    /// The longest a read waits for its bytes before it fails with EIO.
+    pub read_deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

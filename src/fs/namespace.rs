@@ -41,6 +41,44 @@ pub(super) struct Namespace {
 }
 
 impl Namespace {
+    /// Gives the file `ino` a new inode number carrying `id`, for a new version opened while
+    /// handles of the old one are open: the kernel keeps the old inode (its page cache, its
+    /// passthrough backing file) for those handles and meets the new version on a new inode,
+    /// so the two are never mixed. The old node stays for its handles; names and the listing
+    /// now lead to the new one. Returns the new number.
+    pub(super) fn renumber(&mut self, ino: u64, id: &ObjectIdentity) -> Option<u64> {
+        let old = self.nodes.get(&ino)?;
+        let parent = old.parent;
+        let name = old
+            .key
+            .strip_prefix(self.nodes.get(&parent)?.key.as_str())?
+            .to_string();
+        let new_ino = self.next_ino;
+        self.next_ino += 1;
+        let node = Node {
+            parent,
+            key: old.key.clone(),
+            kind: Kind::File,
+            size: id.size,
+            mtime: httpdate::parse_http_date(&id.last_modified).unwrap_or(old.mtime),
+            etag: id.etag.clone(),
+            identity: Some((id.clone(), Instant::now())),
+            kernel_etag: None,
+        };
+        self.nodes.insert(new_ino, node);
+        self.names.insert((parent, name.clone(), false), new_ino);
+        if let Some(l) = self.listings.get_mut(&parent) {
+            for e in l
+                .entries
+                .iter_mut()
+                .filter(|e| e.name == name && e.ino == ino)
+            {
+                e.ino = new_ino;
+            }
+        }
+        Some(new_ino)
+    }
+
     /// A namespace holding only the root directory (the mount's prefix).
     pub(super) fn new(root_key: &str, started: SystemTime) -> Namespace {
         let mut ns = Namespace {

@@ -5,7 +5,7 @@ use super::{Kind, OssFs};
 
 impl OssFs {
     /// Extended attributes of a file: `user.ossmount.hydration` ("37/128 parts"),
-    /// `user.ossmount.cached` (complete, partial, none) and `user.ossmount.etag`.
+    /// `user.ossmount.cached` (complete, unverified, partial, none) and `user.ossmount.etag`.
     pub fn xattr(&self, ino: u64, name: &str) -> Option<Vec<u8>> {
         let (key, etag) = {
             let ns = self.ns.lock().unwrap();
@@ -20,7 +20,9 @@ impl OssFs {
                 None => "0 parts".to_string(),
             },
             "user.ossmount.cached" => match &state {
-                Some(s) if s.complete => "complete".into(),
+                Some(s) if s.verified => "complete".into(),
+                // Every byte is here, but the server gave no CRC-64 to check them against.
+                Some(s) if s.complete => "unverified".into(),
                 Some(s) if s.parts_present > 0 => "partial".into(),
                 _ => "none".into(),
             },

@@ -5,7 +5,9 @@
 //! version of the object is rejected with a reason and never trusted.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fixedbitset::FixedBitSet;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,15 @@ pub struct Checkpoint {
     pub part_crc64: Vec<u64>,
     /// Lower-case hex SHA-256 of this record serialised with an empty `checksum`.
     pub checksum: String,
+}
+
+/// See [`Checkpoint::verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Complete,
+    Unverified,
+    Corrupt,
+    Partial,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,6 +115,29 @@ impl Checkpoint {
 
     pub fn parts_present(&self) -> usize {
         self.present.count_ones(..)
+    }
+
+    /// The whole-object CRC-64 combined from the recorded parts' CRCs (all parts present).
+    pub fn combined_crc64(&self) -> u64 {
+        let layout = self.layout();
+        (0..layout.count()).fold(0u64, |acc, p| {
+            let r = layout.range(p);
+            crate::crc64::combine(acc, self.part_crc64[p], r.end - r.start)
+        })
+    }
+
+    /// What the record says of its object: every part present and the CRC-64 check passed
+    /// (`Complete`), present but the server gave no CRC (`Unverified`), present but the check
+    /// failed (`Corrupt`), or not every part present (`Partial`).
+    pub fn verdict(&self) -> Verdict {
+        if self.parts_present() != self.layout().count() {
+            return Verdict::Partial;
+        }
+        match self.crc64 {
+            None => Verdict::Unverified,
+            Some(expected) if expected == self.combined_crc64() => Verdict::Complete,
+            Some(_) => Verdict::Corrupt,
+        }
     }
 
     pub fn bytes_present(&self) -> u64 {
@@ -194,7 +228,12 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = temp_path(path);
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Owner-only: a checkpoint names a private bucket's keys.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&self.to_json())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)?;
@@ -207,9 +246,15 @@ impl Checkpoint {
     }
 }
 
+/// A temp name no other writer uses, in this process or another.
 fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     path.with_file_name(name)
 }
 

@@ -208,6 +208,8 @@ pub async fn resumable_download(
         let files = HydrationFiles {
             data: temp.clone(),
             checkpoint: req.checkpoint.clone(),
+            // The user's file: the usual mode, as any download would create it.
+            data_mode: 0o666,
         };
         let h = Hydration::start(
             store.clone(),

@@ -54,4 +54,18 @@ impl HydrateError {
             _ => None,
         }
     }
+
+    /// The fetched bytes failed the whole-object CRC-64: none of them may be served.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, HydrateError::ChecksumMismatch { .. })
+    }
+
+    /// The disk (or the cache's capacity) had no room for the part.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            HydrateError::NoSpace { .. } => true,
+            HydrateError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }

@@ -18,10 +18,11 @@ mod layout;
 pub mod limiter;
 mod scheduler;
 mod state;
+mod verify;
 mod worker;
 
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,20 @@ pub struct EngineStats {
     pub part_retries: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub parts_completed: AtomicU64,
+    /// Objects whose bytes did not match the server's whole-object CRC-64 (discarded).
+    pub crc_mismatches: AtomicU64,
+    /// Cached parts re-checked against their recorded CRC-64 after a (re)start.
+    pub parts_verified: AtomicU64,
+    /// Cached parts whose bytes no longer matched their CRC-64 (refetched).
+    pub parts_failed_check: AtomicU64,
+}
+
+/// Watches the durability order, for tests: `synced` is called once a part's bytes are
+/// fdatasync'ed, `recording` just before a checkpoint naming `present` is written. A test can
+/// fail the moment a part is recorded that was never synced.
+pub trait DurabilityProbe: Send + Sync {
+    fn synced(&self, range: Range<u64>);
+    fn recording(&self, present: &FixedBitSet, layout: PartLayout);
 }
 
 #[derive(Clone)]
@@ -78,6 +93,7 @@ pub struct HydrationConfig {
     pub retry_delay: Duration,
     pub budget: Option<Arc<dyn SpaceBudget>>,
     pub stats: Arc<EngineStats>,
+    pub probe: Option<Arc<dyn DurabilityProbe>>,
 }
 
 impl std::fmt::Debug for HydrationConfig {
@@ -103,12 +119,16 @@ impl Default for HydrationConfig {
             retry_delay: Duration::from_millis(500),
             budget: None,
             stats: Arc::new(EngineStats::default()),
+            probe: None,
         }
     }
 }
 
 struct State {
     present: FixedBitSet,
+    /// Present parts whose bytes were checked against their CRC-64 in this run (fetched in
+    /// this run, or re-read by `verify_cached`).
+    checked: FixedBitSet,
     in_flight: Vec<bool>,
     part_crc: Vec<u64>,
     /// The last failure of a part, kept until new demand asks again.
@@ -146,6 +166,8 @@ struct Inner {
     part_requests: AtomicU64,
     /// Background workers and demand fetches; aborted together by `stop`.
     tasks: Mutex<JoinSet<()>>,
+    /// Background workers running now.
+    workers: std::sync::atomic::AtomicUsize,
 }
 
 /// A running hydration of one object version into one data file. Clones share it.
@@ -169,6 +191,8 @@ impl std::fmt::Debug for Hydration {
 pub struct HydrationFiles {
     pub data: PathBuf,
     pub checkpoint: Option<PathBuf>,
+    /// Permission bits for a new data file (0o600 in the cache; the umask applies).
+    pub data_mode: u32,
 }
 
 impl Hydration {
@@ -195,6 +219,7 @@ impl Hydration {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(files.data_mode)
             .open(&files.data)
             .map_err(io_err)?;
         if file.metadata().map_err(io_err)?.len() != id.size {
@@ -220,6 +245,7 @@ impl Hydration {
             checkpoint_path: files.checkpoint,
             limiter,
             state: Mutex::new(State {
+                checked: FixedBitSet::with_capacity(n),
                 present,
                 in_flight: vec![false; n],
                 part_crc,
@@ -238,6 +264,7 @@ impl Hydration {
             bytes_resumed,
             part_requests: AtomicU64::new(0),
             tasks: Mutex::new(JoinSet::new()),
+            workers: Default::default(),
             id,
         });
         let h = Hydration { inner };
@@ -254,11 +281,7 @@ impl Hydration {
                         source,
                     })?;
             }
-            for _ in 0..h.inner.cfg.threads.max(1) {
-                let inner = h.inner.clone();
-                h.inner
-                    .spawn(async move { inner.background_worker().await });
-            }
+            h.inner.restart_workers();
         }
         Ok(h)
     }
@@ -304,25 +327,40 @@ impl Hydration {
         self.inner.layout.parts_for(range).all(|p| st.present[p])
     }
 
-    /// Stops every fetch now. The checkpoint stays consistent: it only ever names parts that
-    /// were durable before it was written.
+    /// Stops every fetch and waits until no checkpoint write is running; none starts
+    /// afterwards, so the caller owns the checkpoint file from here on (an eviction may delete
+    /// it without an old write bringing it back). The checkpoint stays consistent: it only
+    /// ever names parts that were durable before it was written.
     pub fn stop(&self) {
         self.inner.state.lock().unwrap().stopped = true;
         self.inner.tasks.lock().unwrap().abort_all();
         self.inner.notify();
+        let _guard = self.inner.checkpoint_lock.lock().unwrap();
+        self.inner.writes_closed.store(true, Ordering::SeqCst);
     }
 
-    /// Stops, then waits until no checkpoint write is running; none starts afterwards. After
-    /// this the caller owns the checkpoint file (to delete it, say).
+    /// `stop` from async code: the wait for a running checkpoint write happens off the
+    /// async workers.
     pub async fn shutdown(&self) {
-        self.stop();
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = inner.checkpoint_lock.lock().unwrap();
-            inner.writes_closed.store(true, Ordering::SeqCst);
-        })
-        .await
-        .expect("shutdown does not panic");
+        let h = self.clone();
+        tokio::task::spawn_blocking(move || h.stop())
+            .await
+            .expect("shutdown does not panic");
+    }
+
+    /// The failure that ended this hydration, if one did (the object changed, or its bytes
+    /// failed the whole-object CRC-64).
+    pub fn failure(&self) -> Option<Arc<HydrateError>> {
+        self.inner.state.lock().unwrap().fatal.clone()
+    }
+
+    /// Every part is present (complete, or waiting for its CRC-64 verdict).
+    pub fn all_present(&self) -> bool {
+        self.inner.state.lock().unwrap().present.is_full()
+    }
+
+    pub fn mode(&self) -> FetchMode {
+        self.inner.cfg.mode
     }
 
     /// Reads bytes that are present (the caller waited for them) from the data file.

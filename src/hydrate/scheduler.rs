@@ -5,6 +5,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{FetchMode, HydrateError, Hydration, Inner, State};
 
 impl Hydration {
@@ -70,6 +72,10 @@ impl Hydration {
 
     fn check_parts(&self, parts: Range<usize>) -> Result<Option<()>, Arc<HydrateError>> {
         let st = self.inner.state.lock().unwrap();
+        // Bytes that failed the whole-object check are not served, present or not.
+        if let Some(f) = st.fatal.as_ref().filter(|f| f.is_corrupt()) {
+            return Err(f.clone());
+        }
         if parts.clone().all(|p| st.present[p]) {
             return Ok(Some(()));
         }
@@ -130,7 +136,22 @@ impl Inner {
         pick
     }
 
+    /// Starts background workers up to `threads` (after verification found parts to fetch
+    /// again in a hydration whose workers had finished).
+    pub(super) fn restart_workers(self: &Arc<Self>) {
+        if self.state.lock().unwrap().stopped {
+            return;
+        }
+        let running = self.workers.load(Ordering::SeqCst);
+        for _ in running..self.cfg.threads.max(1) {
+            let inner = self.clone();
+            self.spawn(async move { inner.background_worker().await });
+        }
+    }
+
     pub(super) async fn background_worker(self: Arc<Self>) {
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        let _running = WorkerCount(&self.workers);
         let mut rx = self.changed.subscribe();
         loop {
             let next = {
@@ -172,5 +193,14 @@ impl Inner {
             drop(st);
             self.notify();
         }
+    }
+}
+
+/// Counts a running background worker, also when its task is aborted.
+struct WorkerCount<'a>(&'a AtomicUsize);
+
+impl Drop for WorkerCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -35,16 +35,6 @@ impl Inner {
         }
     }
 
-    pub(super) fn set_fatal(&self, e: HydrateError) -> Arc<HydrateError> {
-        let e = Arc::new(e);
-        self.state
-            .lock()
-            .unwrap()
-            .fatal
-            .get_or_insert_with(|| e.clone());
-        e
-    }
-
     /// When every part is present: checks the combined CRC-64 against the server's.
     pub(super) fn finish_if_complete(&self) {
         let mut st = self.state.lock().unwrap();
@@ -57,6 +47,17 @@ impl Inner {
         });
         match self.id.crc64 {
             Some(expected) if expected != combined => {
+                tracing::error!(
+                    bucket = %self.id.bucket,
+                    key = %self.id.key,
+                    expected,
+                    actual = combined,
+                    "CRC-64 mismatch: the server announced {expected}, the fetched bytes give {combined}; the bytes are not served and the entry is discarded"
+                );
+                self.cfg
+                    .stats
+                    .crc_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
                 st.fatal = Some(Arc::new(HydrateError::ChecksumMismatch {
                     bucket: self.id.bucket.clone(),
                     key: self.id.key.clone(),
@@ -96,7 +97,11 @@ impl Inner {
             if inner.writes_closed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            inner.snapshot().save(&p)
+            let record = inner.snapshot();
+            if let Some(probe) = &inner.cfg.probe {
+                probe.recording(&record.present, inner.layout);
+            }
+            record.save(&p)
         })
         .await
         .expect("checkpoint writer does not panic")

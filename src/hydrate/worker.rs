@@ -30,23 +30,28 @@ impl Inner {
                 {
                     let mut st = self.state.lock().unwrap();
                     st.present.insert(part);
+                    st.checked.insert(part);
                     st.in_flight[part] = false;
                     st.part_crc[part] = crc;
                     st.failed[part] = None;
                 }
-                match self.save_checkpoint().await {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(self.set_fatal(e)),
+                // The part's bytes are durable and readable; a record that could not be
+                // written (a full disk) pauses the background work until a reader asks again,
+                // and the next recorded part writes the record again.
+                if let Err(e) = self.save_checkpoint().await {
+                    tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, "{e}");
+                    let mut st = self.state.lock().unwrap();
+                    st.paused.get_or_insert_with(|| Arc::new(e));
                 }
+                Ok(())
             }
             Err(e) => {
                 if demand {
                     self.open_pending_readahead();
                 }
-                let fatal = matches!(
-                    e,
-                    HydrateError::ObjectChanged { .. } | HydrateError::Io { .. }
-                );
+                // Only a changed object ends the hydration; a full disk or a failed write fails
+                // this part and pauses until a reader asks again (the cause may clear).
+                let fatal = matches!(e, HydrateError::ObjectChanged { .. });
                 let e = Arc::new(e);
                 let mut st = self.state.lock().unwrap();
                 st.in_flight[part] = false;
@@ -210,6 +215,9 @@ impl Inner {
             .await
             .expect("fsync does not panic")
             .map_err(|source| self.io_failure(source))?;
+        if let Some(probe) = &self.cfg.probe {
+            probe.synced(range);
+        }
         Ok(crc)
     }
 

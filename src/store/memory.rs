@@ -34,7 +34,8 @@ pub struct MemoryFaults {
     pub fail_gets: HashSet<u64>,
     /// GETs whose body ends with a transient error after this many bytes.
     pub truncate_gets: Vec<(u64, u64)>,
-    /// GETs after which the object is replaced by a new version (the GET itself is served).
+    /// GETs after which the object is replaced by a new version whose every byte is
+    /// inverted (the GET itself is served from the version it found).
     pub change_after_gets: HashSet<u64>,
 }
 
@@ -173,7 +174,8 @@ impl ObjectStore for MemoryStore {
         let not_found = self.not_found(bucket, key);
         if faults.change_after_gets.contains(&n) {
             if let Some(o) = &found {
-                self.put(bucket, key, o.data.clone());
+                let inverted: Vec<u8> = o.data.iter().map(|b| !b).collect();
+                self.put(bucket, key, inverted);
             }
         }
         let mut stalled = self.stalled.subscribe();

@@ -1,0 +1,258 @@
+//! The resumable engine against a reference model, on the in-memory store: random object
+//! sizes (0, 1, PartSize−1, PartSize, PartSize+1, many parts), part sizes, thread counts,
+//! fault schedules (failed GETs, cut bodies, an object replaced mid-way, a lying CRC) and
+//! kill points (the engine is stopped at whatever await point it reached, then reopened from
+//! its checkpoint). The outcome is always the object's exact bytes or a clean error, never a
+//! wrong byte; after every kill, every part the checkpoint records holds exactly its bytes;
+//! and a durability probe fails the case if a part is ever recorded before its range was
+//! synced.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fixedbitset::FixedBitSet;
+use ossmount::hydrate::{
+    Checkpoint, ConnectionLimiter, DurabilityProbe, HydrateError, Hydration, HydrationConfig,
+    HydrationFiles, ObjectIdentity, PartLayout,
+};
+use ossmount::store::memory::{MemoryFaults, MemoryStore};
+use ossmount::store::ObjectStore;
+use proptest::prelude::*;
+
+#[derive(Default)]
+struct Probe {
+    synced: Mutex<Vec<Range<u64>>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl DurabilityProbe for Probe {
+    fn synced(&self, range: Range<u64>) {
+        self.synced.lock().unwrap().push(range);
+    }
+
+    fn recording(&self, present: &FixedBitSet, layout: PartLayout) {
+        let synced = self.synced.lock().unwrap();
+        for p in present.ones() {
+            let r = layout.range(p);
+            if !synced.iter().any(|s| s.start <= r.start && r.end <= s.end) {
+                self.violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("part {p} ({r:?}) recorded before it was synced"));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    size: u64,
+    part_size: u64,
+    threads: usize,
+    fail_gets: Vec<u64>,
+    truncate_gets: Vec<(u64, u64)>,
+    change_after_get: Option<u64>,
+    lie_about_crc: bool,
+    /// Kill the engine once the store has answered this many more GETs.
+    kills: Vec<u64>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1u64..=8, 1usize..=4)
+        .prop_flat_map(|(part_kib, threads)| {
+            let ps = part_kib * 1024 + 13;
+            let size = prop_oneof![
+                Just(0u64),
+                Just(1u64),
+                Just(ps - 1),
+                Just(ps),
+                Just(ps + 1),
+                (2u64..40).prop_map(move |n| n * ps + n * 7 % ps),
+            ];
+            (
+                size,
+                Just(ps),
+                Just(threads),
+                proptest::collection::vec(1u64..40, 0..6),
+                proptest::collection::vec((1u64..40, 0u64..4000), 0..4),
+                proptest::option::weighted(0.15, 1u64..30),
+                proptest::bool::weighted(0.1),
+                proptest::collection::vec(1u64..12, 0..3),
+            )
+        })
+        .prop_map(
+            |(size, part_size, threads, fail_gets, truncate_gets, change_after_get, lie, kills)| {
+                Case {
+                    size,
+                    part_size,
+                    threads,
+                    fail_gets,
+                    truncate_gets,
+                    // A new version resets the announced CRC: the two are tested apart.
+                    change_after_get: if lie { None } else { change_after_get },
+                    lie_about_crc: lie,
+                    kills,
+                }
+            },
+        )
+}
+
+fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
+    ossmount::sample::bytes(seed, len as usize)
+}
+
+/// Every part the checkpoint at `ckpt` records holds exactly `want`'s bytes.
+fn recorded_parts_are_exact(ckpt: &Path, data: &Path, want: &[u8]) -> Result<(), String> {
+    let Ok(c) = Checkpoint::load(ckpt) else {
+        return Ok(()); // no record (yet): nothing is claimed
+    };
+    let layout = c.layout();
+    let file = std::fs::read(data).map_err(|e| e.to_string())?;
+    for p in c.present.ones() {
+        let r = layout.range(p);
+        let (s, e) = (r.start as usize, r.end as usize);
+        if file.get(s..e) != want.get(s..e) {
+            return Err(format!(
+                "checkpoint records part {p} ({r:?}) but its bytes differ"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn run_case(c: Case) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("obj.data");
+    let ckpt = dir.path().join("obj.ckpt");
+    let store = MemoryStore::new("mem://model");
+    let original = object_bytes(c.size ^ 0xab, c.size);
+    store.put("b", "k", original.clone());
+    if c.lie_about_crc {
+        let real = ossmount::crc64::update(0, &original);
+        store.announce_crc64("b", "k", Some(real ^ 1));
+    }
+    store.set_faults(MemoryFaults {
+        fail_gets: c.fail_gets.iter().copied().collect(),
+        truncate_gets: c.truncate_gets.clone(),
+        change_after_gets: c.change_after_get.into_iter().collect(),
+    });
+    // The model: each version's bytes, by ETag (a change inverts every byte).
+    let mut versions: HashMap<String, Vec<u8>> = HashMap::new();
+    let first = store.head("b", "k").await.map_err(|e| e.to_string())?;
+    versions.insert(first.etag.clone(), original.clone());
+    let mut latest = original;
+    let probe = Arc::new(Probe::default());
+    let cfg = HydrationConfig {
+        part_size: c.part_size,
+        threads: c.threads,
+        part_attempts: 3,
+        retry_delay: Duration::from_millis(1),
+        probe: Some(probe.clone()),
+        ..Default::default()
+    };
+    let store_dyn: Arc<dyn ObjectStore> = store.clone();
+    let mut kills = c.kills.clone();
+    let mut outcome = None;
+    for run in 0..12 {
+        if run == 8 {
+            // Enough: the faults end, as a flaky network's do.
+            store.set_faults(MemoryFaults::default());
+        }
+        let meta = store.head("b", "k").await.map_err(|e| e.to_string())?;
+        let want = versions
+            .entry(meta.etag.clone())
+            .or_insert_with(|| latest.iter().map(|b| !b).collect())
+            .clone();
+        latest = want.clone();
+        let id = ObjectIdentity::from_meta("b", "k", &meta);
+        let resume = Checkpoint::load(&ckpt)
+            .ok()
+            .filter(|r| r.check_identity("mem://model", &id, &data).is_ok());
+        if resume.is_none() {
+            let _ = std::fs::remove_file(&ckpt);
+            let _ = std::fs::remove_file(&data);
+        }
+        let files = HydrationFiles {
+            data: data.clone(),
+            checkpoint: Some(ckpt.clone()),
+            data_mode: 0o600,
+        };
+        let h = Hydration::start(
+            store_dyn.clone(),
+            id.clone(),
+            files,
+            cfg.clone(),
+            ConnectionLimiter::new(c.threads + 2, 1),
+            resume.as_ref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let kill_after = kills.pop();
+        let gets_at_start = store.counters.gets.load(Ordering::SeqCst);
+        let result = tokio::select! {
+            r = h.wait_complete() => Some(r),
+            _ = async {
+                loop {
+                    match kill_after {
+                        Some(n) if store.counters.gets.load(Ordering::SeqCst) >= gets_at_start + n => break,
+                        _ => tokio::task::yield_now().await,
+                    }
+                }
+            } => None,
+        };
+        h.shutdown().await;
+        recorded_parts_are_exact(&ckpt, &data, &want)?;
+        match result {
+            None => continue, // killed: reopen from the checkpoint
+            Some(Ok(())) => {
+                let got = std::fs::read(&data).map_err(|e| e.to_string())?;
+                if got != want {
+                    return Err("complete, but the bytes differ from the object".into());
+                }
+                outcome = Some(Ok(()));
+                break;
+            }
+            Some(Err(e)) => match &*e {
+                HydrateError::ChecksumMismatch { .. } => {
+                    outcome = Some(Err("crc".to_string()));
+                    break;
+                }
+                // A changed object or a part that failed after retries: a clean error; the
+                // next run starts again (afresh for a new version).
+                HydrateError::ObjectChanged { .. } | HydrateError::Part { .. } => continue,
+                other => return Err(format!("unexpected error: {other}")),
+            },
+        }
+    }
+    let violations = probe.violations.lock().unwrap().clone();
+    if !violations.is_empty() {
+        return Err(violations.join("; "));
+    }
+    match (outcome, c.lie_about_crc) {
+        (Some(Ok(())), false) | (Some(Err(_)), true) => Ok(()),
+        (Some(Ok(())), true) => Err("a lying CRC was accepted".into()),
+        (o, _) => Err(format!("no clean outcome: {o:?}")),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_engine_matches_the_model(c in case()) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), run_case(c.clone())).await });
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => prop_assert!(false, "{e} in {c:?}"),
+            Err(_) => prop_assert!(false, "timed out: {c:?}"),
+        }
+    }
+}

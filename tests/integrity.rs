@@ -1,0 +1,361 @@
+//! What ossmount promises about the bytes it serves, through the real kernel FUSE (root and
+//! /dev/fuse required): a CRC-64 mismatch is never served nor kept, objects without a CRC are
+//! served as unverified or refused, a full disk fails reads and recovers in the same mount, a
+//! new version opened beside an old passthrough handle never mixes with it, cached bytes that
+//! rotted are refetched, and the cache is private. Every mount is owned by a guard that
+//! unmounts even when an assertion fails; every filesystem operation has a timeout.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::mount::*;
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn errno_of(r: std::io::Result<Vec<u8>>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// `getxattr` straight from libc: the test does not depend on the `attr` package.
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the size we pass.
+    let len = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
+}
+
+fn status_json(cache: &Path) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["status", "--json", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn entry_state(cache: &Path, key: &str) -> Option<String> {
+    status_json(cache)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key)
+        .map(|e| e["state"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_crc_fails_the_read_and_is_never_kept() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("lie.bin", 41, 3 * MIB + 77);
+    s.emu
+        .update_faults(|f| f.wrong_crc = vec![format!("{BUCKET}/lie.bin")]);
+    let (mnt, cache) = dirs(&s, "crc");
+    let args = ["--part-size", "1MiB"];
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let p = m.path("lie.bin");
+    let first = fs_op(T, move || errno_of(std::fs::read(p))).await;
+    assert_eq!(first, Some(libc::EIO), "a read to the end must fail");
+    // The same mount tries again from scratch on the next open: still refused.
+    let p = m.path("lie.bin");
+    let gets_before = s.emu.object_counters(BUCKET, "lie.bin").get_requests;
+    assert_eq!(
+        fs_op(T, move || errno_of(std::fs::read(p))).await,
+        Some(libc::EIO)
+    );
+    assert!(s.emu.object_counters(BUCKET, "lie.bin").get_requests > gets_before);
+    let log = m.log_text();
+    assert!(
+        log.contains("CRC-64 mismatch") && log.contains("lie.bin"),
+        "the log names the object and the mismatch: {log}"
+    );
+    assert_ne!(entry_state(&cache, "lie.bin").as_deref(), Some("complete"));
+    m.unmount();
+    let counters = &status_json(&cache)["last_mount"]["counters"];
+    assert!(
+        counters["crc_mismatches"].as_u64().unwrap() >= 2,
+        "{counters}"
+    );
+
+    // After a remount nothing is served from the cache: the server is asked again.
+    let gets_before = s.emu.object_counters(BUCKET, "lie.bin").get_requests;
+    let m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let p = m.path("lie.bin");
+    assert_eq!(
+        fs_op(T, move || errno_of(std::fs::read(p))).await,
+        Some(libc::EIO)
+    );
+    assert!(s.emu.object_counters(BUCKET, "lie.bin").get_requests > gets_before);
+    // Once the server tells the truth, the same mount serves the object.
+    s.emu.update_faults(|f| f.wrong_crc.clear());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let p = m.path("lie.bin");
+    let data = fs_op(T, move || std::fs::read(p)).await.unwrap();
+    assert_eq!(data, std::fs::read(s.object_path("lie.bin")).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_without_a_crc_are_unverified_or_refused() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("nocrc.bin", 42, 2 * MIB);
+    s.emu
+        .update_faults(|f| f.no_crc = vec![format!("{BUCKET}/nocrc.bin")]);
+    let (mnt, cache) = dirs(&s, "nocrc");
+    {
+        let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
+        let p = m.path("nocrc.bin");
+        let data = fs_op(T, move || std::fs::read(p)).await.unwrap();
+        assert_eq!(data, std::fs::read(s.object_path("nocrc.bin")).unwrap());
+        let p = m.path("nocrc.bin");
+        let state = fs_op(T, move || xattr(&p, "user.ossmount.cached")).await;
+        assert_eq!(state.as_deref(), Some("unverified"));
+        assert_eq!(
+            entry_state(&cache, "nocrc.bin").as_deref(),
+            Some("unverified")
+        );
+    }
+    let (mnt2, cache2) = dirs(&s, "requirecrc");
+    let m = Mount::start(&s, &url(), &mnt2, &cache2, &["--require-crc"]);
+    let p = m.path("nocrc.bin");
+    assert_eq!(
+        fs_op(T, move || errno_of(std::fs::read(p))).await,
+        Some(libc::EIO)
+    );
+    assert!(m.log_text().contains("--require-crc"), "{}", m.log_text());
+}
+
+/// A tmpfs of a fixed size, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn new(path: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {}", path.display());
+        SmallFs(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_the_read_and_the_same_mount_recovers() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("big.bin", 43, 6 * MIB);
+    let (mnt, base) = dirs(&s, "enospc");
+    let small = SmallFs::new(&base, "16m");
+    let cache = small.0.join("cache");
+    // Fill the filesystem from outside the cache, leaving room for records but not parts.
+    let filler = small.0.join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    let mut chunk = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    while let Ok(n) = f.write_at(&chunk, written) {
+        written += n as u64;
+        assert!(written < 64 * MIB, "the tmpfs should be full by now");
+    }
+    // Give back a little for the cache's own small files.
+    f.set_len(written.saturating_sub(256 << 10)).unwrap();
+    chunk.clear();
+    let args = [
+        "--part-size",
+        "1MiB",
+        "--cache-size",
+        "1GiB",
+        "--min-free-disk",
+        "0",
+    ];
+    let m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let p = m.path("big.bin");
+    let err = fs_op(T, move || errno_of(std::fs::read(p))).await;
+    assert!(
+        matches!(err, Some(libc::ENOSPC) | Some(libc::EIO)),
+        "a read with no room fails: {err:?}"
+    );
+    // Room again: the same mount serves the file.
+    drop(f);
+    std::fs::remove_file(&filler).unwrap();
+    let p = m.path("big.bin");
+    let data = fs_op(T, move || std::fs::read(p)).await.unwrap();
+    assert_eq!(sha256(&data), sha256_file(&s.object_path("big.bin")));
+    drop(m);
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_beside_an_open_old_one_never_mixes() {
+    require_fuse();
+    let s = Server::start().await;
+    let v1 = ossmount::sample::bytes(44, (2 * MIB) as usize);
+    let v2 = ossmount::sample::bytes(45, (3 * MIB) as usize);
+    s.put("doc.bin", &v1);
+    let (mnt, cache) = dirs(&s, "versions");
+    let m = Mount::start(
+        &s,
+        &url(),
+        &mnt,
+        &cache,
+        &["--part-size", "1MiB", "--metadata-ttl", "1s"],
+    );
+    let p = m.path("doc.bin");
+    // Hydrate it whole, then open it again: a complete file goes to the kernel (passthrough,
+    // where the kernel offers it).
+    let got = fs_op(T, move || std::fs::read(p)).await.unwrap();
+    assert_eq!(got, v1);
+    let old = std::fs::File::open(m.path("doc.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    old.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(buf, v1[4096..8192]);
+
+    s.put("doc.bin", &v2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let p = m.path("doc.bin");
+    let new = fs_op(T, move || std::fs::read(p)).await;
+    let new = new.unwrap_or_else(|e| panic!("opening the new version failed: {e}"));
+    assert_eq!(new.len(), v2.len());
+    assert!(new == v2, "the new open reads the new version");
+    // The old handle still reads the old version, nothing else.
+    let mut buf = vec![0u8; 64 << 10];
+    old.read_exact_at(&mut buf, MIB).unwrap();
+    assert_eq!(buf, v1[MIB as usize..MIB as usize + (64 << 10)]);
+    let md_new = std::fs::metadata(m.path("doc.bin")).unwrap();
+    assert_eq!(md_new.len(), v2.len() as u64);
+    assert_ne!(md_new.ino(), old.metadata().unwrap().ino());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_byte_in_the_cache_is_found_and_refetched_after_remount() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("rot.bin", 46, 4 * MIB);
+    let (mnt, cache) = dirs(&s, "rot");
+    let args = ["--part-size", "1MiB"];
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let p = m.path("rot.bin");
+    fs_op(T, move || std::fs::read(p)).await.unwrap();
+    m.unmount();
+    // Bit rot in part 2 of the complete cache file.
+    let data_file = std::fs::read_dir(cache.join("entries"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "data"))
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data_file)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 2 * MIB + 12345).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, 2 * MIB + 12345).unwrap();
+    drop(f);
+
+    let before = s.emu.object_counters(BUCKET, "rot.bin");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let p = m.path("rot.bin");
+    let data = fs_op(T, move || std::fs::read(p)).await.unwrap();
+    assert_eq!(sha256(&data), sha256_file(&s.object_path("rot.bin")));
+    let after = s.emu.object_counters(BUCKET, "rot.bin");
+    assert_eq!(
+        after.body_bytes - before.body_bytes,
+        MIB,
+        "exactly the rotten part is fetched again"
+    );
+    assert!(
+        m.log_text().contains("failed its CRC-64 check"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_is_private_and_a_foreign_one_is_refused() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("p.bin", 47, MIB + 5);
+    let (mnt, cache) = dirs(&s, "private");
+    {
+        let m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+        let p = m.path("p.bin");
+        fs_op(T, move || std::fs::read(p)).await.unwrap();
+        // status.json is written every second.
+        assert!(wait_until(Duration::from_secs(5), || cache
+            .join("status.json")
+            .exists()));
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&cache.join("entries")), 0o700);
+    let mut files = 0;
+    for e in std::fs::read_dir(cache.join("entries")).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        files += 1;
+    }
+    assert_eq!(files, 2, "one data file and one checkpoint");
+    assert_eq!(mode(&cache.join("status.json")), 0o600);
+    assert_eq!(mode(&cache.join("lock")), 0o600);
+
+    // A cache directory owned by someone else, or reached through a symlink, is refused.
+    let foreign = cache.with_file_name("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(12345), Some(12345)).unwrap();
+    let link = cache.with_file_name("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&cache, &link).unwrap();
+    for (dir, says) in [(&foreign, "owned by uid 12345"), (&link, "symbolic link")] {
+        let out = Command::new(bin())
+            .args(["mount", &url()])
+            .arg(&mnt)
+            .arg("--cache-dir")
+            .arg(dir)
+            .arg("--foreground")
+            .envs(s.env())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a bad cache dir must be refused");
+        assert!(text.contains(says), "{text}");
+        assert!(!is_mounted(&mnt));
+    }
+}
