@@ -359,3 +359,70 @@ async fn the_cache_is_private_and_a_foreign_one_is_refused() {
         assert!(!is_mounted(&mnt));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_object_fails_the_old_handle_for_the_rest_and_new_opens_see_it() {
+    require_fuse();
+    let s = Server::start().await;
+    let v1 = ossmount::sample::bytes(48, (8 * MIB) as usize);
+    let v2 = ossmount::sample::bytes(49, (8 * MIB) as usize);
+    s.put("moving.bin", &v1);
+    let (mnt, cache) = dirs(&s, "moving");
+    let args = [
+        "--part-size",
+        "1MiB",
+        "--hydrate",
+        "read",
+        "--readahead",
+        "1MiB",
+        "--metadata-ttl",
+        "1s",
+    ];
+    let m = Mount::start(&s, &url(), &mnt, &cache, &args);
+    let old = std::fs::File::open(m.path("moving.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    old.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, v1[..4096]);
+    s.put("moving.bin", &v2);
+    // Bytes the old handle does not have yet would come from another version: EIO.
+    let old = std::sync::Arc::new(old);
+    let o = old.clone();
+    let err = fs_op(T, move || {
+        let mut b = vec![0u8; 4096];
+        o.read_exact_at(&mut b, 6 * MIB)
+            .err()
+            .and_then(|e| e.raw_os_error())
+    })
+    .await;
+    assert_eq!(err, Some(libc::EIO));
+    // What it has stays readable, and it is the old version.
+    let mut buf = vec![0u8; 4096];
+    old.read_exact_at(&mut buf, 100).unwrap();
+    assert_eq!(buf, v1[100..4196]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let p = m.path("moving.bin");
+    let now = fs_op(T, move || std::fs::read(p)).await.unwrap();
+    assert!(now == v2, "a new open reads the new version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_that_waits_past_its_deadline_fails_with_eio() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put_sample("slow.bin", 50, MIB);
+    s.emu
+        .update_faults(|f| f.stalled = vec![format!("{BUCKET}/slow.bin")]);
+    let (mnt, cache) = dirs(&s, "deadline");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--read-deadline", "2s"]);
+    let p = m.path("slow.bin");
+    let started = std::time::Instant::now();
+    let err = fs_op(T, move || errno_of(std::fs::read(p))).await;
+    let waited = started.elapsed();
+    assert_eq!(err, Some(libc::EIO));
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    assert!(m.log_text().contains("read deadline"), "{}", m.log_text());
+    s.emu.update_faults(|f| f.stalled.clear());
+}

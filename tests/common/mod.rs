@@ -2,6 +2,7 @@
 //! `ossmount` binary, and bounded waits.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod mount;
 
 use std::path::{Path, PathBuf};
@@ -74,8 +75,17 @@ impl Server {
     }
 }
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ossmount")
+/// The `ossmount` binary: cargo names it for integration tests; an example finds it in its
+/// target directory (`target/<profile>/ossmount`, beside `examples/`).
+pub fn bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ossmount") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the running program's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("ossmount"))
+        .expect("a target directory")
 }
 
 /// Runs `ossmount ARGS` with `env` off the async runtime; returns the exit status and
