@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
+use ossmount::oss::credentials::{resolve_chain, ChainOptions};
 use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
 };
@@ -32,6 +33,9 @@ pub struct ConnectionArgs {
     /// STS security token for temporary credentials
     #[arg(long, env = "OSS_SESSION_TOKEN", global = true, hide_env_values = true)]
     pub session_token: Option<String>,
+    /// A profile of ~/.aliyun/config.json (the Alibaba Cloud CLI's) to take credentials from
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
     /// Send unsigned requests (public-read buckets)
     #[arg(long, global = true)]
     pub anonymous: bool,
@@ -74,7 +78,9 @@ impl std::fmt::Debug for ConnectionArgs {
 }
 
 impl ConnectionArgs {
-    pub fn client_config(&self) -> Result<ClientConfig, OssError> {
+    /// The client's configuration, with credentials from the default chain (flags and
+    /// `OSS_*` first; see `oss::credentials`) unless `--anonymous`.
+    pub async fn client_config(&self) -> Result<ClientConfig, OssError> {
         let endpoint = self.endpoint.as_deref().ok_or_else(|| {
             OssError::Config(
                 "no endpoint: pass --endpoint (e.g. oss-cn-hangzhou.aliyuncs.com) or set OSS_ENDPOINT"
@@ -89,36 +95,37 @@ impl ConnectionArgs {
         cfg.connect_timeout = self.connect_timeout;
         cfg.read_timeout = self.read_timeout;
         cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
-        cfg.credentials = if self.anonymous {
-            None
-        } else {
-            match (&self.access_key_id, &self.access_key_secret) {
-                (Some(id), Some(secret)) => Some(Credentials {
-                    access_key_id: id.clone(),
-                    access_key_secret: Secret::new(secret.clone()),
-                    security_token: self.session_token.clone().map(Secret::new),
-                }),
-                (None, None) => {
-                    return Err(OssError::Config(
-                        "no credentials: set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or pass --access-key-id/--access-key-secret), or use --anonymous for a public-read bucket".into(),
-                    ))
-                }
-                (Some(_), None) => {
-                    return Err(OssError::Config(
-                        "OSS_ACCESS_KEY_ID is set but OSS_ACCESS_KEY_SECRET is not".into(),
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(OssError::Config(
-                        "OSS_ACCESS_KEY_SECRET is set but OSS_ACCESS_KEY_ID is not".into(),
-                    ))
-                }
+        if self.anonymous {
+            return Ok(cfg);
+        }
+        let flags = match (&self.access_key_id, &self.access_key_secret) {
+            (Some(id), Some(secret)) => Some(Credentials {
+                access_key_id: id.clone(),
+                access_key_secret: Secret::new(secret.clone()),
+                security_token: self.session_token.clone().map(Secret::new),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(OssError::Config(
+                    "OSS_ACCESS_KEY_ID is set but OSS_ACCESS_KEY_SECRET is not".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(OssError::Config(
+                    "OSS_ACCESS_KEY_SECRET is set but OSS_ACCESS_KEY_ID is not".into(),
+                ))
             }
         };
+        let chain = ChainOptions {
+            flags,
+            profile: self.profile.clone(),
+        };
+        let (provider, _source) = resolve_chain(&chain).await?;
+        cfg.credentials_provider = Some(provider);
         Ok(cfg)
     }
 
-    pub fn client(&self) -> Result<OssClient, OssError> {
-        OssClient::new(self.client_config()?)
+    pub async fn client(&self) -> Result<OssClient, OssError> {
+        OssClient::new(self.client_config().await?)
     }
 }

@@ -54,7 +54,7 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
     }
     // Refuse bad values before building a client or sending anything.
     req.validate()?;
-    let client = conn.client()?;
+    let client = conn.client().await?;
     let started = std::time::Instant::now();
     let mut reporter = Reporter::new(a.quiet, &url.to_string());
     let result = resumable_download(Arc::new(client), &req, |p| reporter.update(p)).await;

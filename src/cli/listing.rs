@@ -29,7 +29,7 @@ pub struct StatArgs {
 
 pub async fn ls(conn: &ConnectionArgs, a: LsArgs) -> Result<ExitCode> {
     let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
-    let client = conn.client()?;
+    let client = conn.client().await?;
     let delimiter = if a.recursive { None } else { Some("/") };
     let page = client.list_all(&url.bucket, &url.key, delimiter).await?;
     let mut out = std::io::stdout().lock();
@@ -58,7 +58,7 @@ pub async fn ls(conn: &ConnectionArgs, a: LsArgs) -> Result<ExitCode> {
 
 pub async fn stat(conn: &ConnectionArgs, a: StatArgs) -> Result<ExitCode> {
     let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
-    let client = conn.client()?;
+    let client = conn.client().await?;
     let meta = client
         .head_object(&url.bucket, &url.key)
         .await

@@ -142,9 +142,9 @@ pub fn run(
     detached: Option<Detached>,
 ) -> Result<ExitCode> {
     let opts = mount_options(conn, m)?;
-    let mut cfg = conn.client_config()?;
-    cfg.retry.max_attempts = conn.max_attempts.unwrap_or(3).max(1);
     let _guard = rt.enter();
+    let mut cfg = rt.block_on(conn.client_config())?;
+    cfg.retry.max_attempts = conn.max_attempts.unwrap_or(3).max(1);
     let client = ossmount::oss::OssClient::new(cfg)?;
     ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
         if let Some(d) = detached {

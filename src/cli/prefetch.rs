@@ -40,7 +40,7 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
     let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
     validate_part_size(a.part_size).map_err(anyhow::Error::msg)?;
     validate_threads(a.threads).map_err(anyhow::Error::msg)?;
-    let client: Arc<dyn ObjectStore> = Arc::new(conn.client()?);
+    let client: Arc<dyn ObjectStore> = Arc::new(conn.client().await?);
     ossmount::cache::private_dir(&a.cache_dir)?;
     let defaults = Capacity::default_for(&a.cache_dir);
     let capacity = Capacity {

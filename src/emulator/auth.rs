@@ -61,6 +61,30 @@ pub(super) fn verify_auth(
             "0002-00000504",
         )
     };
+    // The long-term key, or a temporary one that has not expired and comes with its token.
+    let secret_for = |access_key_id: &str| -> Result<String, OssErr> {
+        if access_key_id == cfg.access_key_id {
+            return Ok(cfg.access_key_secret.clone());
+        }
+        let (secret, token, expired) = state.temporary.lookup(access_key_id).ok_or_else(bad_ak)?;
+        if expired {
+            return Err(oss_err(
+                403,
+                "SecurityTokenExpired",
+                "The security token you provided has expired.",
+                "0002-00000902",
+            ));
+        }
+        if get("x-oss-security-token") != Some(token.as_str()) {
+            return Err(oss_err(
+                403,
+                "InvalidSecurityToken",
+                "The security token you provided is invalid.",
+                "0002-00000903",
+            ));
+        }
+        Ok(secret)
+    };
     let (string_to_sign, expected, provided, ak) = match parsed {
         ParsedAuthorization::V4 {
             access_key_id,
@@ -70,9 +94,7 @@ pub(super) fn verify_auth(
             additional,
             signature,
         } => {
-            if access_key_id != cfg.access_key_id {
-                return Err(bad_ak());
-            }
+            let secret = secret_for(&access_key_id)?;
             let x_oss_date = get("x-oss-date").ok_or_else(|| {
                 oss_err(
                     403,
@@ -138,7 +160,7 @@ pub(super) fn verify_auth(
             .canonical_request();
             let scope = sign::v4_scope(&date8, &region, &product);
             let sts = sign::v4_string_to_sign(x_oss_date, &scope, &cr);
-            let k = sign::v4_signing_key(&cfg.access_key_secret, &date8, &region, &product);
+            let k = sign::v4_signing_key(&secret, &date8, &region, &product);
             (
                 sts.clone(),
                 sign::v4_signature(&k, &sts),
@@ -150,9 +172,7 @@ pub(super) fn verify_auth(
             access_key_id,
             signature,
         } => {
-            if access_key_id != cfg.access_key_id {
-                return Err(bad_ak());
-            }
+            let secret = secret_for(&access_key_id)?;
             let date = get("x-oss-date").or_else(|| get("date")).unwrap_or("");
             let t = httpdate::parse_http_date(date)
                 .map_err(|_| oss_err(403, "AccessDenied", "Invalid Date header.", "0002-00000227"))?
@@ -165,7 +185,7 @@ pub(super) fn verify_auth(
             let sts = sign::v1_string_to_sign(method, headers, bucket, key, query);
             (
                 sts.clone(),
-                sign::v1_signature(&cfg.access_key_secret, &sts),
+                sign::v1_signature(&secret, &sts),
                 signature,
                 access_key_id,
             )

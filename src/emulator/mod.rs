@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,48 @@ struct State {
     seq: AtomicU64,
     started: Instant,
     crc_cache: Mutex<HashMap<PathBuf, (u64, i64, u64, u64)>>,
+    temporary: TemporaryKeys,
+}
+
+/// Temporary credentials (STS-style: key id, secret, security token) the emulator accepts
+/// until they expire, beside its one long-term key. Stand-ins for the ECS metadata service
+/// or STS register what they hand out here, so a test sees keys rotate for real.
+#[derive(Clone, Default)]
+pub struct TemporaryKeys(Arc<Mutex<Vec<TemporaryKey>>>);
+
+#[derive(Clone, Debug)]
+struct TemporaryKey {
+    access_key_id: String,
+    secret: String,
+    token: String,
+    expires: SystemTime,
+}
+
+impl TemporaryKeys {
+    pub fn issue(&self, access_key_id: &str, secret: &str, token: &str, expires: SystemTime) {
+        self.0.lock().unwrap().push(TemporaryKey {
+            access_key_id: access_key_id.into(),
+            secret: secret.into(),
+            token: token.into(),
+            expires,
+        });
+    }
+
+    /// The secret and token of a temporary key id, with whether it has expired.
+    fn lookup(&self, access_key_id: &str) -> Option<(String, String, bool)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|k| k.access_key_id == access_key_id)
+            .map(|k| {
+                (
+                    k.secret.clone(),
+                    k.token.clone(),
+                    k.expires <= SystemTime::now(),
+                )
+            })
+    }
 }
 
 /// A running emulator. Dropping it without `shutdown` leaves the task running until the
@@ -159,6 +201,7 @@ impl Emulator {
             seq: AtomicU64::new(0),
             started: Instant::now(),
             crc_cache: Mutex::new(HashMap::new()),
+            temporary: TemporaryKeys::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let st = state.clone();
@@ -258,6 +301,11 @@ impl Emulator {
     /// Writes an object (atomically, so it gets a new ETag), creating the bucket if needed.
     pub fn put_object(&self, bucket: &str, key: &str, data: &[u8]) -> std::io::Result<()> {
         put_object_file(&self.state.cfg.root, bucket, key, data)
+    }
+
+    /// Where stand-ins register the temporary credentials they hand out.
+    pub fn temporary_keys(&self) -> TemporaryKeys {
+        self.state.temporary.clone()
     }
 
     /// Stops accepting and closes every connection.

@@ -37,14 +37,15 @@ impl fmt::Debug for OssClient {
 
 impl OssClient {
     pub fn new(cfg: ClientConfig) -> Result<OssClient, OssError> {
-        let region = match (&cfg.region, cfg.signature_version, &cfg.credentials) {
+        let signed = cfg.credentials.is_some() || cfg.credentials_provider.is_some();
+        let region = match (&cfg.region, cfg.signature_version, signed) {
             (Some(r), _, _) => {
                 let product = endpoint::derive_region(&cfg.endpoint.host, None)
                     .map(|(_, p)| p)
                     .unwrap_or_else(|| "oss".into());
                 Some((r.clone(), product))
             }
-            (None, SignatureVersion::V4, Some(_)) => {
+            (None, SignatureVersion::V4, true) => {
                 Some(endpoint::derive_region(&cfg.endpoint.host, None).ok_or_else(|| {
                     OssError::Config(format!(
                         "cannot tell the region from endpoint {}: pass --region (e.g. cn-hangzhou) or set OSS_REGION",
@@ -93,7 +94,11 @@ impl OssClient {
         }
         let now = time::unix_now();
         let mut all_headers: Vec<(String, String)> = headers.to_vec();
-        match (&cfg.credentials, cfg.signature_version) {
+        let creds = match &cfg.credentials_provider {
+            Some(p) => Some(p.credentials().await?),
+            None => cfg.credentials.clone(),
+        };
+        match (&creds, cfg.signature_version) {
             (None, _) => {}
             (Some(c), SignatureVersion::V4) => {
                 let (region, product) = self.inner.region.as_ref().expect("region set for V4");

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rand::Rng;
 
 mod client;
+pub mod credentials;
 mod reader;
 mod store_impl;
 mod wire;
@@ -110,8 +111,11 @@ pub struct ClientConfig {
     pub endpoint: Endpoint,
     /// V4 region; derived from a standard endpoint host when `None`.
     pub region: Option<String>,
-    /// `None` means anonymous requests (public-read buckets).
+    /// `None` means anonymous requests (public-read buckets), unless a provider is set.
     pub credentials: Option<Credentials>,
+    /// Where to get the credentials for each request (temporary ones are refreshed); takes
+    /// precedence over `credentials`.
+    pub credentials_provider: Option<credentials::SharedProvider>,
     pub signature_version: SignatureVersion,
     pub addressing: Addressing,
     pub connect_timeout: Duration,
@@ -127,6 +131,7 @@ impl ClientConfig {
             endpoint,
             region: None,
             credentials: None,
+            credentials_provider: None,
             signature_version: SignatureVersion::V4,
             addressing: Addressing::Auto,
             connect_timeout: Duration::from_secs(10),
