@@ -14,6 +14,7 @@ pub mod crc64;
 pub mod emulator;
 pub mod fs;
 pub mod hydrate;
+pub mod metrics;
 pub mod mount;
 pub mod oss;
 pub mod prefetch;

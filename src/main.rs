@@ -11,7 +11,18 @@ use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let mut args: Vec<String> = std::env::args().collect();
+    if cli::helper::is_helper_call(&args[1..]) {
+        // Run by mount(8) / mount.fuse3: SOURCE MOUNTPOINT -o OPTIONS.
+        match cli::helper::translate(&args[1..]) {
+            Ok(rest) => args.splice(1.., rest).for_each(drop),
+            Err(e) => {
+                eprintln!("ossmount: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let matches = Cli::command().get_matches_from(args);
     let secret_in_argv =
         matches.value_source("access_key_secret") == Some(ValueSource::CommandLine);
     let cli = match Cli::from_arg_matches(&matches) {
@@ -21,7 +32,7 @@ fn main() -> ExitCode {
     let mut detached = None;
     match &cli.cmd {
         Command::Mount(m) if !m.foreground => {
-            let log = match cli::mount::log_file(&cli.conn, m) {
+            let log = match cli::mount::log_file(&cli.conn, m, cli.log_file.as_deref()) {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("ossmount: error: {e:#}");
@@ -37,10 +48,20 @@ fn main() -> ExitCode {
             }
             cli::init_logging(cli.log_level.as_deref(), "info", Some(log));
         }
-        Command::Mount(_) | Command::Demo(_) => {
-            cli::init_logging(cli.log_level.as_deref(), "info", None)
+        cmd => {
+            let default = match cmd {
+                Command::Mount(_) | Command::Demo(_) => "info",
+                _ => "warn",
+            };
+            let file = match cli.log_file.as_deref().map(cli::open_log_file).transpose() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("ossmount: error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            cli::init_logging(cli.log_level.as_deref(), default, file)
         }
-        _ => cli::init_logging(cli.log_level.as_deref(), "warn", None),
     }
     if secret_in_argv {
         tracing::warn!("--access-key-secret on the command line is visible to every user in `ps` and in shell history; prefer OSS_ACCESS_KEY_SECRET in the environment");

@@ -13,6 +13,7 @@ use crate::cache::{Cache, Capacity};
 use crate::fs::fuse::{self, KernelMount};
 use crate::fs::{FsConfig, OssFs};
 use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
+use crate::metrics::RequestMetrics;
 use crate::oss::OssUrl;
 use crate::status::{self, MountStatusFile};
 use crate::store::ListRequest;
@@ -43,6 +44,10 @@ pub struct MountOptions {
     pub require_crc: bool,
     /// The longest a read waits for its bytes.
     pub read_deadline: Duration,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_addr: Option<String>,
+    /// The request counters the client reports to (set as its observer by the caller).
+    pub request_metrics: Arc<RequestMetrics>,
 }
 
 impl MountOptions {
@@ -69,6 +74,8 @@ impl MountOptions {
             passthrough: true,
             require_crc: false,
             read_deadline: Duration::from_secs(60),
+            metrics_addr: None,
+            request_metrics: Arc::default(),
         }
     }
 
@@ -166,6 +173,20 @@ pub fn run_mount(
         store,
         cache.clone(),
     ));
+    let metrics_task = match &opts.metrics_addr {
+        Some(addr) => {
+            let (bound, task) = rt
+                .block_on(crate::metrics::serve(
+                    addr,
+                    opts.request_metrics.clone(),
+                    fs.clone(),
+                ))
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!("metrics at http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let kernel = KernelMount {
         fs_name: format!("ossmount:{}", opts.url.bucket),
         allow_other: opts.allow_other,
@@ -210,6 +231,9 @@ pub fn run_mount(
     });
     let result = session.run();
     signal_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     status_task.abort();
     rt.block_on(cache.shutdown());
     write_mount_status(&fs, opts);

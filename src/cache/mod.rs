@@ -139,6 +139,11 @@ impl Cache {
         &self.shared.stats
     }
 
+    /// The connection limit shared by every hydration (parts in flight, for metrics).
+    pub fn limiter(&self) -> &Arc<ConnectionLimiter> {
+        &self.limiter
+    }
+
     pub fn engine_stats(&self) -> &crate::hydrate::EngineStats {
         &self.cfg.stats
     }

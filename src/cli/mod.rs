@@ -6,6 +6,7 @@ pub mod connection;
 pub mod daemon;
 pub mod demo;
 pub mod download;
+pub mod helper;
 pub mod listing;
 pub mod mount;
 pub mod prefetch;
@@ -32,6 +33,10 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG takes precedence
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// Append the log to this file (created owner-only) instead of stderr; a detached mount
+    /// logs to <cache dir>/ossmount.log unless this is given
+    #[arg(long, global = true)]
+    pub log_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub cmd: Command,
 }
@@ -59,9 +64,19 @@ pub enum Command {
     /// The credential it accepts is --access-key-id/--access-key-secret (default
     /// emulator-ak/emulator-secret) and its region --region (default cn-hangzhou).
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. ossmount manpage > /usr/local/share/man/man1/ossmount.1
+    Manpage,
 }
 
+/// Logs to `file` when given, else to stderr; colour only on a terminal (and not with
+/// `NO_COLOR`), so a log file or a redirect never holds escape codes.
 pub fn init_logging(level: Option<&str>, default: &str, file: Option<std::fs::File>) {
+    use std::io::IsTerminal;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(level.unwrap_or(default)),
@@ -72,8 +87,43 @@ pub fn init_logging(level: Option<&str>, default: &str, file: Option<std::fs::Fi
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(f))
             .init(),
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder
+                .with_ansi(colour)
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
+}
+
+/// Opens (creating owner-only) a log file to append to.
+pub fn open_log_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the log file {}", path.display()))
+}
+
+/// `completions SHELL` and `manpage`: generated from the CLI definition itself.
+pub fn print_generated(cmd: &Command) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut def = Cli::command();
+    match cmd {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut def, "ossmount", &mut std::io::stdout());
+        }
+        _ => match clap_mangen::Man::new(def).render(&mut std::io::stdout()) {
+            // `ossmount manpage | head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The commands that run inside the async runtime from start to end.
@@ -85,6 +135,7 @@ pub async fn run_async(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(a),
         Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
         Command::Serve(a) => serve::run(&cli.conn, a).await,
+        Command::Completions { .. } | Command::Manpage => print_generated(&cli.cmd),
         Command::Mount(_) | Command::Demo(_) => unreachable!("run synchronously by main"),
     }
 }

@@ -1,12 +1,11 @@
 //! `ossmount mount`: the mount's flags, turned into `MountOptions`, and the run (detached
 //! unless `--foreground`, logging to `<cache dir>/ossmount.log` when detached).
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use ossmount::hydrate::{validate_part_size, validate_threads, FetchMode};
@@ -75,6 +74,9 @@ pub struct MountArgs {
     /// The longest a read waits for its bytes before it fails with EIO, e.g. 60s
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     read_deadline: std::time::Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9101
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Stay in the foreground (logs to stderr) instead of detaching
     #[arg(short, long)]
     pub foreground: bool,
@@ -113,26 +115,24 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
     o.passthrough = !m.no_passthrough;
     o.require_crc = m.require_crc;
     o.read_deadline = m.read_deadline;
+    o.metrics_addr = m.metrics_addr.clone();
     Ok(o)
 }
 
-/// The detached mount logs to `<cache dir>/ossmount.log`; checked before detaching.
-pub fn log_file(conn: &ConnectionArgs, m: &MountArgs) -> Result<std::fs::File> {
+/// The detached mount logs to `--log-file`, else `<cache dir>/ossmount.log`; checked
+/// before detaching.
+pub fn log_file(
+    conn: &ConnectionArgs,
+    m: &MountArgs,
+    log_file: Option<&std::path::Path>,
+) -> Result<std::fs::File> {
     let opts = mount_options(conn, m)?;
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
     ossmount::cache::private_dir(&opts.cache_dir)?;
-    let path = opts.cache_dir.join("ossmount.log");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| {
-            format!(
-                "cannot write {}; choose another --cache-dir",
-                path.display()
-            )
-        })
+    let path = log_file
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| opts.cache_dir.join("ossmount.log"));
+    super::open_log_file(&path)
 }
 
 pub fn run(
@@ -145,6 +145,7 @@ pub fn run(
     let _guard = rt.enter();
     let mut cfg = rt.block_on(conn.client_config())?;
     cfg.retry.max_attempts = conn.max_attempts.unwrap_or(3).max(1);
+    cfg.observer = Some(opts.request_metrics.clone());
     let client = ossmount::oss::OssClient::new(cfg)?;
     ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
         if let Some(d) = detached {

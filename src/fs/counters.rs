@@ -3,12 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
 
 use super::OssFs;
 
 /// Counters for a mount, for logs and status.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FsStats {
     /// Directory listings (each may take several pages).
     pub listings: AtomicU64,
@@ -26,6 +27,27 @@ pub struct FsStats {
     /// Opens of complete files handed to the kernel (FUSE passthrough): their reads never
     /// reach ossmount and are not counted in `reads`.
     pub passthrough_opens: AtomicU64,
+    /// Seconds a read that had to wait for parts waited (for metrics).
+    pub demand_wait: Histogram,
+}
+
+impl Default for FsStats {
+    fn default() -> Self {
+        FsStats {
+            listings: AtomicU64::default(),
+            heads: AtomicU64::default(),
+            opens: AtomicU64::default(),
+            reads: AtomicU64::default(),
+            read_bytes: AtomicU64::default(),
+            read_errors: AtomicU64::default(),
+            cache_hits: AtomicU64::default(),
+            cache_misses: AtomicU64::default(),
+            direct_reads: AtomicU64::default(),
+            passthrough_opens: AtomicU64::default(),
+            // 1 ms to about 33 s.
+            demand_wait: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

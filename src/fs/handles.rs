@@ -216,9 +216,15 @@ impl OssFs {
         let end = (offset + size as u64).min(total);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let deadline = self.cfg.read_deadline;
+        let started = Instant::now();
         let waited = tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end)).await;
         let outcome = match waited {
-            Ok(r) => r,
+            Ok(Ok(true)) => {
+                let secs = started.elapsed().as_secs_f64();
+                self.stats.demand_wait.observe(secs);
+                Ok(())
+            }
+            Ok(r) => r.map(|_| ()),
             Err(_) => {
                 tracing::warn!(key = %h.identity().key, offset, "read failed: no bytes within the read deadline ({deadline:?}); the server is slow or unreachable");
                 Err(FsError::Deadline(deadline))
@@ -246,8 +252,9 @@ impl OssFs {
     }
 
     /// Waits until `range` is present and checked, and for a range that reaches the end of
-    /// the object, until the whole object passed its CRC-64 check.
-    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<(), FsError> {
+    /// the object, until the whole object passed its CRC-64 check. True when it had to wait
+    /// for parts.
+    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<bool, FsError> {
         if let Some(e) = h.failure().filter(|e| e.is_corrupt()) {
             return Err(FsError::Hydrate(e));
         }
@@ -275,7 +282,7 @@ impl OssFs {
         if reaches_end && (h.mode() == FetchMode::All || h.all_present()) {
             h.wait_complete().await.map_err(FsError::Hydrate)?;
         }
-        Ok(())
+        Ok(missed)
     }
 
     /// A failure that ends a hydration also ends its cache entry and its known version: the

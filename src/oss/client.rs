@@ -12,7 +12,7 @@ use super::wire::{
     describe_reqwest_error, error_from_response, meta_from_headers, parse_list_page,
 };
 use super::{
-    endpoint, sign, time, ClientConfig, ListPage, ListRequest, ObjectMeta, OssError,
+    endpoint, sign, time, ClientConfig, ListPage, ListRequest, ObjectMeta, OssError, RequestKind,
     SignatureVersion,
 };
 
@@ -157,9 +157,19 @@ impl OssClient {
     ) -> Result<reqwest::Response, OssError> {
         let policy = &self.inner.cfg.retry;
         let mut attempt = 0;
+        let kind = match (&method, key) {
+            (&Method::HEAD, _) => RequestKind::Head,
+            (_, Some(_)) => RequestKind::Get,
+            (_, None) => RequestKind::List,
+        };
         loop {
             attempt += 1;
-            let err = match self.send_once(&method, bucket, key, query, headers).await {
+            let sent = self.send_once(&method, bucket, key, query, headers).await;
+            if let Some(o) = &self.inner.cfg.observer {
+                let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                o.request(kind, status, attempt > 1);
+            }
+            let err = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                     return Err(OssError::NotModified)

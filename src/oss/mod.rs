@@ -10,6 +10,7 @@ pub mod time;
 pub mod xml;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -75,6 +76,36 @@ impl std::str::FromStr for SignatureVersion {
     }
 }
 
+/// What a request asked for, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Head,
+    Get,
+    List,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Head => "head",
+            RequestKind::Get => "get",
+            RequestKind::List => "list",
+        }
+    }
+}
+
+/// Sees every request attempt: its kind, the HTTP status (0 when no answer came), and
+/// whether it repeated an earlier attempt.
+pub trait RequestObserver: Send + Sync {
+    fn request(&self, kind: RequestKind, status: u16, retry: bool);
+}
+
+impl fmt::Debug for dyn RequestObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestObserver")
+    }
+}
+
 /// How often and how patiently to retry.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -116,6 +147,8 @@ pub struct ClientConfig {
     /// Where to get the credentials for each request (temporary ones are refreshed); takes
     /// precedence over `credentials`.
     pub credentials_provider: Option<credentials::SharedProvider>,
+    /// Sees every request attempt (metrics).
+    pub observer: Option<Arc<dyn RequestObserver>>,
     pub signature_version: SignatureVersion,
     pub addressing: Addressing,
     pub connect_timeout: Duration,
@@ -132,6 +165,7 @@ impl ClientConfig {
             region: None,
             credentials: None,
             credentials_provider: None,
+            observer: None,
             signature_version: SignatureVersion::V4,
             addressing: Addressing::Auto,
             connect_timeout: Duration::from_secs(10),
