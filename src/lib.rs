@@ -10,6 +10,7 @@
 //! `oss::sign` and formatting helpers with the client).
 
 pub mod cache;
+pub mod control;
 pub mod crc64;
 pub mod emulator;
 pub mod fs;

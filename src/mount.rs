@@ -170,7 +170,7 @@ pub fn run_mount(
             require_crc: opts.require_crc,
             read_deadline: opts.read_deadline,
         },
-        store,
+        store.clone(),
         cache.clone(),
     ));
     let metrics_task = match &opts.metrics_addr {
@@ -186,6 +186,21 @@ pub fn run_mount(
             Some(task)
         }
         None => None,
+    };
+    let control_task = {
+        let _rt = rt.enter();
+        crate::control::serve(
+            &opts.cache_dir,
+            store,
+            cache.clone(),
+            opts.url.bucket.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the control socket in {}",
+                opts.cache_dir.display()
+            )
+        })?
     };
     let kernel = KernelMount {
         fs_name: format!("ossmount:{}", opts.url.bucket),
@@ -234,6 +249,8 @@ pub fn run_mount(
     if let Some(t) = metrics_task {
         t.abort();
     }
+    control_task.abort();
+    let _ = std::fs::remove_file(crate::control::socket_path(&opts.cache_dir));
     status_task.abort();
     rt.block_on(cache.shutdown());
     write_mount_status(&fs, opts);

@@ -13,7 +13,7 @@ use crate::cache::Cache;
 use crate::hydrate::{Hydration, ObjectIdentity, Progress};
 use crate::store::{ObjectStore, StoreError};
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PrefetchReport {
     pub fetched: Vec<(String, u64)>,
     /// Keys that do not fit the capacity (alone, or with what was planned before them).

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// Top first. A module may import any module after it, none before it.
 const LAYERS: &[&str] = &[
-    "mount", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache", "hydrate", "emulator",
-    "oss", "store", "crc64", "sample", "size",
+    "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache", "hydrate",
+    "emulator", "oss", "store", "crc64", "sample", "size",
 ];
 
 /// Modules that must reach object storage only through `store` (its trait, types, errors).

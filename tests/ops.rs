@@ -276,3 +276,50 @@ async fn logs_carry_no_colour_codes_and_completions_and_man_page_are_generated()
     let (status, man) = run_cli(&["manpage"], vec![]).await;
     assert!(status.success() && man.contains(".TH ossmount 1") && man.contains("mount"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefetch_against_a_live_mount_warms_it_with_zero_new_gets() {
+    require_fuse();
+    let s = Server::start().await;
+    let keys: Vec<String> = (0..5).map(|i| format!("warm/f{i}.bin")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s.put_sample(k, 700 + i as u64, MIB + 333 * i as u64);
+    }
+    let (mnt, cache) = dirs(&s, "warm");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sock = std::fs::metadata(cache.join("control.sock")).unwrap();
+    assert!(sock.file_type().is_socket());
+    assert_eq!(sock.permissions().mode() & 0o777, 0o600);
+    // The cache is locked by the mount: prefetch asks the mount to do it.
+    let out = tokio::task::spawn_blocking({
+        let (env, cache) = (s.env(), cache.clone());
+        move || {
+            Command::new(bin())
+                .args(["prefetch", "oss://test-bucket/warm/", "--cache-dir"])
+                .arg(&cache)
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("prefetched 5 objects"), "{text}");
+    assert!(m
+        .log_text()
+        .contains("prefetch asked through the control socket"));
+    let gets_before = s.emu.totals().get_requests;
+    for k in &keys {
+        let p = m.path(k);
+        let got = fs_op(T, move || std::fs::read(p)).await.unwrap();
+        assert!(got == std::fs::read(s.object_path(k)).unwrap(), "{k}");
+    }
+    assert_eq!(
+        s.emu.totals().get_requests,
+        gets_before,
+        "reading prefetched files made GETs"
+    );
+}

@@ -40,6 +40,23 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
     let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
     validate_part_size(a.part_size).map_err(anyhow::Error::msg)?;
     validate_threads(a.threads).map_err(anyhow::Error::msg)?;
+    if ossmount::cache::lock_is_held(&a.cache_dir)
+        && ossmount::control::socket_path(&a.cache_dir).exists()
+    {
+        // A running mount holds this cache: it does the work, this shows the progress.
+        let mut reporter = Reporter::new(a.quiet, &url.to_string());
+        let report = ossmount::control::request_prefetch(
+            &a.cache_dir,
+            &url.bucket,
+            &url.key,
+            a.objects,
+            |p| reporter.update(p),
+        )
+        .await;
+        reporter.finish();
+        let report = report.map_err(anyhow::Error::msg)?;
+        return Ok(print_report(&a, &url, &report, None));
+    }
     let client: Arc<dyn ObjectStore> = Arc::new(conn.client().await?);
     ossmount::cache::private_dir(&a.cache_dir)?;
     let defaults = Capacity::default_for(&a.cache_dir);
@@ -63,10 +80,22 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
     reporter.finish();
     cache.shutdown().await;
     let report = report?;
+    Ok(print_report(&a, &url, &report, Some(capacity.max_bytes)))
+}
+
+/// What was fetched, skipped and failed; the exit code.
+fn print_report(
+    a: &PrefetchArgs,
+    url: &OssUrl,
+    report: &ossmount::prefetch::PrefetchReport,
+    capacity: Option<u64>,
+) -> ExitCode {
     for (key, size) in &report.skipped {
         eprintln!(
-            "not prefetched (does not fit --cache-size {}): oss://{}/{key} ({})",
-            human_bytes(capacity.max_bytes),
+            "not prefetched (does not fit the cache's capacity{}): oss://{}/{key} ({})",
+            capacity
+                .map(|c| format!(" of {}", human_bytes(c)))
+                .unwrap_or_default(),
             url.bucket,
             human_bytes(*size)
         );
@@ -84,9 +113,9 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
             report.failed.len()
         );
     }
-    Ok(if report.failed.is_empty() {
+    if report.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }

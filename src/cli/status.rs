@@ -12,6 +12,9 @@ pub struct StatusArgs {
     cache_dir: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Print once even on a terminal (where status otherwise refreshes every second)
+    #[arg(long)]
+    once: bool,
 }
 
 pub fn run(a: StatusArgs) -> Result<ExitCode> {
@@ -21,6 +24,23 @@ pub fn run(a: StatusArgs) -> Result<ExitCode> {
     };
     if dirs.is_empty() {
         anyhow::bail!("no cache directories found; pass --cache-dir DIR");
+    }
+    use std::io::IsTerminal;
+    if !a.json && !a.once && std::io::stdout().is_terminal() {
+        // A live view of what is hydrating: redraw every second until Ctrl-C.
+        loop {
+            let mut screen = String::from("\x1b[2J\x1b[H");
+            for d in &dirs {
+                match ossmount::status::cache_status(d) {
+                    Ok(s) => screen.push_str(&ossmount::status::render(&s)),
+                    Err(e) => screen.push_str(&format!("{}: {e}\n", d.display())),
+                }
+            }
+            screen.push_str("\n(refreshing every second; Ctrl-C to quit, --once to print once)\n");
+            print!("{screen}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
     let mut all = Vec::new();
     for d in dirs {
