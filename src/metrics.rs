@@ -144,26 +144,28 @@ pub fn render(requests: &RequestMetrics, fs: &OssFs) -> String {
         "How long reads that needed missing parts waited for them",
         s.demand_wait.clone(),
     );
-    let active = cache.active();
-    let complete = active.iter().filter(|h| h.is_complete()).count() as u64;
-    let failed = active.iter().filter(|h| h.failure().is_some()).count() as u64;
+    let active = cache
+        .active()
+        .iter()
+        .filter(|h| !h.is_complete() && h.failure().is_none())
+        .count() as u64;
     gauge(
         &mut r,
         "hydrations_active",
-        "Hydrations not yet complete",
-        active.len() as u64 - complete - failed,
+        "Hydrations under way (not complete, not failed)",
+        active,
     );
-    gauge(
+    counter(
         &mut r,
-        "hydrations_complete",
-        "Hydrations complete",
-        complete,
+        "hydrations_completed",
+        "Hydrations that became complete",
+        &engine.hydrations_completed,
     );
-    gauge(
+    counter(
         &mut r,
         "hydrations_failed",
-        "Hydrations that failed for good",
-        failed,
+        "Hydrations that failed for good (object changed, CRC-64 mismatch)",
+        &engine.hydrations_failed,
     );
     gauge(
         &mut r,

@@ -61,7 +61,7 @@ impl MountOptions {
             part_size: 8 << 20,
             threads: 3,
             max_connections: 12,
-            mode: FetchMode::All,
+            mode: FetchMode::Auto,
             readahead: 16 << 20,
             metadata_ttl: Duration::from_secs(60),
             allow_other: false,
@@ -131,6 +131,7 @@ pub fn run_mount(
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(&opts.mountpoint)?;
+    raise_open_file_limit();
     let prefix = opts.prefix();
     rt.block_on(preflight(&*store, &opts.url, &prefix))?;
     let part_size = opts.part_size;
@@ -239,6 +240,9 @@ pub fn run_mount(
         let opts = opts.clone();
         async move {
             loop {
+                // Hydrations that finished after their last close give back their files.
+                fs.cache().reap();
+                fs.sweep_namespace();
                 write_mount_status(&fs, &opts);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -287,4 +291,18 @@ fn write_mount_status(fs: &OssFs, opts: &MountOptions) {
         updated_unix: status::unix_now(),
     };
     status::write_status_file(cache.dir(), &st);
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (a mount holds one per open
+/// file it serves, whatever a service manager's default soft limit is) and logs the figure.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("open file limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("open file limit stays {soft} (hard {hard}): {e}"),
+        },
+        Ok((soft, _)) => tracing::info!("open file limit {soft}"),
+        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
+    }
 }

@@ -151,7 +151,8 @@ async fn status_and_xattrs_agree_with_the_checkpoint_after_sigkill() {
         &url(),
         &mnt,
         &cache,
-        &["--part-size", "1MiB", "--threads", "2"],
+        // Opening alone starts the whole hydration only with --hydrate open.
+        &["--part-size", "1MiB", "--threads", "2", "--hydrate", "open"],
     );
     let p = m.path("part.bin");
     let f = fs_op(Duration::from_secs(10), move || {

@@ -181,7 +181,38 @@ impl Cache {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 idx.open.remove(&name);
+                Cache::reap_entry(&mut idx, &name);
             }
+        }
+    }
+
+    /// Lets go of hydrations no handle has open that have nothing more to do, so descriptors
+    /// and memory follow what is open, not what was ever opened (a later open resumes from
+    /// the checkpoint). Run after each close and now and then by a mount.
+    pub fn reap(&self) {
+        let mut idx = self.shared.index.lock().unwrap();
+        let unopened: Vec<String> = idx
+            .active
+            .keys()
+            .filter(|k| !idx.open.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in unopened {
+            Cache::reap_entry(&mut idx, &name);
+        }
+    }
+
+    /// Drops `name`'s hydration (closing its data file) when it is complete or failed, or
+    /// when it does not go on after close (kept while parts are still arriving, so they are
+    /// not wasted). One that fetches the whole object goes on until it is complete.
+    fn reap_entry(idx: &mut Index, name: &str) {
+        let Some(h) = idx.active.get(name) else {
+            return;
+        };
+        let finished = h.is_complete() || h.failure().is_some();
+        if finished || (!h.continues_after_close() && h.is_idle()) {
+            h.stop();
+            idx.active.remove(name);
         }
     }
 

@@ -34,9 +34,15 @@ pub struct MountArgs {
     /// Requests in flight for the whole mount [default: 4 x threads, at least 8]
     #[arg(long)]
     max_connections: Option<usize>,
-    /// open: hydrate whole files once opened; read: only what reads touch, plus readahead
-    #[arg(long, default_value = "open",
-          value_parser = PossibleValuesParser::new(["open", "read"]).map(|s| if s == "open" { FetchMode::All } else { FetchMode::OnDemand }))]
+    /// auto: what reads need plus readahead, the whole file once it is read sequentially
+    /// (or is small), also after close; open: whole files once opened; read: only what reads
+    /// touch, plus readahead
+    #[arg(long, default_value = "auto",
+          value_parser = PossibleValuesParser::new(["auto", "open", "read"]).map(|s| match s.as_str() {
+              "open" => FetchMode::All,
+              "read" => FetchMode::OnDemand,
+              _ => FetchMode::Auto,
+          }))]
     hydrate: FetchMode,
     /// Bytes fetched ahead of a reader's position before the rest of the file
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]

@@ -110,6 +110,9 @@ impl FuseAdapter {
     }
 }
 
+/// Entries offered per readdir reply (a reply buffer holds fewer; the rest come next call).
+const READDIR_BATCH: usize = 512;
+
 fn to_file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -166,6 +169,10 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
+        // readdirplus: `ls -l` gets every entry's attributes with the listing, no lookups.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         if self.passthrough_wanted {
             let granted = config
                 .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
@@ -322,7 +329,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(entries) => {
                 for (next, e) in entries {
                     let kind = match e.kind {
@@ -337,6 +344,42 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdirplus(fh.0, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for (next, e, attr) in entries {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        &e.name,
+                        &self.ttl,
+                        &to_file_attr(&attr),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    // The kernel now holds a reference, as after a lookup ("." and ".." aside).
+                    if e.name != "." && e.name != ".." {
+                        self.fs.remember(e.ino);
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn releasedir(

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use std::ops::Range;
 
-use crate::hydrate::{FetchMode, HydrateError, Hydration, ObjectIdentity};
+use crate::hydrate::{HydrateError, Hydration, ObjectIdentity};
 
 use super::direct::DirectReader;
 use super::{FsError, Kind, OssFs};
@@ -22,7 +22,7 @@ pub(super) enum OpenFile {
 }
 
 impl OpenFile {
-    fn ino(&self) -> u64 {
+    pub(super) fn ino(&self) -> u64 {
         match self {
             OpenFile::Cached { ino, .. } | OpenFile::Direct { ino, .. } => *ino,
         }
@@ -215,6 +215,7 @@ impl OssFs {
         }
         let end = (offset + size as u64).min(total);
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        h.note_read(offset..end);
         let deadline = self.cfg.read_deadline;
         let started = Instant::now();
         let waited = tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end)).await;
@@ -279,7 +280,7 @@ impl OssFs {
         };
         stat.fetch_add(1, Ordering::Relaxed);
         let reaches_end = range.end == h.identity().size;
-        if reaches_end && (h.mode() == FetchMode::All || h.all_present()) {
+        if reaches_end && (h.fetches_all() || h.all_present()) {
             h.wait_complete().await.map_err(FsError::Hydrate)?;
         }
         Ok(missed)

@@ -85,6 +85,8 @@ pub struct OssFs {
     dir_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     files: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// The directory each open directory handle reads (its listing is kept meanwhile).
+    dir_inos: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
     started: SystemTime,
     pub stats: FsStats,
@@ -102,6 +104,7 @@ impl OssFs {
             dir_locks: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            dir_inos: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started,
             stats: FsStats::default(),

@@ -24,11 +24,15 @@ pub(super) struct Node {
     pub(super) identity: Option<(ObjectIdentity, Instant)>,
     /// The ETag of the content the kernel may hold in its page cache for this inode.
     pub(super) kernel_etag: Option<String>,
+    /// References the kernel holds (lookups and readdirplus entries not yet forgotten).
+    pub(super) lookups: u64,
 }
 
 pub(super) struct Listing {
     fetched: Instant,
     entries: Vec<DirEntry>,
+    /// Name → inode, for lookups in constant time.
+    by_name: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -64,6 +68,7 @@ impl Namespace {
             etag: id.etag.clone(),
             identity: Some((id.clone(), Instant::now())),
             kernel_etag: None,
+            lookups: 0,
         };
         self.nodes.insert(new_ino, node);
         self.names.insert((parent, name.clone(), false), new_ino);
@@ -75,6 +80,7 @@ impl Namespace {
             {
                 e.ino = new_ino;
             }
+            l.by_name.insert(name, new_ino);
         }
         Some(new_ino)
     }
@@ -96,9 +102,34 @@ impl Namespace {
                 etag: String::new(),
                 identity: None,
                 kernel_etag: None,
+                lookups: 1, // the kernel never forgets the root
             },
         );
         ns
+    }
+
+    /// Drops what nobody uses any more: listings older than `keep` (unless a directory
+    /// handle reads them), then nodes the kernel forgot that no listing, handle or child
+    /// needs. Numbers stay stable while referenced; memory follows use, not history.
+    pub(super) fn sweep(&mut self, keep: std::time::Duration, open_inos: &HashSet<u64>) {
+        self.listings
+            .retain(|dir, l| l.fetched.elapsed() < keep || open_inos.contains(dir));
+        let mut needed: HashSet<u64> = self
+            .listings
+            .iter()
+            .flat_map(|(dir, l)| l.entries.iter().map(|e| e.ino).chain([*dir]))
+            .collect();
+        needed.extend(open_inos.iter().copied());
+        for n in self.nodes.values().filter(|n| n.lookups > 0) {
+            needed.insert(n.parent);
+        }
+        let before = self.nodes.len();
+        self.nodes
+            .retain(|ino, n| *ino == ROOT_INO || n.lookups > 0 || needed.contains(ino));
+        if self.nodes.len() != before {
+            let nodes = &self.nodes;
+            self.names.retain(|_, ino| nodes.contains_key(ino));
+        }
     }
 }
 
@@ -262,6 +293,7 @@ impl OssFs {
                 etag: String::new(),
                 identity: None,
                 kernel_etag: None,
+                lookups: 0,
             });
             if c.kind == Kind::File {
                 node.size = c.size;
@@ -274,27 +306,59 @@ impl OssFs {
                 name: c.name,
             });
         }
+        let by_name = entries.iter().map(|e| (e.name.clone(), e.ino)).collect();
         ns.listings.insert(
             dir,
             Listing {
                 fetched: Instant::now(),
                 entries,
+                by_name,
             },
         );
         Ok(())
     }
 
+    /// A name in a directory, in constant time; the kernel holds a reference to what it
+    /// returns until it forgets it.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         self.ensure_listing(parent).await?;
-        let ns = self.ns.lock().unwrap();
+        let mut ns = self.ns.lock().unwrap();
         let listing = ns.listings.get(&parent).ok_or(FsError::NotFound)?;
-        let entry = listing
-            .entries
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or(FsError::NotFound)?;
-        let node = ns.nodes.get(&entry.ino).ok_or(FsError::NotFound)?;
-        Ok(self.attr_of(entry.ino, node))
+        let ino = *listing.by_name.get(name).ok_or(FsError::NotFound)?;
+        tracing::trace!(parent, name, ino, "lookup");
+        let node = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        node.lookups += 1;
+        let node = ns.nodes.get(&ino).expect("just found");
+        Ok(self.attr_of(ino, node))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut ns = self.ns.lock().unwrap();
+        if let Some(node) = ns.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+    }
+
+    /// The kernel took a reference through a readdirplus entry.
+    pub fn remember(&self, ino: u64) {
+        if let Some(node) = self.ns.lock().unwrap().nodes.get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// Frees listings and nodes nobody uses (run now and then by the mount).
+    pub fn sweep_namespace(&self) {
+        let mut open: HashSet<u64> = self
+            .files
+            .lock()
+            .unwrap()
+            .values()
+            .map(|f| f.ino())
+            .collect();
+        open.extend(self.dir_inos.lock().unwrap().values().copied());
+        let keep = self.cfg.metadata_ttl * 2;
+        self.ns.lock().unwrap().sweep(keep, &open);
     }
 
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
@@ -324,23 +388,51 @@ impl OssFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().unwrap().insert(fh, entries);
+        self.dir_inos.lock().unwrap().insert(fh, ino);
         Ok(fh)
     }
 
-    /// Entries from `offset` on, each with the offset of the entry after it.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>, FsError> {
+    /// Up to `max` entries from `offset` on, each with the offset of the entry after it (a
+    /// reply buffer holds a few hundred: copying the rest of a huge directory each time would
+    /// make a listing quadratic).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, DirEntry)>, FsError> {
         let dirs = self.dirs.lock().unwrap();
         let entries = dirs.get(&fh).ok_or(FsError::BadHandle)?;
         Ok(entries
             .iter()
             .enumerate()
             .skip(offset as usize)
+            .take(max)
             .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect())
+    }
+
+    /// `readdir` with each entry's attributes (readdirplus: `ls -l` needs no lookups).
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, DirEntry, Attr)>, FsError> {
+        let entries = self.readdir(fh, offset, max)?;
+        let ns = self.ns.lock().unwrap();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(next, e)| {
+                let attr = self.attr_of(e.ino, ns.nodes.get(&e.ino)?);
+                Some((next, e, attr))
+            })
             .collect())
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+        self.dir_inos.lock().unwrap().remove(&fh);
     }
 }
 

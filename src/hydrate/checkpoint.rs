@@ -226,6 +226,14 @@ impl Checkpoint {
 
     /// Atomically replaces the checkpoint at `path`: temp file, fsync, rename, fsync dir.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        self.save_with(path, true)
+    }
+
+    /// Like `save`; without `durable` the record is not fsynced: a crash may then lose it (an
+    /// empty or torn record fails its checksum and is discarded, and the parts are fetched
+    /// again), never make it claim bytes that are not there. For objects of one part, whose
+    /// record is cheaper to lose than to sync.
+    pub fn save_with(&self, path: &Path, durable: bool) -> std::io::Result<()> {
         let tmp = temp_path(path);
         let result = (|| {
             // Owner-only: a checkpoint names a private bucket's keys.
@@ -235,9 +243,14 @@ impl Checkpoint {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&self.to_json())?;
-            f.sync_all()?;
+            if durable {
+                f.sync_all()?;
+            }
             std::fs::rename(&tmp, path)?;
-            sync_dir(path)
+            if durable {
+                sync_dir(path)?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

@@ -46,7 +46,14 @@ pub enum FetchMode {
     All,
     /// Fetch only parts that readers want, plus the readahead window (`--hydrate read`).
     OnDemand,
+    /// Like `OnDemand` until the object is being consumed (read sequentially past one
+    /// readahead window) or is small (at most `SMALL_OBJECT_PARTS` parts); then like `All`
+    /// (`--hydrate auto`).
+    Auto,
 }
+
+/// Objects of at most this many parts are fetched whole at once in `FetchMode::Auto`.
+pub const SMALL_OBJECT_PARTS: usize = 4;
 
 /// Room on local disk for parts: asked before each part is fetched, so a cache can evict
 /// other entries first. The engine never decides what to evict.
@@ -70,6 +77,10 @@ pub struct EngineStats {
     pub parts_verified: AtomicU64,
     /// Cached parts whose bytes no longer matched their CRC-64 (refetched).
     pub parts_failed_check: AtomicU64,
+    /// Hydrations that became complete (whole object present and checked).
+    pub hydrations_completed: AtomicU64,
+    /// Hydrations that failed for good (the object changed, or failed its CRC-64).
+    pub hydrations_failed: AtomicU64,
 }
 
 /// Watches the durability order, for tests: `synced` is called once a part's bytes are
@@ -129,6 +140,10 @@ struct State {
     /// Present parts whose bytes were checked against their CRC-64 in this run (fetched in
     /// this run, or re-read by `verify_cached`).
     checked: FixedBitSet,
+    /// The parts the checkpoint on disk records (all of them without a checkpoint file): the
+    /// hydration is complete only once the record says so, so a stop right after completion
+    /// can never leave a record that misses a part.
+    recorded: FixedBitSet,
     in_flight: Vec<bool>,
     part_crc: Vec<u64>,
     /// The last failure of a part, kept until new demand asks again.
@@ -168,6 +183,12 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     /// Background workers running now.
     workers: std::sync::atomic::AtomicUsize,
+    /// Whether background work covers the whole object (mode `All`, or `Auto` once the
+    /// object is being consumed or is small).
+    fetch_all: std::sync::atomic::AtomicBool,
+    /// The reader's sequential run: where the next sequential read would start, and how many
+    /// bytes the run has covered (for `Auto`).
+    sequential: Mutex<(u64, u64)>,
 }
 
 /// A running hydration of one object version into one data file. Clones share it.
@@ -235,6 +256,7 @@ impl Hydration {
             .sum();
         let complete = present.is_full();
         let (changed, _) = watch::channel(0);
+        let has_checkpoint = files.checkpoint.is_some();
         let inner = Arc::new(Inner {
             store_location: store.location(),
             store,
@@ -246,6 +268,15 @@ impl Hydration {
             limiter,
             state: Mutex::new(State {
                 checked: FixedBitSet::with_capacity(n),
+                recorded: match (has_checkpoint, resume) {
+                    (false, _) => {
+                        let mut all = FixedBitSet::with_capacity(n);
+                        all.insert_range(..);
+                        all
+                    }
+                    (true, Some(c)) => c.present.clone(),
+                    (true, None) => FixedBitSet::with_capacity(n),
+                },
                 present,
                 in_flight: vec![false; n],
                 part_crc,
@@ -265,14 +296,20 @@ impl Hydration {
             part_requests: AtomicU64::new(0),
             tasks: Mutex::new(JoinSet::new()),
             workers: Default::default(),
+            fetch_all: std::sync::atomic::AtomicBool::new(
+                cfg.mode == FetchMode::All
+                    || (cfg.mode == FetchMode::Auto && n <= SMALL_OBJECT_PARTS),
+            ),
+            sequential: Mutex::new((0, 0)),
             id,
         });
         let h = Hydration { inner };
         if complete {
             h.inner.finish_if_complete();
         } else {
-            if let (Some(path), None) = (&h.inner.checkpoint_path, resume) {
-                // Record the identity before any part, so a crash leaves a usable record.
+            // Record the identity before any part, so a crash leaves a usable record; a
+            // one-part object has nothing to resume, so it skips this write.
+            if let (Some(path), None, true) = (&h.inner.checkpoint_path, resume, n > 1) {
                 h.inner
                     .snapshot()
                     .save(path)
@@ -359,8 +396,51 @@ impl Hydration {
         self.inner.state.lock().unwrap().present.is_full()
     }
 
-    pub fn mode(&self) -> FetchMode {
-        self.inner.cfg.mode
+    /// Whether this hydration fetches the whole object (so a read reaching the end may wait
+    /// for every part and the CRC-64 check).
+    pub fn fetches_all(&self) -> bool {
+        self.inner.fetch_all.load(Ordering::SeqCst)
+    }
+
+    /// Tells the hydration what a reader read, for `Auto`: a reader that goes sequentially
+    /// past one readahead window is consuming the object, which is then fetched whole.
+    pub fn note_read(&self, range: Range<u64>) {
+        if self.inner.cfg.mode != FetchMode::Auto || self.fetches_all() {
+            return;
+        }
+        let window = self.inner.cfg.readahead_parts as u64 * self.inner.layout.part_size;
+        let mut seq = self.inner.sequential.lock().unwrap();
+        let (next, run) = *seq;
+        // The kernel's readahead may reorder reads a little: a start near the expected
+        // offset continues the run.
+        let slack = 1 << 20;
+        let continues = range.start + slack >= next && range.start <= next + slack;
+        let run = if continues {
+            run + range.end.saturating_sub(range.start.max(next))
+        } else {
+            range.end - range.start
+        };
+        *seq = (range.end.max(next), run);
+        if run > window {
+            drop(seq);
+            tracing::debug!(key = %self.inner.id.key, "read sequentially past the readahead window: fetching the whole object");
+            self.inner.fetch_all.store(true, Ordering::SeqCst);
+            self.inner.restart_workers();
+            self.inner.notify();
+        }
+    }
+
+    /// Whether the hydration should go on once no handle has the object open: it fetches the
+    /// whole object and is neither complete nor failed.
+    pub fn continues_after_close(&self) -> bool {
+        let st = self.inner.state.lock().unwrap();
+        self.fetches_all() && !st.complete && st.fatal.is_none() && !st.stopped
+    }
+
+    /// No part is in flight.
+    pub fn is_idle(&self) -> bool {
+        let st = self.inner.state.lock().unwrap();
+        !st.in_flight.iter().any(|&f| f)
     }
 
     /// Reads bytes that are present (the caller waited for them) from the data file.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{FetchMode, HydrateError, Hydration, Inner, State};
+use super::{HydrateError, Hydration, Inner, State};
 
 impl Hydration {
     /// Asks for the parts covering `range` ahead of everything else: missing parts that are
@@ -16,6 +16,7 @@ impl Hydration {
     pub fn want(&self, range: Range<u64>) {
         let parts = self.inner.layout.parts_for(range);
         let mut spawn = Vec::new();
+        let rerecord;
         {
             let mut st = self.inner.state.lock().unwrap();
             if st.stopped || st.fatal.is_some() || st.complete {
@@ -40,13 +41,24 @@ impl Hydration {
                     st.pending_readahead = Some(window);
                 }
             }
+            // Every part is here but the record that says so was never written (a full disk):
+            // write it again, so the hydration can complete once there is room.
+            rerecord = st.present.is_full() && !st.recorded.is_full();
         }
         self.inner.notify();
+        if rerecord {
+            let inner = self.inner.clone();
+            self.inner.spawn(async move {
+                if inner.save_checkpoint().await.is_ok() {
+                    inner.finish_if_complete();
+                }
+            });
+        }
         for p in spawn {
             let inner = self.inner.clone();
             self.inner.spawn(async move {
                 // Waiters learn the outcome from the shared state.
-                let _ = inner.fetch_and_record(p, true).await;
+                let _ = inner.fetch_and_record(p, true, None).await;
             });
         }
     }
@@ -123,17 +135,24 @@ impl Hydration {
 impl Inner {
     /// The next part for a background worker: readahead window first, then (mode All) the
     /// lowest missing part. Marks it in flight.
-    pub(super) fn pick_background(&self, st: &mut State) -> Option<usize> {
+    pub(super) fn next_background(&self, st: &State) -> Option<usize> {
         let free =
             |st: &State, p: usize| !st.present[p] && !st.in_flight[p] && st.failed[p].is_none();
         let mut pick = st.readahead.clone().find(|&p| free(st, p));
-        if pick.is_none() && self.cfg.mode == FetchMode::All {
+        if pick.is_none() && self.fetch_all.load(Ordering::SeqCst) {
             pick = (0..self.layout.count()).find(|&p| free(st, p));
         }
-        if let Some(p) = pick {
-            st.in_flight[p] = true;
-        }
         pick
+    }
+
+    /// Whether a background worker has anything to do now (it then takes a connection
+    /// before it picks the part).
+    fn background_work(&self) -> Option<bool> {
+        let st = self.state.lock().unwrap();
+        if st.stopped || st.fatal.is_some() || st.complete {
+            return None; // done for good
+        }
+        Some(st.paused.is_none() && self.next_background(&st).is_some())
     }
 
     /// Starts background workers up to `threads` (after verification found parts to fetch
@@ -143,7 +162,9 @@ impl Inner {
             return;
         }
         let running = self.workers.load(Ordering::SeqCst);
-        for _ in running..self.cfg.threads.max(1) {
+        // No more workers than parts: a small object needs no scheduler crowd.
+        let wanted = self.cfg.threads.min(self.layout.count()).max(1);
+        for _ in running..wanted {
             let inner = self.clone();
             self.spawn(async move { inner.background_worker().await });
         }
@@ -154,20 +175,30 @@ impl Inner {
         let _running = WorkerCount(&self.workers);
         let mut rx = self.changed.subscribe();
         loop {
-            let next = {
-                let mut st = self.state.lock().unwrap();
-                if st.stopped || st.fatal.is_some() || st.complete {
-                    return;
-                }
-                if st.paused.is_some() {
-                    None
-                } else {
-                    self.pick_background(&mut st)
+            rx.borrow_and_update();
+            let next = match self.background_work() {
+                None => return,
+                Some(false) => None,
+                Some(true) => {
+                    // A part counts as in flight only once it holds a connection: until then
+                    // a reader that wants it fetches it at once on a demand connection, and
+                    // no queued background part of any file stands in its way.
+                    let connection = self.limiter.acquire(false).await;
+                    let mut st = self.state.lock().unwrap();
+                    let pick = if st.stopped || st.paused.is_some() {
+                        None
+                    } else {
+                        self.next_background(&st)
+                    };
+                    if let Some(p) = pick {
+                        st.in_flight[p] = true;
+                    }
+                    pick.map(|p| (p, connection))
                 }
             };
             match next {
-                Some(p) => {
-                    if let Err(e) = self.fetch_and_record(p, false).await {
+                Some((p, connection)) => {
+                    if let Err(e) = self.fetch_and_record(p, false, Some(connection)).await {
                         let mut st = self.state.lock().unwrap();
                         if st.paused.is_none() {
                             st.paused = Some(e);
@@ -177,7 +208,9 @@ impl Inner {
                     }
                 }
                 None => {
-                    rx.borrow_and_update();
+                    if self.background_work() == Some(true) {
+                        continue; // the part it wanted was taken meanwhile; look again
+                    }
                     if rx.changed().await.is_err() {
                         return;
                     }

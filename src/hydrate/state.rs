@@ -38,7 +38,7 @@ impl Inner {
     /// When every part is present: checks the combined CRC-64 against the server's.
     pub(super) fn finish_if_complete(&self) {
         let mut st = self.state.lock().unwrap();
-        if st.complete || st.fatal.is_some() || !st.present.is_full() {
+        if st.complete || st.fatal.is_some() || !st.present.is_full() || !st.recorded.is_full() {
             return;
         }
         let combined = (0..self.layout.count()).fold(0u64, |acc, p| {
@@ -58,6 +58,10 @@ impl Inner {
                     .stats
                     .crc_mismatches
                     .fetch_add(1, Ordering::Relaxed);
+                self.cfg
+                    .stats
+                    .hydrations_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 st.fatal = Some(Arc::new(HydrateError::ChecksumMismatch {
                     bucket: self.id.bucket.clone(),
                     key: self.id.key.clone(),
@@ -65,7 +69,13 @@ impl Inner {
                     actual: combined,
                 }));
             }
-            _ => st.complete = true,
+            _ => {
+                st.complete = true;
+                self.cfg
+                    .stats
+                    .hydrations_completed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         drop(st);
         self.notify();
@@ -101,7 +111,10 @@ impl Inner {
             if let Some(probe) = &inner.cfg.probe {
                 probe.recording(&record.present, inner.layout);
             }
-            record.save(&p)
+            // A one-part object's record is cheap to lose (one GET), not worth two fsyncs.
+            record.save_with(&p, inner.layout.count() > 1)?;
+            inner.state.lock().unwrap().recorded = record.present;
+            Ok(())
         })
         .await
         .expect("checkpoint writer does not panic")

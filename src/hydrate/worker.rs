@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 
 use crate::store::{StoreError, StoreErrorKind};
 
+use super::limiter::ConnectionPermit;
 use super::{HydrateError, Inner};
 
 /// Bytes buffered per part before they are written: memory grows with parts in flight only.
@@ -19,12 +20,15 @@ const WRITE_CHUNK: usize = 1 << 20;
 
 impl Inner {
     /// Fetches one part (retrying), records it, and publishes the outcome to waiters.
+    /// `connection` is a permit the caller already holds for the first attempt (background
+    /// workers take one before they pick a part); others acquire their own.
     pub(super) async fn fetch_and_record(
         self: &Arc<Self>,
         part: usize,
         demand: bool,
+        connection: Option<ConnectionPermit>,
     ) -> Result<(), Arc<HydrateError>> {
-        let result = self.fetch_part(part, demand).await;
+        let result = self.fetch_part(part, demand, connection).await;
         let outcome = match result {
             Ok(crc) => {
                 {
@@ -56,7 +60,13 @@ impl Inner {
                 let mut st = self.state.lock().unwrap();
                 st.in_flight[part] = false;
                 if fatal {
-                    st.fatal.get_or_insert_with(|| e.clone());
+                    if st.fatal.is_none() {
+                        self.cfg
+                            .stats
+                            .hydrations_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        st.fatal = Some(e.clone());
+                    }
                 } else {
                     st.failed[part] = Some(e.clone());
                 }
@@ -76,7 +86,12 @@ impl Inner {
         outcome
     }
 
-    pub(super) async fn fetch_part(&self, part: usize, demand: bool) -> Result<u64, HydrateError> {
+    pub(super) async fn fetch_part(
+        &self,
+        part: usize,
+        demand: bool,
+        connection: Option<ConnectionPermit>,
+    ) -> Result<u64, HydrateError> {
         let range = self.layout.range(part);
         let len = range.end - range.start;
         if let Some(b) = &self.cfg.budget {
@@ -88,7 +103,9 @@ impl Inner {
                 });
             }
         }
-        let result = self.fetch_part_reserved(part, range, demand).await;
+        let result = self
+            .fetch_part_reserved(part, range, demand, connection)
+            .await;
         if result.is_err() {
             if let Some(b) = &self.cfg.budget {
                 b.release(&self.id, len);
@@ -107,12 +124,16 @@ impl Inner {
         part: usize,
         range: Range<u64>,
         demand: bool,
+        mut connection: Option<ConnectionPermit>,
     ) -> Result<u64, HydrateError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let err = {
-                let _permit = self.limiter.acquire(demand).await;
+                let _permit = match connection.take() {
+                    Some(p) => p,
+                    None => self.limiter.acquire(demand).await,
+                };
                 self.part_requests.fetch_add(1, Ordering::Relaxed);
                 self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
                 if attempt > 1 {

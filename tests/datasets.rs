@@ -1,0 +1,270 @@
+//! Datasets, not one file, through the real kernel FUSE (root and /dev/fuse required):
+//! thousands of small files under a low descriptor limit, and opening large objects without
+//! buying them. Every mount is owned by a guard that unmounts even when an assertion fails.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::mount::*;
+use common::*;
+
+/// Descriptors the process `pid` holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// A mount started under `ulimit -n LIMIT` (soft and hard).
+fn mount_with_fd_limit(s: &Server, mnt: &Path, cache: &Path, limit: u32) -> Mount {
+    std::fs::create_dir_all(mnt).unwrap();
+    let log = mnt.with_extension("log");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(bin())
+        .args(["mount", &url()])
+        .arg(mnt)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--foreground", "--log-level", "info"])
+        .envs(s.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m = Mount {
+        child: Some(child),
+        mnt: mnt.to_path_buf(),
+        log,
+    };
+    let up = wait_until(Duration::from_secs(20), || {
+        is_mounted(mnt) || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    assert!(
+        up && is_mounted(mnt),
+        "mount did not come up: {}",
+        m.log_text()
+    );
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
+    require_fuse();
+    let s = Server::start().await;
+    let keys: Vec<String> = (0..3000)
+        .map(|i| format!("d{:02}/img{i:04}.bin", i % 30))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        s.put(k, &ossmount::sample::bytes(i as u64, 700 + i % 900));
+    }
+    let (mnt, cache) = dirs(&s, "fds");
+    let m = mount_with_fd_limit(&s, &mnt, &cache, 256);
+    let pid = m.child.as_ref().unwrap().id();
+    let read = {
+        let (mnt, keys) = (mnt.clone(), keys.clone());
+        move || {
+            let mut failures = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                match std::fs::read(mnt.join(k)) {
+                    Ok(d) if d == ossmount::sample::bytes(i as u64, 700 + i % 900) => {}
+                    Ok(_) => failures.push(format!("{k}: wrong bytes")),
+                    Err(e) => failures.push(format!("{k}: {e}")),
+                }
+            }
+            failures
+        }
+    };
+    let failures = fs_op(Duration::from_secs(300), read).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 3000 reads failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // Hydrations that finished give back their files; allow the reaper a moment.
+    let settled = wait_until(Duration::from_secs(5), || open_fds(pid) < 100);
+    eprintln!(
+        "after 3000 files the mount holds {} descriptors",
+        open_fds(pid)
+    );
+    assert!(
+        settled,
+        "the mount holds {} descriptors after reading 3000 files",
+        open_fds(pid)
+    );
+    assert!(m.log_text().contains("open file limit"), "{}", m.log_text());
+}
+
+/// Sparse objects: the server serves zeros without holding gigabytes on disk.
+fn put_sparse(s: &Server, key: &str, len: u64) {
+    let p = s.object_path(key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peeking_at_large_objects_does_not_download_them() {
+    require_fuse();
+    let s = Server::start().await;
+    const OBJECTS: u64 = 20;
+    const SIZE: u64 = 256 * MIB;
+    for i in 0..OBJECTS {
+        put_sparse(&s, &format!("big/o{i:02}.bin"), SIZE);
+    }
+    let (mnt, cache) = dirs(&s, "peek");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let peek = {
+        let mnt = mnt.clone();
+        move || {
+            for i in 0..OBJECTS {
+                // head -c 4096
+                let f = std::fs::File::open(mnt.join(format!("big/o{i:02}.bin"))).unwrap();
+                let mut b = vec![0u8; 4096];
+                f.read_exact_at(&mut b, 0).unwrap();
+            }
+        }
+    };
+    fs_op(Duration::from_secs(120), peek).await;
+    // Let what was in flight land, then count what the server sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = s.emu.totals().body_bytes;
+    eprintln!(
+        "peeking at {OBJECTS} objects made the server send {} MiB",
+        sent / MIB
+    );
+    let bound = OBJECTS * (8 * MIB + 16 * MIB);
+    assert!(
+        sent <= bound,
+        "peeking sent {} MiB, more than one part and the readahead window per object ({} MiB)",
+        sent / MIB,
+        bound / MIB
+    );
+    // A cp of one of them still hydrates it whole and leaves a complete entry.
+    let src = m.path("big/o03.bin");
+    let copied = fs_op(Duration::from_secs(120), move || {
+        let mut n = 0u64;
+        let f = std::fs::File::open(src).unwrap();
+        let mut b = vec![0u8; 1 << 20];
+        loop {
+            let k = f.read_at(&mut b, n).unwrap();
+            if k == 0 {
+                break n;
+            }
+            n += k as u64;
+        }
+    })
+    .await;
+    assert_eq!(copied, SIZE);
+    m.unmount();
+    let complete = entry_checkpoints(&cache)
+        .iter()
+        .filter(|c| c.key == "big/o03.bin" && c.parts_present() == c.layout().count())
+        .count();
+    assert_eq!(complete, 1, "the copied object is a complete entry");
+
+    // With --hydrate open, opening is buying: every object is fetched whole.
+    s.emu.reset_counters();
+    let (mnt2, cache2) = dirs(&s, "peek-open");
+    let m2 = Mount::start(&s, &url(), &mnt2, &cache2, &["--hydrate", "open"]);
+    let peek = {
+        let mnt = mnt2.clone();
+        move || {
+            for i in 0..OBJECTS {
+                let f = std::fs::File::open(mnt.join(format!("big/o{i:02}.bin"))).unwrap();
+                let mut b = vec![0u8; 4096];
+                f.read_exact_at(&mut b, 0).unwrap();
+            }
+        }
+    };
+    fs_op(Duration::from_secs(120), peek).await;
+    let all = wait_until(Duration::from_secs(240), || {
+        s.emu.totals().body_bytes >= OBJECTS * SIZE
+    });
+    assert!(
+        all,
+        "--hydrate open fetched {} MiB of {} MiB",
+        s.emu.totals().body_bytes / MIB,
+        OBJECTS * SIZE / MIB
+    );
+    drop(m2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_of_a_ninth_file_comes_before_eight_files_hydrating() {
+    require_fuse();
+    let s = Server::start().await;
+    const SIZE: u64 = 256 * MIB;
+    for i in 0..9 {
+        put_sparse(&s, &format!("busy/f{i}.bin"), SIZE);
+    }
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 16 * MIB);
+    let (mnt, cache) = dirs(&s, "priority");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--hydrate", "open"]);
+    // Eight files hydrating whole at once, held open.
+    let held = {
+        let mnt = mnt.clone();
+        fs_op(Duration::from_secs(60), move || {
+            (0..8)
+                .map(|i| {
+                    let f = std::fs::File::open(mnt.join(format!("busy/f{i}.bin"))).unwrap();
+                    let mut b = vec![0u8; 4096];
+                    f.read_exact_at(&mut b, 0).unwrap();
+                    f
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A ninth file opened: its own background workers queue for connections too.
+    let p = m.path("busy/f8.bin");
+    let ninth = fs_op(Duration::from_secs(60), move || {
+        std::fs::File::open(p).unwrap()
+    })
+    .await;
+    let from = s.emu.request_log().len();
+    // A cold read in it.
+    let (took, data) = fs_op(Duration::from_secs(60), move || {
+        let started = std::time::Instant::now();
+        let mut b = vec![1u8; 4096];
+        ninth.read_exact_at(&mut b, 12_345).unwrap();
+        (started.elapsed(), b)
+    })
+    .await;
+    assert_eq!(data, vec![0u8; 4096]);
+    let part_time = Duration::from_millis(500); // 8 MiB at 16 MiB/s
+    assert!(
+        took < part_time * 3,
+        "the read took {took:?}, more than three part-times"
+    );
+    let log = s.emu.request_log();
+    let gets: Vec<_> = log[from..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.range.is_some())
+        .collect();
+    let demand = gets
+        .iter()
+        .position(|r| {
+            r.key == "busy/f8.bin" && r.range.is_some_and(|(a, b)| a <= 12_345 && 16_441 <= b)
+        })
+        .expect("the part the reader needed was requested");
+    let others_first = gets[..demand]
+        .iter()
+        .filter(|r| r.key != "busy/f8.bin")
+        .count();
+    assert!(
+        others_first <= 1,
+        "{others_first} background parts of other files went before the reader's part"
+    );
+    eprintln!("the cold read took {took:?}; {others_first} other GETs went first");
+    drop(held);
+    drop(m);
+}
