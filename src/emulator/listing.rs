@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Response;
 
@@ -23,9 +23,10 @@ pub(super) struct Listed {
     pub(super) etag: String,
 }
 
-pub(super) fn walk_bucket(root: &Path) -> Vec<Listed> {
+/// Every file below `root`, as keys starting with `key_prefix`, sorted.
+pub(super) fn walk_tree(root: &Path, key_prefix: &str) -> Vec<Listed> {
     let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
+    let mut stack = vec![(root.to_path_buf(), key_prefix.to_string())];
     while let Some((dir, prefix)) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
@@ -51,6 +52,44 @@ pub(super) fn walk_bucket(root: &Path) -> Vec<Listed> {
     }
     out.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
     out
+}
+
+/// The keys below the deepest directory `prefix` names, sorted. A first page walks the tree
+/// afresh; the following pages of the same listing (a continuation token) reuse that walk for
+/// a few seconds, so a page costs in proportion to the page, not to the directory, and a
+/// listing reads like one consistent pass.
+async fn listing_snapshot(
+    state: &Arc<State>,
+    bucket: &str,
+    prefix: &str,
+    continued: bool,
+) -> Arc<Vec<Listed>> {
+    let dir_part = &prefix[..prefix.rfind('/').map(|i| i + 1).unwrap_or(0)];
+    let mut walk_root = state.cfg.root.join(bucket);
+    for comp in dir_part.split('/').filter(|c| !c.is_empty()) {
+        if comp == "." || comp == ".." {
+            return Arc::default();
+        }
+        walk_root.push(comp);
+    }
+    const REUSE: Duration = Duration::from_secs(10);
+    if continued {
+        let snapshots = state.listing_snapshots.lock().unwrap();
+        if let Some((at, keys)) = snapshots.get(&walk_root) {
+            if at.elapsed() < REUSE {
+                return keys.clone();
+            }
+        }
+    }
+    let (root, key_prefix) = (walk_root.clone(), dir_part.to_string());
+    let keys = tokio::task::spawn_blocking(move || walk_tree(&root, &key_prefix))
+        .await
+        .map(Arc::new)
+        .unwrap_or_default();
+    let mut snapshots = state.listing_snapshots.lock().unwrap();
+    snapshots.retain(|_, (at, _)| at.elapsed() < REUSE);
+    snapshots.insert(walk_root, (Instant::now(), keys.clone()));
+    keys
 }
 
 pub(super) async fn list_objects(
@@ -127,10 +166,7 @@ pub(super) async fn list_objects(
         },
         None => None,
     };
-    let root = state.cfg.root.join(bucket);
-    let all = tokio::task::spawn_blocking(move || walk_bucket(&root))
-        .await
-        .unwrap_or_default();
+    let all = listing_snapshot(state, bucket, &prefix, resume.is_some()).await;
     let after = |k: &str| -> bool {
         if let Some(sa) = start_after {
             if k.as_bytes() <= sa.as_bytes() {

@@ -124,6 +124,8 @@ struct State {
     started: Instant,
     crc_cache: Mutex<HashMap<PathBuf, (u64, i64, u64, u64)>>,
     temporary: TemporaryKeys,
+    /// Recent listing walks by directory, reused by the next pages of the same listing.
+    listing_snapshots: Mutex<HashMap<PathBuf, (Instant, Arc<Vec<listing::Listed>>)>>,
 }
 
 /// Temporary credentials (STS-style: key id, secret, security token) the emulator accepts
@@ -202,6 +204,7 @@ impl Emulator {
             started: Instant::now(),
             crc_cache: Mutex::new(HashMap::new()),
             temporary: TemporaryKeys::default(),
+            listing_snapshots: Mutex::new(HashMap::new()),
         });
         let (stop, stop_rx) = watch::channel(false);
         let st = state.clone();
