@@ -27,36 +27,6 @@ fn du_bytes(dir: &Path) -> u64 {
         .unwrap()
 }
 
-fn status_json(cache: &Path) -> serde_json::Value {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn getxattr(path: &Path, name: &str) -> Option<String> {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let len = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_cache_stays_under_its_limit_and_evicts_lru_first() {
     require_fuse();
@@ -227,23 +197,14 @@ async fn prefetched_files_are_served_with_zero_requests() {
     }
     s.put_sample("pre/huge.bin", 9, 64 * MIB);
     let (mnt, cache) = dirs(&s, "prefetch");
-    let out = tokio::task::spawn_blocking({
-        let env = s.env();
-        let cache = cache.clone();
-        move || {
-            Command::new(bin())
-                .args(["prefetch", "oss://test-bucket/pre/", "--cache-dir"])
-                .arg(&cache)
-                .args(["--cache-size", "32MiB", "--part-size", "1MiB"])
-                .envs(env)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let (status, text) = prefetch_cli(
+        &s,
+        "oss://test-bucket/pre/",
+        &cache,
+        &["--cache-size", "32MiB", "--part-size", "1MiB"],
+    )
+    .await;
+    assert!(status.success(), "{text}");
     assert!(
         text.contains("not prefetched (does not fit") && text.contains("pre/huge.bin"),
         "{text}"

@@ -5,8 +5,7 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::mount::*;
@@ -17,41 +16,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|rd| rd.count())
         .unwrap_or(0)
-}
-
-/// A mount started under `ulimit -n LIMIT` (soft and hard).
-fn mount_with_fd_limit(s: &Server, mnt: &Path, cache: &Path, limit: u32) -> Mount {
-    std::fs::create_dir_all(mnt).unwrap();
-    let log = mnt.with_extension("log");
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-        .arg(bin())
-        .args(["mount", &url()])
-        .arg(mnt)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(["--foreground", "--log-level", "info"])
-        .envs(s.env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut m = Mount {
-        child: Some(child),
-        mnt: mnt.to_path_buf(),
-        log,
-    };
-    let up = wait_until(Duration::from_secs(20), || {
-        is_mounted(mnt) || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
-    });
-    assert!(
-        up && is_mounted(mnt),
-        "mount did not come up: {}",
-        m.log_text()
-    );
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,7 +29,7 @@ async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
         s.put(k, &ossmount::sample::bytes(i as u64, 700 + i % 900));
     }
     let (mnt, cache) = dirs(&s, "fds");
-    let m = mount_with_fd_limit(&s, &mnt, &cache, 256);
+    let m = Mount::start_with_fd_limit(&s, &url(), &mnt, &cache, &[], 256);
     let pid = m.child.as_ref().unwrap().id();
     let read = {
         let (mnt, keys) = (mnt.clone(), keys.clone());
@@ -102,6 +66,17 @@ async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
     assert!(m.log_text().contains("open file limit"), "{}", m.log_text());
 }
 
+/// `head -c 4096` of `big/o00.bin` .. `big/oNN.bin`.
+fn peek_all(mnt: PathBuf, objects: u64) -> impl FnOnce() + Send + 'static {
+    move || {
+        for i in 0..objects {
+            let f = std::fs::File::open(mnt.join(format!("big/o{i:02}.bin"))).unwrap();
+            let mut b = vec![0u8; 4096];
+            f.read_exact_at(&mut b, 0).unwrap();
+        }
+    }
+}
+
 /// Sparse objects: the server serves zeros without holding gigabytes on disk.
 fn put_sparse(s: &Server, key: &str, len: u64) {
     let p = s.object_path(key);
@@ -120,18 +95,7 @@ async fn peeking_at_large_objects_does_not_download_them() {
     }
     let (mnt, cache) = dirs(&s, "peek");
     let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
-    let peek = {
-        let mnt = mnt.clone();
-        move || {
-            for i in 0..OBJECTS {
-                // head -c 4096
-                let f = std::fs::File::open(mnt.join(format!("big/o{i:02}.bin"))).unwrap();
-                let mut b = vec![0u8; 4096];
-                f.read_exact_at(&mut b, 0).unwrap();
-            }
-        }
-    };
-    fs_op(Duration::from_secs(120), peek).await;
+    fs_op(Duration::from_secs(120), peek_all(mnt.clone(), OBJECTS)).await;
     // Let what was in flight land, then count what the server sent.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = s.emu.totals().body_bytes;
@@ -173,17 +137,7 @@ async fn peeking_at_large_objects_does_not_download_them() {
     s.emu.reset_counters();
     let (mnt2, cache2) = dirs(&s, "peek-open");
     let m2 = Mount::start(&s, &url(), &mnt2, &cache2, &["--hydrate", "open"]);
-    let peek = {
-        let mnt = mnt2.clone();
-        move || {
-            for i in 0..OBJECTS {
-                let f = std::fs::File::open(mnt.join(format!("big/o{i:02}.bin"))).unwrap();
-                let mut b = vec![0u8; 4096];
-                f.read_exact_at(&mut b, 0).unwrap();
-            }
-        }
-    };
-    fs_op(Duration::from_secs(120), peek).await;
+    fs_op(Duration::from_secs(120), peek_all(mnt2.clone(), OBJECTS)).await;
     let all = wait_until(Duration::from_secs(240), || {
         s.emu.totals().body_bytes >= OBJECTS * SIZE
     });

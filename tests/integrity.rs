@@ -21,37 +21,6 @@ fn errno_of(r: std::io::Result<Vec<u8>>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
 
-/// `getxattr` straight from libc: the test does not depend on the `attr` package.
-fn xattr(path: &Path, name: &str) -> Option<String> {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the size we pass.
-    let len = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
-}
-
-fn status_json(cache: &Path) -> serde_json::Value {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn entry_state(cache: &Path, key: &str) -> Option<String> {
     status_json(cache)["entries"]
         .as_array()
@@ -126,7 +95,7 @@ async fn objects_without_a_crc_are_unverified_or_refused() {
         let data = fs_op(T, move || std::fs::read(p)).await.unwrap();
         assert_eq!(data, std::fs::read(s.object_path("nocrc.bin")).unwrap());
         let p = m.path("nocrc.bin");
-        let state = fs_op(T, move || xattr(&p, "user.ossmount.cached")).await;
+        let state = fs_op(T, move || getxattr(&p, "user.ossmount.cached")).await;
         assert_eq!(state.as_deref(), Some("unverified"));
         assert_eq!(
             entry_state(&cache, "nocrc.bin").as_deref(),

@@ -298,21 +298,8 @@ async fn prefetch_against_a_live_mount_warms_it_with_zero_new_gets() {
     assert!(sock.file_type().is_socket());
     assert_eq!(sock.permissions().mode() & 0o777, 0o600);
     // The cache is locked by the mount: prefetch asks the mount to do it.
-    let out = tokio::task::spawn_blocking({
-        let (env, cache) = (s.env(), cache.clone());
-        move || {
-            Command::new(bin())
-                .args(["prefetch", "oss://test-bucket/warm/", "--cache-dir"])
-                .arg(&cache)
-                .envs(env)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let (status, text) = prefetch_cli(&s, "oss://test-bucket/warm/", &cache, &[]).await;
+    assert!(status.success(), "{text}");
     assert!(text.contains("prefetched 5 objects"), "{text}");
     assert!(m
         .log_text()

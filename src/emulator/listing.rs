@@ -1,9 +1,10 @@
 //! ListObjectsV2 over a directory tree: prefixes and delimiters, paging with continuation
 //! tokens, url encoding, and the service's XML.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Response;
@@ -15,6 +16,9 @@ use crate::oss::xml::escape;
 use super::objects::etag_of;
 use super::response::{error_response, oss_err, Ctx, EmuBody, Resp};
 use super::{bump, record, State};
+
+/// Recent walks by directory, with when they were made.
+pub(super) type Snapshots = Mutex<HashMap<PathBuf, (Instant, Arc<Vec<Listed>>)>>;
 
 pub(super) struct Listed {
     pub(super) key: String,

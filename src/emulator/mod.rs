@@ -125,7 +125,7 @@ struct State {
     crc_cache: Mutex<HashMap<PathBuf, (u64, i64, u64, u64)>>,
     temporary: TemporaryKeys,
     /// Recent listing walks by directory, reused by the next pages of the same listing.
-    listing_snapshots: Mutex<HashMap<PathBuf, (Instant, Arc<Vec<listing::Listed>>)>>,
+    listing_snapshots: listing::Snapshots,
 }
 
 /// Temporary credentials (STS-style: key id, secret, security token) the emulator accepts
@@ -204,7 +204,7 @@ impl Emulator {
             started: Instant::now(),
             crc_cache: Mutex::new(HashMap::new()),
             temporary: TemporaryKeys::default(),
-            listing_snapshots: Mutex::new(HashMap::new()),
+            listing_snapshots: listing::Snapshots::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let st = state.clone();

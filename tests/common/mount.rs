@@ -49,23 +49,65 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
-        let m = Mount::spawn(s, url, mnt, cache, extra);
-        let mut m = m;
-        let up = wait_until(Duration::from_secs(20), || {
-            is_mounted(mnt) || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
-        });
-        assert!(
-            up && is_mounted(mnt),
-            "mount did not come up: {}",
-            m.log_text()
-        );
+        let mut m = Mount::spawn(s, url, mnt, cache, extra);
+        m.wait_up();
         m
     }
 
+    /// Waits (bounded) until the mount is up; fails with its log if the process ended.
+    fn wait_up(&mut self) {
+        let mnt = self.mnt.clone();
+        let child = self.child.as_mut().unwrap();
+        let up = wait_until(Duration::from_secs(20), || {
+            is_mounted(&mnt) || child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            up && is_mounted(&mnt),
+            "mount did not come up: {}",
+            self.log_text()
+        );
+    }
+
     pub fn spawn(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        Mount::spawn_under(s, url, mnt, cache, extra, None)
+    }
+
+    /// Like `start`, under `ulimit -n LIMIT` (soft and hard).
+    pub fn start_with_fd_limit(
+        s: &Server,
+        url: &str,
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+        limit: u32,
+    ) -> Mount {
+        let mut m = Mount::spawn_under(s, url, mnt, cache, extra, Some(limit));
+        m.wait_up();
+        m
+    }
+
+    fn spawn_under(
+        s: &Server,
+        url: &str,
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+        fd_limit: Option<u32>,
+    ) -> Mount {
         std::fs::create_dir_all(mnt).unwrap();
         let log = mnt.with_extension("log");
-        let child = Command::new(bin())
+        let mut cmd = match fd_limit {
+            // sh sets the limit, then execs ossmount: the child is the mount itself.
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(["mount", url])
             .arg(mnt)
             .arg("--cache-dir")
@@ -177,4 +219,57 @@ pub fn entry_checkpoints(cache: &Path) -> Vec<Checkpoint> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `ossmount status --json --cache-dir CACHE`.
+pub fn status_json(cache: &Path) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["status", "--json", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `getxattr` straight from libc: the tests do not depend on the `attr` package.
+pub fn getxattr(path: &Path, name: &str) -> Option<String> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length we pass.
+    let len = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
+}
+
+/// `ossmount prefetch URL --cache-dir CACHE EXTRA...`, off the runtime: status and stderr.
+pub async fn prefetch_cli(
+    s: &Server,
+    url: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["prefetch", url, "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .envs(s.env());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
