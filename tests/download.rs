@@ -335,7 +335,7 @@ async fn server_down_fails_clearly_and_a_later_run_resumes() {
     ) >= 4));
     let addr = s.emu.addr();
     let root = s.root().to_path_buf();
-    let Server { emu, dir } = s;
+    let Server { emu, dir, scratch } = s;
     emu.shutdown().await;
     let (ok, text) = tokio::task::spawn_blocking(move || finish(child))
         .await
@@ -356,7 +356,7 @@ async fn server_down_fails_clearly_and_a_later_run_resumes() {
     let emu = Emulator::start(EmulatorConfig::new(&root, AK, SK), &addr.to_string())
         .await
         .unwrap();
-    let s = Server { emu, dir };
+    let s = Server { emu, dir, scratch };
     let (ok, text) = tokio::task::spawn_blocking({
         let child = spawn_download(&s, "d.bin", &local, "1MiB", 2);
         move || finish(child)

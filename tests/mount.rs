@@ -338,7 +338,8 @@ async fn with_the_server_gone_cached_files_read_and_others_fail_fast() {
     let c2 = cached.clone();
     let first = fs_op(Duration::from_secs(20), move || std::fs::read(c2).unwrap()).await;
     assert_eq!(first, ossmount::sample::bytes(3, (6 * MIB) as usize));
-    let Server { emu, dir: _dir } = s;
+    // The scratch directory (mountpoint, cache) stays in `s` until the mount is gone.
+    let Server { emu, dir: _dir, .. } = s;
     emu.shutdown().await;
     // Past the TTL: listings and HEADs fail, the cache still answers.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -18,6 +18,8 @@ pub const BUCKET: &str = "test-bucket";
 pub struct Server {
     pub emu: Emulator,
     pub dir: tempfile::TempDir,
+    /// Mountpoints, caches and other files of the test: removed with the server.
+    pub scratch: tempfile::TempDir,
 }
 
 impl Server {
@@ -27,7 +29,11 @@ impl Server {
         let emu = Emulator::start(EmulatorConfig::new(dir.path(), AK, SK), "127.0.0.1:0")
             .await
             .unwrap();
-        Server { emu, dir }
+        Server {
+            emu,
+            dir,
+            scratch: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn root(&self) -> &Path {

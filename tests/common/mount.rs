@@ -201,11 +201,9 @@ pub fn url() -> String {
     format!("oss://{BUCKET}/")
 }
 
+/// A mountpoint and a cache directory for one test, removed with the server.
 pub fn dirs(s: &Server, name: &str) -> (PathBuf, PathBuf) {
-    let base = s.root().parent().unwrap().join(format!(
-        "{}-{name}",
-        s.root().file_name().unwrap().to_string_lossy()
-    ));
+    let base = s.scratch.path().join(name);
     std::fs::create_dir_all(&base).unwrap();
     (base.join("mnt"), base.join("cache"))
 }
