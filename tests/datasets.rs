@@ -222,3 +222,59 @@ async fn a_reader_of_a_ninth_file_comes_before_eight_files_hydrating() {
     drop(held);
     drop(m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stat_in_an_unlisted_huge_directory_asks_for_one_name() {
+    require_fuse();
+    let s = Server::start().await;
+    for i in 0..2500 {
+        s.put(&format!("huge/k{i:05}.txt"), b"x");
+    }
+    s.put("huge/target.bin", b"the one");
+    let (mnt, cache) = dirs(&s, "probe");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let from = s.emu.request_log().len();
+    let p = m.path("huge/target.bin");
+    let md = fs_op(Duration::from_secs(20), move || {
+        std::fs::metadata(p).unwrap()
+    })
+    .await;
+    assert_eq!(md.len(), 7);
+    let log = s.emu.request_log();
+    let asked: Vec<String> = log[from..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.key))
+        .collect();
+    // The root: one page, which holds it whole. huge/: its first page (truncated), then one
+    // HEAD and one one-key listing for the name; not the three pages of its 2,501 keys.
+    assert!(asked.len() <= 4, "{asked:?}");
+    eprintln!("stat in an unlisted directory of 2,501 keys: {asked:?}");
+    // A later listing finds the same inode, and the object reads as expected.
+    let dir = m.path("huge");
+    let listed_ino = fs_op(Duration::from_secs(60), move || {
+        use std::os::unix::fs::DirEntryExt;
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name() == "target.bin")
+            .map(|e| e.ino())
+            .unwrap()
+    })
+    .await;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(listed_ino, md.ino());
+    let p = m.path("huge/target.bin");
+    assert_eq!(
+        fs_op(Duration::from_secs(20), move || std::fs::read(p).unwrap()).await,
+        b"the one"
+    );
+    // Now listed: a name that does not exist is answered from the listing, no request.
+    let p = m.path("huge/absent.bin");
+    let before = s.emu.request_log().len();
+    assert!(
+        fs_op(Duration::from_secs(20), move || std::fs::metadata(p)
+            .is_err())
+        .await
+    );
+    assert_eq!(s.emu.request_log().len(), before);
+}

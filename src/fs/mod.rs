@@ -17,6 +17,7 @@ pub mod fuse;
 mod handles;
 mod namespace;
 pub mod passthrough;
+mod probe;
 mod xattr;
 
 use std::collections::HashMap;

@@ -42,6 +42,9 @@ pub(super) struct Namespace {
     pub(super) listings: HashMap<u64, Listing>,
     pub(super) next_ino: u64,
     pub(super) logged_skips: HashSet<String>,
+    /// Names answered by a probe (HEAD + one-key listing) in a directory that was not
+    /// listed, and when: the inode, or `None` for a name that does not exist.
+    pub(super) probes: HashMap<(u64, String), (Instant, Option<u64>)>,
 }
 
 impl Namespace {
@@ -85,6 +88,44 @@ impl Namespace {
         Some(new_ino)
     }
 
+    /// The inode of `name` in `parent` as a file or a directory, created when new (numbers
+    /// stay what a listing or an earlier probe gave them).
+    pub(super) fn child(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
+        let is_dir = kind == Kind::Dir;
+        if let Some(&ino) = self.names.get(&(parent, name.to_string(), is_dir)) {
+            if self.nodes.contains_key(&ino) {
+                return ino;
+            }
+        }
+        let prefix = self
+            .nodes
+            .get(&parent)
+            .map(|n| n.key.clone())
+            .unwrap_or_default();
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.names.insert((parent, name.to_string(), is_dir), ino);
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                key: if is_dir {
+                    format!("{prefix}{name}/")
+                } else {
+                    format!("{prefix}{name}")
+                },
+                kind,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: String::new(),
+                identity: None,
+                kernel_etag: None,
+                lookups: 0,
+            },
+        );
+        ino
+    }
+
     /// A namespace holding only the root directory (the mount's prefix).
     pub(super) fn new(root_key: &str, started: SystemTime) -> Namespace {
         let mut ns = Namespace {
@@ -114,6 +155,7 @@ impl Namespace {
     pub(super) fn sweep(&mut self, keep: std::time::Duration, open_inos: &HashSet<u64>) {
         self.listings
             .retain(|dir, l| l.fetched.elapsed() < keep || open_inos.contains(dir));
+        self.probes.retain(|_, (at, _)| at.elapsed() < keep);
         let mut needed: HashSet<u64> = self
             .listings
             .iter()
@@ -143,7 +185,7 @@ pub struct ListedChild {
     pub etag: String,
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
@@ -259,7 +301,14 @@ impl OssFs {
                 return Err(FsError::store(format!("listing {prefix:?}"), e));
             }
         };
-        let (children, skipped) = children_from_listing(&prefix, &page);
+        self.install_listing(dir, &prefix, &page);
+        Ok(())
+    }
+
+    /// Makes `page` (a whole directory's listing) the listing of `dir`, applying the naming
+    /// rules and keeping the inode numbers names already have.
+    pub(super) fn install_listing(&self, dir: u64, prefix: &str, page: &ListPage) {
+        let (children, skipped) = children_from_listing(prefix, page);
         let mut ns = self.ns.lock().unwrap();
         for key in skipped {
             if ns.logged_skips.insert(key.clone()) {
@@ -315,12 +364,18 @@ impl OssFs {
                 by_name,
             },
         );
-        Ok(())
     }
 
     /// A name in a directory, in constant time; the kernel holds a reference to what it
     /// returns until it forgets it.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        if !self.ns.lock().unwrap().listings.contains_key(&parent) {
+            // Not listed: one page tells a small directory whole; in a larger one, ask for
+            // this one name instead of listing every page.
+            if let Some(found) = self.lookup_unlisted(parent, name).await? {
+                return Ok(found);
+            }
+        }
         self.ensure_listing(parent).await?;
         let mut ns = self.ns.lock().unwrap();
         let listing = ns.listings.get(&parent).ok_or(FsError::NotFound)?;
