@@ -317,33 +317,8 @@ impl OssFs {
         }
         let mut entries = Vec::with_capacity(children.len());
         for c in children {
-            let is_dir = c.kind == Kind::Dir;
-            let name_key = (dir, c.name.clone(), is_dir);
-            let ino = match ns.names.get(&name_key) {
-                Some(&ino) => ino,
-                None => {
-                    let ino = ns.next_ino;
-                    ns.next_ino += 1;
-                    ns.names.insert(name_key, ino);
-                    ino
-                }
-            };
-            let key = if is_dir {
-                format!("{prefix}{}/", c.name)
-            } else {
-                format!("{prefix}{}", c.name)
-            };
-            let node = ns.nodes.entry(ino).or_insert_with(|| Node {
-                parent: dir,
-                key,
-                kind: c.kind,
-                size: 0,
-                mtime: SystemTime::UNIX_EPOCH,
-                etag: String::new(),
-                identity: None,
-                kernel_etag: None,
-                lookups: 0,
-            });
+            let ino = ns.child(dir, &c.name, c.kind);
+            let node = ns.nodes.get_mut(&ino).expect("child() made it");
             if c.kind == Kind::File {
                 node.size = c.size;
                 node.mtime = c.mtime;
