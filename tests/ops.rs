@@ -151,9 +151,32 @@ fn mount_helper_available() -> bool {
     Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists()
 }
 
+/// mount(8) needs the fuse3 package's mount.fuse3 for `-t fuse.*`: install it when missing
+/// (as root, from Debian's packages; bounded), so `cargo test` works on a fresh machine.
+fn ensure_mount_helper() {
+    if mount_helper_available() {
+        return;
+    }
+    let apt = |args: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "DEBIAN_FRONTEND=noninteractive timeout 300 apt-get {args} >/dev/null 2>&1"
+            ))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !apt("install -y -qq fuse3") {
+        apt("update -qq");
+        apt("install -y -qq fuse3");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
     require_fuse();
+    ensure_mount_helper();
     assert!(
         mount_helper_available(),
         "mount.fuse3 is missing: install the Debian package fuse3 (.ci/run does)"
