@@ -120,8 +120,7 @@ impl ConnectionArgs {
             flags,
             profile: self.profile.clone(),
         };
-        let (provider, _source) = resolve_chain(&chain).await?;
-        cfg.credentials_provider = Some(provider);
+        cfg.credentials_provider = Some(resolve_chain(&chain).await?);
         Ok(cfg)
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-pub use sources::{resolve_chain, ChainOptions, Source};
+pub use sources::{resolve_chain, ChainOptions};
 
 use super::{Credentials, OssError};
 use crate::store::BoxFut;

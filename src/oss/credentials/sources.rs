@@ -29,18 +29,6 @@ pub struct ChainOptions {
     pub profile: Option<String>,
 }
 
-/// Which source of the chain gave the credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Flags,
-    Environment,
-    OidcRole,
-    CliProfile(String),
-    OssutilConfig,
-    EcsRamRole(String),
-    CredentialsUri,
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -72,15 +60,13 @@ fn fixed(id: String, secret: String, token: Option<String>) -> Credentials {
 
 /// Resolves the chain: the first source that yields credentials wins (temporary sources are
 /// asked once here, so a broken one fails now, not at the first read). Logs which source won.
-pub async fn resolve_chain(
-    opts: &ChainOptions,
-) -> Result<(Arc<dyn ProvideCredentials>, Source), OssError> {
+pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredentials>, OssError> {
     let mut tried = Vec::new();
     if let Some(c) = &opts.flags {
-        return Ok(found(
-            Arc::new(Fixed::new(c.clone(), "flags or OSS_ACCESS_KEY_ID")),
-            Source::Flags,
-        ));
+        return Ok(found(Arc::new(Fixed::new(
+            c.clone(),
+            "flags or OSS_ACCESS_KEY_ID",
+        ))));
     }
     match (
         env("ALIBABA_CLOUD_ACCESS_KEY_ID"),
@@ -88,10 +74,10 @@ pub async fn resolve_chain(
     ) {
         (Some(id), Some(secret)) => {
             let c = fixed(id, secret, env("ALIBABA_CLOUD_SECURITY_TOKEN"));
-            return Ok(found(
-                Arc::new(Fixed::new(c, "ALIBABA_CLOUD_ACCESS_KEY_ID")),
-                Source::Environment,
-            ));
+            return Ok(found(Arc::new(Fixed::new(
+                c,
+                "ALIBABA_CLOUD_ACCESS_KEY_ID",
+            ))));
         }
         (Some(_), None) => {
             return Err(config_err(
@@ -115,7 +101,7 @@ pub async fn resolve_chain(
             http: http(),
         });
         p.credentials().await?;
-        return Ok(found(Arc::new(p), Source::OidcRole));
+        return Ok(found(Arc::new(p)));
     }
     tried.push("OIDC role (ALIBABA_CLOUD_ROLE_ARN)");
     let profile = opts
@@ -125,17 +111,14 @@ pub async fn resolve_chain(
     if let Some(home) = env("HOME").map(PathBuf::from) {
         let cli = home.join(".aliyun").join("config.json");
         if cli.exists() {
-            let (provider, source) = cli_profile(&cli, profile.as_deref()).await?;
+            let provider = cli_profile(&cli, profile.as_deref()).await?;
             provider.credentials().await?;
-            return Ok(found(provider, source));
+            return Ok(found(provider));
         }
         let ossutil = home.join(".ossutilconfig");
         if profile.is_none() && ossutil.exists() {
             let c = ossutil_config(&ossutil)?;
-            return Ok(found(
-                Arc::new(Fixed::new(c, "~/.ossutilconfig")),
-                Source::OssutilConfig,
-            ));
+            return Ok(found(Arc::new(Fixed::new(c, "~/.ossutilconfig"))));
         }
     }
     if let Some(p) = profile {
@@ -152,7 +135,7 @@ pub async fn resolve_chain(
             Ok(role) => {
                 let p = Refreshing::new(ecs.with_role(role.clone()));
                 p.credentials().await?;
-                return Ok(found(Arc::new(p), Source::EcsRamRole(role)));
+                return Ok(found(Arc::new(p)));
             }
             Err(e) => {
                 tracing::debug!("no ECS RAM role: {e}");
@@ -163,7 +146,7 @@ pub async fn resolve_chain(
     if let Some(uri) = env("ALIBABA_CLOUD_CREDENTIALS_URI") {
         let p = Refreshing::new(CredentialsUri { uri, http: http() });
         p.credentials().await?;
-        return Ok(found(Arc::new(p), Source::CredentialsUri));
+        return Ok(found(Arc::new(p)));
     }
     tried.push("ALIBABA_CLOUD_CREDENTIALS_URI");
     Err(config_err(format!(
@@ -172,16 +155,16 @@ pub async fn resolve_chain(
     )))
 }
 
-fn found(p: Arc<dyn ProvideCredentials>, s: Source) -> (Arc<dyn ProvideCredentials>, Source) {
+fn found(p: Arc<dyn ProvideCredentials>) -> Arc<dyn ProvideCredentials> {
     tracing::info!("using credentials from {}", p.describe());
-    (p, s)
+    p
 }
 
 /// A profile of the Alibaba Cloud CLI: modes AK, StsToken and EcsRamRole.
 async fn cli_profile(
     path: &Path,
     name: Option<&str>,
-) -> Result<(Arc<dyn ProvideCredentials>, Source), OssError> {
+) -> Result<Arc<dyn ProvideCredentials>, OssError> {
     #[derive(Deserialize)]
     struct File {
         #[serde(default)]
@@ -218,26 +201,19 @@ async fn cli_profile(
         .find(|p| p.name == want)
         .ok_or_else(|| config_err(format!("{} has no profile {want:?}", path.display())))?;
     let what = format!("profile {want:?} of {}", path.display());
-    let source = Source::CliProfile(want.to_string());
     match p.mode.as_str() {
-        "AK" | "" => Ok((
-            Arc::new(Fixed::new(
-                fixed(p.access_key_id, p.access_key_secret, None),
-                what,
-            )),
-            source,
-        )),
-        "StsToken" => Ok((
-            Arc::new(Fixed::new(
-                fixed(p.access_key_id, p.access_key_secret, Some(p.sts_token)),
-                what,
-            )),
-            source,
-        )),
+        "AK" | "" => Ok(Arc::new(Fixed::new(
+            fixed(p.access_key_id, p.access_key_secret, None),
+            what,
+        ))),
+        "StsToken" => Ok(Arc::new(Fixed::new(
+            fixed(p.access_key_id, p.access_key_secret, Some(p.sts_token)),
+            what,
+        ))),
         "EcsRamRole" => {
             let ecs = EcsRole::new(Some(p.ram_role_name).filter(|r| !r.is_empty()));
             let role = ecs.resolve_role().await?;
-            Ok((Arc::new(Refreshing::new(ecs.with_role(role))), source))
+            Ok(Arc::new(Refreshing::new(ecs.with_role(role))))
         }
         other => Err(config_err(format!(
             "{what} has mode {other:?}; ossmount reads modes AK, StsToken and EcsRamRole"
@@ -431,24 +407,25 @@ impl EcsRole {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<reqwest::Response, reqwest::Error> {
-        let token = self.token().await.ok().flatten();
+    /// A GET with the session token; fails when IMDSv1 is forbidden and no token came.
+    async fn get(&self, path: &str) -> Result<reqwest::Response, OssError> {
+        let token = self.token().await?;
         let mut rb = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             rb = rb.header("X-aliyun-ecs-metadata-token", t);
         }
-        rb.send().await
+        rb.send()
+            .await
+            .map_err(|e| config_err(format!("ECS metadata service: {e}")))
     }
 
     async fn resolve_role(&self) -> Result<String, OssError> {
         if let Some(r) = &self.role {
             return Ok(r.clone());
         }
-        self.token().await?;
         let resp = self
             .get("/latest/meta-data/ram/security-credentials/")
-            .await
-            .map_err(|e| config_err(format!("ECS metadata service: {e}")))?;
+            .await?;
         if !resp.status().is_success() {
             return Err(config_err(format!(
                 "ECS metadata service answered {} for the role name",
@@ -471,8 +448,8 @@ impl Fetch for EcsRole {
                 .get(&format!(
                     "/latest/meta-data/ram/security-credentials/{role}"
                 ))
-                .await;
-            let t: TemporaryJson = read_json(resp, "ECS metadata service").await?;
+                .await?;
+            let t: TemporaryJson = read_json(Ok(resp), "ECS metadata service").await?;
             t.into_expiring("ECS metadata service")
         })
     }
