@@ -241,7 +241,8 @@ impl OssFs {
         }
         let data = tokio::task::spawn_blocking(move || h.read_at(offset, (end - offset) as usize))
             .await
-            .map_err(|e| FsError::Cache(format!("reading the cache file failed: {e}")))?
+            .map_err(std::io::Error::other)
+            .and_then(|read| read)
             .map_err(|e| {
                 tracing::warn!("reading the cache file failed: {e}");
                 FsError::Cache(format!("reading the cache file failed: {e}"))

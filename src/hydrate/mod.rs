@@ -73,8 +73,6 @@ pub struct EngineStats {
     pub parts_completed: AtomicU64,
     /// Objects whose bytes did not match the server's whole-object CRC-64 (discarded).
     pub crc_mismatches: AtomicU64,
-    /// Cached parts re-checked against their recorded CRC-64 after a (re)start.
-    pub parts_verified: AtomicU64,
     /// Cached parts whose bytes no longer matched their CRC-64 (refetched).
     pub parts_failed_check: AtomicU64,
     /// Hydrations that became complete (whole object present and checked).

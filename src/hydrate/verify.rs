@@ -45,11 +45,6 @@ impl Hydration {
         {
             let mut st = self.inner.state.lock().unwrap();
             for (p, ok) in verdicts {
-                self.inner
-                    .cfg
-                    .stats
-                    .parts_verified
-                    .fetch_add(1, Ordering::Relaxed);
                 if ok {
                     st.checked.insert(p);
                 } else if st.present[p] && !st.checked[p] {
