@@ -225,6 +225,15 @@ async fn prefetched_files_are_served_with_zero_requests() {
         &cache,
         &["--cache-size", "32MiB", "--part-size", "1MiB"],
     );
+    // Listed directories (as a shell's glob lists them): the listing confirms each
+    // version, so the files open with no request of their own.
+    for dir in ["pre/dir0", "pre/dir1"] {
+        let p = m.path(dir);
+        fs_op(Duration::from_secs(20), move || {
+            std::fs::read_dir(p).unwrap().count()
+        })
+        .await;
+    }
     for k in &keys {
         let p = m.path(k);
         let got = fs_op(Duration::from_secs(20), move || std::fs::read(p).unwrap()).await;

@@ -130,6 +130,11 @@ impl Cache {
         self.shared.capacity
     }
 
+    /// The part size new entries are split into.
+    pub fn part_size(&self) -> u64 {
+        self.cfg.part_size
+    }
+
     /// Bytes charged against the capacity now.
     pub fn used_bytes(&self) -> u64 {
         self.shared.index.lock().unwrap().used
@@ -156,11 +161,21 @@ impl Cache {
 
     /// A handle opened this entry: it is not evicted until `close_entry`.
     pub fn open_entry(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
+        self.open_entry_with(id, None)
+    }
+
+    /// `open_entry` with the whole object's bytes already fetched (a small object's one GET
+    /// that also told `id`): the entry is filled from them rather than fetched again.
+    pub fn open_entry_with(
+        &self,
+        id: &ObjectIdentity,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Hydration, HydrateError> {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         // One critical section: no eviction can come between taking the hydration and
         // counting the open.
         let mut idx = self.shared.index.lock().unwrap();
-        let h = self.hydration_locked(&mut idx, id)?;
+        let h = self.hydration_locked(&mut idx, id, body)?;
         *idx.open.entry(name.clone()).or_default() += 1;
         idx.lru.get(&name);
         drop(idx);
@@ -245,19 +260,25 @@ impl Cache {
     /// CRC-64 check): the next open starts afresh instead of meeting the same failure.
     pub fn hydration(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
         let mut idx = self.shared.index.lock().unwrap();
-        self.hydration_locked(&mut idx, id)
+        self.hydration_locked(&mut idx, id, None)
     }
 
     fn hydration_locked(
         &self,
         idx: &mut Index,
         id: &ObjectIdentity,
+        body: Option<bytes::Bytes>,
     ) -> Result<Hydration, HydrateError> {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut start_fresh = false;
         if let Some(h) = idx.active.get(&name) {
             match h.failure() {
-                None if h.identity() == id => return Ok(h.clone()),
+                None if h.identity() == id => {
+                    if let Some(body) = body {
+                        h.supply(body);
+                    }
+                    return Ok(h.clone());
+                }
                 None => {
                     tracing::info!(bucket = %id.bucket, key = %id.key, "object changed on the server; replacing its cache entry")
                 }
@@ -294,13 +315,14 @@ impl Cache {
         if resume.is_none() {
             self.remove_entry_files(idx, &name);
         }
-        let h = Hydration::start(
+        let h = Hydration::start_with(
             self.store.clone(),
             id.clone(),
             files,
             self.cfg.clone(),
             self.limiter.clone(),
             resume.as_ref(),
+            body,
         )?;
         idx.active.insert(name, h.clone());
         Ok(h)

@@ -14,6 +14,8 @@ pub struct FsStats {
     /// Directory listings (each may take several pages).
     pub listings: AtomicU64,
     pub heads: AtomicU64,
+    /// Opens of small files answered by one GET (headers and body) instead of a HEAD.
+    pub small_gets: AtomicU64,
     pub opens: AtomicU64,
     pub reads: AtomicU64,
     pub read_bytes: AtomicU64,
@@ -36,6 +38,7 @@ impl Default for FsStats {
         FsStats {
             listings: AtomicU64::default(),
             heads: AtomicU64::default(),
+            small_gets: AtomicU64::default(),
             opens: AtomicU64::default(),
             reads: AtomicU64::default(),
             read_bytes: AtomicU64::default(),
@@ -57,6 +60,9 @@ pub struct MountCounters {
     pub bytes_fetched: u64,
     pub listings: u64,
     pub heads: u64,
+    /// Small files opened with one GET (headers and body) instead of a HEAD.
+    #[serde(default)]
+    pub small_gets: u64,
     pub opens: u64,
     pub reads: u64,
     pub bytes_served: u64,
@@ -79,8 +85,8 @@ impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();
         format!(
-            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
-            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
+            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} small-file GETs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
+            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.small_gets, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
         )
     }
 
@@ -95,6 +101,7 @@ impl OssFs {
             bytes_fetched: l(&e.bytes_fetched),
             listings: l(&s.listings),
             heads: l(&s.heads),
+            small_gets: l(&s.small_gets),
             opens: l(&s.opens),
             reads: l(&s.reads),
             bytes_served: l(&s.read_bytes),

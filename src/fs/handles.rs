@@ -47,10 +47,15 @@ pub struct Opened {
 }
 
 impl OssFs {
-    /// The identity to open: the cached one within the TTL, else a HEAD. When the server
-    /// cannot be reached, the last known identity (or a complete cache entry's) is used, so
-    /// cached files stay readable offline.
-    async fn identity_for_open(&self, ino: u64) -> Result<ObjectIdentity, FsError> {
+    /// The identity to open: the cached one within the TTL, else a HEAD — or, for a file
+    /// listed no larger than one part, a GET whose headers are the HEAD and whose body is the
+    /// whole file (one round trip per small file). When the server cannot be reached, the
+    /// last known identity (or a complete cache entry's) is used, so cached files stay
+    /// readable offline.
+    async fn identity_for_open(
+        &self,
+        ino: u64,
+    ) -> Result<(ObjectIdentity, Option<bytes::Bytes>), FsError> {
         let (key, cached, listed_etag, listed_size) = {
             let ns = self.ns.lock().unwrap();
             let n = ns.nodes.get(&ino).ok_or(FsError::NotFound)?;
@@ -61,7 +66,7 @@ impl OssFs {
         };
         if let Some((id, at)) = &cached {
             if at.elapsed() < self.cfg.metadata_ttl {
-                return Ok(id.clone());
+                return Ok((id.clone(), None));
             }
         }
         // A fresh listing that shows the same version as a complete cache entry needs no
@@ -69,13 +74,28 @@ impl OssFs {
         if cached.is_none() {
             if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
                 if id.etag == listed_etag && id.size == listed_size {
-                    return Ok(id);
+                    return Ok((id, None));
                 }
             }
         }
-        self.stats.heads.fetch_add(1, Ordering::Relaxed);
-        match self.store.head(&self.cfg.bucket, &key).await {
-            Ok(meta) => Ok(ObjectIdentity::from_meta(&self.cfg.bucket, &key, &meta)),
+        let small_limit = self.cache.part_size();
+        let answer = if listed_size <= small_limit {
+            self.stats.small_gets.fetch_add(1, Ordering::Relaxed);
+            self.store
+                .get_small(&self.cfg.bucket, &key, small_limit)
+                .await
+        } else {
+            self.stats.heads.fetch_add(1, Ordering::Relaxed);
+            self.store
+                .head(&self.cfg.bucket, &key)
+                .await
+                .map(|meta| (meta, None))
+        };
+        match answer {
+            Ok((meta, body)) => Ok((
+                ObjectIdentity::from_meta(&self.cfg.bucket, &key, &meta),
+                body,
+            )),
             Err(e) if e.is_not_found() => {
                 // Gone on the server: the parent's listing is stale too.
                 let mut ns = self.ns.lock().unwrap();
@@ -87,12 +107,12 @@ impl OssFs {
             Err(e) if e.is_retryable() => {
                 if let Some((id, _)) = cached {
                     tracing::warn!(key = %key, "HEAD failed, using the last known version: {e}");
-                    return Ok(id);
+                    return Ok((id, None));
                 }
                 if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
                     if id.etag == listed_etag {
                         tracing::warn!(key = %key, "HEAD failed, using the cached version: {e}");
-                        return Ok(id);
+                        return Ok((id, None));
                     }
                 }
                 Err(FsError::store(format!("HEAD {key}"), e))
@@ -105,7 +125,7 @@ impl OssFs {
     /// kernel may keep its page cache (same version as last time) and, for a complete entry,
     /// which file the kernel could read directly.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let id = self.identity_for_open(ino).await?;
+        let (id, body) = self.identity_for_open(ino).await?;
         if id.crc64.is_none() && self.cfg.require_crc {
             tracing::warn!(key = %id.key, "refusing an object without a CRC-64 (--require-crc)");
             return Err(FsError::NoCrc {
@@ -147,13 +167,14 @@ impl OssFs {
         } else {
             // Opening an entry reads and may fsync its checkpoint: off the async workers.
             let (cache, entry_id) = (self.cache.clone(), id.clone());
-            let hydration = tokio::task::spawn_blocking(move || cache.open_entry(&entry_id))
-                .await
-                .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
-                .map_err(|e| {
-                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-                    FsError::Cache(e.to_string())
-                })?;
+            let hydration =
+                tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
+                    .await
+                    .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
+                    .map_err(|e| {
+                        tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                        FsError::Cache(e.to_string())
+                    })?;
             OpenFile::Cached { ino, hydration }
         };
         let id_size = id.size;

@@ -226,6 +226,20 @@ impl Hydration {
         limiter: Arc<ConnectionLimiter>,
         resume: Option<&Checkpoint>,
     ) -> Result<Hydration, HydrateError> {
+        Hydration::start_with(store, id, files, cfg, limiter, resume, None)
+    }
+
+    /// `start`, with the whole object's bytes already in hand (`body`, from the GET that also
+    /// told the identity): its parts are written from it and no worker fetches them again.
+    pub fn start_with(
+        store: Arc<dyn ObjectStore>,
+        id: ObjectIdentity,
+        files: HydrationFiles,
+        cfg: HydrationConfig,
+        limiter: Arc<ConnectionLimiter>,
+        resume: Option<&Checkpoint>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Hydration, HydrateError> {
         let io_err = |source| HydrateError::Io {
             path: files.data.clone(),
             source,
@@ -316,9 +330,41 @@ impl Hydration {
                         source,
                     })?;
             }
+            // Claimed before any worker starts, so none of them asks for these parts again.
+            if let Some(body) = body {
+                h.supply(body);
+            }
             h.inner.restart_workers();
         }
         Ok(h)
+    }
+
+    /// Hands over the whole object's bytes, fetched together with its metadata (a small
+    /// object's one GET): the parts neither present nor in flight are written and recorded
+    /// from them. Ignored when the length is not the object's size.
+    pub fn supply(&self, body: bytes::Bytes) {
+        if body.len() as u64 != self.inner.id.size {
+            return;
+        }
+        let parts: Vec<usize> = {
+            let mut st = self.inner.state.lock().unwrap();
+            if st.stopped || st.fatal.is_some() || st.complete {
+                return;
+            }
+            let free: Vec<usize> = (0..self.inner.layout.count())
+                .filter(|&p| !st.present[p] && !st.in_flight[p])
+                .collect();
+            for &p in &free {
+                st.in_flight[p] = true;
+            }
+            free
+        };
+        if parts.is_empty() {
+            return;
+        }
+        let inner = self.inner.clone();
+        self.inner
+            .spawn(async move { inner.supply_and_record(parts, body).await });
     }
 
     pub fn identity(&self) -> &ObjectIdentity {

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::store::{StoreError, StoreErrorKind};
@@ -29,6 +30,83 @@ impl Inner {
         connection: Option<ConnectionPermit>,
     ) -> Result<(), Arc<HydrateError>> {
         let result = self.fetch_part(part, demand, connection).await;
+        self.record_outcome(part, demand, result).await
+    }
+
+    /// Writes parts from bytes that arrived with the object's metadata (one GET of a small
+    /// object) and records them as a fetch would: written, synced, then recorded. `parts` were
+    /// marked in flight by the caller; if writing fails they go back to the workers.
+    pub(super) async fn supply_and_record(self: &Arc<Self>, parts: Vec<usize>, body: Bytes) {
+        let mut written = Vec::new();
+        for &part in &parts {
+            let range = self.layout.range(part);
+            let len = range.end - range.start;
+            if let Some(b) = &self.cfg.budget {
+                if !b.reserve(&self.id, len) {
+                    continue;
+                }
+            }
+            let data = body.slice(range.start as usize..range.end as usize);
+            let crc = crate::crc64::update(0, &data);
+            self.bytes_fetched.fetch_add(len, Ordering::Relaxed);
+            self.cfg
+                .stats
+                .bytes_fetched
+                .fetch_add(len, Ordering::Relaxed);
+            let file = self.file.clone();
+            let wrote = tokio::task::spawn_blocking(move || file.write_all_at(&data, range.start))
+                .await
+                .expect("writer does not panic");
+            match wrote {
+                Ok(()) => written.push((part, crc)),
+                Err(e) => {
+                    tracing::debug!(key = %self.id.key, part, "writing supplied bytes failed: {e}");
+                    if let Some(b) = &self.cfg.budget {
+                        b.release(&self.id, len);
+                    }
+                }
+            }
+        }
+        let file = self.file.clone();
+        let synced = !written.is_empty()
+            && tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .expect("fsync does not panic")
+                .is_ok();
+        for &part in &parts {
+            let crc = written.iter().find(|(p, _)| *p == part).map(|(_, c)| *c);
+            match crc.filter(|_| synced) {
+                Some(crc) => {
+                    if let Some(probe) = &self.cfg.probe {
+                        probe.synced(self.layout.range(part));
+                    }
+                    self.cfg
+                        .stats
+                        .parts_completed
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = self.record_outcome(part, false, Ok(crc)).await;
+                }
+                None => {
+                    // Not reserved, not written or not synced: the workers fetch it as usual.
+                    if let (Some(b), Some(_)) = (&self.cfg.budget, crc) {
+                        let range = self.layout.range(part);
+                        b.release(&self.id, range.end - range.start);
+                    }
+                    self.state.lock().unwrap().in_flight[part] = false;
+                }
+            }
+        }
+        self.notify();
+        self.restart_workers();
+    }
+
+    /// Publishes a part's outcome: recorded (then the checkpoint is written) or failed.
+    async fn record_outcome(
+        self: &Arc<Self>,
+        part: usize,
+        demand: bool,
+        result: Result<u64, HydrateError>,
+    ) -> Result<(), Arc<HydrateError>> {
         let outcome = match result {
             Ok(crc) => {
                 {

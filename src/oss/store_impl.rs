@@ -67,6 +67,33 @@ impl ObjectStore for OssClient {
         Box::pin(async move { Ok(self.list_objects_v2(bucket, &req).await?) })
     }
 
+    /// One GET without a range: its headers are the HEAD, its body the object when small.
+    /// A larger object's body is dropped after its first chunk (the connection is closed).
+    fn get_small<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFut<'a, Result<(ObjectMeta, Option<bytes::Bytes>), StoreError>> {
+        Box::pin(async move {
+            let mut reader = self.get_object(bucket, key, None, None);
+            let mut body = Vec::new();
+            loop {
+                let chunk = reader.next_chunk().await?;
+                let meta = reader.meta().cloned().ok_or_else(|| {
+                    StoreError::new(StoreErrorKind::Transient, "a GET ended without an answer")
+                })?;
+                if meta.size > limit {
+                    return Ok((meta, None));
+                }
+                match chunk {
+                    Some(c) => body.extend_from_slice(&c),
+                    None => return Ok((meta, Some(body.into()))),
+                }
+            }
+        })
+    }
+
     fn location(&self) -> String {
         self.config().endpoint.to_string()
     }

@@ -143,6 +143,31 @@ pub trait ObjectStore: Send + Sync + 'static {
         req: ListRequest,
     ) -> BoxFut<'a, Result<ListPage, StoreError>>;
 
+    /// A HEAD and, when the object is no larger than `limit`, its whole body: what opening a
+    /// small file needs. A store that can answer both with one GET should (the OSS client
+    /// does: a small file then costs one round trip); this default asks twice, the body pinned
+    /// to the HEAD's ETag. A larger object answers with its metadata only.
+    fn get_small<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        limit: u64,
+    ) -> BoxFut<'a, Result<(ObjectMeta, Option<Bytes>), StoreError>> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let meta = self.head(bucket, key).await?;
+            if meta.size > limit {
+                return Ok((meta, None));
+            }
+            let mut body = Vec::with_capacity(meta.size as usize);
+            let mut stream = self.get_range(bucket, key, 0..meta.size, Some(meta.etag.clone()));
+            while let Some(chunk) = stream.next().await {
+                body.extend_from_slice(&chunk?);
+            }
+            Ok((meta, Some(Bytes::from(body))))
+        })
+    }
+
     /// Where the objects come from (endpoint), to tell caches of different stores apart.
     fn location(&self) -> String;
 }
