@@ -329,21 +329,25 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    let kind = match e.kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
-                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
-                        break;
+        // Waits for the listing's pages: off the FUSE thread.
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readdir(fh.0, offset, READDIR_BATCH).await {
+                Ok(entries) => {
+                    for (next, e) in entries {
+                        let kind = match e.kind {
+                            Kind::Dir => FileType::Directory,
+                            Kind::File => FileType::RegularFile,
+                        };
+                        if reply.add(INodeNo(e.ino), next, kind, &e.name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -354,28 +358,32 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        match self.fs.readdirplus(fh.0, offset, READDIR_BATCH) {
-            Ok(entries) => {
-                for (next, e, attr) in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        next,
-                        &e.name,
-                        &self.ttl,
-                        &to_file_attr(&attr),
-                        Generation(0),
-                    ) {
-                        break;
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.readdirplus(fh.0, offset, READDIR_BATCH).await {
+                Ok(entries) => {
+                    for (next, e, attr) in entries {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            next,
+                            &e.name,
+                            &ttl,
+                            &to_file_attr(&attr),
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                        // The kernel now holds a reference, as after a lookup ("." and ".."
+                        // aside).
+                        if e.name != "." && e.name != ".." {
+                            fs.remember(e.ino);
+                        }
                     }
-                    // The kernel now holds a reference, as after a lookup ("." and ".." aside).
-                    if e.name != "." && e.name != ".." {
-                        self.fs.remember(e.ino);
-                    }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -15,6 +15,7 @@ mod direct;
 mod error;
 pub mod fuse;
 mod handles;
+mod listing;
 mod namespace;
 pub mod passthrough;
 mod probe;
@@ -83,11 +84,9 @@ pub struct OssFs {
     store: Arc<dyn ObjectStore>,
     cache: Arc<Cache>,
     ns: Mutex<Namespace>,
-    dir_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     files: Mutex<HashMap<u64, OpenFile>>,
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
-    /// The directory each open directory handle reads (its listing is kept meanwhile).
-    dir_inos: Mutex<HashMap<u64, u64>>,
+    dirs: Mutex<HashMap<u64, namespace::DirHandle>>,
+    listings_in_flight: listing::InFlight,
     next_fh: AtomicU64,
     started: SystemTime,
     pub stats: FsStats,
@@ -102,10 +101,9 @@ impl OssFs {
             store,
             cache,
             ns: Mutex::new(ns),
-            dir_locks: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            dir_inos: Mutex::new(HashMap::new()),
+            listings_in_flight: Default::default(),
             next_fh: AtomicU64::new(1),
             started,
             stats: FsStats::default(),

@@ -4,11 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::hydrate::ObjectIdentity;
 use crate::store::ListPage;
 
+use super::listing::Entries;
 use super::{Attr, DirEntry, FsError, Kind, OssFs, ROOT_INO};
 
 #[derive(Debug)]
@@ -29,10 +31,11 @@ pub(super) struct Node {
 }
 
 pub(super) struct Listing {
-    fetched: Instant,
-    entries: Vec<DirEntry>,
+    pub(super) fetched: Instant,
+    /// Shared with the `readdir` handles reading it (never copied per handle).
+    pub(super) entries: Arc<Entries>,
     /// Name → inode, for lookups in constant time.
-    by_name: HashMap<String, u64>,
+    pub(super) by_name: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -76,14 +79,18 @@ impl Namespace {
         self.nodes.insert(new_ino, node);
         self.names.insert((parent, name.clone(), false), new_ino);
         if let Some(l) = self.listings.get_mut(&parent) {
-            for e in l
-                .entries
-                .iter_mut()
-                .filter(|e| e.name == name && e.ino == ino)
-            {
-                e.ino = new_ino;
-            }
-            l.by_name.insert(name, new_ino);
+            l.entries.with_entries(|entries| {
+                for e in entries
+                    .iter_mut()
+                    .filter(|e| e.name == name && e.ino == ino)
+                {
+                    e.ino = new_ino;
+                }
+            });
+            l.by_name.insert(name.clone(), new_ino);
+        }
+        if let Some((_, answer)) = self.probes.get_mut(&(parent, name)) {
+            *answer = Some(new_ino);
         }
         Some(new_ino)
     }
@@ -159,7 +166,12 @@ impl Namespace {
         let mut needed: HashSet<u64> = self
             .listings
             .iter()
-            .flat_map(|(dir, l)| l.entries.iter().map(|e| e.ino).chain([*dir]))
+            .flat_map(|(dir, l)| {
+                l.entries
+                    .with_entries(|v| v.iter().map(|e| e.ino).collect::<Vec<_>>())
+                    .into_iter()
+                    .chain([*dir])
+            })
             .collect();
         needed.extend(open_inos.iter().copied());
         for n in self.nodes.values().filter(|n| n.lookups > 0) {
@@ -255,101 +267,12 @@ impl OssFs {
             .ok_or(FsError::NotFound)
     }
 
-    fn listing_fresh(&self, dir: u64) -> bool {
-        let ns = self.ns.lock().unwrap();
-        ns.listings
-            .get(&dir)
-            .is_some_and(|l| l.fetched.elapsed() < self.cfg.metadata_ttl)
-    }
-
-    /// Makes sure `dir` has a listing no older than the TTL (one request burst per directory
-    /// at a time). A failed refresh keeps serving the previous listing, if any.
-    async fn ensure_listing(&self, dir: u64) -> Result<(), FsError> {
-        if self.listing_fresh(dir) {
-            return Ok(());
-        }
-        let prefix = {
-            let ns = self.ns.lock().unwrap();
-            match ns.nodes.get(&dir) {
-                Some(n) if n.kind == Kind::Dir => n.key.clone(),
-                Some(_) => return Err(FsError::NotADirectory),
-                None => return Err(FsError::NotFound),
-            }
-        };
-        let lock = self
-            .dir_locks
-            .lock()
-            .unwrap()
-            .entry(dir)
-            .or_default()
-            .clone();
-        let _guard = lock.lock().await;
-        if self.listing_fresh(dir) {
-            return Ok(());
-        }
-        self.stats.listings.fetch_add(1, Ordering::Relaxed);
-        let page = match crate::store::list_all(&*self.store, &self.cfg.bucket, &prefix, Some("/"))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let has_old = self.ns.lock().unwrap().listings.contains_key(&dir);
-                if has_old && (e.is_retryable()) {
-                    tracing::warn!("listing {prefix:?} failed, serving the previous listing: {e}");
-                    return Ok(());
-                }
-                return Err(FsError::store(format!("listing {prefix:?}"), e));
-            }
-        };
-        self.install_listing(dir, &prefix, &page);
-        Ok(())
-    }
-
-    /// Makes `page` (a whole directory's listing) the listing of `dir`, applying the naming
-    /// rules and keeping the inode numbers names already have.
-    pub(super) fn install_listing(&self, dir: u64, prefix: &str, page: &ListPage) {
-        let (children, skipped) = children_from_listing(prefix, page);
-        let mut ns = self.ns.lock().unwrap();
-        for key in skipped {
-            if ns.logged_skips.insert(key.clone()) {
-                tracing::warn!(key = %key, "skipping a key that cannot be a file name here (empty, '.', '..' or over-long component, or hidden by a directory of the same name)");
-            }
-        }
-        let mut entries = Vec::with_capacity(children.len());
-        for c in children {
-            let ino = ns.child(dir, &c.name, c.kind);
-            let node = ns.nodes.get_mut(&ino).expect("child() made it");
-            if c.kind == Kind::File {
-                node.size = c.size;
-                node.mtime = c.mtime;
-                node.etag = c.etag.clone();
-            }
-            entries.push(DirEntry {
-                ino,
-                kind: c.kind,
-                name: c.name,
-            });
-        }
-        let by_name = entries.iter().map(|e| (e.name.clone(), e.ino)).collect();
-        ns.listings.insert(
-            dir,
-            Listing {
-                fetched: Instant::now(),
-                entries,
-                by_name,
-            },
-        );
-    }
-
     /// A name in a directory, in constant time; the kernel holds a reference to what it
     /// returns until it forgets it.
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+    pub async fn lookup(self: &Arc<Self>, parent: u64, name: &str) -> Result<Attr, FsError> {
         if !self.ns.lock().unwrap().listings.contains_key(&parent) {
-            // Not listed: one page tells a small directory whole; in a larger one, ask for
-            // this one name instead of listing every page.
-            if let Some(found) = self.lookup_unlisted(parent, name).await? {
-                return Ok(found);
-            }
+            // Not listed: ask for this one name instead of listing every page.
+            return self.lookup_unlisted(parent, name).await;
         }
         self.ensure_listing(parent).await?;
         let mut ns = self.ns.lock().unwrap();
@@ -386,70 +309,77 @@ impl OssFs {
             .values()
             .map(|f| f.ino())
             .collect();
-        open.extend(self.dir_inos.lock().unwrap().values().copied());
+        open.extend(self.dirs.lock().unwrap().values().map(|d| d.ino));
         let keep = self.cfg.metadata_ttl * 2;
         self.ns.lock().unwrap().sweep(keep, &open);
     }
 
-    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        self.ensure_listing(ino).await?;
-        let entries = {
+    /// Opens a directory for reading once the first page of its listing is in (later pages
+    /// keep arriving while the kernel reads the first).
+    pub async fn opendir(self: &Arc<Self>, ino: u64) -> Result<u64, FsError> {
+        let entries = self.dir_entries(ino).await?;
+        let parent = {
             let ns = self.ns.lock().unwrap();
-            let parent = ns.nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO);
-            let mut v = vec![
-                DirEntry {
-                    ino,
-                    kind: Kind::Dir,
-                    name: ".".into(),
-                },
-                DirEntry {
-                    ino: parent,
-                    kind: Kind::Dir,
-                    name: "..".into(),
-                },
-            ];
-            v.extend(
-                ns.listings
-                    .get(&ino)
-                    .map(|l| l.entries.clone())
-                    .unwrap_or_default(),
-            );
-            v
+            ns.nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO)
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, entries);
-        self.dir_inos.lock().unwrap().insert(fh, ino);
+        self.dirs.lock().unwrap().insert(
+            fh,
+            DirHandle {
+                ino,
+                parent,
+                entries,
+            },
+        );
         Ok(fh)
     }
 
-    /// Up to `max` entries from `offset` on, each with the offset of the entry after it (a
-    /// reply buffer holds a few hundred: copying the rest of a huge directory each time would
-    /// make a listing quadratic).
-    pub fn readdir(
+    /// Up to `max` entries from `offset` on, each with the offset of the entry after it,
+    /// waiting for the listing's pages that hold them (a reply buffer holds a few hundred:
+    /// copying the rest of a huge directory each time would make a listing quadratic).
+    pub async fn readdir(
         &self,
         fh: u64,
         offset: u64,
         max: usize,
     ) -> Result<Vec<(u64, DirEntry)>, FsError> {
-        let dirs = self.dirs.lock().unwrap();
-        let entries = dirs.get(&fh).ok_or(FsError::BadHandle)?;
-        Ok(entries
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .take(max)
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect())
+        let (ino, parent, entries) = {
+            let dirs = self.dirs.lock().unwrap();
+            let h = dirs.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.parent, h.entries.clone())
+        };
+        let mut out = Vec::new();
+        for (i, (name, ino)) in [(".", ino), ("..", parent)].into_iter().enumerate() {
+            if offset <= i as u64 && out.len() < max {
+                out.push((
+                    i as u64 + 1,
+                    DirEntry {
+                        ino,
+                        kind: Kind::Dir,
+                        name: name.into(),
+                    },
+                ));
+            }
+        }
+        let from = offset.saturating_sub(2) as usize;
+        let listed = entries.read(from, max - out.len()).await?;
+        out.extend(
+            listed
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| ((from + i) as u64 + 3, e)),
+        );
+        Ok(out)
     }
 
     /// `readdir` with each entry's attributes (readdirplus: `ls -l` needs no lookups).
-    pub fn readdirplus(
+    pub async fn readdirplus(
         &self,
         fh: u64,
         offset: u64,
         max: usize,
     ) -> Result<Vec<(u64, DirEntry, Attr)>, FsError> {
-        let entries = self.readdir(fh, offset, max)?;
+        let entries = self.readdir(fh, offset, max).await?;
         let ns = self.ns.lock().unwrap();
         Ok(entries
             .into_iter()
@@ -462,8 +392,14 @@ impl OssFs {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
-        self.dir_inos.lock().unwrap().remove(&fh);
     }
+}
+
+/// An open directory: the listing it reads (kept alive by the handle).
+pub(super) struct DirHandle {
+    pub(super) ino: u64,
+    parent: u64,
+    entries: Arc<Entries>,
 }
 
 #[cfg(test)]

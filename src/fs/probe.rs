@@ -1,10 +1,10 @@
-//! Lookups in a directory that was never listed. Its first listing page comes first: when it
-//! holds the whole directory it becomes the listing (a small directory costs one request, as
-//! before, and prefetched files still open with none). When the directory is larger, the
-//! name is probed instead of listing every page of a directory that may hold millions of
-//! keys: a HEAD of the key and a one-key listing of `name/`, in parallel. A directory wins
-//! over an object of the same name, as in listings. The answer (also "no such name") is kept
-//! for the metadata TTL; a later listing of the directory finds the same inode numbers.
+//! Lookups in a directory that was never listed: the name is probed instead of listing a
+//! directory that may hold millions of keys — a HEAD of the key and a one-key listing of
+//! `name/`, in parallel, so a `stat` costs one round trip and two requests whatever the
+//! directory's size. A directory wins over an object of the same name, as in listings. The
+//! answer (also "no such name") is kept for the metadata TTL; a later listing of the
+//! directory finds the same inode numbers, and a HEAD's identity lets the file open without
+//! another request within the TTL.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,16 +12,11 @@ use std::time::Instant;
 use crate::hydrate::ObjectIdentity;
 use crate::store::ListRequest;
 
-use super::namespace::valid_name;
+use super::namespace::{valid_name, Namespace};
 use super::{Attr, FsError, Kind, OssFs};
 
 impl OssFs {
-    /// `Ok(None)`: the directory turned out small and is listed now; look the name up there.
-    pub(super) async fn lookup_unlisted(
-        &self,
-        parent: u64,
-        name: &str,
-    ) -> Result<Option<Attr>, FsError> {
+    pub(super) async fn lookup_unlisted(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let prefix = {
             let mut ns = self.ns.lock().unwrap();
             let dir = ns.nodes.get(&parent).ok_or(FsError::NotFound)?;
@@ -34,34 +29,40 @@ impl OssFs {
                 .get(&(parent, name.to_string()))
                 .filter(|(at, _)| at.elapsed() < self.cfg.metadata_ttl)
                 .map(|(_, answer)| *answer);
-            match recent {
-                Some(None) => return Err(FsError::NotFound),
-                Some(Some(ino)) => {
-                    if let Some(n) = ns.nodes.get_mut(&ino) {
-                        n.lookups += 1; // the kernel takes a reference with the answer
-                        let n = ns.nodes.get(&ino).expect("just found");
-                        return Ok(Some(self.attr_of(ino, n)));
-                    }
+            if let Some(answer) = recent {
+                if let Some(found) = self.answer(&mut ns, answer) {
+                    return found;
                 }
-                None => {}
             }
             prefix
         };
-        self.stats.listings.fetch_add(1, Ordering::Relaxed);
-        let first = ListRequest {
-            prefix: prefix.clone(),
-            delimiter: Some("/".into()),
-            max_keys: Some(1000),
-            ..Default::default()
-        };
-        match self.store.list_page(&self.cfg.bucket, first).await {
-            Ok(page) if !page.is_truncated => {
-                self.install_listing(parent, &prefix, &page);
-                return Ok(None);
+        match self.probe(parent, name, &prefix).await {
+            Err(FsError::Store { context, source }) if source.is_retryable() => {
+                // The server cannot be reached: the last answer (past its TTL) stands, as a
+                // previous listing does, so cached files stay reachable.
+                let mut ns = self.ns.lock().unwrap();
+                let last = ns.probes.get(&(parent, name.to_string())).map(|(_, a)| *a);
+                if let Some(found) = last.and_then(|a| self.answer(&mut ns, a)) {
+                    tracing::warn!("{context} failed, using the last answer: {source}");
+                    return found;
+                }
+                Err(FsError::Store { context, source })
             }
-            Ok(_) => {} // more than a page: probe the one name
-            Err(e) => return Err(FsError::store(format!("listing {prefix:?}"), e)),
+            other => other,
         }
+    }
+
+    /// A kept probe answer, as the kernel gets it (it takes a reference to what it finds).
+    fn answer(&self, ns: &mut Namespace, answer: Option<u64>) -> Option<Result<Attr, FsError>> {
+        let Some(ino) = answer else {
+            return Some(Err(FsError::NotFound));
+        };
+        let n = ns.nodes.get_mut(&ino)?;
+        n.lookups += 1;
+        Some(Ok(self.attr_of(ino, n)))
+    }
+
+    async fn probe(&self, parent: u64, name: &str, prefix: &str) -> Result<Attr, FsError> {
         if !valid_name(name) {
             return Err(FsError::NotFound);
         }
@@ -111,6 +112,6 @@ impl OssFs {
         let node = ns.nodes.get_mut(&ino).expect("just made");
         node.lookups += 1;
         let node = ns.nodes.get(&ino).expect("just made");
-        Ok(Some(self.attr_of(ino, node)))
+        Ok(self.attr_of(ino, node))
     }
 }
