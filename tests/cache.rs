@@ -161,14 +161,29 @@ async fn status_and_xattrs_agree_with_the_checkpoint_after_sigkill() {
     let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
     let p = m.path("part.bin");
     let want = format!("{}/24 parts", ckpt.parts_present());
-    let (hyd, cached, etag) = fs_op(Duration::from_secs(10), move || {
+    let (hyd, cached, etag, other) = fs_op(Duration::from_secs(10), move || {
         (
             getxattr(&p, "user.ossmount.hydration"),
             getxattr(&p, "user.ossmount.cached"),
             getxattr(&p, "user.ossmount.etag"),
+            [
+                getxattr_errno(&p, "user.other"),
+                getxattr_errno(&p, "system.posix_acl_access"),
+                getxattr_errno(&p, "security.selinux"),
+            ],
         )
     })
     .await;
+    // ACLs and security labels are "not supported" (so `ls -l` stops asking for them);
+    // other names simply do not exist.
+    assert_eq!(
+        other,
+        [
+            Some(libc::ENODATA),
+            Some(libc::EOPNOTSUPP),
+            Some(libc::EOPNOTSUPP)
+        ]
+    );
     assert_eq!(hyd.as_deref(), Some(want.as_str()));
     assert_eq!(cached.as_deref(), Some("partial"));
     assert_eq!(etag.as_deref(), Some(ckpt.etag.as_str()));

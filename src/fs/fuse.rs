@@ -408,8 +408,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = name.to_str().and_then(|n| self.fs.xattr(ino.0, n));
+        let name = name.to_str().unwrap_or("");
+        let value = self.fs.xattr(ino.0, name);
         match value {
+            // No ACLs, no security labels: "not supported" (not "no such attribute") lets
+            // tools stop asking — `ls -l` then makes no getxattr round trips per entry
+            // (coreutils remembers the answer per device).
+            None if name.starts_with("system.") || name.starts_with("security.") => {
+                reply.error(Errno::ENOTSUP)
+            }
             None => reply.error(Errno::NO_XATTR),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(Errno::ERANGE),

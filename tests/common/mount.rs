@@ -251,6 +251,14 @@ pub fn getxattr(path: &Path, name: &str) -> Option<String> {
     (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
 }
 
+/// The errno of a `getxattr` that fails (`None` when it succeeds).
+pub fn getxattr_errno(path: &Path, name: &str) -> Option<i32> {
+    match getxattr(path, name) {
+        Some(_) => None,
+        None => std::io::Error::last_os_error().raw_os_error(),
+    }
+}
+
 /// `ossmount prefetch URL --cache-dir CACHE EXTRA...`, off the runtime: status and stderr.
 pub async fn prefetch_cli(
     s: &Server,
