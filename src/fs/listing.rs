@@ -252,7 +252,7 @@ impl OssFs {
                 held_back = hold_back(&mut objects, &page.common_prefixes);
             }
             page.objects = objects;
-            entries.push(self.add_children(dir, prefix, &page));
+            self.add_children(dir, prefix, &page, entries);
             match (more, next) {
                 (false, _) => return Ok(()),
                 (true, Some(t)) => token = Some(t),
@@ -272,9 +272,10 @@ impl OssFs {
         }
     }
 
-    /// One page's children, numbered (names keep the numbers they had), naming rules applied;
-    /// skipped keys are logged once each.
-    pub(super) fn add_children(&self, dir: u64, prefix: &str, page: &ListPage) -> Vec<DirEntry> {
+    /// Publishes one page's children to `entries`, numbered (names keep the numbers they
+    /// had), naming rules applied; skipped keys are logged once each. Published under the
+    /// namespace lock, so a sweep never sees the new nodes without the entries that need them.
+    fn add_children(&self, dir: u64, prefix: &str, page: &ListPage, entries: &Entries) {
         let (children, skipped) = children_from_listing(prefix, page);
         let mut ns = self.ns.lock().unwrap();
         for key in skipped {
@@ -282,7 +283,7 @@ impl OssFs {
                 tracing::warn!(key = %key, "skipping a key that cannot be a file name here (empty, '.', '..' or over-long component, or hidden by a directory of the same name)");
             }
         }
-        children
+        let new: Vec<DirEntry> = children
             .into_iter()
             .map(|c| {
                 let ino = ns.child(dir, &c.name, c.kind);
@@ -298,7 +299,9 @@ impl OssFs {
                     name: c.name,
                 }
             })
-            .collect()
+            .collect();
+        entries.push(new);
+        drop(ns);
     }
 }
 

@@ -159,7 +159,12 @@ impl Namespace {
     /// Drops what nobody uses any more: listings older than `keep` (unless a directory
     /// handle reads them), then nodes the kernel forgot that no listing, handle or child
     /// needs. Numbers stay stable while referenced; memory follows use, not history.
-    pub(super) fn sweep(&mut self, keep: std::time::Duration, open_inos: &HashSet<u64>) {
+    pub(super) fn sweep(
+        &mut self,
+        keep: std::time::Duration,
+        open_inos: &HashSet<u64>,
+        reading: &[Arc<Entries>],
+    ) {
         self.listings
             .retain(|dir, l| l.fetched.elapsed() < keep || open_inos.contains(dir));
         self.probes.retain(|_, (at, _)| at.elapsed() < keep);
@@ -174,6 +179,9 @@ impl Namespace {
             })
             .collect();
         needed.extend(open_inos.iter().copied());
+        for entries in reading {
+            entries.with_entries(|v| needed.extend(v.iter().map(|e| e.ino)));
+        }
         for n in self.nodes.values().filter(|n| n.lookups > 0) {
             needed.insert(n.parent);
         }
@@ -309,9 +317,15 @@ impl OssFs {
             .values()
             .map(|f| f.ino())
             .collect();
-        open.extend(self.dirs.lock().unwrap().values().map(|d| d.ino));
+        // Entries that open handles read and listings still arriving: their nodes stay.
+        let mut reading: Vec<Arc<Entries>> = Vec::new();
+        for d in self.dirs.lock().unwrap().values() {
+            open.insert(d.ino);
+            reading.push(d.entries.clone());
+        }
+        reading.extend(self.listings_in_flight.lock().unwrap().values().cloned());
         let keep = self.cfg.metadata_ttl * 2;
-        self.ns.lock().unwrap().sweep(keep, &open);
+        self.ns.lock().unwrap().sweep(keep, &open, &reading);
     }
 
     /// Opens a directory for reading once the first page of its listing is in (later pages
