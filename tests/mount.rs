@@ -640,3 +640,79 @@ async fn complete_files_are_read_through_kernel_passthrough() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_inside_a_part_gets_its_bytes_before_the_part_completes() {
+    require_fuse();
+    let s = Server::start().await;
+    let size = 32 * MIB;
+    s.put_sample("streaming.bin", 21, size);
+    s.put_sample("cold.bin", 22, size);
+    let (mnt, cache) = dirs(&s, "first-byte");
+    let m = Mount::start(
+        &s,
+        &url(),
+        &mnt,
+        &cache,
+        &["--part-size", "8MiB", "--hydrate", "read"],
+    );
+    for name in ["streaming.bin", "cold.bin"] {
+        let p = m.path(name);
+        fs_op(Duration::from_secs(20), move || {
+            std::fs::metadata(p).unwrap()
+        })
+        .await;
+    }
+    // 1 MiB/s per connection: an 8 MiB part takes 8 s to arrive.
+    s.emu.update_faults(|f| f.bandwidth_per_connection = MIB);
+    let parts_present =
+        |p: std::path::PathBuf| getxattr(&p, "user.ossmount.hydration").unwrap_or_default();
+
+    // Part 0 streams from its start (a read at offset 0); a read 1 MiB into it returns once
+    // the stream has passed it, while the part is still arriving.
+    let p = m.path("streaming.bin");
+    let (first, inside, parts_then) = fs_op(Duration::from_secs(30), move || {
+        let f = std::fs::File::open(&p).unwrap();
+        let mut a = vec![0u8; 4096];
+        f.read_exact_at(&mut a, 0).unwrap();
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, MIB + 123).unwrap();
+        (a, b, parts_present(p))
+    })
+    .await;
+    let want = ossmount::sample::bytes(21, (2 * MIB) as usize);
+    assert!(first == want[..4096]);
+    assert!(inside == want[(MIB + 123) as usize..(MIB + 123 + 4096) as usize]);
+    assert_eq!(
+        parts_then, "0/4 parts",
+        "the read returned before its part completed"
+    );
+
+    // A cold part read in its middle is fetched from the reader's offset first.
+    let at = 8 * MIB + 5 * MIB + 77;
+    let p = m.path("cold.bin");
+    let (got, parts_then) = fs_op(Duration::from_secs(30), move || {
+        let f = std::fs::File::open(&p).unwrap();
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, at).unwrap();
+        (b, parts_present(p))
+    })
+    .await;
+    let want = ossmount::sample::bytes(22, (at + 4096) as usize);
+    assert!(got == want[at as usize..]);
+    assert_eq!(
+        parts_then, "0/4 parts",
+        "the read returned before its part completed"
+    );
+    let from_reader = s
+        .emu
+        .request_log()
+        .iter()
+        .any(|r| r.key == "cold.bin" && r.range.is_some_and(|(start, _)| start == 13 * MIB));
+    assert!(
+        from_reader,
+        "a GET of part 1 starts at the reader's 4 KiB page"
+    );
+    s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    drop(m);
+}

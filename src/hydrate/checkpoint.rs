@@ -1,8 +1,18 @@
 //! The checkpoint: the durable record of which parts of one object version are present in a
-//! data file. JSON, format-versioned, with a SHA-256 over its own content; written to a temp
-//! file, fsynced and renamed into place, so a crash leaves either the old record or the new
-//! one. A checkpoint that is corrupt, truncated, foreign, of another format, or for another
-//! version of the object is rejected with a reason and never trusted.
+//! data file, and each present part's CRC-64.
+//!
+//! Format 2 (written): a header — magic, then JSON naming the store, the object version, the
+//! part size and the data file, then a SHA-256 over both — followed by one fixed 16-byte
+//! record per part: the part's CRC-64 and a check tying it to this header and part number
+//! (all zeros: absent). Recording a part writes its 16 bytes in place, so the cost of a
+//! record is constant whatever the object's size (format 1 rewrote the whole record each
+//! time). A torn or stale record fails its check and counts as absent: the part is fetched
+//! again, never trusted. A new file is written whole to a temp file, fsynced and renamed.
+//!
+//! Format 1 (JSON with a SHA-256 over its content) is still read; the first record written
+//! for it replaces it with format 2. A checkpoint that is corrupt, truncated, foreign, of
+//! another format, or for another version of the object is rejected with a reason and never
+//! trusted.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,7 +26,10 @@ use sha2::{Digest, Sha256};
 use super::{ObjectIdentity, PartLayout};
 
 pub const FORMAT: &str = "ossmount-checkpoint";
-pub const VERSION: u32 = 1;
+/// The format written. Format 1 (JSON) is read too.
+pub const VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"OSSMCKP\x02";
+const RECORD: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -58,7 +71,9 @@ pub enum Rejected {
     Unreadable(String),
     #[error("it is not an ossmount checkpoint (or it is truncated): {0}")]
     NotJson(String),
-    #[error("it has format {0:?} version {1}; this ossmount reads {FORMAT:?} version {VERSION}")]
+    #[error(
+        "it has format {0:?} version {1}; this ossmount reads {FORMAT:?} versions 1 and {VERSION}"
+    )]
     WrongFormat(String, u32),
     #[error("its checksum does not match its content (corrupted)")]
     BadChecksum,
@@ -155,20 +170,139 @@ impl Checkpoint {
         hex::encode(Sha256::digest(&body))
     }
 
-    /// Serialised with a fresh checksum.
+    /// Serialised as format 1 (JSON), as earlier versions wrote it.
     pub fn to_json(&self) -> Vec<u8> {
         let mut c = self.clone();
-        c.checksum = self.compute_checksum();
+        c.version = 1;
+        c.checksum = c.compute_checksum();
         serde_json::to_vec_pretty(&c).expect("checkpoint serialises")
     }
 
-    /// Parses and checks self-consistency (format, checksum, part list); says why not.
+    /// Serialised as format 2: header, then one record per part.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (mut out, sum) = self.header();
+        for p in 0..self.present.len() {
+            out.extend_from_slice(&if self.present[p] {
+                record(&sum, p, self.part_crc64[p])
+            } else {
+                [0; RECORD]
+            });
+        }
+        out
+    }
+
+    /// Format 2's header and its SHA-256 (which every record's check includes).
+    fn header(&self) -> (Vec<u8>, [u8; 32]) {
+        let meta = serde_json::json!({
+            "format": FORMAT,
+            "version": VERSION,
+            "store": self.store,
+            "bucket": self.bucket,
+            "key": self.key,
+            "size": self.size,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "crc64": self.crc64,
+            "part_size": self.part_size,
+            "data_file": self.data_file,
+            "parts": self.present.len(),
+        });
+        let json = serde_json::to_vec(&meta).expect("header serialises");
+        let mut out = Vec::with_capacity(MAGIC.len() + 4 + json.len() + 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        (out, sum)
+    }
+
+    fn parse_v2(bytes: &[u8]) -> Result<Checkpoint, Rejected> {
+        let truncated = || Rejected::NotJson("the header is truncated".into());
+        let len_at = MAGIC.len();
+        let json_len = u32::from_le_bytes(
+            bytes
+                .get(len_at..len_at + 4)
+                .ok_or_else(truncated)?
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        let json_end = len_at + 4 + json_len;
+        let sum: [u8; 32] = bytes
+            .get(json_end..json_end + 32)
+            .ok_or_else(truncated)?
+            .try_into()
+            .unwrap();
+        if <[u8; 32]>::from(Sha256::digest(&bytes[..json_end])) != sum {
+            return Err(Rejected::BadChecksum);
+        }
+        let meta: serde_json::Value = serde_json::from_slice(&bytes[len_at + 4..json_end])
+            .map_err(|e| Rejected::NotJson(e.to_string()))?;
+        let format = meta["format"].as_str().unwrap_or("").to_string();
+        let version = meta["version"].as_u64().unwrap_or(0) as u32;
+        if format != FORMAT || version != VERSION {
+            return Err(Rejected::WrongFormat(format, version));
+        }
+        let text = |k: &str| {
+            meta[k]
+                .as_str()
+                .map(str::to_string)
+                .ok_or(Rejected::Inconsistent)
+        };
+        let number = |k: &str| meta[k].as_u64().ok_or(Rejected::Inconsistent);
+        let mut c = Checkpoint {
+            format,
+            version,
+            store: text("store")?,
+            bucket: text("bucket")?,
+            key: text("key")?,
+            size: number("size")?,
+            etag: text("etag")?,
+            last_modified: text("last_modified")?,
+            crc64: meta["crc64"].as_u64(),
+            part_size: number("part_size")?,
+            data_file: text("data_file")?,
+            present: FixedBitSet::new(),
+            part_crc64: Vec::new(),
+            checksum: hex::encode(sum),
+        };
+        let parts = number("parts")? as usize;
+        if c.part_size == 0 || c.layout().count() != parts {
+            return Err(Rejected::Inconsistent);
+        }
+        let records = bytes
+            .get(json_end + 32..)
+            .filter(|r| r.len() == parts * RECORD)
+            .ok_or(Rejected::Inconsistent)?;
+        c.present = FixedBitSet::with_capacity(parts);
+        c.part_crc64 = vec![0; parts];
+        for (p, r) in records.chunks_exact(RECORD).enumerate() {
+            let crc = u64::from_le_bytes(r[..8].try_into().unwrap());
+            // A record that fails its check (torn, or never written) is an absent part.
+            if r != [0; RECORD] && r == record(&sum, p, crc) {
+                c.present.insert(p);
+                c.part_crc64[p] = crc;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Parses either format and checks self-consistency (format, checksums, part list);
+    /// says why not.
     pub fn parse(bytes: &[u8]) -> Result<Checkpoint, Rejected> {
+        if bytes.starts_with(MAGIC) {
+            return Checkpoint::parse_v2(bytes);
+        }
+        Checkpoint::parse_v1(bytes)
+    }
+
+    /// Format 1: JSON with the present parts as text and a SHA-256 over the content.
+    fn parse_v1(bytes: &[u8]) -> Result<Checkpoint, Rejected> {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| Rejected::NotJson(e.to_string()))?;
         let format = value["format"].as_str().unwrap_or("").to_string();
         let version = value["version"].as_u64().unwrap_or(0) as u32;
-        if format != FORMAT || version != VERSION {
+        if format != FORMAT || version != 1 {
             return Err(Rejected::WrongFormat(format, version));
         }
         let c: Checkpoint =
@@ -242,7 +376,7 @@ impl Checkpoint {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(&self.to_json())?;
+            f.write_all(&self.to_bytes())?;
             if durable {
                 f.sync_all()?;
             }
@@ -256,6 +390,58 @@ impl Checkpoint {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// Part `part`'s record: its CRC-64 and a check over the header's SHA-256, the part number
+/// and the CRC, so a record is valid only in its own place of its own checkpoint.
+fn record(header_sum: &[u8; 32], part: usize, crc: u64) -> [u8; RECORD] {
+    let mut h = Sha256::new();
+    h.update(header_sum);
+    h.update((part as u64).to_le_bytes());
+    h.update(crc.to_le_bytes());
+    let check = h.finalize();
+    let mut out = [0u8; RECORD];
+    out[..8].copy_from_slice(&crc.to_le_bytes());
+    out[8..].copy_from_slice(&check[..8]);
+    out
+}
+
+/// A format-2 checkpoint open for recording parts in place: each record is one 16-byte
+/// write (and, when durable, one fdatasync), whatever the number of parts.
+#[derive(Debug)]
+pub struct RecordFile {
+    file: std::fs::File,
+    records_at: u64,
+    header_sum: [u8; 32],
+}
+
+impl RecordFile {
+    /// Writes `c` whole (temp file, rename) and keeps the new file open for records.
+    pub fn create(c: &Checkpoint, path: &Path, durable: bool) -> std::io::Result<RecordFile> {
+        c.save_with(path, durable)?;
+        let (header, header_sum) = c.header();
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        Ok(RecordFile {
+            file,
+            records_at: header.len() as u64,
+            header_sum,
+        })
+    }
+
+    /// Records `part` present with `crc`, or (`None`) absent.
+    pub fn set(&self, part: usize, crc: Option<u64>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let bytes = match crc {
+            Some(crc) => record(&self.header_sum, part, crc),
+            None => [0; RECORD],
+        };
+        self.file
+            .write_all_at(&bytes, self.records_at + (part * RECORD) as u64)
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 }
 
@@ -359,6 +545,60 @@ mod tests {
             Checkpoint::parse(other.as_bytes()),
             Err(Rejected::WrongFormat(_, 9))
         ));
+    }
+
+    #[test]
+    fn format_2_records_parts_in_place_and_ignores_torn_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ckpt");
+        let c = Checkpoint::new("http://x", &id(), 10, Path::new("/tmp/d"));
+        let file = RecordFile::create(&c, &path, true).unwrap();
+        let empty_len = std::fs::metadata(&path).unwrap().len();
+        file.set(0, Some(11)).unwrap();
+        file.set(2, Some(33)).unwrap();
+        file.sync().unwrap();
+        // Records are written in place: the file does not grow.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), empty_len);
+        let back = Checkpoint::load(&path).unwrap();
+        assert_eq!(back.version, 2);
+        assert_eq!(back.present, parse_present("101").unwrap());
+        assert_eq!(back.part_crc64, vec![11, 0, 33]);
+        assert_eq!(back.identity(), id());
+        // A part found bad is recorded absent again.
+        file.set(2, None).unwrap();
+        assert_eq!(
+            Checkpoint::load(&path).unwrap().present,
+            parse_present("100").unwrap()
+        );
+        // A torn record (half written) and a record copied from another part are absent.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let records_at = bytes.len() - 3 * RECORD;
+        bytes[records_at + 12] ^= 0xFF;
+        let (first, rest) = bytes[records_at..].split_at_mut(RECORD);
+        rest[RECORD..2 * RECORD].copy_from_slice(first);
+        let c2 = Checkpoint::parse(&bytes).unwrap();
+        assert_eq!(c2.parts_present(), 0, "{:?}", c2.present);
+        // A changed header is rejected; so is a truncated record list.
+        let mut tampered = std::fs::read(&path).unwrap();
+        tampered[MAGIC.len() + 10] ^= 1;
+        assert_eq!(Checkpoint::parse(&tampered), Err(Rejected::BadChecksum));
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(
+            Checkpoint::parse(&whole[..whole.len() - 1]),
+            Err(Rejected::Inconsistent)
+        );
+        assert!(matches!(
+            Checkpoint::parse(&whole[..MAGIC.len() + 2]),
+            Err(Rejected::NotJson(_))
+        ));
+        // A format-1 record still reads, with the same content.
+        let mut v1 = back.clone();
+        v1.present = parse_present("101").unwrap();
+        let old = Checkpoint::parse(&v1.to_json()).unwrap();
+        assert_eq!(
+            (old.version, old.present, old.part_crc64),
+            (1, v1.present, v1.part_crc64)
+        );
     }
 
     #[test]

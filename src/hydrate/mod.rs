@@ -155,6 +155,40 @@ struct State {
     pending_readahead: Option<Range<usize>>,
     stopped: bool,
     complete: bool,
+    /// Bytes of parts still arriving that are already in the data file: readable through the
+    /// page cache though not yet durable or recorded, so a reader waits for its own bytes,
+    /// not for the whole part.
+    written: std::collections::HashMap<usize, Vec<Range<u64>>>,
+    /// Where a demanded part's fetch begins when the reader's bytes lie inside it: their
+    /// first byte then costs one round trip, not the part before them.
+    start_at: std::collections::HashMap<usize, u64>,
+}
+
+impl State {
+    /// Whether every byte of `range` can be read: its parts are present, or the bytes are
+    /// written already.
+    fn covers(&self, layout: PartLayout, range: Range<u64>) -> bool {
+        layout.parts_for(range.clone()).all(|p| {
+            if self.present[p] {
+                return true;
+            }
+            let r = layout.range(p);
+            let (from, to) = (range.start.max(r.start), range.end.min(r.end));
+            self.written
+                .get(&p)
+                .is_some_and(|ws| ws.iter().any(|w| w.start <= from && to <= w.end))
+        })
+    }
+
+    /// Notes `range` of `part` written (streams write contiguously, so it extends a run).
+    fn note_written(&mut self, part: usize, range: Range<u64>) {
+        let runs = self.written.entry(part).or_default();
+        if let Some(run) = runs.iter_mut().find(|w| w.end == range.start) {
+            run.end = range.end;
+        } else {
+            runs.push(range);
+        }
+    }
 }
 
 struct Inner {
@@ -169,9 +203,10 @@ struct Inner {
     limiter: Arc<ConnectionLimiter>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
-    /// Held for each whole checkpoint write (snapshot to rename), in blocking code, so an
-    /// aborted task can never leave a write running unlocked.
-    checkpoint_lock: Mutex<()>,
+    /// The checkpoint open for records (once the first whole write made it format 2); held
+    /// for each write, in blocking code, so an aborted task can never leave a write running
+    /// unlocked.
+    checkpoint_lock: Mutex<Option<checkpoint::RecordFile>>,
     /// Set by `shutdown`; checked under `checkpoint_lock` before every write.
     writes_closed: std::sync::atomic::AtomicBool,
     bytes_fetched: AtomicU64,
@@ -299,9 +334,11 @@ impl Hydration {
                 pending_readahead: None,
                 stopped: false,
                 complete: false,
+                written: Default::default(),
+                start_at: Default::default(),
             }),
             changed,
-            checkpoint_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(None),
             writes_closed: std::sync::atomic::AtomicBool::new(false),
             bytes_fetched: AtomicU64::new(0),
             bytes_resumed,
@@ -322,13 +359,12 @@ impl Hydration {
             // Record the identity before any part, so a crash leaves a usable record; a
             // one-part object has nothing to resume, so it skips this write.
             if let (Some(path), None, true) = (&h.inner.checkpoint_path, resume, n > 1) {
-                h.inner
-                    .snapshot()
-                    .save(path)
+                let records = checkpoint::RecordFile::create(&h.inner.snapshot(), path, true)
                     .map_err(|source| HydrateError::Io {
                         path: path.clone(),
                         source,
                     })?;
+                *h.inner.checkpoint_lock.lock().unwrap() = Some(records);
             }
             // Claimed before any worker starts, so none of them asks for these parts again.
             if let Some(body) = body {
@@ -416,8 +452,9 @@ impl Hydration {
         self.inner.state.lock().unwrap().stopped = true;
         self.inner.tasks.lock().unwrap().abort_all();
         self.inner.notify();
-        let _guard = self.inner.checkpoint_lock.lock().unwrap();
+        let mut records = self.inner.checkpoint_lock.lock().unwrap();
         self.inner.writes_closed.store(true, Ordering::SeqCst);
+        *records = None; // its descriptor closes with the hydration's work
     }
 
     /// `stop` from async code: the wait for a running checkpoint write happens off the

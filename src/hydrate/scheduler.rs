@@ -9,12 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{HydrateError, Hydration, Inner, State};
 
+/// A demanded part starts at the reader's offset (rounded down to this) when that lies at
+/// least `SPLIT_MIN` into the part; nearer its start, one GET from the start is as quick.
+const SPLIT_ALIGN: u64 = 4096;
+const SPLIT_MIN: u64 = 256 << 10;
+
 impl Hydration {
     /// Asks for the parts covering `range` ahead of everything else: missing parts that are
     /// not in flight are fetched at once on demand connections, and the readahead window moves
     /// to just after the range. Clears earlier part failures, so a new read retries.
     pub fn want(&self, range: Range<u64>) {
-        let parts = self.inner.layout.parts_for(range);
+        let parts = self.inner.layout.parts_for(range.clone());
         let mut spawn = Vec::new();
         let rerecord;
         {
@@ -30,6 +35,14 @@ impl Hydration {
                 if !st.present[p] && !st.in_flight[p] {
                     st.in_flight[p] = true;
                     spawn.push(p);
+                }
+            }
+            // The reader's bytes inside the first part come first (the part's head after).
+            if let Some(&first) = spawn.first().filter(|&&p| p == parts.start) {
+                let part_start = self.inner.layout.range(first).start;
+                let at = range.start & !(SPLIT_ALIGN - 1);
+                if at >= part_start + SPLIT_MIN {
+                    st.start_at.insert(first, at);
                 }
             }
             if !parts.is_empty() {
@@ -71,9 +84,9 @@ impl Hydration {
         if self.is_present(range.clone()) {
             return Ok(());
         }
-        self.want(range);
+        self.want(range.clone());
         loop {
-            if self.check_parts(parts.clone())?.is_some() {
+            if self.check_range(range.clone(), parts.clone())?.is_some() {
                 return Ok(());
             }
             if rx.changed().await.is_err() {
@@ -82,13 +95,17 @@ impl Hydration {
         }
     }
 
-    fn check_parts(&self, parts: Range<usize>) -> Result<Option<()>, Arc<HydrateError>> {
+    fn check_range(
+        &self,
+        range: Range<u64>,
+        parts: Range<usize>,
+    ) -> Result<Option<()>, Arc<HydrateError>> {
         let st = self.inner.state.lock().unwrap();
         // Bytes that failed the whole-object check are not served, present or not.
         if let Some(f) = st.fatal.as_ref().filter(|f| f.is_corrupt()) {
             return Err(f.clone());
         }
-        if parts.clone().all(|p| st.present[p]) {
+        if st.covers(self.inner.layout, range) {
             return Ok(Some(()));
         }
         if let Some(f) = &st.fatal {

@@ -94,6 +94,9 @@ impl Inner {
         c
     }
 
+    /// Records what changed since the last record (parts now present, parts found bad), in
+    /// place: constant cost per part. The first write of a hydration writes the whole record
+    /// (which also turns a format-1 checkpoint into format 2).
     pub(super) async fn save_checkpoint(self: &Arc<Self>) -> Result<(), HydrateError> {
         let Some(path) = self.checkpoint_path.clone() else {
             return Ok(());
@@ -101,19 +104,52 @@ impl Inner {
         let inner = self.clone();
         let p = path.clone();
         tokio::task::spawn_blocking(move || {
-            // Serialised, and the snapshot taken under the lock, so an older record can never
+            // Serialised, and the changes taken under the lock, so an older record can never
             // overwrite a newer one; nothing is written once the hydration was shut down.
-            let _guard = inner.checkpoint_lock.lock().unwrap();
+            let mut records = inner.checkpoint_lock.lock().unwrap();
             if inner.writes_closed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let record = inner.snapshot();
-            if let Some(probe) = &inner.cfg.probe {
-                probe.recording(&record.present, inner.layout);
+            // A one-part object's record is cheap to lose (one GET), not worth an fsync.
+            let durable = inner.layout.count() > 1;
+            match records.as_ref() {
+                Some(file) => {
+                    let (changes, recorded) = {
+                        let st = inner.state.lock().unwrap();
+                        let changes: Vec<(usize, Option<u64>)> = st
+                            .present
+                            .symmetric_difference(&st.recorded)
+                            .map(|part| (part, st.present[part].then(|| st.part_crc[part])))
+                            .collect();
+                        let mut recorded = st.recorded.clone();
+                        for (part, crc) in &changes {
+                            recorded.set(*part, crc.is_some());
+                        }
+                        (changes, recorded)
+                    };
+                    if let Some(probe) = &inner.cfg.probe {
+                        probe.recording(&recorded, inner.layout);
+                    }
+                    for (part, crc) in &changes {
+                        file.set(*part, *crc)?;
+                    }
+                    if durable && !changes.is_empty() {
+                        file.sync()?;
+                    }
+                    let mut st = inner.state.lock().unwrap();
+                    for (part, crc) in changes {
+                        st.recorded.set(part, crc.is_some());
+                    }
+                }
+                None => {
+                    let record = inner.snapshot();
+                    if let Some(probe) = &inner.cfg.probe {
+                        probe.recording(&record.present, inner.layout);
+                    }
+                    *records = Some(super::checkpoint::RecordFile::create(&record, &p, durable)?);
+                    inner.state.lock().unwrap().recorded = record.present;
+                }
             }
-            // A one-part object's record is cheap to lose (one GET), not worth two fsyncs.
-            record.save_with(&p, inner.layout.count() > 1)?;
-            inner.state.lock().unwrap().recorded = record.present;
             Ok(())
         })
         .await

@@ -18,6 +18,10 @@ use super::{HydrateError, Inner};
 
 /// Bytes buffered per part before they are written: memory grows with parts in flight only.
 const WRITE_CHUNK: usize = 1 << 20;
+/// The first bytes of each GET are written in smaller pieces, so a reader waiting for them
+/// does not wait for a whole chunk to arrive.
+const FIRST_WRITE: usize = 64 << 10;
+const FIRST_WRITES_UNTIL: u64 = 512 << 10;
 
 impl Inner {
     /// Fetches one part (retrying), records it, and publishes the outcome to waiters.
@@ -114,6 +118,7 @@ impl Inner {
                     st.present.insert(part);
                     st.checked.insert(part);
                     st.in_flight[part] = false;
+                    st.written.remove(&part);
                     st.part_crc[part] = crc;
                     st.failed[part] = None;
                 }
@@ -137,6 +142,7 @@ impl Inner {
                 let e = Arc::new(e);
                 let mut st = self.state.lock().unwrap();
                 st.in_flight[part] = false;
+                st.written.remove(&part);
                 if fatal {
                     if st.fatal.is_none() {
                         self.cfg
@@ -217,7 +223,7 @@ impl Inner {
                 if attempt > 1 {
                     self.cfg.stats.part_retries.fetch_add(1, Ordering::Relaxed);
                 }
-                match self.fetch_part_once(range.clone(), demand).await {
+                match self.fetch_part_once(part, range.clone(), demand).await {
                     Ok(crc) => return Ok(crc),
                     Err(e) => e,
                 }
@@ -249,10 +255,41 @@ impl Inner {
         }
     }
 
-    /// One GET of the part, streamed to the data file in chunks; returns the part's CRC-64
-    /// after its bytes are durable.
+    /// The part's bytes, streamed to the data file; returns the part's CRC-64 after they are
+    /// durable. A demanded part whose reader is inside it is fetched from the reader's
+    /// offset first and its head after (two GETs, CRCs combined).
     pub(super) async fn fetch_part_once(
         &self,
+        part: usize,
+        range: Range<u64>,
+        demand: bool,
+    ) -> Result<u64, PartFailure> {
+        let start_at = self.state.lock().unwrap().start_at.remove(&part);
+        let crc = match start_at.filter(|k| range.start < *k && *k < range.end) {
+            Some(k) => {
+                let tail = self.fetch_segment(part, k..range.end, demand).await?;
+                let head = self.fetch_segment(part, range.start..k, false).await?;
+                crate::crc64::combine(head, tail, range.end - k)
+            }
+            None => self.fetch_segment(part, range.clone(), demand).await?,
+        };
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .expect("fsync does not panic")
+            .map_err(|source| self.io_failure(source))?;
+        if let Some(probe) = &self.cfg.probe {
+            probe.synced(range);
+        }
+        Ok(crc)
+    }
+
+    /// One GET of `range` (within `part`), written as it arrives — in small writes at first,
+    /// so a waiting reader gets its bytes within a round trip, then in 1 MiB writes — each
+    /// noted as readable. Returns the range's CRC-64.
+    async fn fetch_segment(
+        &self,
+        part: usize,
         range: Range<u64>,
         demand: bool,
     ) -> Result<u64, PartFailure> {
@@ -289,7 +326,12 @@ impl Inner {
                     ));
                 }
             }
-            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
+            let flush_at = if buf_start - range.start < FIRST_WRITES_UNTIL {
+                FIRST_WRITE
+            } else {
+                WRITE_CHUNK
+            };
+            if buf.len() >= flush_at || (done && !buf.is_empty()) {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK));
                 let file = self.file.clone();
                 let at = buf_start;
@@ -297,6 +339,11 @@ impl Inner {
                     .await
                     .expect("writer does not panic")
                     .map_err(|source| self.io_failure(source))?;
+                self.state
+                    .lock()
+                    .unwrap()
+                    .note_written(part, buf_start..offset);
+                self.notify();
                 buf_start = offset;
             }
             if done {
@@ -308,14 +355,6 @@ impl Inner {
                 "part body ended at byte {offset}, expected {}",
                 range.end
             ))));
-        }
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .expect("fsync does not panic")
-            .map_err(|source| self.io_failure(source))?;
-        if let Some(probe) = &self.cfg.probe {
-            probe.synced(range);
         }
         Ok(crc)
     }
