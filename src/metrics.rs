@@ -34,10 +34,24 @@ struct KindLabel {
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     retries: Family<KindLabel, Counter>,
+    /// Told of every "slow down" answer, so adaptive concurrency backs off.
+    throttle: std::sync::OnceLock<Arc<crate::hydrate::ConnectionLimiter>>,
+}
+
+impl RequestMetrics {
+    /// Reports 503 and 429 answers (also those the client retries) to `limiter`.
+    pub fn report_throttling_to(&self, limiter: Arc<crate::hydrate::ConnectionLimiter>) {
+        let _ = self.throttle.set(limiter);
+    }
 }
 
 impl RequestObserver for RequestMetrics {
     fn request(&self, kind: RequestKind, status: u16, retry: bool) {
+        if status == 503 || status == 429 {
+            if let Some(limiter) = self.throttle.get() {
+                limiter.note_throttled();
+            }
+        }
         let status = if status == 0 {
             "error".to_string()
         } else {

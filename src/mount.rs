@@ -25,7 +25,11 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     pub part_size: u64,
+    /// Background parts in flight per file (ParallelThreadCount); with `adaptive`, where the
+    /// mount-wide background share starts.
     pub threads: usize,
+    /// Concurrency follows throughput, up to `max_connections` (see `ConnectionLimiter::adapt`).
+    pub adaptive: bool,
     pub max_connections: usize,
     pub mode: FetchMode,
     pub readahead: u64,
@@ -60,7 +64,8 @@ impl MountOptions {
             cache_dir,
             part_size: 8 << 20,
             threads: 3,
-            max_connections: 12,
+            adaptive: true,
+            max_connections: 16,
             mode: FetchMode::Auto,
             readahead: 16 << 20,
             metadata_ttl: Duration::from_secs(60),
@@ -135,17 +140,27 @@ pub fn run_mount(
     let prefix = opts.prefix();
     rt.block_on(preflight(&*store, &opts.url, &prefix))?;
     let part_size = opts.part_size;
+    let reserve = (opts.max_connections / 4).max(2);
+    let limiter = if opts.adaptive {
+        ConnectionLimiter::adaptive(opts.max_connections, reserve, opts.threads)
+    } else {
+        ConnectionLimiter::new(opts.max_connections, reserve)
+    };
+    opts.request_metrics.report_throttling_to(limiter.clone());
     let cfg = HydrationConfig {
         part_size,
-        threads: opts.threads,
+        // Adaptive: one file may use the whole background share the limiter allows now.
+        threads: if opts.adaptive {
+            limiter.window_max()
+        } else {
+            opts.threads
+        },
         mode: opts.mode,
         readahead_parts: opts.readahead.div_ceil(part_size).max(1) as usize,
         part_attempts: 2,
         retry_delay: Duration::from_millis(200),
         ..HydrationConfig::default()
     };
-    let reserve = (opts.max_connections / 4).max(2);
-    let limiter = ConnectionLimiter::new(opts.max_connections, reserve);
     crate::cache::private_dir(&opts.cache_dir)?;
     let defaults = Capacity::default_for(&opts.cache_dir);
     let capacity = Capacity {
@@ -248,7 +263,24 @@ pub fn run_mount(
             }
         }
     });
+    let adapt_task = opts.adaptive.then(|| {
+        let cache = cache.clone();
+        rt.spawn(
+            cache
+                .limiter()
+                .clone()
+                .adapt(Duration::from_millis(500), move || {
+                    cache
+                        .engine_stats()
+                        .bytes_fetched
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                }),
+        )
+    });
     let result = session.run();
+    if let Some(t) = adapt_task {
+        t.abort();
+    }
     signal_task.abort();
     if let Some(t) = metrics_task {
         t.abort();

@@ -28,10 +28,12 @@ pub struct MountArgs {
     /// Bytes per part (PartSize)
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     part_size: u64,
-    /// Background parts in flight per file (ParallelThreadCount)
-    #[arg(long, default_value_t = 3)]
-    threads: usize,
-    /// Requests in flight for the whole mount [default: 4 x threads, at least 8]
+    /// Background parts in flight per file, fixed (ParallelThreadCount) [default: adaptive:
+    /// starts at 3 and adds connections while throughput rises, up to --max-connections]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Requests in flight for the whole mount [default: 16; with --threads N, 4 x N, at
+    /// least 8]
     #[arg(long)]
     max_connections: Option<usize>,
     /// auto: what reads need plus readahead, the whole file once it is read sequentially
@@ -98,7 +100,9 @@ fn parse_mode(s: &str) -> Result<u16, String> {
 fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
     let url = OssUrl::parse(&m.url).map_err(anyhow::Error::msg)?;
     validate_part_size(m.part_size).map_err(anyhow::Error::msg)?;
-    validate_threads(m.threads).map_err(anyhow::Error::msg)?;
+    if let Some(t) = m.threads {
+        validate_threads(t).map_err(anyhow::Error::msg)?;
+    }
     let endpoint = conn.endpoint.clone().unwrap_or_default();
     let cache_dir = m
         .cache_dir
@@ -106,8 +110,11 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
         .unwrap_or_else(|| ossmount::cache::default_cache_dir(&endpoint, &url.bucket, &url.key));
     let mut o = MountOptions::new(url, m.mountpoint.clone(), cache_dir);
     o.part_size = m.part_size;
-    o.threads = m.threads;
-    o.max_connections = m.max_connections.unwrap_or((m.threads * 4).max(8)).max(1);
+    if let Some(t) = m.threads {
+        (o.threads, o.adaptive) = (t, false);
+        o.max_connections = (t * 4).max(8);
+    }
+    o.max_connections = m.max_connections.unwrap_or(o.max_connections).max(1);
     o.mode = m.hydrate;
     o.readahead = m.readahead;
     o.metadata_ttl = m.metadata_ttl;

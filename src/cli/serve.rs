@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Bandwidth cap per connection, e.g. 16MiB (per second)
     #[arg(long, value_parser = parse_size)]
     bandwidth: Option<u64>,
+    /// Bandwidth cap across all connections (the link's width), e.g. 120MiB (per second)
+    #[arg(long, value_parser = parse_size)]
+    link_bandwidth: Option<u64>,
     /// Fraction of requests answered with 503
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -51,6 +54,7 @@ pub async fn run(conn: &ConnectionArgs, a: ServeArgs) -> Result<ExitCode> {
     cfg.faults = Faults {
         latency_ms: a.latency.map(|d| d.as_millis() as u64).unwrap_or(0),
         bandwidth_per_connection: a.bandwidth.unwrap_or(0),
+        bandwidth_total: a.link_bandwidth.unwrap_or(0),
         error_rate: a.error_rate,
         reset_rate: a.reset_rate,
         truncate_rate: a.truncate_rate,

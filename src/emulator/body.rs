@@ -41,11 +41,13 @@ pub(super) async fn stream_file(
     file.seek(SeekFrom::Start(start))?;
     let mut pos = start;
     while pos < end {
-        let rate = state.faults.lock().unwrap().bandwidth_per_connection;
-        let chunk_cap: u64 = if rate > 0 {
-            (rate / 50).clamp(4096, 256 << 10)
-        } else {
-            256 << 10
+        let (rate, link_rate) = {
+            let f = state.faults.lock().unwrap();
+            (f.bandwidth_per_connection, f.bandwidth_total)
+        };
+        let chunk_cap: u64 = match [rate, link_rate].into_iter().filter(|&r| r > 0).min() {
+            Some(r) => (r / 50).clamp(4096, 256 << 10),
+            None => 256 << 10,
         };
         let mut want = chunk_cap.min(end - pos);
         if let Some((at, _)) = cut {
@@ -83,6 +85,17 @@ pub(super) async fn stream_file(
                 let now = Instant::now();
                 let begin = if *nf > now { *nf } else { now };
                 *nf = begin + Duration::from_secs_f64(want as f64 / rate as f64);
+                *nf
+            };
+            tokio::time::sleep_until(wait_until.into()).await;
+        }
+        if link_rate > 0 {
+            // One queue for every connection: together they never pass the link's width.
+            let wait_until = {
+                let mut nf = state.link_free.lock().unwrap();
+                let now = Instant::now();
+                let begin = if *nf > now { *nf } else { now };
+                *nf = begin + Duration::from_secs_f64(want as f64 / link_rate as f64);
                 *nf
             };
             tokio::time::sleep_until(wait_until.into()).await;

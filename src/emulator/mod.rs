@@ -38,6 +38,8 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Body bytes per second on each connection; 0 for no cap.
     pub bandwidth_per_connection: u64,
+    /// Body bytes per second across every connection (the link's width); 0 for no cap.
+    pub bandwidth_total: u64,
     /// Fraction of object and listing requests answered with `error_status`.
     pub error_rate: f64,
     /// 500 or 503 (default 503).
@@ -126,6 +128,8 @@ struct State {
     temporary: TemporaryKeys,
     /// Recent listing walks by directory, reused by the next pages of the same listing.
     listing_snapshots: listing::Snapshots,
+    /// When the shared link is free again (`bandwidth_total`).
+    link_free: Mutex<Instant>,
 }
 
 /// Temporary credentials (STS-style: key id, secret, security token) the emulator accepts
@@ -205,6 +209,7 @@ impl Emulator {
             crc_cache: Mutex::new(HashMap::new()),
             temporary: TemporaryKeys::default(),
             listing_snapshots: listing::Snapshots::default(),
+            link_free: Mutex::new(Instant::now()),
         });
         let (stop, stop_rx) = watch::channel(false);
         let st = state.clone();

@@ -62,7 +62,12 @@ impl OssFs {
             if n.kind == Kind::Dir {
                 return Err(FsError::IsADirectory);
             }
-            (n.key.clone(), n.identity.clone(), n.etag.clone(), n.size)
+            (
+                n.key.clone(),
+                n.identity.as_deref().cloned(),
+                n.etag.clone(),
+                n.size,
+            )
         };
         if let Some((id, at)) = &cached {
             if at.elapsed() < self.cfg.metadata_ttl {
@@ -188,7 +193,7 @@ impl OssFs {
             }
             let keep = n.kernel_etag.as_deref() == Some(id.etag.as_str());
             n.kernel_etag = Some(id.etag.clone());
-            n.identity = Some((id, Instant::now()));
+            n.identity = Some(Box::new((id, Instant::now())));
             keep
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);

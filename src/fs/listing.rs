@@ -197,19 +197,22 @@ impl OssFs {
         let entries = Entries::growing();
         in_flight.insert(dir, entries.clone());
         drop(in_flight);
+        let number = {
+            let mut ns = self.ns.lock().unwrap();
+            ns.next_listing += 1;
+            ns.next_listing
+        };
         let (fs, e) = (self.clone(), entries.clone());
         tokio::spawn(async move {
-            let outcome = fs.list_pages(dir, &prefix, &e).await;
+            let outcome = fs.list_pages(dir, number, &prefix, &e).await;
             // Installed before it leaves the in-flight map, so no one starts a second.
             if outcome.is_ok() {
-                let by_name =
-                    e.with_entries(|v| v.iter().map(|d| (d.name.clone(), d.ino)).collect());
                 fs.ns.lock().unwrap().listings.insert(
                     dir,
                     Listing {
                         fetched: Instant::now(),
                         entries: e.clone(),
-                        by_name,
+                        number,
                     },
                 );
             }
@@ -223,6 +226,7 @@ impl OssFs {
     async fn list_pages(
         &self,
         dir: u64,
+        number: u64,
         prefix: &str,
         entries: &Entries,
     ) -> Result<(), (String, StoreError)> {
@@ -252,7 +256,7 @@ impl OssFs {
                 held_back = hold_back(&mut objects, &page.common_prefixes);
             }
             page.objects = objects;
-            self.add_children(dir, prefix, &page, entries);
+            self.add_children(dir, number, prefix, &page, entries);
             match (more, next) {
                 (false, _) => return Ok(()),
                 (true, Some(t)) => token = Some(t),
@@ -275,7 +279,14 @@ impl OssFs {
     /// Publishes one page's children to `entries`, numbered (names keep the numbers they
     /// had), naming rules applied; skipped keys are logged once each. Published under the
     /// namespace lock, so a sweep never sees the new nodes without the entries that need them.
-    fn add_children(&self, dir: u64, prefix: &str, page: &ListPage, entries: &Entries) {
+    fn add_children(
+        &self,
+        dir: u64,
+        number: u64,
+        prefix: &str,
+        page: &ListPage,
+        entries: &Entries,
+    ) {
         let (children, skipped) = children_from_listing(prefix, page);
         let mut ns = self.ns.lock().unwrap();
         for key in skipped {
@@ -288,6 +299,7 @@ impl OssFs {
             .map(|c| {
                 let ino = ns.child(dir, &c.name, c.kind);
                 let node = ns.nodes.get_mut(&ino).expect("child() made it");
+                node.listed = number;
                 if c.kind == Kind::File {
                     node.size = c.size;
                     node.mtime = c.mtime;

@@ -22,8 +22,12 @@ pub(super) struct Node {
     pub(super) size: u64,
     pub(super) mtime: SystemTime,
     pub(super) etag: String,
-    /// The identity last confirmed by HEAD (or listing) for opens, and when.
-    pub(super) identity: Option<(ObjectIdentity, Instant)>,
+    /// The identity last confirmed by HEAD (or listing) for opens, and when (boxed: most
+    /// nodes never have one, and a million nodes must stay small).
+    pub(super) identity: Option<Box<(ObjectIdentity, Instant)>>,
+    /// The listing (by its number) that last showed this name; lookups in a listed directory
+    /// find names whose listing is that one or newer.
+    pub(super) listed: u64,
     /// The ETag of the content the kernel may hold in its page cache for this inode.
     pub(super) kernel_etag: Option<String>,
     /// References the kernel holds (lookups and readdirplus entries not yet forgotten).
@@ -34,16 +38,19 @@ pub(super) struct Listing {
     pub(super) fetched: Instant,
     /// Shared with the `readdir` handles reading it (never copied per handle).
     pub(super) entries: Arc<Entries>,
-    /// Name → inode, for lookups in constant time.
-    pub(super) by_name: HashMap<String, u64>,
+    /// This listing's number (see `Node::listed`): names are looked up through `names`,
+    /// so a listing keeps no second map of its own.
+    pub(super) number: u64,
 }
 
 #[derive(Default)]
 pub(super) struct Namespace {
     pub(super) nodes: HashMap<u64, Node>,
-    names: HashMap<(u64, String, bool), u64>,
+    pub(super) names: HashMap<(u64, String, bool), u64>,
     pub(super) listings: HashMap<u64, Listing>,
     pub(super) next_ino: u64,
+    /// The number the next listing gets (see `Node::listed`).
+    pub(super) next_listing: u64,
     pub(super) logged_skips: HashSet<String>,
     /// Names answered by a probe (HEAD + one-key listing) in a directory that was not
     /// listed, and when: the inode, or `None` for a name that does not exist.
@@ -72,7 +79,8 @@ impl Namespace {
             size: id.size,
             mtime: httpdate::parse_http_date(&id.last_modified).unwrap_or(old.mtime),
             etag: id.etag.clone(),
-            identity: Some((id.clone(), Instant::now())),
+            identity: Some(Box::new((id.clone(), Instant::now()))),
+            listed: old.listed,
             kernel_etag: None,
             lookups: 0,
         };
@@ -87,7 +95,6 @@ impl Namespace {
                     e.ino = new_ino;
                 }
             });
-            l.by_name.insert(name.clone(), new_ino);
         }
         if let Some((_, answer)) = self.probes.get_mut(&(parent, name)) {
             *answer = Some(new_ino);
@@ -126,6 +133,7 @@ impl Namespace {
                 mtime: SystemTime::UNIX_EPOCH,
                 etag: String::new(),
                 identity: None,
+                listed: 0,
                 kernel_etag: None,
                 lookups: 0,
             },
@@ -149,6 +157,7 @@ impl Namespace {
                 mtime: started,
                 etag: String::new(),
                 identity: None,
+                listed: 0,
                 kernel_etag: None,
                 lookups: 1, // the kernel never forgets the root
             },
@@ -284,8 +293,13 @@ impl OssFs {
         }
         self.ensure_listing(parent).await?;
         let mut ns = self.ns.lock().unwrap();
-        let listing = ns.listings.get(&parent).ok_or(FsError::NotFound)?;
-        let ino = *listing.by_name.get(name).ok_or(FsError::NotFound)?;
+        let number = ns.listings.get(&parent).ok_or(FsError::NotFound)?.number;
+        // A directory wins over a file of the same name, as in listings.
+        let ino = [true, false]
+            .into_iter()
+            .filter_map(|is_dir| ns.names.get(&(parent, name.to_string(), is_dir)).copied())
+            .find(|ino| ns.nodes.get(ino).is_some_and(|n| n.listed >= number))
+            .ok_or(FsError::NotFound)?;
         tracing::trace!(parent, name, ino, "lookup");
         let node = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
         node.lookups += 1;

@@ -98,10 +98,10 @@ impl OssFs {
             node.etag = meta.etag.clone();
             node.mtime = meta.last_modified_time().unwrap_or(node.mtime);
             // The HEAD is fresh: an open within the TTL needs no other.
-            node.identity = Some((
+            node.identity = Some(Box::new((
                 ObjectIdentity::from_meta(&self.cfg.bucket, &key, &meta),
                 Instant::now(),
-            ));
+            )));
             Some(ino)
         } else {
             None

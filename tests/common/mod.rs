@@ -24,11 +24,17 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// `start` with the emulator's configuration adjusted first (e.g. unsigned requests
+    /// allowed, for curl in a benchmark).
+    pub async fn start_with(adjust: impl FnOnce(&mut EmulatorConfig)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(BUCKET)).unwrap();
-        let emu = Emulator::start(EmulatorConfig::new(dir.path(), AK, SK), "127.0.0.1:0")
-            .await
-            .unwrap();
+        let mut cfg = EmulatorConfig::new(dir.path(), AK, SK);
+        adjust(&mut cfg);
+        let emu = Emulator::start(cfg, "127.0.0.1:0").await.unwrap();
         Server {
             emu,
             dir,
