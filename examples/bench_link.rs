@@ -88,6 +88,8 @@ async fn main() {
     let link = parse_size(&arg("--link", "125MB")).unwrap();
     let width: u64 = arg("--width", "8").parse().unwrap();
     let rounds: usize = arg("--rounds", "3").parse().unwrap();
+    // `--cases mount`: only the link's width, the mount's defaults and the first bytes.
+    let all = arg("--cases", "all") == "all";
     let bin = common::bin();
     assert!(
         bin.exists(),
@@ -115,20 +117,29 @@ async fn main() {
     let mut curl_first_byte = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        secs[0].push(run(Command::new("curl").args([
-            "-sf",
-            "-o",
-            "/dev/null",
-            &url,
-        ])));
+        if all {
+            secs[0].push(run(Command::new("curl").args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &url,
+            ])));
+        }
         secs[1].push(parallel_curl(&url, size, width));
-        let out = s.scratch.path().join("download.out");
-        secs[2].push(run(Command::new(&bin)
-            .args(["download", "-q", &format!("oss://{BUCKET}/big.bin")])
-            .arg(&out)
-            .envs(s.env())));
-        let _ = std::fs::remove_file(&out);
-        for (i, extra) in [(3, &[][..]), (4, &["--threads", "3"][..])] {
+        if all {
+            let out = s.scratch.path().join("download.out");
+            secs[2].push(run(Command::new(&bin)
+                .args(["download", "-q", &format!("oss://{BUCKET}/big.bin")])
+                .arg(&out)
+                .envs(s.env())));
+            let _ = std::fs::remove_file(&out);
+        }
+        let mounts: &[(usize, &[&str])] = if all {
+            &[(3, &[]), (4, &["--threads", "3"])]
+        } else {
+            &[(3, &[])]
+        };
+        for &(i, extra) in mounts {
             let m = mount(&s, "cat", extra);
             let p = m.path("big.bin");
             secs[i].push(run(Command::new("sh")
@@ -167,6 +178,9 @@ async fn main() {
     println!("|---|---:|---:|---:|");
     let width_rate = mib / median(&mut secs[1].clone());
     for (i, name) in names.iter().enumerate() {
+        if secs[i].is_empty() {
+            continue;
+        }
         let t = median(&mut secs[i]);
         let label = if i == 1 {
             format!("{name} ({width})")

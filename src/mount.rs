@@ -269,7 +269,7 @@ pub fn run_mount(
             cache
                 .limiter()
                 .clone()
-                .adapt(Duration::from_millis(500), move || {
+                .adapt(Duration::from_millis(250), move || {
                     cache
                         .engine_stats()
                         .bytes_fetched

@@ -60,13 +60,13 @@ pub(super) async fn stat_object(state: &Arc<State>, path: PathBuf) -> Option<Obj
             let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
                 let mut f = std::fs::File::open(p)?;
                 let mut buf = vec![0u8; 1 << 20];
-                let mut crc = 0;
+                let mut crc = crate::crc64::Digest::default();
                 loop {
                     let n = f.read(&mut buf)?;
                     if n == 0 {
-                        return Ok(crc);
+                        return Ok(crc.value());
                     }
-                    crc = crate::crc64::update(crc, &buf[..n]);
+                    crc.update(&buf[..n]);
                 }
             })
             .await

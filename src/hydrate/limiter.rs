@@ -86,14 +86,15 @@ impl ConnectionLimiter {
         self.throttled.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn grow(&self) -> bool {
+    /// Adds up to `by` connections; how many it added.
+    fn grow(&self, by: usize) -> usize {
         let w = self.window.load(Ordering::Relaxed);
-        if w >= self.window_max {
-            return false;
+        let to = (w + by).min(self.window_max);
+        if to > w {
+            self.window.store(to, Ordering::Relaxed);
+            self.background.add_permits(to - w);
         }
-        self.window.store(w + 1, Ordering::Relaxed);
-        self.background.add_permits(1);
-        true
+        to - w
     }
 
     fn shrink(&self, to: usize) {
@@ -115,12 +116,14 @@ impl ConnectionLimiter {
     /// Moves the background share to follow throughput (`bytes()`: body bytes received so
     /// far), every `tick`, for as long as it runs (a mount runs it until it ends). Only a
     /// tick in which background fetches queued for a connection teaches anything: then
-    /// one more connection is tried while it raises throughput by more than 5%; a step
-    /// that did not is taken back and the window held for 20 ticks before trying again;
-    /// throttling halves it.
+    /// more connections are tried (1, then 2, then 4…) while each step raises throughput by
+    /// more than 5%; a step that did not is taken back and the window held for 20 ticks
+    /// before trying again; throttling halves it.
     pub async fn adapt(self: Arc<Self>, tick: Duration, bytes: impl Fn() -> u64) {
         let mut last = (Instant::now(), bytes());
-        let mut before_step: Option<f64> = None;
+        // The rate before the last step, and that step's size.
+        let mut before_step: Option<(f64, usize)> = None;
+        let mut step = 1;
         let mut settle = 0u32;
         let mut hold = 0u32;
         loop {
@@ -136,7 +139,7 @@ impl ConnectionLimiter {
                     "the server asks to slow down: fewer connections"
                 );
                 self.shrink(to);
-                (before_step, hold) = (None, 20);
+                (before_step, step, hold) = (None, 1, 20);
                 continue;
             }
             if settle > 0 {
@@ -152,23 +155,27 @@ impl ConnectionLimiter {
                 continue;
             }
             match before_step {
-                Some(prev) if rate <= prev * 1.05 => {
-                    self.shrink(self.window() - 1);
+                Some((prev, last_step)) if rate <= prev * 1.05 => {
+                    self.shrink(self.window() - last_step);
                     tracing::debug!(
                         connections = self.window(),
                         rate,
-                        "one more connection brought nothing: stepping back"
+                        "more connections brought nothing: stepping back"
                     );
-                    (before_step, hold) = (None, 20);
+                    (before_step, step, hold) = (None, 1, 20);
                 }
                 _ => {
-                    if self.grow() {
+                    // Steps double while they pay (1, 2, 4…): a wide link is reached in a
+                    // few ticks, and a step too far is taken back whole.
+                    let added = self.grow(step);
+                    if added > 0 {
                         tracing::debug!(
                             connections = self.window(),
                             rate,
-                            "throughput rose: one more connection"
+                            "throughput rose: more connections"
                         );
-                        (before_step, settle) = (Some(rate), 1);
+                        (before_step, settle) = (Some((rate, added)), 1);
+                        step *= 2;
                     }
                 }
             }
@@ -242,7 +249,7 @@ mod tests {
         // Bounded waits: a slow machine stretches the ticks, not the sequence.
         let mut seen = vec![lim.window()];
         let started = Instant::now();
-        while !(seen.contains(&7) && lim.window() == 6) {
+        while !(seen.contains(&10) && lim.window() == 6) {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "never settled at the link's width: {seen:?}"
@@ -254,8 +261,8 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![3, 4, 5, 6, 7, 6],
-            "one step at a time, one step back"
+            vec![3, 4, 6, 10, 6],
+            "steps double while they pay; the last is undone"
         );
         lim.note_throttled();
         let started = Instant::now();

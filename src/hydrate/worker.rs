@@ -299,7 +299,8 @@ impl Inner {
             range.clone(),
             Some(self.id.etag.clone()),
         );
-        let mut crc = 0u64;
+        // Computed with each write, off the async workers.
+        let mut crc = Some(crate::crc64::Digest::default());
         let mut offset = range.start;
         let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
         let mut buf_start = offset;
@@ -317,7 +318,6 @@ impl Inner {
                     .stats
                     .bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                crc = crate::crc64::update(crc, &chunk);
                 buf.extend_from_slice(&chunk);
                 offset += chunk.len() as u64;
                 if offset > range.end {
@@ -335,10 +335,15 @@ impl Inner {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK));
                 let file = self.file.clone();
                 let at = buf_start;
-                tokio::task::spawn_blocking(move || file.write_all_at(&data, at))
-                    .await
-                    .expect("writer does not panic")
-                    .map_err(|source| self.io_failure(source))?;
+                let mut digest = crc.take().expect("the digest comes back with each write");
+                let (digest, wrote) = tokio::task::spawn_blocking(move || {
+                    digest.update(&data);
+                    (digest, file.write_all_at(&data, at))
+                })
+                .await
+                .expect("writer does not panic");
+                crc = Some(digest);
+                wrote.map_err(|source| self.io_failure(source))?;
                 self.state
                     .lock()
                     .unwrap()
@@ -356,7 +361,9 @@ impl Inner {
                 range.end
             ))));
         }
-        Ok(crc)
+        Ok(crc
+            .expect("the digest is back after the last write")
+            .value())
     }
 
     /// A body that does not match its range: worth another attempt, like any broken answer.
