@@ -15,6 +15,8 @@
 //! (defaults: 100,000 keys, 1,000,000 in the huge directory, 1,000 × 1,000 for find, 1,000
 //! small files, 20 ms, 3 rounds; smaller with e.g. `-- --keys 10000 --huge 100000`).
 
+#[path = "common/mod.rs"]
+mod bench;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -25,12 +27,9 @@ use common::mount::Mount;
 use common::{Server, BUCKET};
 
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
+    bench::arg(name, &default.to_string())
+        .parse()
+        .expect("a number")
 }
 
 /// `n` keys `prefix/f0000000…` whose objects are sparse files of `size` bytes: a million

@@ -11,23 +11,18 @@
 //! `cargo build --release --bin ossmount && cargo run --release --example bench_link`
 //! (defaults: 1 GiB, 20 ms, 200 Mbit/s per connection, 1 Gbit/s in all, width 8, 3 rounds).
 
+#[path = "common/mod.rs"]
+mod bench;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use bench::arg;
 use common::mount::Mount;
 use common::{Server, BUCKET};
 use ossmount::size::{human_bytes, parse_size};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -6,16 +6,15 @@
 //! `cargo build --release --bin ossmount && cargo run --release --example chaos -- --rounds 200`
 //! (the test suite runs 25 rounds: `tests/chaos.rs`).
 
+#[path = "common/mod.rs"]
+mod bench;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
+    bench::arg(name, &default.to_string())
+        .parse()
+        .expect("a number")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]

@@ -296,6 +296,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.backing.lock().unwrap().release(fh.0);
+        let _rt = self.rt.enter(); // release may hand work to the runtime
         self.fs.release(fh.0);
         reply.ok();
     }

@@ -307,8 +307,8 @@ impl OssFs {
         };
         stat.fetch_add(1, Ordering::Relaxed);
         let reaches_end = range.end == h.identity().size;
-        if reaches_end && (h.fetches_all() || h.all_present()) {
-            h.wait_complete().await.map_err(FsError::Hydrate)?;
+        if reaches_end && (h.fetches_all() || h.all_fetched()) {
+            h.wait_verified().await.map_err(FsError::Hydrate)?;
         }
         Ok(missed)
     }
@@ -330,6 +330,19 @@ impl OssFs {
         let file = self.files.lock().unwrap().remove(&fh);
         if let Some(OpenFile::Cached { hydration, .. }) = file {
             self.cache.close_entry(hydration.identity());
+            // Reads can finish before the last record is written; a hydration still
+            // recording after its last close gives its files back as soon as it is done,
+            // not at the next periodic reap (thousands of small files a second would
+            // otherwise pile up descriptors).
+            if hydration.continues_after_close() {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let cache = self.cache.clone();
+                    rt.spawn(async move {
+                        let _ = hydration.wait_complete().await;
+                        cache.reap();
+                    });
+                }
+            }
         }
     }
 

@@ -339,17 +339,8 @@ fn hold_back(objects: &mut Vec<ListedObject>, prefixes: &[String]) -> Vec<Listed
 
 #[cfg(test)]
 mod tests {
+    use super::super::namespace::tests::obj;
     use super::*;
-
-    fn obj(key: &str) -> ListedObject {
-        ListedObject {
-            key: key.into(),
-            size: 1,
-            etag: "\"E\"".into(),
-            last_modified: std::time::UNIX_EPOCH,
-            storage_class: String::new(),
-        }
-    }
 
     #[test]
     fn files_a_later_directory_could_hide_wait_for_the_next_page() {

@@ -431,11 +431,11 @@ pub(super) struct DirHandle {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::ListedObject;
 
-    fn obj(key: &str) -> ListedObject {
+    pub(in crate::fs) fn obj(key: &str) -> ListedObject {
         ListedObject {
             key: key.into(),
             size: 1,

@@ -162,6 +162,12 @@ struct State {
     /// Where a demanded part's fetch begins when the reader's bytes lie inside it: their
     /// first byte then costs one round trip, not the part before them.
     start_at: std::collections::HashMap<usize, u64>,
+    /// Parts wholly written in this run whose CRC-64 is known, not yet synced and recorded:
+    /// with the present parts they let the whole-object check run before the last fsync.
+    crc_known: std::collections::HashMap<usize, u64>,
+    /// The whole object's bytes are in the data file and match the server's CRC-64 (or it
+    /// announced none): a read may finish on them, though the record may still be on its way.
+    verified: bool,
 }
 
 impl State {
@@ -178,6 +184,38 @@ impl State {
                 .get(&p)
                 .is_some_and(|ws| ws.iter().any(|w| w.start <= from && to <= w.end))
         })
+    }
+
+    /// Every part present or wholly written.
+    fn all_fetched(&self) -> bool {
+        self.present.count_ones(..) + self.crc_known.len() == self.present.len()
+    }
+
+    /// Notes that `part`'s bytes are all written with CRC-64 `crc`, and checks the whole
+    /// object once every part is (a mismatch is left to `finish_if_complete`, which fails the
+    /// hydration). True when this made the object verified.
+    fn note_part_written(
+        &mut self,
+        layout: PartLayout,
+        part: usize,
+        crc: u64,
+        expected: Option<u64>,
+    ) -> bool {
+        self.crc_known.insert(part, crc);
+        if self.verified || self.complete || !self.all_fetched() {
+            return false;
+        }
+        let combined = (0..layout.count()).fold(0u64, |acc, p| {
+            let r = layout.range(p);
+            let c = if self.present[p] {
+                self.part_crc[p]
+            } else {
+                self.crc_known[&p]
+            };
+            crate::crc64::combine(acc, c, r.end - r.start)
+        });
+        self.verified = expected.is_none_or(|e| e == combined);
+        self.verified
     }
 
     /// Notes `range` of `part` written (streams write contiguously, so it extends a run).
@@ -336,6 +374,8 @@ impl Hydration {
                 complete: false,
                 written: Default::default(),
                 start_at: Default::default(),
+                crc_known: Default::default(),
+                verified: false,
             }),
             changed,
             checkpoint_lock: Mutex::new(None),
@@ -356,16 +396,9 @@ impl Hydration {
         if complete {
             h.inner.finish_if_complete();
         } else {
-            // Record the identity before any part, so a crash leaves a usable record; a
-            // one-part object has nothing to resume, so it skips this write.
-            if let (Some(path), None, true) = (&h.inner.checkpoint_path, resume, n > 1) {
-                let records = checkpoint::RecordFile::create(&h.inner.snapshot(), path, true)
-                    .map_err(|source| HydrateError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                *h.inner.checkpoint_lock.lock().unwrap() = Some(records);
-            }
+            // No record is written before the first part: until then a crash leaves nothing
+            // worth resuming (the data file without a record is removed at the next start),
+            // and opening a file pays no fsyncs before its first byte.
             // Claimed before any worker starts, so none of them asks for these parts again.
             if let Some(body) = body {
                 h.supply(body);
@@ -460,6 +493,10 @@ impl Hydration {
     /// `stop` from async code: the wait for a running checkpoint write happens off the
     /// async workers.
     pub async fn shutdown(&self) {
+        // Parts whose bytes are all written are one sync and one record away from durable:
+        // let them finish (briefly), so what readers already got survives an unmount.
+        let recording = self.wait_until(|st| st.crc_known.is_empty());
+        let _ = tokio::time::timeout(Duration::from_secs(10), recording).await;
         let h = self.clone();
         tokio::task::spawn_blocking(move || h.stop())
             .await
@@ -475,6 +512,11 @@ impl Hydration {
     /// Every part is present (complete, or waiting for its CRC-64 verdict).
     pub fn all_present(&self) -> bool {
         self.inner.state.lock().unwrap().present.is_full()
+    }
+
+    /// Whether every part is present or wholly written in this run.
+    pub fn all_fetched(&self) -> bool {
+        self.inner.state.lock().unwrap().all_fetched()
     }
 
     /// Whether this hydration fetches the whole object (so a read reaching the end may wait

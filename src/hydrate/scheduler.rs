@@ -125,6 +125,19 @@ impl Hydration {
     /// Waits until every part is present and the whole-object CRC checked (mode `All`), or
     /// returns the first failure.
     pub async fn wait_complete(&self) -> Result<(), Arc<HydrateError>> {
+        self.wait_until(|st| st.complete).await
+    }
+
+    /// Waits until the whole object's bytes are in the data file and passed the CRC-64 check
+    /// (durable and recorded or not yet): what a read that finishes the file needs.
+    pub async fn wait_verified(&self) -> Result<(), Arc<HydrateError>> {
+        self.wait_until(|st| st.complete || st.verified).await
+    }
+
+    pub(super) async fn wait_until(
+        &self,
+        done: impl Fn(&State) -> bool,
+    ) -> Result<(), Arc<HydrateError>> {
         let mut rx = self.inner.changed.subscribe();
         loop {
             {
@@ -132,7 +145,7 @@ impl Hydration {
                 if let Some(f) = &st.fatal {
                     return Err(f.clone());
                 }
-                if st.complete {
+                if done(&st) {
                     return Ok(());
                 }
                 if let Some(p) = &st.paused {

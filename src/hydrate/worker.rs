@@ -62,7 +62,15 @@ impl Inner {
                 .await
                 .expect("writer does not panic");
             match wrote {
-                Ok(()) => written.push((part, crc)),
+                Ok(()) => {
+                    // Readable now; recorded once synced.
+                    self.state
+                        .lock()
+                        .unwrap()
+                        .note_written(part, self.layout.range(part));
+                    self.note_part_written(part, crc);
+                    written.push((part, crc))
+                }
                 Err(e) => {
                     tracing::debug!(key = %self.id.key, part, "writing supplied bytes failed: {e}");
                     if let Some(b) = &self.cfg.budget {
@@ -96,7 +104,10 @@ impl Inner {
                         let range = self.layout.range(part);
                         b.release(&self.id, range.end - range.start);
                     }
-                    self.state.lock().unwrap().in_flight[part] = false;
+                    let mut st = self.state.lock().unwrap();
+                    st.in_flight[part] = false;
+                    st.written.remove(&part);
+                    st.crc_known.remove(&part);
                 }
             }
         }
@@ -119,6 +130,7 @@ impl Inner {
                     st.checked.insert(part);
                     st.in_flight[part] = false;
                     st.written.remove(&part);
+                    st.crc_known.remove(&part);
                     st.part_crc[part] = crc;
                     st.failed[part] = None;
                 }
@@ -143,6 +155,7 @@ impl Inner {
                 let mut st = self.state.lock().unwrap();
                 st.in_flight[part] = false;
                 st.written.remove(&part);
+                st.crc_known.remove(&part);
                 if fatal {
                     if st.fatal.is_none() {
                         self.cfg
@@ -273,6 +286,7 @@ impl Inner {
             }
             None => self.fetch_segment(part, range.clone(), demand).await?,
         };
+        self.note_part_written(part, crc);
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -364,6 +378,19 @@ impl Inner {
         Ok(crc
             .expect("the digest is back after the last write")
             .value())
+    }
+
+    /// Records that `part` is wholly written with `crc` and wakes readers when that made
+    /// the object verified.
+    fn note_part_written(&self, part: usize, crc: u64) {
+        let verified =
+            self.state
+                .lock()
+                .unwrap()
+                .note_part_written(self.layout, part, crc, self.id.crc64);
+        if verified {
+            self.notify();
+        }
     }
 
     /// A body that does not match its range: worth another attempt, like any broken answer.
