@@ -51,16 +51,20 @@ impl Inner {
                 }
             }
             let data = body.slice(range.start as usize..range.end as usize);
-            let crc = crate::crc64::update(0, &data);
             self.bytes_fetched.fetch_add(len, Ordering::Relaxed);
             self.cfg
                 .stats
                 .bytes_fetched
                 .fetch_add(len, Ordering::Relaxed);
             let file = self.file.clone();
-            let wrote = tokio::task::spawn_blocking(move || file.write_all_at(&data, range.start))
-                .await
-                .expect("writer does not panic");
+            let (crc, wrote) = tokio::task::spawn_blocking(move || {
+                (
+                    crate::crc64::checksum(&data),
+                    file.write_all_at(&data, range.start),
+                )
+            })
+            .await
+            .expect("writer does not panic");
             match wrote {
                 Ok(()) => {
                     // Readable now; recorded once synced.
