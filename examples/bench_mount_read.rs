@@ -4,6 +4,10 @@
 //! is the FUSE round trip. Rounds alternate the two mounts.
 //!
 //! `cargo run --release --example bench_mount_read [-- --size 1GiB --rounds 5]` (as root)
+//!
+//! With `--fuse`: the FUSE settings instead (kernel readahead, background requests, request
+//! threads), one changed at a time from the defaults, every read served by ossmount: one
+//! reader of the file, and four readers of four quarter-size files at once.
 
 mod common;
 use common::arg;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ossmount::emulator::{Emulator, EmulatorConfig};
+use ossmount::fs::fuse::FuseTuning;
 use ossmount::mount::{run_mount, MountOptions};
 use ossmount::oss::{OssClient, OssUrl};
 use ossmount::size::{human_bytes, parse_size};
@@ -47,6 +52,17 @@ fn with_mount<T>(
     passthrough: bool,
     work: impl FnOnce(&Path) -> T,
 ) -> T {
+    with_tuned_mount(rt, endpoint, dir, passthrough, FuseTuning::default(), work)
+}
+
+fn with_tuned_mount<T>(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    dir: &Path,
+    passthrough: bool,
+    tuning: FuseTuning,
+    work: impl FnOnce(&Path) -> T,
+) -> T {
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let cfg = common::bench_client_config(endpoint);
@@ -61,6 +77,7 @@ fn with_mount<T>(
     opts.max_connections = 16;
     opts.metadata_ttl = Duration::from_secs(600);
     opts.passthrough = passthrough;
+    opts.fuse = tuning;
     let handle = rt.handle().clone();
     let t = std::thread::spawn(move || run_mount(&opts, client, handle, || {}).unwrap());
     let start = Instant::now();
@@ -99,6 +116,11 @@ fn main() {
         ))
         .unwrap();
     let endpoint = emu.endpoint();
+    if std::env::args().any(|a| a == "--fuse") {
+        fuse_sweep(&rt, &endpoint, &dir, &root, size, rounds);
+        rt.block_on(emu.shutdown());
+        return;
+    }
     // Hydrate once.
     with_mount(&rt, &endpoint, &dir, true, |m| {
         assert_eq!(read_all(&m.join("file.bin")), size);
@@ -135,4 +157,102 @@ fn main() {
     println!("| served by ossmount | {d:.3} s | {:.0} | 1.0x |", mib / d);
     println!("\n{gets} GET requests in all (the first hydration only)");
     rt.block_on(emu.shutdown());
+}
+
+/// Each FUSE setting changed alone from the defaults; reads served by ossmount (no
+/// passthrough) from hydrated files, so the request path is what is measured.
+fn fuse_sweep(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    dir: &Path,
+    root: &Path,
+    size: u64,
+    rounds: usize,
+) {
+    let quarters: Vec<String> = (0..4).map(|i| format!("q{i}.bin")).collect();
+    for (i, q) in quarters.iter().enumerate() {
+        let p = root.join("bench").join(q);
+        if std::fs::metadata(&p).map(|m| m.len()).ok() != Some(size / 4) {
+            ossmount::sample::write_file(&p, 20 + i as u64, size / 4).unwrap();
+        }
+    }
+    with_mount(rt, endpoint, dir, true, |m| {
+        assert_eq!(read_all(&m.join("file.bin")), size);
+        for q in &quarters {
+            assert_eq!(read_all(&m.join(q)), size / 4);
+        }
+    });
+    let d = FuseTuning::default();
+    let configs = [
+        ("defaults", d),
+        (
+            "readahead 128 KiB",
+            FuseTuning {
+                max_readahead: 128 << 10,
+                ..d
+            },
+        ),
+        (
+            "readahead 4 MiB",
+            FuseTuning {
+                max_readahead: 4 << 20,
+                ..d
+            },
+        ),
+        (
+            "max_background 12",
+            FuseTuning {
+                max_background: 12,
+                ..d
+            },
+        ),
+        ("1 thread", FuseTuning { threads: 1, ..d }),
+        ("4 threads", FuseTuning { threads: 4, ..d }),
+    ];
+    let mut one = vec![Vec::new(); configs.len()];
+    let mut four = vec![Vec::new(); configs.len()];
+    for _ in 0..rounds {
+        for (i, (_, tuning)) in configs.iter().enumerate() {
+            let (a, b) = with_tuned_mount(rt, endpoint, dir, false, *tuning, |m| {
+                let t = Instant::now();
+                assert_eq!(read_all(&m.join("file.bin")), size);
+                let a = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for q in &quarters {
+                        let p = m.join(q);
+                        s.spawn(move || assert_eq!(read_all(&p), size / 4));
+                    }
+                });
+                (a, t.elapsed().as_secs_f64())
+            });
+            one[i].push(a);
+            four[i].push(b);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let mib = size as f64 / (1 << 20) as f64;
+    let (base_one, base_four) = (med(&mut one[0].clone()), med(&mut four[0].clone()));
+    println!(
+        "\nreads served by ossmount from hydrated files ({} and 4 × {}), median of {rounds}\n",
+        human_bytes(size),
+        human_bytes(size / 4)
+    );
+    println!(
+        "| FUSE setting | one reader MiB/s | vs defaults | four readers MiB/s | vs defaults |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (name, _)) in configs.iter().enumerate() {
+        let (a, b) = (med(&mut one[i]), med(&mut four[i]));
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            mib / a,
+            base_one / a,
+            mib / b,
+            base_four / b
+        );
+    }
 }

@@ -52,6 +52,8 @@ pub struct MountOptions {
     pub metrics_addr: Option<String>,
     /// The request counters the client reports to (set as its observer by the caller).
     pub request_metrics: Arc<RequestMetrics>,
+    /// Kernel readahead, background requests and FUSE threads (measured defaults).
+    pub fuse: crate::fs::fuse::FuseTuning,
 }
 
 impl MountOptions {
@@ -81,6 +83,7 @@ impl MountOptions {
             read_deadline: Duration::from_secs(60),
             metrics_addr: None,
             request_metrics: Arc::default(),
+            fuse: Default::default(),
         }
     }
 
@@ -222,6 +225,7 @@ pub fn run_mount(
         fs_name: format!("ossmount:{}", opts.url.bucket),
         allow_other: opts.allow_other,
         passthrough: opts.passthrough,
+        tuning: opts.fuse,
     };
     let mut session = fuse::mount(fs.clone(), rt.clone(), &opts.mountpoint, &kernel)
         .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;

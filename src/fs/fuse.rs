@@ -31,6 +31,29 @@ pub struct KernelMount {
     pub allow_other: bool,
     /// Hand complete files to the kernel when it offers FUSE passthrough.
     pub passthrough: bool,
+    pub tuning: FuseTuning,
+}
+
+/// What the session asks of the kernel and how many threads read its requests. The defaults
+/// are what `examples/bench_mount_read.rs --fuse` measured best (README, Performance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuseTuning {
+    /// The kernel's readahead for a file, in bytes (also the largest read it sends).
+    pub max_readahead: u32,
+    /// Requests the kernel keeps in flight in the background (readahead, async reads).
+    pub max_background: u16,
+    /// Threads reading requests from /dev/fuse.
+    pub threads: usize,
+}
+
+impl Default for FuseTuning {
+    fn default() -> FuseTuning {
+        FuseTuning {
+            max_readahead: 1 << 20,
+            max_background: 64,
+            threads: 2,
+        }
+    }
 }
 
 /// A mounted FUSE session: `run` serves requests until the filesystem is unmounted.
@@ -81,8 +104,9 @@ pub fn mount(
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(2);
-    let adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
+    config.n_threads = Some(kernel.tuning.threads.max(1));
+    let mut adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
+    adapter.tuning = kernel.tuning;
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     Ok(MountedSession { session })
 }
@@ -94,6 +118,7 @@ pub struct FuseAdapter {
     passthrough_wanted: bool,
     passthrough: Arc<AtomicBool>,
     backing: Arc<Mutex<PassthroughTable<BackingId>>>,
+    tuning: FuseTuning,
 }
 
 impl FuseAdapter {
@@ -106,6 +131,7 @@ impl FuseAdapter {
             passthrough_wanted: passthrough,
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Arc::default(),
+            tuning: FuseTuning::default(),
         }
     }
 }
@@ -165,10 +191,9 @@ fn errno(e: &FsError) -> Errno {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // 1 MiB kernel reads and readahead: fewer round trips through the request loop.
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(self.tuning.max_readahead);
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_background(64);
+        let _ = config.set_max_background(self.tuning.max_background);
         // readdirplus: `ls -l` gets every entry's attributes with the listing, no lookups.
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
