@@ -308,3 +308,55 @@ async fn an_object_larger_than_the_cache_reads_end_to_end() {
     drop(m);
     let _ = std::fs::remove_file(s.object_path("five-gib.bin"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sequential_reader_of_an_object_larger_than_the_cache_gets_parallel_readahead() {
+    require_fuse();
+    let s = Server::start().await;
+    let size = 96 * MIB;
+    s.put_sample("wide.bin", 61, size);
+    let (mnt, cache) = dirs(&s, "wide");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--cache-size", "16MiB"]);
+    let p = m.path("wide.bin");
+    fs_op(Duration::from_secs(20), move || {
+        std::fs::metadata(p).unwrap()
+    })
+    .await;
+    // 8 MiB/s per connection: one 8 MiB window takes a second to arrive.
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 8 * MIB);
+    let from = s.emu.request_log().len();
+    let p = m.path("wide.bin");
+    let got = fs_op(Duration::from_secs(120), move || std::fs::read(p).unwrap()).await;
+    s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    assert!(
+        got == ossmount::sample::bytes(61, size as usize),
+        "byte-exact"
+    );
+    let mut gets: Vec<(u64, Duration)> = s.emu.request_log()[from..]
+        .iter()
+        .filter(|r| r.key == "wide.bin" && r.method == "GET")
+        .filter_map(|r| Some((r.range?.0, r.at)))
+        .collect();
+    gets.sort();
+    // Once the reader crossed its first windows, the next four were asked for together,
+    // not one a second as a single stream would.
+    let ahead: Vec<Duration> = gets
+        .iter()
+        .filter(|(start, _)| *start >= 16 * MIB)
+        .take(4)
+        .map(|(_, at)| *at)
+        .collect();
+    assert_eq!(ahead.len(), 4, "{gets:?}");
+    let spread = *ahead.iter().max().unwrap() - *ahead.iter().min().unwrap();
+    assert!(
+        spread < Duration::from_millis(500),
+        "four windows from 16 MiB on were asked for over {spread:?}: {gets:?}"
+    );
+    assert!(
+        m.log_text().contains("larger than the whole cache"),
+        "served by ranged reads: {}",
+        m.log_text()
+    );
+    drop(m);
+}

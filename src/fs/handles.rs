@@ -162,12 +162,7 @@ impl OssFs {
             }
             OpenFile::Direct {
                 ino,
-                reader: Arc::new(DirectReader {
-                    store: self.store.clone(),
-                    window: 8 << 20,
-                    buf: tokio::sync::Mutex::new((0, bytes::Bytes::new())),
-                    id: id.clone(),
-                }),
+                reader: Arc::new(DirectReader::new(self.store.clone(), id.clone(), 8 << 20)),
             }
         } else {
             // Opening an entry reads and may fsync its checkpoint: off the async workers.
