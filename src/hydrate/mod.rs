@@ -509,11 +509,6 @@ impl Hydration {
         self.inner.state.lock().unwrap().fatal.clone()
     }
 
-    /// Every part is present (complete, or waiting for its CRC-64 verdict).
-    pub fn all_present(&self) -> bool {
-        self.inner.state.lock().unwrap().present.is_full()
-    }
-
     /// Whether every part is present or wholly written in this run.
     pub fn all_fetched(&self) -> bool {
         self.inner.state.lock().unwrap().all_fetched()
