@@ -26,11 +26,7 @@ use std::time::Instant;
 use common::mount::Mount;
 use common::{Server, BUCKET};
 
-fn arg(name: &str, default: u64) -> u64 {
-    bench::arg(name, &default.to_string())
-        .parse()
-        .expect("a number")
-}
+use bench::arg_number as arg;
 
 /// `n` keys `prefix/f0000000…` whose objects are sparse files of `size` bytes: a million
 /// keys cost inodes, not disk.

@@ -11,11 +11,7 @@ mod bench;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-fn arg(name: &str, default: u64) -> u64 {
-    bench::arg(name, &default.to_string())
-        .parse()
-        .expect("a number")
-}
+use bench::arg_number as arg;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {

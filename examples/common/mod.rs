@@ -12,6 +12,11 @@ pub fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// The number after `name` on the command line, or `default`.
+pub fn arg_number(name: &str, default: u64) -> u64 {
+    arg(name, &default.to_string()).parse().expect("a number")
+}
+
 /// The credential the benchmarks' emulator accepts.
 pub const BENCH_AK: &str = "bench-ak";
 pub const BENCH_SK: &str = "bench-secret";
