@@ -37,6 +37,7 @@ pub(super) async fn stream_file(
         end,
         cut,
     } = plan;
+    let _streaming = Streaming::begin(state, ctx);
     let mut file = std::fs::File::open(&path)?;
     file.seek(SeekFrom::Start(start))?;
     let mut pos = start;
@@ -107,4 +108,42 @@ pub(super) async fn stream_file(
         pos += want;
     }
     Ok(())
+}
+
+/// One GET body in flight: counted while it streams, for `Counters::peak_concurrent_bodies`.
+struct Streaming<'a> {
+    state: &'a State,
+    object: String,
+}
+
+impl<'a> Streaming<'a> {
+    fn begin(state: &'a State, ctx: &Ctx) -> Self {
+        let object = format!("{}/{}", ctx.bucket, ctx.key);
+        let (all, this) = {
+            let mut g = state.streaming.lock().unwrap();
+            g.0 += 1;
+            let this = g.1.entry(object.clone()).or_default();
+            *this += 1;
+            let this = *this;
+            (g.0, this)
+        };
+        let mut s = state.stats.lock().unwrap();
+        s.total.peak_concurrent_bodies = s.total.peak_concurrent_bodies.max(all);
+        let c = s.objects.entry(object.clone()).or_default();
+        c.peak_concurrent_bodies = c.peak_concurrent_bodies.max(this);
+        Streaming { state, object }
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        let mut g = self.state.streaming.lock().unwrap();
+        g.0 -= 1;
+        if let Some(n) = g.1.get_mut(&self.object) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.object);
+            }
+        }
+    }
 }

@@ -68,6 +68,8 @@ pub struct Counters {
     pub body_bytes: u64,
     pub injected_errors: u64,
     pub injected_cuts: u64,
+    /// The most GET bodies streamed at the same time (a reader's parallelism, seen by the server).
+    pub peak_concurrent_bodies: u64,
 }
 
 /// One request as it arrived (after its signature was checked).
@@ -121,6 +123,9 @@ struct State {
     cfg: EmulatorConfig,
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
+    /// GET bodies streaming now, in all and per `bucket/key`; kept apart from `stats` so a
+    /// reset of the counters does not lose bodies still going.
+    streaming: Mutex<(u64, HashMap<String, u64>)>,
     rng: Mutex<rand::rngs::StdRng>,
     seq: AtomicU64,
     started: Instant,
@@ -204,6 +209,7 @@ impl Emulator {
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(cfg.seed)),
             cfg,
             stats: Mutex::new(Stats::default()),
+            streaming: Mutex::new((0, HashMap::new())),
             seq: AtomicU64::new(0),
             started: Instant::now(),
             crc_cache: Mutex::new(HashMap::new()),

@@ -1,15 +1,16 @@
 //! Objects larger than the whole cache: ranged reads through memory windows, never kept on
-//! disk. A reader that goes on sequentially gets the next windows fetched in parallel ahead
-//! of it, as a hydration's readahead does; a random reader fetches only what it reads. Must
-//! not touch the cache directory.
+//! disk. A read waits only for its own bytes of the window it falls in (windows stream, as
+//! parts of a hydration do); a reader that goes on sequentially gets the next windows fetched
+//! in parallel ahead of it; a random reader fetches from its own offset, only what it reads
+//! on. Must not touch the cache directory.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use bytes::Bytes;
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use crate::hydrate::ObjectIdentity;
 use crate::store::{ObjectStore, StoreError, StoreErrorKind};
@@ -17,44 +18,105 @@ use crate::store::{ObjectStore, StoreError, StoreErrorKind};
 use super::{FsError, OssFs};
 
 /// Windows fetched ahead of a sequential reader, each on its own connection.
-const WINDOWS_AHEAD: usize = 4;
+const WINDOWS_AHEAD: u64 = 4;
+
+/// Where a random read's window starts: the page it falls in, so its first byte comes first.
+const PAGE: u64 = 4096;
 
 /// Ranged reads through windows of `window` bytes, for objects that do not fit the cache.
-/// Memory per handle is bounded by `1 + WINDOWS_AHEAD` windows.
+/// Memory per handle is bounded by about `2 + WINDOWS_AHEAD` windows: the ones behind and
+/// past those are dropped (and their fetches stopped) once no read waits on them.
 pub struct DirectReader {
     pub(super) store: Arc<dyn ObjectStore>,
     pub(super) id: ObjectIdentity,
     pub(super) window: u64,
-    pub(super) state: tokio::sync::Mutex<Windows>,
+    state: Mutex<Windows>,
 }
 
-/// The window last read from, and the ones being fetched after it, in order.
 #[derive(Default)]
-pub struct Windows {
-    current: (u64, Bytes),
-    ahead: VecDeque<(u64, JoinHandle<Result<Bytes, StoreError>>)>,
+struct Windows {
+    /// By start offset; windows never overlap.
+    by_start: BTreeMap<u64, Arc<Window>>,
+    /// Where the last read ended, and whether the reads so far go on sequentially.
+    last_end: Option<u64>,
+    sequential: bool,
+    /// Start of the window the last read fell in.
+    last_window: u64,
 }
 
-impl Drop for Windows {
+/// `[start, end)` of the object as it streams in; readers wait on `progress`.
+struct Window {
+    range: Range<u64>,
+    arrived: Mutex<Vec<u8>>,
+    progress: watch::Sender<Progress>,
+    fetch: OnceLock<AbortHandle>,
+}
+
+#[derive(Clone, Default)]
+struct Progress {
+    len: u64,
+    failed: Option<StoreError>,
+}
+
+impl Drop for Window {
     fn drop(&mut self) {
-        for (_, h) in self.ahead.drain(..) {
+        if let Some(h) = self.fetch.get() {
             h.abort();
         }
     }
 }
 
-async fn fetch(
-    store: Arc<dyn ObjectStore>,
-    id: ObjectIdentity,
-    range: Range<u64>,
-) -> Result<Bytes, StoreError> {
-    use futures_util::StreamExt;
-    let mut s = store.get_range(&id.bucket, &id.key, range.clone(), Some(id.etag.clone()));
-    let mut data = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
-    while let Some(chunk) = s.next().await {
-        data.extend_from_slice(&chunk?);
+/// Marks a window failed if its fetch ends (or is torn down) before the whole range arrived,
+/// so no reader waits forever.
+struct FetchEnd(Weak<Window>);
+
+impl Drop for FetchEnd {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.upgrade() {
+            let want = w.range.end - w.range.start;
+            w.progress.send_if_modified(|p| {
+                if p.len < want && p.failed.is_none() {
+                    p.failed = Some(StoreError::new(
+                        StoreErrorKind::Transient,
+                        "the ranged read ended before its bytes arrived",
+                    ));
+                    return true;
+                }
+                false
+            });
+        }
     }
-    Ok(data.freeze())
+}
+
+/// Streams the window's range into it. Holds the window weakly: a window nobody reads any
+/// more is dropped, which aborts this task and closes its connection.
+async fn stream_window(store: Arc<dyn ObjectStore>, id: ObjectIdentity, window: Weak<Window>) {
+    use futures_util::StreamExt;
+    let _end = FetchEnd(window.clone());
+    let Some(range) = window.upgrade().map(|w| w.range.clone()) else {
+        return;
+    };
+    let mut body = store.get_range(&id.bucket, &id.key, range, Some(id.etag.clone()));
+    while let Some(chunk) = body.next().await {
+        let Some(w) = window.upgrade() else { return };
+        match chunk {
+            Ok(bytes) => {
+                let len = {
+                    let mut arrived = w.arrived.lock().unwrap();
+                    if arrived.capacity() == 0 {
+                        arrived.reserve_exact((w.range.end - w.range.start) as usize);
+                    }
+                    arrived.extend_from_slice(&bytes);
+                    arrived.len() as u64
+                };
+                w.progress.send_modify(|p| p.len = len);
+            }
+            Err(e) => {
+                w.progress.send_modify(|p| p.failed = Some(e));
+                return;
+            }
+        }
+    }
 }
 
 impl DirectReader {
@@ -67,67 +129,132 @@ impl DirectReader {
         }
     }
 
+    fn start_window(&self, range: Range<u64>) -> Arc<Window> {
+        let w = Arc::new(Window {
+            range,
+            arrived: Mutex::new(Vec::new()),
+            progress: watch::channel(Progress::default()).0,
+            fetch: OnceLock::new(),
+        });
+        let task = tokio::spawn(stream_window(
+            self.store.clone(),
+            self.id.clone(),
+            Arc::downgrade(&w),
+        ));
+        let _ = w.fetch.set(task.abort_handle());
+        w
+    }
+
+    /// The window holding `at`, started if none does, with the windows ahead of a sequential
+    /// reader started too and the far ones dropped.
+    fn window_for(&self, at: u64, end: u64) -> Arc<Window> {
+        let mut st = self.state.lock().unwrap();
+        // Reads arrive a little out of order (the kernel's readahead, several FUSE threads):
+        // anything within a window of where the last one ended is near.
+        let near = st
+            .last_end
+            .is_some_and(|last| at + self.window >= last && at <= last + self.window);
+        if st.last_end.is_none() {
+            st.sequential = at == 0;
+        } else if !near {
+            st.sequential = false;
+        }
+        st.last_end = Some(st.last_end.map_or(end, |l| l.max(end)));
+        let (low, high) = (
+            at.saturating_sub(self.window),
+            at + (WINDOWS_AHEAD + 1) * self.window,
+        );
+        st.by_start
+            .retain(|_, w| w.range.end > low && w.range.start < high);
+        let holding = st
+            .by_start
+            .range(..=at)
+            .next_back()
+            .filter(|(_, w)| at < w.range.end)
+            .map(|(_, w)| w.clone());
+        let current = match holding {
+            Some(w) => w,
+            None => {
+                // From the reader's page to the next window boundary (or the next window
+                // already started), so windows ahead line up.
+                let start = at / PAGE * PAGE;
+                let boundary = (start / self.window + 1) * self.window;
+                let next_started = st.by_start.range(at..).next().map_or(u64::MAX, |(s, _)| *s);
+                let w = self.start_window(start..boundary.min(next_started).min(self.id.size));
+                st.by_start.insert(start, w.clone());
+                w
+            }
+        };
+        // A near read in another window than the last one: the reader crossed a boundary.
+        if near && st.last_window != current.range.start {
+            st.sequential = true;
+        }
+        st.last_window = current.range.start;
+        if st.sequential {
+            let mut next = current.range.end;
+            let until = (current.range.end + WINDOWS_AHEAD * self.window).min(self.id.size);
+            while next < until {
+                let existing = st
+                    .by_start
+                    .range(..=next)
+                    .next_back()
+                    .filter(|(_, w)| next < w.range.end)
+                    .map(|(_, w)| w.range.end);
+                next = match existing {
+                    Some(after) => after,
+                    None => {
+                        let next_started = st
+                            .by_start
+                            .range(next..)
+                            .next()
+                            .map_or(u64::MAX, |(s, _)| *s);
+                        let to = ((next / self.window + 1) * self.window)
+                            .min(next_started)
+                            .min(self.id.size);
+                        let w = self.start_window(next..to);
+                        st.by_start.insert(next, w);
+                        to
+                    }
+                };
+            }
+        }
+        current
+    }
+
     async fn read(&self, offset: u64, end: u64) -> Result<Vec<u8>, StoreError> {
-        let mut st = self.state.lock().await;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut at = offset;
         while at < end {
-            let (start, data) = &st.current;
-            if *start <= at && at < start + data.len() as u64 {
-                let from = (at - start) as usize;
-                let to = ((end - start) as usize).min(data.len());
-                out.extend_from_slice(&data[from..to]);
-                at = start + to as u64;
-                continue;
-            }
-            // A window fetched ahead holds it: the reader goes on sequentially.
-            if let Some(i) = st
-                .ahead
-                .iter()
-                .position(|(s, _)| *s <= at && at < s + self.window)
-            {
-                for (_, skipped) in st.ahead.drain(..i) {
-                    skipped.abort();
+            let w = self.window_for(at, end);
+            let upto = end.min(w.range.end);
+            let need = upto - w.range.start;
+            let progress = w
+                .progress
+                .subscribe()
+                .wait_for(|p| p.len >= need || p.failed.is_some())
+                .await
+                .map(|p| p.clone())
+                .expect("the window holds its sender");
+            if progress.len < need {
+                // Forget the failed window so the next read asks again.
+                let mut st = self.state.lock().unwrap();
+                if st
+                    .by_start
+                    .get(&w.range.start)
+                    .is_some_and(|held| Arc::ptr_eq(held, &w))
+                {
+                    st.by_start.remove(&w.range.start);
                 }
-                let (s, h) = st.ahead.pop_front().expect("found");
-                let data = h.await.map_err(|e| {
-                    StoreError::new(StoreErrorKind::Transient, format!("window fetch: {e}"))
-                })??;
-                st.current = (s, data);
-                self.fill_ahead(&mut st);
-                continue;
+                return Err(progress.failed.expect("failed when short"));
             }
-            // Just past the window read last (requests may arrive a little out of order).
-            let current_end = st.current.0 + st.current.1.len() as u64;
-            let sequential = at >= current_end && at < current_end + self.window && at > 0;
-            for (_, h) in st.ahead.drain(..) {
-                h.abort();
-            }
-            let fetch_end = (at + self.window.max(end - at)).min(self.id.size);
-            let data = fetch(self.store.clone(), self.id.clone(), at..fetch_end).await?;
-            st.current = (at, data);
-            if sequential {
-                self.fill_ahead(&mut st);
-            }
+            let arrived = w.arrived.lock().unwrap();
+            out.extend_from_slice(&arrived[(at - w.range.start) as usize..need as usize]);
+            at = upto;
         }
         Ok(out)
     }
-
-    /// Keeps `WINDOWS_AHEAD` windows in flight after the current one.
-    fn fill_ahead(&self, st: &mut Windows) {
-        let mut next = st
-            .ahead
-            .back()
-            .map(|(s, _)| s + self.window)
-            .unwrap_or(st.current.0 + st.current.1.len() as u64);
-        while st.ahead.len() < WINDOWS_AHEAD && next < self.id.size {
-            let range = next..(next + self.window).min(self.id.size);
-            let task = tokio::spawn(fetch(self.store.clone(), self.id.clone(), range));
-            st.ahead.push_back((next, task));
-            next += self.window;
-        }
-    }
 }
+
 impl OssFs {
     pub(super) async fn read_direct(
         &self,
