@@ -111,6 +111,12 @@ pub fn render(requests: &RequestMetrics, fs: &OssFs) -> String {
     );
     counter(
         &mut r,
+        "part_splits",
+        "GETs started inside a streaming part for a read far ahead of it",
+        &engine.part_splits,
+    );
+    counter(
+        &mut r,
         "fetched_bytes",
         "Body bytes received from OSS",
         &engine.bytes_fetched,

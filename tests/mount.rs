@@ -670,22 +670,40 @@ async fn a_read_inside_a_part_gets_its_bytes_before_the_part_completes() {
 
     // Part 0 streams from its start (a read at offset 0); a read 1 MiB into it returns once
     // the stream has passed it, while the part is still arriving.
+    // A read 6 MiB in, seconds ahead of that stream, gets a GET of its own from its page.
+    let far = 6 * MIB + 321;
     let p = m.path("streaming.bin");
-    let (first, inside, parts_then) = fs_op(Duration::from_secs(30), move || {
+    let (first, inside, ahead, parts_then) = fs_op(Duration::from_secs(30), move || {
         let f = std::fs::File::open(&p).unwrap();
         let mut a = vec![0u8; 4096];
         f.read_exact_at(&mut a, 0).unwrap();
         let mut b = vec![0u8; 4096];
         f.read_exact_at(&mut b, MIB + 123).unwrap();
-        (a, b, parts_present(p))
+        let mut c = vec![0u8; 4096];
+        f.read_exact_at(&mut c, far).unwrap();
+        (a, b, c, parts_present(p))
     })
     .await;
-    let want = ossmount::sample::bytes(21, (2 * MIB) as usize);
+    let want = ossmount::sample::bytes(21, size as usize);
     assert!(first == want[..4096]);
     assert!(inside == want[(MIB + 123) as usize..(MIB + 123 + 4096) as usize]);
+    assert!(ahead == want[far as usize..far as usize + 4096]);
     assert_eq!(
         parts_then, "0/4 parts",
-        "the read returned before its part completed"
+        "the reads returned before their part completed"
+    );
+    let part0_gets: Vec<(u64, u64)> = s
+        .emu
+        .request_log()
+        .iter()
+        .filter(|r| r.key == "streaming.bin" && r.method == "GET")
+        .filter_map(|r| r.range)
+        .filter(|(start, _)| *start < 8 * MIB)
+        .collect();
+    assert_eq!(
+        part0_gets,
+        vec![(0, 8 * MIB), (6 * MIB, 8 * MIB)],
+        "the far read split part 0's stream at its page"
     );
 
     // A cold part read in its middle is fetched from the reader's offset first.
@@ -714,5 +732,25 @@ async fn a_read_inside_a_part_gets_its_bytes_before_the_part_completes() {
         "a GET of part 1 starts at the reader's 4 KiB page"
     );
     s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    // Both objects whole: the split part and the part fetched from its middle combine their
+    // segments' CRC-64s into the part's, and the whole-object check passes.
+    for (name, seed) in [("streaming.bin", 21), ("cold.bin", 22)] {
+        let p = m.path(name);
+        let got = fs_op(Duration::from_secs(60), move || std::fs::read(p).unwrap()).await;
+        assert!(got == ossmount::sample::bytes(seed, size as usize), "{name}");
+    }
+    let p = m.path("streaming.bin");
+    let state = fs_op(Duration::from_secs(30), move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = parts_present(p.clone());
+            if v.starts_with("4/4") || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await;
+    assert!(state.starts_with("4/4"), "{state}");
     drop(m);
 }

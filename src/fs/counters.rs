@@ -57,6 +57,9 @@ impl Default for FsStats {
 pub struct MountCounters {
     pub part_requests: u64,
     pub part_retries: u64,
+    /// GETs started inside a part already streaming, for a read far ahead of its stream.
+    #[serde(default)]
+    pub part_splits: u64,
     pub bytes_fetched: u64,
     pub listings: u64,
     pub heads: u64,
@@ -85,8 +88,8 @@ impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();
         format!(
-            "{} part requests ({} retries), {} bytes fetched, {} listings, {} HEADs, {} small-file GETs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
-            c.part_requests, c.part_retries, c.bytes_fetched, c.listings, c.heads, c.small_gets, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
+            "{} part requests ({} retries, {} splits), {} bytes fetched, {} listings, {} HEADs, {} small-file GETs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
+            c.part_requests, c.part_retries, c.part_splits, c.bytes_fetched, c.listings, c.heads, c.small_gets, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
         )
     }
 
@@ -98,6 +101,7 @@ impl OssFs {
         MountCounters {
             part_requests: l(&e.part_requests),
             part_retries: l(&e.part_retries),
+            part_splits: l(&e.part_splits),
             bytes_fetched: l(&e.bytes_fetched),
             listings: l(&s.listings),
             heads: l(&s.heads),

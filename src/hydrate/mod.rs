@@ -17,6 +17,7 @@ mod error;
 mod layout;
 pub mod limiter;
 mod scheduler;
+mod segments;
 mod state;
 mod verify;
 mod worker;
@@ -69,6 +70,8 @@ pub trait SpaceBudget: Send + Sync {
 pub struct EngineStats {
     pub part_requests: AtomicU64,
     pub part_retries: AtomicU64,
+    /// GETs started inside a part already streaming, for a read far ahead of its stream.
+    pub part_splits: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub parts_completed: AtomicU64,
     /// Objects whose bytes did not match the server's whole-object CRC-64 (discarded).
@@ -165,6 +168,8 @@ struct State {
     /// Parts wholly written in this run whose CRC-64 is known, not yet synced and recorded:
     /// with the present parts they let the whole-object check run before the last fsync.
     crc_known: std::collections::HashMap<usize, u64>,
+    /// The GETs of each part in flight, so a read far ahead of a stream can split it.
+    segments: std::collections::HashMap<usize, segments::PartSegments<worker::PartFailure>>,
     /// The whole object's bytes are in the data file and match the server's CRC-64 (or it
     /// announced none): a read may finish on them, though the record may still be on its way.
     verified: bool,
@@ -374,6 +379,7 @@ impl Hydration {
                 complete: false,
                 written: Default::default(),
                 start_at: Default::default(),
+                segments: Default::default(),
                 crc_known: Default::default(),
                 verified: false,
             }),

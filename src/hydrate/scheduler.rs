@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::segments::{SegmentTask, SPLIT_ALIGN};
 use super::{HydrateError, Hydration, Inner, State};
 
-/// A demanded part starts at the reader's offset (rounded down to this) when that lies at
-/// least `SPLIT_MIN` into the part; nearer its start, one GET from the start is as quick.
-const SPLIT_ALIGN: u64 = 4096;
+/// A demanded part starts at the reader's page when that lies at least `SPLIT_MIN` into the
+/// part; nearer its start, one GET from the start is as quick.
 const SPLIT_MIN: u64 = 256 << 10;
 
 impl Hydration {
@@ -43,6 +43,16 @@ impl Hydration {
                 let at = range.start & !(SPLIT_ALIGN - 1);
                 if at >= part_start + SPLIT_MIN {
                     st.start_at.insert(first, at);
+                }
+            }
+            // A read far ahead of a stream already under way in its part gets its own GET.
+            let first = parts.start;
+            if !parts.is_empty() && st.in_flight[first] && !spawn.contains(&first) {
+                let inner = self.inner.clone();
+                if let Some(segments) = st.segments.get_mut(&first) {
+                    segments.split_for(range.start, |control| {
+                        SegmentTask::new(tokio::spawn(inner.fetch_split_segment(first, control)))
+                    });
                 }
             }
             if !parts.is_empty() {

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use crate::store::{StoreError, StoreErrorKind};
 
 use super::limiter::ConnectionPermit;
+use super::segments::{self, PartSegments, SegmentControl, SegmentDone};
 use super::{HydrateError, Inner};
 
 /// Bytes buffered per part before they are written: memory grows with parts in flight only.
@@ -274,7 +275,8 @@ impl Inner {
 
     /// The part's bytes, streamed to the data file; returns the part's CRC-64 after they are
     /// durable. A demanded part whose reader is inside it is fetched from the reader's
-    /// offset first and its head after (two GETs, CRCs combined).
+    /// offset first and its head after; a read landing far ahead of a stream splits it
+    /// (`segments`). Either way the segments' CRCs are combined in order.
     pub(super) async fn fetch_part_once(
         &self,
         part: usize,
@@ -282,14 +284,41 @@ impl Inner {
         demand: bool,
     ) -> Result<u64, PartFailure> {
         let start_at = self.state.lock().unwrap().start_at.remove(&part);
-        let crc = match start_at.filter(|k| range.start < *k && *k < range.end) {
-            Some(k) => {
-                let tail = self.fetch_segment(part, k..range.end, demand).await?;
-                let head = self.fetch_segment(part, range.start..k, false).await?;
-                crate::crc64::combine(head, tail, range.end - k)
-            }
-            None => self.fetch_segment(part, range.clone(), demand).await?,
+        let inline = match start_at.filter(|k| range.start < *k && *k < range.end) {
+            Some(k) => vec![(k..range.end, demand), (range.start..k, false)],
+            None => vec![(range.clone(), demand)],
         };
+        let (segments, mut split_off) = PartSegments::new();
+        self.state.lock().unwrap().segments.insert(part, segments);
+        let _registered = Registered { inner: self, part };
+        let mut done = Vec::new();
+        for (r, d) in inline {
+            let control = SegmentControl::new(r.clone());
+            if let Some(s) = self.state.lock().unwrap().segments.get_mut(&part) {
+                s.add(control.clone());
+            }
+            done.push(self.fetch_segment(part, r, &control, d).await?);
+        }
+        loop {
+            done.sort_by_key(|(r, _): &SegmentDone| r.start);
+            if segments::tiles(&done, &range) {
+                break;
+            }
+            // A split hands its GET over before the stream it cut can end.
+            let Some(task) = split_off.recv().await else {
+                return Err(PartFailure::Store(self.protocol_error(format!(
+                    "part {part}'s segments do not cover it"
+                ))));
+            };
+            let joined = task.join().await.map_err(|e| {
+                PartFailure::Store(StoreError::new(
+                    StoreErrorKind::Transient,
+                    format!("a split segment's GET ended: {e}"),
+                ))
+            })?;
+            done.push(joined?);
+        }
+        let crc = segments::combined_crc(&done);
         self.note_part_written(part, crc);
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
@@ -302,15 +331,33 @@ impl Inner {
         Ok(crc)
     }
 
+    /// A GET for a segment split off a part's stream (`Hydration::want`), on a demand
+    /// connection.
+    pub(super) async fn fetch_split_segment(
+        self: Arc<Self>,
+        part: usize,
+        control: Arc<SegmentControl>,
+    ) -> Result<SegmentDone, PartFailure> {
+        let _permit = self.limiter.acquire(true).await;
+        self.part_requests.fetch_add(1, Ordering::Relaxed);
+        self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
+        self.cfg.stats.part_splits.fetch_add(1, Ordering::Relaxed);
+        let range = control.start()..control.end();
+        self.fetch_segment(part, range, &control, true).await
+    }
+
     /// One GET of `range` (within `part`), written as it arrives — in small writes at first,
     /// so a waiting reader gets its bytes within a round trip, then in 1 MiB writes — each
-    /// noted as readable. Returns the range's CRC-64.
+    /// noted as readable. Stops early where a split cut it (`control`). Returns the range
+    /// fetched and its CRC-64.
     async fn fetch_segment(
         &self,
         part: usize,
         range: Range<u64>,
+        control: &SegmentControl,
         demand: bool,
-    ) -> Result<u64, PartFailure> {
+    ) -> Result<SegmentDone, PartFailure> {
+        let _finished = FinishOnDrop(control);
         let mut stream = self.store.get_range(
             &self.id.bucket,
             &self.id.key,
@@ -324,11 +371,16 @@ impl Inner {
         let mut buf_start = offset;
         loop {
             let chunk = stream.next().await;
-            let done = chunk.is_none();
+            let mut done = chunk.is_none();
             if let Some(chunk) = chunk {
-                let chunk = chunk.map_err(PartFailure::Store)?;
+                let mut chunk = chunk.map_err(PartFailure::Store)?;
                 if demand && offset == range.start {
                     self.open_pending_readahead();
+                }
+                if offset + chunk.len() as u64 > range.end {
+                    return Err(PartFailure::Store(
+                        self.protocol_error(format!("part body ran past byte {}", range.end)),
+                    ));
                 }
                 self.bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -336,13 +388,12 @@ impl Inner {
                     .stats
                     .bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                let (keep, ended) = control.arrived(offset, chunk.len() as u64);
+                chunk.truncate(keep as usize);
                 buf.extend_from_slice(&chunk);
-                offset += chunk.len() as u64;
-                if offset > range.end {
-                    return Err(PartFailure::Store(
-                        self.protocol_error(format!("part body ran past byte {}", range.end)),
-                    ));
-                }
+                offset += keep;
+                // Cut by a split: the rest is another GET's.
+                done |= ended && offset < range.end;
             }
             let flush_at = if buf_start - range.start < FIRST_WRITES_UNTIL {
                 FIRST_WRITE
@@ -373,15 +424,16 @@ impl Inner {
                 break;
             }
         }
-        if offset != range.end {
+        let end = control.end();
+        if offset != end {
             return Err(PartFailure::Store(self.protocol_error(format!(
-                "part body ended at byte {offset}, expected {}",
-                range.end
+                "part body ended at byte {offset}, expected {end}"
             ))));
         }
-        Ok(crc
+        let crc = crc
             .expect("the digest is back after the last write")
-            .value())
+            .value();
+        Ok((range.start..offset, crc))
     }
 
     /// Records that `part` is wholly written with `crc` and wakes readers when that made
@@ -416,4 +468,25 @@ impl Inner {
 pub(super) enum PartFailure {
     Store(StoreError),
     Io(HydrateError),
+}
+
+/// Takes a part's segments out of the shared state when its fetch ends, however it ends:
+/// no split can then hand a GET to a fetch that is gone.
+struct Registered<'a> {
+    inner: &'a Inner,
+    part: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.inner.state.lock().unwrap().segments.remove(&self.part);
+    }
+}
+
+struct FinishOnDrop<'a>(&'a SegmentControl);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }

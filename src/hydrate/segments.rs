@@ -1,0 +1,236 @@
+//! The GETs of a part in flight (its segments) and how far each has got, so a read that lands
+//! far ahead of a stream splits it: the stream stops at the reader's page and a new GET starts
+//! there; the part's CRC-64 is the segments' CRCs combined in order. Owns the split rule and
+//! the check that a part's segments tile it; must not write files or choose parts.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
+
+/// Splits start on this boundary (the reader's page).
+pub(super) const SPLIT_ALIGN: u64 = 4096;
+/// A read nearer the stream than this never splits it: the kernel's readahead of a
+/// sequential reader runs up to two 1 MiB windows ahead of it, and must not break a part
+/// into GETs.
+const SPLIT_MIN_AHEAD: u64 = 3 << 20;
+/// Segments per part at most (one split per far read; more would only add connections).
+const MAX_SEGMENTS: usize = 4;
+
+/// One GET of a part: `[from, end)`, where `end` moves down when a read splits it.
+pub(super) struct SegmentControl {
+    progress: Mutex<SegmentProgress>,
+}
+
+struct SegmentProgress {
+    from: u64,
+    end: u64,
+    /// Bytes received up to here (written or about to be).
+    received: u64,
+    started: Instant,
+    first_byte: Option<Instant>,
+    finished: bool,
+}
+
+/// What a segment fetched: its range (cut short by a split) and that range's CRC-64.
+pub(super) type SegmentDone = (Range<u64>, u64);
+
+/// A split segment's GET, aborted if the part's fetch ends without waiting for it.
+pub(super) struct SegmentTask<E>(JoinHandle<Result<SegmentDone, E>>);
+
+impl<E> SegmentTask<E> {
+    pub(super) fn new(task: JoinHandle<Result<SegmentDone, E>>) -> Self {
+        SegmentTask(task)
+    }
+
+    pub(super) async fn join(mut self) -> Result<Result<SegmentDone, E>, JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<E> Drop for SegmentTask<E> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl SegmentControl {
+    pub(super) fn new(range: Range<u64>) -> Arc<Self> {
+        Arc::new(SegmentControl {
+            progress: Mutex::new(SegmentProgress {
+                from: range.start,
+                end: range.end,
+                received: range.start,
+                started: Instant::now(),
+                first_byte: None,
+                finished: false,
+            }),
+        })
+    }
+
+    /// Notes `len` more bytes from the stream at `offset`; returns how many of them belong
+    /// to this segment (fewer once a split moved its end) and whether it has ended there.
+    pub(super) fn arrived(&self, offset: u64, len: u64) -> (u64, bool) {
+        let mut p = self.progress.lock().unwrap();
+        p.first_byte.get_or_insert_with(Instant::now);
+        let keep = len.min(p.end.saturating_sub(offset));
+        p.received = offset + keep;
+        (keep, keep < len || p.received >= p.end)
+    }
+
+    pub(super) fn start(&self) -> u64 {
+        self.progress.lock().unwrap().from
+    }
+
+    pub(super) fn end(&self) -> u64 {
+        self.progress.lock().unwrap().end
+    }
+
+    /// No split may take bytes from this segment any more.
+    pub(super) fn finish(&self) {
+        self.progress.lock().unwrap().finished = true;
+    }
+
+    /// Cuts this segment at the reader's page when a new GET would bring the bytes at `at`
+    /// sooner than the stream: they lie far enough ahead, and at the stream's rate so far
+    /// they are further off than its first byte took. Returns the range the new GET owns.
+    fn split_for(&self, at: u64, now: Instant) -> Option<Range<u64>> {
+        let mut p = self.progress.lock().unwrap();
+        let k = at & !(SPLIT_ALIGN - 1);
+        if p.finished || at >= p.end || k < p.received + SPLIT_MIN_AHEAD {
+            return None;
+        }
+        if let Some(first) = p.first_byte {
+            let round_trip = first - p.started;
+            let streaming = now.saturating_duration_since(first);
+            let got = p.received - p.from;
+            if got > 0 && streaming > Duration::ZERO {
+                let rate = got as f64 / streaming.as_secs_f64();
+                let wait = Duration::from_secs_f64((k - p.received) as f64 / rate);
+                if wait <= round_trip {
+                    return None;
+                }
+            }
+        }
+        let taken = k..p.end;
+        p.end = k;
+        Some(taken)
+    }
+}
+
+/// The segments of one part in flight, and where the GETs started by splits are handed to
+/// the part's fetch, which waits for them before it combines the CRCs.
+pub(super) struct PartSegments<E> {
+    controls: Vec<Arc<SegmentControl>>,
+    spawned: mpsc::UnboundedSender<SegmentTask<E>>,
+}
+
+impl<E> PartSegments<E> {
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<SegmentTask<E>>) {
+        let (spawned, rx) = mpsc::unbounded_channel();
+        (
+            PartSegments {
+                controls: Vec::new(),
+                spawned,
+            },
+            rx,
+        )
+    }
+
+    pub(super) fn add(&mut self, control: Arc<SegmentControl>) {
+        self.controls.push(control);
+    }
+
+    /// Splits the segment streaming towards `at`, if that is worth it: the new segment is
+    /// registered and `start` is called with it, its task handed to the part's fetch.
+    pub(super) fn split_for(
+        &mut self,
+        at: u64,
+        start: impl FnOnce(Arc<SegmentControl>) -> SegmentTask<E>,
+    ) -> bool {
+        if self.controls.len() >= MAX_SEGMENTS {
+            return false;
+        }
+        let now = Instant::now();
+        let Some(taken) = self.controls.iter().find_map(|c| c.split_for(at, now)) else {
+            return false;
+        };
+        let control = SegmentControl::new(taken);
+        self.controls.push(control.clone());
+        // The part's fetch holds the receiver until the segments tile the part.
+        let _ = self.spawned.send(start(control));
+        true
+    }
+}
+
+/// Whether `done` (sorted by start) covers `part` exactly, end to end.
+pub(super) fn tiles(done: &[SegmentDone], part: &Range<u64>) -> bool {
+    let mut at = part.start;
+    for (r, _) in done {
+        if r.start != at {
+            return false;
+        }
+        at = r.end;
+    }
+    at == part.end
+}
+
+/// The CRC-64 of the part from its segments' CRCs, in order.
+pub(super) fn combined_crc(done: &[SegmentDone]) -> u64 {
+    done.iter().fold(0, |crc, (r, c)| {
+        crate::crc64::combine(crc, *c, r.end - r.start)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_far_read_splits_a_slow_stream_and_the_crcs_combine() {
+        let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i * 7 + i / 13) as u8).collect();
+        let part = 0..data.len() as u64;
+        let c = SegmentControl::new(part.clone());
+        let t0 = Instant::now();
+        {
+            let mut p = c.progress.lock().unwrap();
+            p.started = t0;
+            p.first_byte = Some(t0 + Duration::from_millis(20));
+        }
+        assert_eq!(c.arrived(0, 1 << 20), (1 << 20, false));
+        // 1 MiB in 1 s: 5 MiB ahead is 5 s away, far more than the 20 ms first byte.
+        let at = (6 << 20) + 321;
+        assert_eq!(
+            c.split_for(at, t0 + Duration::from_millis(1020)),
+            Some((6 << 20)..(8 << 20))
+        );
+        assert_eq!(c.end(), 6 << 20);
+        // The stream keeps only what is still its own, and ends there.
+        assert_eq!(c.arrived(1 << 20, 6 << 20), (5 << 20, true));
+        // Within 2 MiB of the stream (kernel readahead), never split.
+        let d = SegmentControl::new(part.clone());
+        d.arrived(0, 1 << 20);
+        assert_eq!(d.split_for(2 << 20, Instant::now()), None);
+        // Fast enough that the stream gets there before a new GET would: no split.
+        let e = SegmentControl::new(part.clone());
+        {
+            let mut p = e.progress.lock().unwrap();
+            p.started = t0;
+            p.first_byte = Some(t0 + Duration::from_millis(500));
+        }
+        e.arrived(0, 4 << 20);
+        assert_eq!(e.split_for(7 << 20, t0 + Duration::from_millis(600)), None);
+
+        let crc = |r: &Range<u64>| crate::crc64::checksum(&data[r.start as usize..r.end as usize]);
+        let mut done: Vec<SegmentDone> = [0..(6 << 20), (6 << 20)..(8 << 20)]
+            .into_iter()
+            .map(|r| (r.clone(), crc(&r)))
+            .collect();
+        done.sort_by_key(|(r, _)| r.start);
+        assert!(tiles(&done, &part));
+        assert_eq!(combined_crc(&done), crc(&part));
+        assert!(!tiles(&done[..1], &part));
+    }
+}
