@@ -16,7 +16,7 @@ use ossmount::store::ObjectStore;
 
 const MIB: u64 = 1 << 20;
 
-fn spawn_download(s: &Server, key: &str, local: &Path, part_size: &str, threads: usize) -> Child {
+fn spawn_download(s: &Server, key: &str, local: &Path, part_size: &str, threads: &str) -> Child {
     Command::new(bin())
         .args([
             "--max-attempts",
@@ -25,7 +25,7 @@ fn spawn_download(s: &Server, key: &str, local: &Path, part_size: &str, threads:
             &format!("oss://{BUCKET}/{key}"),
         ])
         .arg(local)
-        .args(["--part-size", part_size, "--threads", &threads.to_string()])
+        .args(["--part-size", part_size, "--threads", threads])
         .envs(s.env())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -112,7 +112,7 @@ async fn sigkill_at_several_points_then_resume_refetches_only_missing_parts() {
     let mut previous: Option<Checkpoint> = None;
     for kill_at in [3, total_parts * 2 / 5, total_parts * 4 / 5] {
         let log_from = s.emu.request_log().len();
-        let mut child = spawn_download(&s, "big.bin", &local, "1MiB", threads);
+        let mut child = spawn_download(&s, "big.bin", &local, "1MiB", &threads.to_string());
         let reached = wait_until(Duration::from_secs(60), || parts_present(&local) >= kill_at);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -137,7 +137,7 @@ async fn sigkill_at_several_points_then_resume_refetches_only_missing_parts() {
     let bytes_before = s.emu.object_counters(BUCKET, "big.bin").body_bytes;
     s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
     let (ok, text) = tokio::task::spawn_blocking({
-        let child = spawn_download(&s, "big.bin", &local, "1MiB", threads);
+        let child = spawn_download(&s, "big.bin", &local, "1MiB", &threads.to_string());
         move || finish(child)
     })
     .await
@@ -172,7 +172,7 @@ async fn object_replaced_between_runs_gives_the_new_content_only() {
     s.emu
         .update_faults(|f| f.bandwidth_per_connection = 2 * MIB);
     let local = s.root().join("obj.bin");
-    let mut child = spawn_download(&s, "obj.bin", &local, "1MiB", 2);
+    let mut child = spawn_download(&s, "obj.bin", &local, "1MiB", "2");
     let reached = wait_until(Duration::from_secs(30), || parts_present(&local) >= 3);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -180,7 +180,7 @@ async fn object_replaced_between_runs_gives_the_new_content_only() {
     s.put_sample("obj.bin", 2, 12 * MIB + 7);
     s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
     let (ok, text) = tokio::task::spawn_blocking({
-        let child = spawn_download(&s, "obj.bin", &local, "1MiB", 2);
+        let child = spawn_download(&s, "obj.bin", &local, "1MiB", "2");
         move || finish(child)
     })
     .await
@@ -329,7 +329,7 @@ async fn server_down_fails_clearly_and_a_later_run_resumes() {
     s.emu
         .update_faults(|f| f.bandwidth_per_connection = 2 * MIB);
     let local = s.root().join("d.out");
-    let child = spawn_download(&s, "d.bin", &local, "1MiB", 2);
+    let child = spawn_download(&s, "d.bin", &local, "1MiB", "2");
     assert!(wait_until(Duration::from_secs(30), || parts_present(
         &local
     ) >= 4));
@@ -358,7 +358,7 @@ async fn server_down_fails_clearly_and_a_later_run_resumes() {
         .unwrap();
     let s = Server { emu, dir, scratch };
     let (ok, text) = tokio::task::spawn_blocking({
-        let child = spawn_download(&s, "d.bin", &local, "1MiB", 2);
+        let child = spawn_download(&s, "d.bin", &local, "1MiB", "2");
         move || finish(child)
     })
     .await
@@ -383,6 +383,19 @@ async fn bad_arguments_are_refused_before_any_request() {
         ),
         (vec!["--part-size".into(), "6GiB".into()], "out of range"),
         (vec!["--threads".into(), "0".into()], "thread count 0"),
+        (
+            vec!["--threads".into(), "lots".into()],
+            "a number (e.g. 3) or auto",
+        ),
+        (
+            vec![
+                "--threads".into(),
+                "auto".into(),
+                "--max-connections".into(),
+                "2".into(),
+            ],
+            "--max-connections 2 is below --threads 3",
+        ),
         (
             vec!["--part-size".into(), "8 parsecs".into()],
             "unknown unit",
@@ -502,4 +515,47 @@ async fn without_a_checkpoint_nothing_is_left_behind_and_empty_objects_work() {
         assert_eq!(r.bytes_resumed, 0);
         assert!(!tmp(&local).exists() && !dcp(&local).exists());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_auto_adds_connections_while_throughput_rises() {
+    let s = Server::start().await;
+    let size = 40 * MIB;
+    s.put_sample("auto.bin", 31, size);
+    // 4 MiB/s per connection: three parts in flight cannot fill the link, more can.
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 4 * MIB);
+    let mut peaks = Vec::new();
+    for threads in ["3", "auto"] {
+        s.emu.reset_counters();
+        let local = s.root().join(format!("auto-{threads}.out"));
+        let (ok, out) = finish(spawn_download(&s, "auto.bin", &local, "1MiB", threads));
+        assert!(ok, "{threads}: {out}");
+        assert!(
+            std::fs::read(&local).unwrap() == ossmount::sample::bytes(31, size as usize),
+            "{threads}: byte-exact"
+        );
+        assert!(
+            !dcp(&local).exists(),
+            "the checkpoint is gone after success"
+        );
+        peaks.push(
+            s.emu
+                .object_counters(BUCKET, "auto.bin")
+                .peak_concurrent_bodies,
+        );
+    }
+    s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    eprintln!(
+        "GETs at once: --threads 3 {}, --threads auto {}",
+        peaks[0], peaks[1]
+    );
+    // Fixed: never more than ParallelThreadCount. Auto: grew past it (the first step is
+    // taken on the first tick with parts waiting for a connection).
+    assert!(peaks[0] <= 3, "--threads 3 had {} GETs at once", peaks[0]);
+    assert!(
+        peaks[1] >= 4,
+        "--threads auto stayed at {} GETs at once",
+        peaks[1]
+    );
 }

@@ -737,7 +737,10 @@ async fn a_read_inside_a_part_gets_its_bytes_before_the_part_completes() {
     for (name, seed) in [("streaming.bin", 21), ("cold.bin", 22)] {
         let p = m.path(name);
         let got = fs_op(Duration::from_secs(60), move || std::fs::read(p).unwrap()).await;
-        assert!(got == ossmount::sample::bytes(seed, size as usize), "{name}");
+        assert!(
+            got == ossmount::sample::bytes(seed, size as usize),
+            "{name}"
+        );
     }
     let p = m.path("streaming.bin");
     let state = fs_op(Duration::from_secs(30), move || {

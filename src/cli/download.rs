@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use ossmount::hydrate::download::{resumable_download, DownloadRequest, OnChange};
+use ossmount::hydrate::download::{resumable_download_with, DownloadRequest, OnChange};
+use ossmount::metrics::RequestMetrics;
 use ossmount::oss::OssUrl;
 use ossmount::size::{human_bytes, parse_size};
 
@@ -23,9 +24,13 @@ pub struct DownloadArgs {
     /// Bytes per part (PartSize), e.g. 8MiB
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     part_size: u64,
-    /// Parts fetched at once (ParallelThreadCount)
-    #[arg(long, default_value_t = 3)]
-    threads: usize,
+    /// Parts fetched at once (ParallelThreadCount), or `auto`: start at 3 and add parts in
+    /// flight while throughput rises, up to --max-connections
+    #[arg(long, default_value = "3", value_parser = parse_threads)]
+    threads: Threads,
+    /// With --threads auto: connections at most
+    #[arg(long, default_value_t = 16)]
+    max_connections: usize,
     /// Checkpoint file [default: LOCAL.dcp]
     #[arg(long, conflicts_with = "no_checkpoint")]
     checkpoint: Option<PathBuf>,
@@ -45,7 +50,13 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
     let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
     let mut req = DownloadRequest::new(&url.bucket, &url.key, &a.local);
     req.part_size = a.part_size;
-    req.threads = a.threads;
+    match a.threads {
+        Threads::Fixed(n) => req.threads = n,
+        Threads::Auto => {
+            req.adaptive = true;
+            req.max_connections = a.max_connections;
+        }
+    }
     req.on_change = a.on_change;
     if a.no_checkpoint {
         req.checkpoint = None;
@@ -54,10 +65,17 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
     }
     // Refuse bad values before building a client or sending anything.
     req.validate()?;
-    let client = conn.client().await?;
+    let limiter = req.limiter();
+    let mut cfg = conn.client_config().await?;
+    // "Slow down" answers (retried ones too) halve an adaptive download's connections.
+    let throttling = Arc::new(RequestMetrics::default());
+    throttling.report_throttling_to(limiter.clone());
+    cfg.observer = Some(throttling);
+    let client = ossmount::oss::OssClient::new(cfg)?;
     let started = std::time::Instant::now();
     let mut reporter = Reporter::new(a.quiet, &url.to_string());
-    let result = resumable_download(Arc::new(client), &req, |p| reporter.update(p)).await;
+    let result =
+        resumable_download_with(Arc::new(client), &req, limiter, |p| reporter.update(p)).await;
     reporter.finish();
     let r = result?;
     if !a.quiet {
@@ -78,4 +96,22 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--threads`: a fixed count, or `auto`.
+#[derive(Clone, Copy, Debug)]
+enum Threads {
+    Fixed(usize),
+    Auto,
+}
+
+fn parse_threads(s: &str) -> Result<Threads, String> {
+    if s == "auto" {
+        return Ok(Threads::Auto);
+    }
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a thread count: give a number (e.g. 3) or auto"))?;
+    ossmount::hydrate::validate_threads(n)?;
+    Ok(Threads::Fixed(n))
 }

@@ -4,13 +4,14 @@
 //! checkpoint. Bad arguments are refused before any request is sent.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpoint::{sync_dir, Checkpoint};
 use super::{
-    ConnectionLimiter, FetchMode, HydrateError, Hydration, HydrationConfig, HydrationFiles,
-    ObjectIdentity, Progress,
+    ConnectionLimiter, EngineStats, FetchMode, HydrateError, Hydration, HydrationConfig,
+    HydrationFiles, ObjectIdentity, Progress,
 };
 use crate::store::{ObjectStore, StoreError};
 
@@ -48,8 +49,13 @@ pub struct DownloadRequest {
     pub local_path: PathBuf,
     /// PartSize: bytes per ranged GET.
     pub part_size: u64,
-    /// ParallelThreadCount: parts in flight at once.
+    /// ParallelThreadCount: parts in flight at once (where `adaptive` starts).
     pub threads: usize,
+    /// `--threads auto`: add parts in flight while throughput rises, up to
+    /// `max_connections`, and halve them when the server asks to slow down
+    /// (`ConnectionLimiter::adapt`).
+    pub adaptive: bool,
+    pub max_connections: usize,
     /// The `.dcp` checkpoint; `None` means a failed download starts over next time.
     pub checkpoint: Option<PathBuf>,
     pub on_change: OnChange,
@@ -68,6 +74,8 @@ impl DownloadRequest {
             local_path,
             part_size: 8 << 20,
             threads: 3,
+            adaptive: false,
+            max_connections: 16,
             checkpoint: Some(PathBuf::from(dcp)),
             on_change: OnChange::Restart,
             part_attempts: 3,
@@ -86,6 +94,12 @@ impl DownloadRequest {
         let bad = |m: String| Err(DownloadError::Invalid(m));
         super::validate_part_size(self.part_size).map_err(DownloadError::Invalid)?;
         super::validate_threads(self.threads).map_err(DownloadError::Invalid)?;
+        if self.adaptive && self.max_connections < self.threads {
+            return bad(format!(
+                "--max-connections {} is below --threads {}: raise it (e.g. --max-connections 16)",
+                self.max_connections, self.threads
+            ));
+        }
         if self.local_path.is_dir() {
             return bad(format!(
                 "{} is a directory: give a file path to download to (e.g. {})",
@@ -184,9 +198,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
 pub async fn resumable_download(
     store: Arc<dyn ObjectStore>,
     req: &DownloadRequest,
+    on_progress: impl FnMut(&Progress),
+) -> Result<DownloadResult, DownloadError> {
+    let limiter = req.limiter();
+    resumable_download_with(store, req, limiter, on_progress).await
+}
+
+impl DownloadRequest {
+    /// The connections the download may use: `threads`, or adaptive from there.
+    pub fn limiter(&self) -> Arc<ConnectionLimiter> {
+        if self.adaptive {
+            ConnectionLimiter::adaptive(self.max_connections, 0, self.threads)
+        } else {
+            ConnectionLimiter::new(self.threads, 0)
+        }
+    }
+}
+
+/// `resumable_download` on connections from `limiter` (made by `DownloadRequest::limiter`),
+/// so the caller can report throttling to it. An adaptive limiter is adapted while the
+/// download runs.
+pub async fn resumable_download_with(
+    store: Arc<dyn ObjectStore>,
+    req: &DownloadRequest,
+    limiter: Arc<ConnectionLimiter>,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<DownloadResult, DownloadError> {
     req.validate()?;
+    let stats = Arc::new(EngineStats::default());
+    let adapting = limiter.is_adaptive().then(|| {
+        let stats = stats.clone();
+        AbortOnDrop(tokio::spawn(
+            limiter.clone().adapt(Duration::from_millis(250), move || {
+                stats.bytes_fetched.load(Ordering::Relaxed)
+            }),
+        ))
+    });
     let temp = req.temp_path();
     let mut restarts = 0;
     let mut fetched_before_restart = 0;
@@ -197,14 +244,19 @@ pub async fn resumable_download(
         let resume = load_resume(&*store, req, &id, &temp);
         let cfg = HydrationConfig {
             part_size: req.part_size,
-            threads: req.threads,
+            // Adaptive: as many workers as the limiter may ever allow; it decides how many run.
+            threads: if adapting.is_some() {
+                limiter.window_max()
+            } else {
+                req.threads
+            },
             mode: FetchMode::All,
             readahead_parts: 0,
             part_attempts: req.part_attempts.max(1),
             retry_delay: Duration::from_millis(500),
+            stats: stats.clone(),
             ..HydrationConfig::default()
         };
-        let limiter = ConnectionLimiter::new(req.threads, 0);
         let files = HydrationFiles {
             data: temp.clone(),
             checkpoint: req.checkpoint.clone(),
@@ -216,7 +268,7 @@ pub async fn resumable_download(
             id.clone(),
             files,
             cfg,
-            limiter,
+            limiter.clone(),
             resume.as_ref(),
         )
         .map_err(|e| DownloadError::Hydrate(Arc::new(e)))?;
@@ -346,4 +398,12 @@ fn finish(req: &DownloadRequest, temp: &Path) -> Result<(), DownloadError> {
         }
     }
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -7,7 +7,7 @@
 //! the noise, steps back when a step brought nothing, and halves on throttling — so the
 //! default fills a link whatever its width and latency, without a flag.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ pub struct ConnectionLimiter {
     waited: AtomicU64,
     /// Answers that said "slow down" (503, SlowDown) since the last look.
     throttled: AtomicU64,
+    adaptive: AtomicBool,
 }
 
 /// Held while a request is in flight.
@@ -52,11 +53,19 @@ impl ConnectionLimiter {
     ) -> Arc<ConnectionLimiter> {
         let max = max.max(1);
         let ceiling = max.saturating_sub(reserved_for_demand).max(1);
-        ConnectionLimiter::with_window(max, start.clamp(1, ceiling), ceiling)
+        let limiter = ConnectionLimiter::with_window(max, start.clamp(1, ceiling), ceiling);
+        limiter.adaptive.store(true, Ordering::Relaxed);
+        limiter
+    }
+
+    /// Made by `adaptive`: its owner runs `adapt` for as long as it is used.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.load(Ordering::Relaxed)
     }
 
     fn with_window(max: usize, window: usize, window_max: usize) -> Arc<ConnectionLimiter> {
         Arc::new(ConnectionLimiter {
+            adaptive: AtomicBool::new(false),
             total: Arc::new(Semaphore::new(max)),
             background: Arc::new(Semaphore::new(window)),
             max,

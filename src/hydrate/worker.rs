@@ -306,9 +306,9 @@ impl Inner {
             }
             // A split hands its GET over before the stream it cut can end.
             let Some(task) = split_off.recv().await else {
-                return Err(PartFailure::Store(self.protocol_error(format!(
-                    "part {part}'s segments do not cover it"
-                ))));
+                return Err(PartFailure::Store(
+                    self.protocol_error(format!("part {part}'s segments do not cover it")),
+                ));
             };
             let joined = task.join().await.map_err(|e| {
                 PartFailure::Store(StoreError::new(
