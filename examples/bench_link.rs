@@ -106,6 +106,7 @@ async fn main() {
         "`ossmount download`, defaults",
         "mount, cold `cat`, defaults",
         "mount, cold `cat`, `--threads 3`",
+        "`ossmount download --threads auto`",
     ];
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     // GETs each case sent for the object (a part split by a far read would show here).
@@ -134,6 +135,14 @@ async fn main() {
                 .arg(&out)
                 .envs(s.env())));
             gets[2] = get_count(&s) - before;
+            let _ = std::fs::remove_file(&out);
+            let before = get_count(&s);
+            secs[5].push(run(Command::new(&bin)
+                .args(["download", "-q", "--threads", "auto"])
+                .arg(format!("oss://{BUCKET}/big.bin"))
+                .arg(&out)
+                .envs(s.env())));
+            gets[5] = get_count(&s) - before;
             let _ = std::fs::remove_file(&out);
         }
         let mounts: &[(usize, &[&str])] = if all {
