@@ -290,6 +290,89 @@ async fn stat_in_an_unlisted_huge_directory_asks_for_one_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lookup_after_a_huge_listing_expired_asks_for_one_name() {
+    require_fuse();
+    let s = Server::start().await;
+    for i in 0..2500 {
+        s.put(&format!("huge/k{i:05}.txt"), b"x");
+    }
+    s.put("huge/going.bin", b"old");
+    let (mnt, cache) = dirs(&s, "expired");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--metadata-ttl", "3s"]);
+    let dir = m.path("huge");
+    let listed = fs_op(Duration::from_secs(60), move || {
+        std::fs::read_dir(dir).unwrap().count()
+    })
+    .await;
+    assert_eq!(listed, 2501);
+    // An open handle keeps the listing from the sweep (which drops listings nobody uses
+    // after twice the TTL), so the end of the test does not race it.
+    let dir = m.path("huge");
+    let held = fs_op(Duration::from_secs(20), move || {
+        std::fs::read_dir(dir).unwrap()
+    })
+    .await;
+    std::fs::remove_file(s.object_path("huge/going.bin")).unwrap();
+    s.put("huge/new.bin", b"fresh");
+    // Past the TTL (the kernel's too): lookups reach the mount again.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let from = s.emu.request_log().len();
+    let (kept, gone, new) = {
+        let (a, b, c) = (
+            m.path("huge/k01234.txt"),
+            m.path("huge/going.bin"),
+            m.path("huge/new.bin"),
+        );
+        fs_op(Duration::from_secs(20), move || {
+            (
+                std::fs::metadata(a).map(|m| m.len()).ok(),
+                std::fs::metadata(b).err().and_then(|e| e.raw_os_error()),
+                std::fs::read(c).ok(),
+            )
+        })
+        .await
+    };
+    assert_eq!(kept, Some(1));
+    assert_eq!(
+        gone,
+        Some(libc::ENOENT),
+        "a key deleted since the listing is gone"
+    );
+    assert_eq!(
+        new.as_deref(),
+        Some(&b"fresh"[..]),
+        "a key added since is found"
+    );
+    let asked: Vec<String> = s.emu.request_log()[from..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.key))
+        .collect();
+    // Per name a HEAD and a one-key listing (the new file's open then reads it with one
+    // GET); never the three pages of the directory again. (The kernel may look `huge` up
+    // again too: that is one more name, probed the same way.)
+    let heads = asked.iter().filter(|a| a.starts_with("HEAD ")).count();
+    let listings = asked.iter().filter(|a| *a == "GET ").count();
+    for name in ["k01234.txt", "going.bin", "new.bin"] {
+        assert!(asked.contains(&format!("HEAD huge/{name}")), "{asked:?}");
+    }
+    assert_eq!(listings, heads, "one one-key listing per name: {asked:?}");
+    assert_eq!(asked.len(), 2 * heads + 1, "{asked:?}");
+    // The server gone: a name never asked for is answered by the previous listing.
+    let Server { emu, dir: _dir, .. } = s;
+    emu.shutdown().await;
+    let p = m.path("huge/k00007.txt");
+    let len = fs_op(Duration::from_secs(30), move || {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(len, Ok(1));
+    drop(held);
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readdir_answers_from_the_first_page_while_later_pages_arrive() {
     require_fuse();
     let s = Server::start().await;

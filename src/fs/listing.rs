@@ -18,6 +18,9 @@ use crate::store::{ListPage, ListRequest, ListedObject, StoreError, StoreErrorKi
 use super::namespace::{children_from_listing, Listing};
 use super::{DirEntry, FsError, Kind, OssFs};
 
+/// Keys per listing page (the most OSS returns).
+pub(super) const LIST_PAGE: usize = 1000;
+
 /// A directory's entries as they arrive, and how the listing ended.
 pub(super) struct Entries {
     state: Mutex<EntriesState>,
@@ -49,6 +52,10 @@ impl Entries {
     fn end(&self, how: Result<(), (String, StoreError)>) {
         self.state.lock().unwrap().ended = Some(how);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.state.lock().unwrap().entries.len()
     }
 
     /// Applies `f` to every entry (a new inode number for a renamed version, a sweep).
@@ -239,7 +246,7 @@ impl OssFs {
             let req = ListRequest {
                 prefix: prefix.to_string(),
                 delimiter: Some("/".into()),
-                max_keys: Some(1000),
+                max_keys: Some(LIST_PAGE as u32),
                 continuation_token: token.take(),
                 start_after: None,
             };

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use crate::hydrate::ObjectIdentity;
 use crate::store::ListPage;
 
-use super::listing::Entries;
+use super::listing::{Entries, LIST_PAGE};
 use super::{Attr, DirEntry, FsError, Kind, OssFs, ROOT_INO};
 
 #[derive(Debug)]
@@ -287,11 +287,36 @@ impl OssFs {
     /// A name in a directory, in constant time; the kernel holds a reference to what it
     /// returns until it forgets it.
     pub async fn lookup(self: &Arc<Self>, parent: u64, name: &str) -> Result<Attr, FsError> {
-        if !self.ns.lock().unwrap().listings.contains_key(&parent) {
+        let listed = self
+            .ns
+            .lock()
+            .unwrap()
+            .listings
+            .get(&parent)
+            .map(|l| (l.fetched.elapsed() < self.cfg.metadata_ttl, l.entries.len()));
+        match listed {
             // Not listed: ask for this one name instead of listing every page.
-            return self.lookup_unlisted(parent, name).await;
+            None => return self.lookup_unlisted(parent, name).await,
+            // Listed, but past the TTL, and more than a page long: asking for the one name
+            // is one round trip; listing the directory again would be one per 1,000 keys.
+            // When the server cannot be reached, the previous listing answers.
+            Some((false, entries)) if entries > LIST_PAGE => {
+                return match self.lookup_unlisted(parent, name).await {
+                    Err(FsError::Store { context, source }) if source.is_retryable() => {
+                        tracing::warn!("{context} failed, using the previous listing: {source}");
+                        self.lookup_listed(parent, name)
+                    }
+                    other => other,
+                };
+            }
+            _ => {}
         }
         self.ensure_listing(parent).await?;
+        self.lookup_listed(parent, name)
+    }
+
+    /// `name` as the directory's cached listing has it.
+    fn lookup_listed(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let mut ns = self.ns.lock().unwrap();
         let number = ns.listings.get(&parent).ok_or(FsError::NotFound)?.number;
         // A directory wins over a file of the same name, as in listings.
