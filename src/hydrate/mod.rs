@@ -226,11 +226,18 @@ impl State {
     /// Notes `range` of `part` written (streams write contiguously, so it extends a run).
     fn note_written(&mut self, part: usize, range: Range<u64>) {
         let runs = self.written.entry(part).or_default();
-        if let Some(run) = runs.iter_mut().find(|w| w.end == range.start) {
-            run.end = range.end;
-        } else {
-            runs.push(range);
+        runs.push(range);
+        // Segments of a part (a split, a head fetched after its tail) meet: one run, so a
+        // read across where they meet is covered too. A part has a few runs at most.
+        runs.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(runs.len());
+        for r in runs.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
         }
+        *runs = merged;
     }
 }
 
