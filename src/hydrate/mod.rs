@@ -23,7 +23,7 @@ mod verify;
 mod worker;
 
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -577,9 +577,11 @@ impl Hydration {
     /// Reads bytes that are present (the caller waited for them) from the data file.
     pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let end = (offset + len as u64).min(self.inner.layout.size);
-        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
-        self.inner.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        read_exact_uninit(
+            &self.inner.file,
+            offset,
+            end.saturating_sub(offset) as usize,
+        )
     }
 
     /// The data file, for serving reads without copying through the engine.
@@ -595,5 +597,55 @@ impl Inner {
         let mut tasks = self.tasks.lock().unwrap();
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
+    }
+}
+
+/// `len` bytes at `offset` into a new buffer that is never zeroed first: the read fills it,
+/// and only filled bytes ever become part of the vector.
+fn read_exact_uninit(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        // SAFETY: the destination is the vector's spare capacity, `len - filled` bytes past
+        // its initialised part; pread writes at most that many bytes there.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                (offset + filled as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: pread initialised the `n` bytes after `filled`.
+            n => unsafe { buf.set_len(filled + n as usize) },
+        }
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uninitialised_reads_return_exactly_the_file_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        for (at, len) in [(0, 0), (0, 4096), (123_457, 131_072), (299_999, 1)] {
+            let got = super::read_exact_uninit(&f, at as u64, len).unwrap();
+            assert!(got == data[at..at + len], "{at}+{len}");
+        }
+        let past = super::read_exact_uninit(&f, 299_000, 4096).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }
