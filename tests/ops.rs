@@ -94,10 +94,23 @@ async fn metrics_agree_with_what_the_server_counted() {
     tokio::time::timeout(T, cp).await.unwrap().unwrap();
     let p = m.path("small.txt");
     fs_op(T, move || std::fs::read(p)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let after = scrape(&url).await;
-    let server = s.emu.totals();
+    // Settled: what the mount counts agrees with what the server saw, and nothing is in
+    // flight or active (bounded: the assertions below say what differs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (after, server) = loop {
+        let after = scrape(&url).await;
+        let server = s.emu.totals();
+        let settled = sum(&after, "ossmount_requests_total", "kind=\"get\"") as u64
+            == server.get_requests
+            && after["ossmount_fetched_bytes_total"] as u64 == server.body_bytes
+            && after["ossmount_hydrations_active"] == 0.0
+            && after["ossmount_parts_in_flight"] == 0.0
+            && after.get("ossmount_hydrations_completed_total") == Some(&2.0);
+        if settled || std::time::Instant::now() > deadline {
+            break (after, server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         sum(&after, "ossmount_requests_total", "kind=\"get\"") as u64,
         server.get_requests,
