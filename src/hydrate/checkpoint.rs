@@ -408,12 +408,14 @@ fn record(header_sum: &[u8; 32], part: usize, crc: u64) -> [u8; RECORD] {
 }
 
 /// A format-2 checkpoint open for recording parts in place: each record is one 16-byte
-/// write (and, when durable, one fdatasync), whatever the number of parts.
+/// write, whatever the number of parts; records are made durable together (`sync_due`).
 #[derive(Debug)]
 pub struct RecordFile {
     file: std::fs::File,
     records_at: u64,
     header_sum: [u8; 32],
+    synced_at: std::time::Instant,
+    unsynced: bool,
 }
 
 impl RecordFile {
@@ -426,22 +428,40 @@ impl RecordFile {
             file,
             records_at: header.len() as u64,
             header_sum,
+            synced_at: std::time::Instant::now(),
+            unsynced: false,
         })
     }
 
     /// Records `part` present with `crc`, or (`None`) absent.
-    pub fn set(&self, part: usize, crc: Option<u64>) -> std::io::Result<()> {
+    pub fn set(&mut self, part: usize, crc: Option<u64>) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let bytes = match crc {
             Some(crc) => record(&self.header_sum, part, crc),
             None => [0; RECORD],
         };
+        self.unsynced = true;
         self.file
             .write_all_at(&bytes, self.records_at + (part * RECORD) as u64)
     }
 
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+    /// Makes the records written so far durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        (self.synced_at, self.unsynced) = (std::time::Instant::now(), false);
+        Ok(())
+    }
+
+    /// Makes the records durable when the last sync is `every` old, or `now`. Between
+    /// syncs a power loss can forget the newest records: those parts (durable, as every
+    /// record follows its part's sync) are fetched again, never served unchecked. An
+    /// fdatasync per part cost a 10 GiB object in 1 MiB parts 6% more bytes to storage in
+    /// filesystem metadata (`bench_checkpoint`).
+    pub fn sync_due(&mut self, every: std::time::Duration, now: bool) -> std::io::Result<()> {
+        if self.unsynced && (now || self.synced_at.elapsed() >= every) {
+            self.sync()?;
+        }
+        Ok(())
     }
 }
 
@@ -500,6 +520,37 @@ mod present_as_text {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn records_are_synced_together_when_due_or_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ckpt");
+        let c = Checkpoint::new(
+            "http://127.0.0.1:9000",
+            &crate::hydrate::ObjectIdentity {
+                bucket: "b".into(),
+                key: "k".into(),
+                size: 4 << 20,
+                etag: "\"E\"".into(),
+                last_modified: "Mon, 30 Nov 2026 00:00:00 GMT".into(),
+                crc64: None,
+            },
+            1 << 20,
+            &dir.path().join("data"),
+        );
+        let mut f = RecordFile::create(&c, &path, true).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        f.set(0, Some(7)).unwrap();
+        f.sync_due(hour, false).unwrap();
+        assert!(f.unsynced, "not due: left for the next sync");
+        f.set(1, Some(8)).unwrap();
+        f.sync_due(hour, true).unwrap();
+        assert!(!f.unsynced, "asked: synced");
+        f.set(2, Some(9)).unwrap();
+        f.sync_due(std::time::Duration::ZERO, false).unwrap();
+        assert!(!f.unsynced, "due: synced");
+        assert_eq!(Checkpoint::load(&path).unwrap().parts_present(), 3);
+    }
+
     use super::*;
 
     fn id() -> ObjectIdentity {
@@ -552,7 +603,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.ckpt");
         let c = Checkpoint::new("http://x", &id(), 10, Path::new("/tmp/d"));
-        let file = RecordFile::create(&c, &path, true).unwrap();
+        let mut file = RecordFile::create(&c, &path, true).unwrap();
         let empty_len = std::fs::metadata(&path).unwrap().len();
         file.set(0, Some(11)).unwrap();
         file.set(2, Some(33)).unwrap();

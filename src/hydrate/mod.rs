@@ -500,6 +500,14 @@ impl Hydration {
         self.inner.notify();
         let mut records = self.inner.checkpoint_lock.lock().unwrap();
         self.inner.writes_closed.store(true, Ordering::SeqCst);
+        // Records not yet made durable are, before the file is let go (unmount, eviction).
+        if let Some(file) = records.as_mut() {
+            if self.inner.layout.count() > 1 {
+                if let Err(e) = file.sync_due(Duration::ZERO, true) {
+                    tracing::warn!(key = %self.inner.id.key, "syncing the checkpoint failed: {e}");
+                }
+            }
+        }
         *records = None; // its descriptor closes with the hydration's work
     }
 

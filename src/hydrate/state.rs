@@ -98,6 +98,7 @@ impl Inner {
     /// place: constant cost per part. The first write of a hydration writes the whole record
     /// (which also turns a format-1 checkpoint into format 2).
     pub(super) async fn save_checkpoint(self: &Arc<Self>) -> Result<(), HydrateError> {
+        const RECORD_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
         let Some(path) = self.checkpoint_path.clone() else {
             return Ok(());
         };
@@ -112,7 +113,7 @@ impl Inner {
             }
             // A one-part object's record is cheap to lose (one GET), not worth an fsync.
             let durable = inner.layout.count() > 1;
-            match records.as_ref() {
+            match records.as_mut() {
                 Some(file) => {
                     let (changes, recorded) = {
                         let st = inner.state.lock().unwrap();
@@ -133,8 +134,10 @@ impl Inner {
                     for (part, crc) in &changes {
                         file.set(*part, *crc)?;
                     }
-                    if durable && !changes.is_empty() {
-                        file.sync()?;
+                    // Records are made durable together, a second apart at most; the one that
+                    // completes the object at once.
+                    if durable {
+                        file.sync_due(RECORD_SYNC_EVERY, recorded.is_full())?;
                     }
                     let mut st = inner.state.lock().unwrap();
                     for (part, crc) in changes {

@@ -23,6 +23,8 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// does not wait for a whole chunk to arrive.
 const FIRST_WRITE: usize = 64 << 10;
 const FIRST_WRITES_UNTIL: u64 = 512 << 10;
+/// Writes end on page boundaries (but for a segment's last).
+const PAGE: u64 = 4096;
 
 impl Inner {
     /// Fetches one part (retrying), records it, and publishes the outcome to waiters.
@@ -400,8 +402,15 @@ impl Inner {
             } else {
                 WRITE_CHUNK
             };
-            if buf.len() >= flush_at || (done && !buf.is_empty()) {
-                let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK));
+            // Whole pages only, but at the end: a page written in two pieces is dirtied twice,
+            // and written to disk twice when a sync (of another part) comes in between.
+            let cut = if done { offset } else { offset & !(PAGE - 1) };
+            if (buf.len() >= flush_at || done) && cut > buf_start {
+                let whole = (cut - buf_start) as usize;
+                let mut rest = Vec::with_capacity(WRITE_CHUNK);
+                rest.extend_from_slice(&buf[whole..]);
+                buf.truncate(whole);
+                let data = std::mem::replace(&mut buf, rest);
                 let file = self.file.clone();
                 let at = buf_start;
                 let mut digest = crc.take().expect("the digest comes back with each write");
@@ -416,9 +425,9 @@ impl Inner {
                 self.state
                     .lock()
                     .unwrap()
-                    .note_written(part, buf_start..offset);
+                    .note_written(part, buf_start..cut);
                 self.notify();
-                buf_start = offset;
+                buf_start = cut;
             }
             if done {
                 break;
