@@ -341,11 +341,7 @@ async fn a_sequential_reader_of_an_object_larger_than_the_cache_gets_parallel_re
         got == ossmount::sample::bytes(61, size as usize),
         "byte-exact"
     );
-    let gets: Vec<(u64, u64)> = s.emu.request_log()[from..]
-        .iter()
-        .filter(|r| r.key == "wide.bin" && r.method == "GET")
-        .filter_map(|r| r.range)
-        .collect();
+    let gets = s.get_ranges("wide.bin", from);
     // Every byte asked for once: reads arriving out of order neither restart windows nor
     // fetch a range twice.
     let asked: u64 = gets.iter().map(|(a, b)| b - a).sum();
@@ -377,13 +373,7 @@ async fn a_sequential_reader_of_an_object_larger_than_the_cache_gets_parallel_re
     let mut want = vec![0u8; 1000];
     ossmount::sample::fill(62, offset, &mut want);
     assert_eq!(got, want);
-    let gets: Vec<(u64, u64)> = s
-        .emu
-        .request_log()
-        .iter()
-        .filter(|r| r.key == "random.bin" && r.method == "GET")
-        .filter_map(|r| r.range)
-        .collect();
+    let gets = s.get_ranges("random.bin", 0);
     assert_eq!(gets, vec![(offset / 4096 * 4096, 56 * MIB)]);
     assert!(
         m.log_text().contains("larger than the whole cache"),

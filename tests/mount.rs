@@ -693,11 +693,8 @@ async fn a_read_inside_a_part_gets_its_bytes_before_the_part_completes() {
         "the reads returned before their part completed"
     );
     let part0_gets: Vec<(u64, u64)> = s
-        .emu
-        .request_log()
-        .iter()
-        .filter(|r| r.key == "streaming.bin" && r.method == "GET")
-        .filter_map(|r| r.range)
+        .get_ranges("streaming.bin", 0)
+        .into_iter()
         .filter(|(start, _)| *start < 8 * MIB)
         .collect();
     assert_eq!(

@@ -44,6 +44,17 @@ struct Windows {
     last_window: u64,
 }
 
+impl Windows {
+    /// The window holding byte `at`.
+    fn holding(&self, at: u64) -> Option<&Arc<Window>> {
+        self.by_start
+            .range(..=at)
+            .next_back()
+            .map(|(_, w)| w)
+            .filter(|w| at < w.range.end)
+    }
+}
+
 /// `[start, end)` of the object as it streams in; readers wait on `progress`.
 struct Window {
     range: Range<u64>,
@@ -129,6 +140,23 @@ impl DirectReader {
         }
     }
 
+    /// Starts a window at `start` (which no window holds) that ends at the next window
+    /// boundary, the next window already started, or the object's end: windows never overlap
+    /// and the ones ahead of a sequential reader line up.
+    fn open_window(&self, st: &mut Windows, start: u64) -> Arc<Window> {
+        let next_started = st
+            .by_start
+            .range(start..)
+            .next()
+            .map_or(u64::MAX, |(s, _)| *s);
+        let end = ((start / self.window + 1) * self.window)
+            .min(next_started)
+            .min(self.id.size);
+        let w = self.start_window(start..end);
+        st.by_start.insert(start, w.clone());
+        w
+    }
+
     fn start_window(&self, range: Range<u64>) -> Arc<Window> {
         let w = Arc::new(Window {
             range,
@@ -166,23 +194,16 @@ impl DirectReader {
         );
         st.by_start
             .retain(|_, w| w.range.end > low && w.range.start < high);
-        let holding = st
-            .by_start
-            .range(..=at)
-            .next_back()
-            .filter(|(_, w)| at < w.range.end)
-            .map(|(_, w)| w.clone());
-        let current = match holding {
-            Some(w) => w,
+        let current = match st.holding(at) {
+            Some(w) => w.clone(),
             None => {
-                // From the reader's page to the next window boundary (or the next window
-                // already started), so windows ahead line up.
-                let start = at / PAGE * PAGE;
-                let boundary = (start / self.window + 1) * self.window;
-                let next_started = st.by_start.range(at..).next().map_or(u64::MAX, |(s, _)| *s);
-                let w = self.start_window(start..boundary.min(next_started).min(self.id.size));
-                st.by_start.insert(start, w.clone());
-                w
+                // From the reader's page (or where the window before it ends, so none overlap).
+                let after_previous = st
+                    .by_start
+                    .range(..=at)
+                    .next_back()
+                    .map_or(0, |(_, w)| w.range.end);
+                self.open_window(&mut st, (at / PAGE * PAGE).max(after_previous))
             }
         };
         // A near read in another window than the last one: the reader crossed a boundary.
@@ -194,27 +215,9 @@ impl DirectReader {
             let mut next = current.range.end;
             let until = (current.range.end + WINDOWS_AHEAD * self.window).min(self.id.size);
             while next < until {
-                let existing = st
-                    .by_start
-                    .range(..=next)
-                    .next_back()
-                    .filter(|(_, w)| next < w.range.end)
-                    .map(|(_, w)| w.range.end);
-                next = match existing {
-                    Some(after) => after,
-                    None => {
-                        let next_started = st
-                            .by_start
-                            .range(next..)
-                            .next()
-                            .map_or(u64::MAX, |(s, _)| *s);
-                        let to = ((next / self.window + 1) * self.window)
-                            .min(next_started)
-                            .min(self.id.size);
-                        let w = self.start_window(next..to);
-                        st.by_start.insert(next, w);
-                        to
-                    }
+                next = match st.holding(next) {
+                    Some(w) => w.range.end,
+                    None => self.open_window(&mut st, next).range.end,
                 };
             }
         }

@@ -50,6 +50,15 @@ impl Server {
         self.dir.path().join(BUCKET).join(key)
     }
 
+    /// The byte ranges of `key`'s ranged GETs since request number `from`, in arrival order.
+    pub fn get_ranges(&self, key: &str, from: usize) -> Vec<(u64, u64)> {
+        self.emu.request_log()[from..]
+            .iter()
+            .filter(|r| r.key == key && r.method == "GET")
+            .filter_map(|r| r.range)
+            .collect()
+    }
+
     pub fn put(&self, key: &str, data: &[u8]) {
         self.emu.put_object(BUCKET, key, data).unwrap();
     }
