@@ -81,25 +81,11 @@ pub(super) async fn stream_file(
         let mut buf = vec![0u8; want as usize];
         file.read_exact(&mut buf)?;
         if rate > 0 {
-            let wait_until = {
-                let mut nf = conn.next_free.lock().unwrap();
-                let now = Instant::now();
-                let begin = if *nf > now { *nf } else { now };
-                *nf = begin + Duration::from_secs_f64(want as f64 / rate as f64);
-                *nf
-            };
-            tokio::time::sleep_until(wait_until.into()).await;
+            tokio::time::sleep_until(take_turn(&conn.next_free, want, rate).into()).await;
         }
         if link_rate > 0 {
             // One queue for every connection: together they never pass the link's width.
-            let wait_until = {
-                let mut nf = state.link_free.lock().unwrap();
-                let now = Instant::now();
-                let begin = if *nf > now { *nf } else { now };
-                *nf = begin + Duration::from_secs_f64(want as f64 / link_rate as f64);
-                *nf
-            };
-            tokio::time::sleep_until(wait_until.into()).await;
+            tokio::time::sleep_until(take_turn(&state.link_free, want, link_rate).into()).await;
         }
         if tx.send(Ok(Bytes::from(buf))).await.is_err() {
             return Ok(()); // the client went away
@@ -108,6 +94,15 @@ pub(super) async fn stream_file(
         pos += want;
     }
     Ok(())
+}
+
+/// Books `bytes` at `rate` bytes/s on a queue whose next free instant is `next_free`;
+/// returns when they may be sent.
+fn take_turn(next_free: &std::sync::Mutex<Instant>, bytes: u64, rate: u64) -> Instant {
+    let mut nf = next_free.lock().unwrap();
+    let begin = (*nf).max(Instant::now());
+    *nf = begin + Duration::from_secs_f64(bytes as f64 / rate as f64);
+    *nf
 }
 
 /// One GET body in flight: counted while it streams, for `Counters::peak_concurrent_bodies`.
