@@ -195,6 +195,22 @@ impl ConnectionLimiter {
         self.max - self.total.available_permits()
     }
 
+    /// A connection now, or `None` when none is free: for a task that already holds a
+    /// connection of this limiter and must never wait for a second one (a split's GET is
+    /// started while its part's stream holds one).
+    pub fn try_acquire(&self, demand: bool) -> Option<ConnectionPermit> {
+        let background = if demand {
+            None
+        } else {
+            Some(self.background.clone().try_acquire_owned().ok()?)
+        };
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some(ConnectionPermit {
+            _total: total,
+            _background: background,
+        })
+    }
+
     pub async fn acquire(&self, demand: bool) -> ConnectionPermit {
         let background = if demand {
             None
