@@ -486,4 +486,58 @@ mod wire_edge_cases {
             .count();
         assert_eq!(flaky, 3);
     }
+
+    #[tokio::test]
+    async fn an_answer_for_another_version_than_if_match_asked_is_refused() {
+        // A server (or proxy) that ignores If-Match: its first answer names another ETag.
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/bkt/k"))
+            .respond_with(
+                ResponseTemplate::new(206)
+                    .insert_header("ETag", "\"NEW\"")
+                    .insert_header("Content-Range", "bytes 3-5/10")
+                    .set_body_bytes(b"345".to_vec()),
+            )
+            .mount(&server)
+            .await;
+        let c = client_for(&server);
+        let mut r = c.get_object("bkt", "k", Some(3..6), Some("\"OLD\"".into()));
+        let err = r.next_chunk().await.unwrap_err();
+        assert_eq!(err.service().map(|s| s.status), Some(412), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_200_without_content_length_is_an_error_not_an_empty_object() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Chunked: no Content-Length, so the object's size is unknown.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nETag: \"E1\"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        let mut cfg = ossmount::oss::ClientConfig::new(
+            ossmount::oss::Endpoint::parse(&format!("http://{addr}")).unwrap(),
+        );
+        cfg.region = Some("cn-hangzhou".into());
+        cfg.credentials = Some(ossmount::oss::Credentials {
+            access_key_id: AK.into(),
+            access_key_secret: ossmount::oss::Secret::new(SK),
+            security_token: None,
+        });
+        cfg.retry.max_attempts = 1;
+        let c = OssClient::new(cfg).unwrap();
+        let mut r = c.get_object("bkt", "k", None, None);
+        let err = r.next_chunk().await.unwrap_err().to_string();
+        assert!(err.contains("Content-Length"), "{err}");
+        serve.abort();
+    }
 }

@@ -107,15 +107,27 @@ impl RangeReader {
             self.skip = 0;
             total
         } else {
-            // 200: the whole object from byte 0, whatever was asked.
+            // 200: the whole object from byte 0, whatever was asked. Without a length its
+            // size is unknown: an error, never an empty file.
             self.skip = self.next;
             header_str(resp.headers(), "content-length")
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+                .ok_or_else(|| OssError::Protocol {
+                    endpoint: endpoint.clone(),
+                    detail: "a 200 answer without Content-Length: the object's size is unknown"
+                        .into(),
+                })?
         };
         let meta = meta_from_headers(resp.headers(), Some(total), &endpoint)?;
-        if let Some(first) = &self.meta {
-            if first.etag != meta.etag {
+        // The version answered must be the one asked for: a server (or a proxy) that ignored
+        // If-Match must not mix versions, on the first answer as on later ones.
+        let expected = self
+            .meta
+            .as_ref()
+            .map(|m| m.etag.as_str())
+            .or(self.if_match.as_deref());
+        if let Some(expected) = expected {
+            if expected != meta.etag {
                 return Err(OssError::Service(Box::new(ServiceError {
                     status: 412,
                     code: "PreconditionFailed".into(),
