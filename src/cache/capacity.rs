@@ -98,6 +98,24 @@ pub(super) struct Index {
     pub(super) used: u64,
     pub(super) open: HashMap<String, usize>,
     pub(super) active: HashMap<String, Hydration>,
+    /// Parts each entry's earlier hydrations checked in this mount's life (for the version
+    /// they belonged to): a reopen trusts them instead of reading the entry back again.
+    pub(super) checked: HashMap<String, (ObjectIdentity, fixedbitset::FixedBitSet)>,
+}
+
+/// Why an entry's files are removed: counted and logged as an eviction only when it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    Evicted,
+    Replaced,
+}
+
+/// An entry's two files: `<name>.ckpt` and `<name>.data`, the one place they are named.
+pub(super) fn entry_files(entries: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        entries.join(format!("{name}.ckpt")),
+        entries.join(format!("{name}.data")),
+    )
 }
 
 /// The budget a hydration asks for room; weak, so hydrations do not keep the cache alive.
@@ -201,22 +219,30 @@ impl Shared {
         true
     }
 
-    /// Removes an entry: checkpoint first (from then on the entry does not exist), then data.
     fn evict_locked(&self, idx: &mut Index, name: &str) {
+        self.remove_entry(idx, name, Removal::Evicted);
+    }
+
+    /// Removes an entry, the one way there is: its running hydration stopped, then the
+    /// checkpoint (from then on the entry does not exist), then the data; its charge and
+    /// what was checked of it go with it. Open handles keep their (now unlinked) file.
+    pub(super) fn remove_entry(&self, idx: &mut Index, name: &str, why: Removal) {
         if let Some(h) = idx.active.remove(name) {
             h.stop();
         }
-        let ckpt = self.entries.join(format!("{name}.ckpt"));
-        let data = self.entries.join(format!("{name}.data"));
+        idx.checked.remove(name);
+        let (ckpt, data) = entry_files(&self.entries, name);
         let _ = std::fs::remove_file(&ckpt);
         let _ = std::fs::remove_file(&data);
         if let Some(e) = idx.lru.pop(name) {
             idx.used = idx.used.saturating_sub(e.charged);
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .evicted_bytes
-                .fetch_add(e.charged, Ordering::Relaxed);
-            tracing::info!(bucket = %e.bucket, key = %e.key, bytes = e.charged, "evicted from the cache");
+            if why == Removal::Evicted {
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .evicted_bytes
+                    .fetch_add(e.charged, Ordering::Relaxed);
+                tracing::info!(bucket = %e.bucket, key = %e.key, bytes = e.charged, "evicted from the cache");
+            }
         }
     }
 }
@@ -231,7 +257,7 @@ pub(super) fn clean_strays(entries: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         let orphan_data = name
             .strip_suffix(".data")
-            .is_some_and(|stem| !entries.join(format!("{stem}.ckpt")).exists());
+            .is_some_and(|stem| !entry_files(entries, stem).0.exists());
         if name.contains(".tmp-") || name.starts_with(".probe-") || orphan_data {
             let _ = std::fs::remove_file(e.path());
         }
@@ -273,7 +299,7 @@ pub(super) fn build_index(entries: &Path) -> (lru::LruCache<String, IndexEntry>,
                         "removing cache entry {name}: its checkpoint is unusable: {reason}"
                     );
                     let _ = std::fs::remove_file(e.path());
-                    let _ = std::fs::remove_file(entries.join(format!("{name}.data")));
+                    let _ = std::fs::remove_file(entry_files(entries, name).1);
                 }
             }
         }

@@ -30,7 +30,9 @@ use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
 use crate::store::ObjectStore;
-use capacity::{build_index, clean_strays, Budget, Index, Shared, FIXED_OVERHEAD};
+use capacity::{
+    build_index, clean_strays, entry_files, Budget, Index, Removal, Shared, FIXED_OVERHEAD,
+};
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,7 @@ impl Cache {
                 used: used + FIXED_OVERHEAD,
                 open: HashMap::new(),
                 active: HashMap::new(),
+                checked: HashMap::new(),
             }),
             stats: CacheStats::default(),
         });
@@ -182,7 +185,7 @@ impl Cache {
         // The checkpoint's mtime is the entry's last use, for the order after a restart.
         if let Ok(f) = File::options()
             .write(true)
-            .open(self.entries.join(format!("{name}.ckpt")))
+            .open(entry_files(&self.entries, &name).0)
         {
             let _ = f.set_modified(SystemTime::now());
         }
@@ -227,6 +230,10 @@ impl Cache {
         let finished = h.is_complete() || h.failure().is_some();
         if finished || (!h.continues_after_close() && h.is_idle()) {
             h.stop();
+            if h.failure().is_none() {
+                let kept = (h.identity().clone(), h.checked_parts());
+                idx.checked.insert(name.to_string(), kept);
+            }
             idx.active.remove(name);
         }
     }
@@ -246,23 +253,20 @@ impl Cache {
     }
 
     fn files(&self, name: &str) -> HydrationFiles {
+        let (checkpoint, data) = entry_files(&self.entries, name);
         HydrationFiles {
-            data: self.entries.join(format!("{name}.data")),
-            checkpoint: Some(self.entries.join(format!("{name}.ckpt"))),
+            data,
+            checkpoint: Some(checkpoint),
             data_mode: 0o600,
         }
     }
 
     /// The hydration of this exact object version: the running one if there is one, else one
-    /// resumed from the entry's checkpoint, else a fresh one. A different version replaces the
+    /// resumed from the entry's checkpoint (trusting the parts an earlier hydration of it
+    /// checked in this mount's life), else a fresh one. A different version replaces the
     /// entry (open handles on the old version keep reading their old, unlinked file), and so
     /// does a hydration that failed for good (the object changed, or its bytes failed the
     /// CRC-64 check): the next open starts afresh instead of meeting the same failure.
-    pub fn hydration(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
-        let mut idx = self.shared.index.lock().unwrap();
-        self.hydration_locked(&mut idx, id, None)
-    }
-
     fn hydration_locked(
         &self,
         idx: &mut Index,
@@ -290,6 +294,7 @@ impl Cache {
             h.stop();
             idx.active.remove(&name);
         }
+        let earlier_checks = idx.checked.remove(&name).filter(|(v, _)| v == id);
         let files = self.files(&name);
         let ckpt_path = files
             .checkpoint
@@ -313,7 +318,7 @@ impl Cache {
             None
         };
         if resume.is_none() {
-            self.remove_entry_files(idx, &name);
+            self.shared.remove_entry(idx, &name, Removal::Replaced);
         }
         let h = Hydration::start_with(
             self.store.clone(),
@@ -324,21 +329,11 @@ impl Cache {
             resume.as_ref(),
             body,
         )?;
+        if let (Some((_, checked)), Some(_)) = (earlier_checks, &resume) {
+            h.trust_checked(&checked);
+        }
         idx.active.insert(name, h.clone());
         Ok(h)
-    }
-
-    /// Checkpoint first: without it the data file is never trusted. Open handles keep their
-    /// (now unlinked) file.
-    fn remove_entry_files(&self, idx: &mut Index, name: &str) {
-        let files = self.files(name);
-        if let Some(ckpt) = &files.checkpoint {
-            let _ = std::fs::remove_file(ckpt);
-        }
-        let _ = std::fs::remove_file(&files.data);
-        if let Some(old) = idx.lru.pop(name) {
-            idx.used = idx.used.saturating_sub(old.charged);
-        }
     }
 
     /// Drops an object's entry (its version changed, or its bytes failed the CRC-64 check):
@@ -346,15 +341,10 @@ impl Cache {
     pub fn discard(&self, id: &ObjectIdentity) {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.index.lock().unwrap();
-        match idx.active.get(&name) {
-            Some(h) if h.identity() != id => return, // a newer version already replaced it
-            Some(h) => {
-                h.stop();
-                idx.active.remove(&name);
-            }
-            None => {}
+        if idx.active.get(&name).is_some_and(|h| h.identity() != id) {
+            return; // a newer version already replaced it
         }
-        self.remove_entry_files(&mut idx, &name);
+        self.shared.remove_entry(&mut idx, &name, Removal::Replaced);
     }
 
     /// Stops every hydration and waits for their checkpoint writes to finish.

@@ -82,14 +82,17 @@ pub struct MountCounters {
     /// Cached parts that failed their CRC-64 re-check after a restart (fetched again).
     #[serde(default)]
     pub parts_failed_check: u64,
+    /// Cached parts read back against their CRC-64 (once per entry and mount life).
+    #[serde(default)]
+    pub parts_checked: u64,
 }
 
 impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();
         format!(
-            "{} part requests ({} retries, {} splits), {} bytes fetched, {} listings, {} HEADs, {} small-file GETs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts failed their check",
-            c.part_requests, c.part_retries, c.part_splits, c.bytes_fetched, c.listings, c.heads, c.small_gets, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_failed_check
+            "{} part requests ({} retries, {} splits), {} bytes fetched, {} listings, {} HEADs, {} small-file GETs, {} opens ({} passthrough), {} reads ({} bytes served; {} hits, {} misses, {} direct), {} read errors, {} evictions, {} CRC-64 mismatches, {} cached parts checked ({} failed)",
+            c.part_requests, c.part_retries, c.part_splits, c.bytes_fetched, c.listings, c.heads, c.small_gets, c.opens, c.passthrough_opens, c.reads, c.bytes_served, c.cache_hits, c.cache_misses, c.direct_reads, c.read_errors, c.evictions, c.crc_mismatches, c.parts_checked, c.parts_failed_check
         )
     }
 
@@ -117,6 +120,7 @@ impl OssFs {
             evictions: l(&self.cache.stats().evictions),
             crc_mismatches: l(&e.crc_mismatches),
             parts_failed_check: l(&e.parts_failed_check),
+            parts_checked: l(&e.parts_checked),
         }
     }
 }

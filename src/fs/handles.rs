@@ -4,19 +4,24 @@
 //! they need. Must not decide what the kernel does with a handle (see `passthrough`).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use std::ops::Range;
 
 use crate::hydrate::{HydrateError, Hydration, ObjectIdentity};
 
+use super::coverage::Coverage;
 use super::direct::DirectReader;
 use super::{FsError, Kind, OssFs};
 
 pub(super) enum OpenFile {
-    /// Served from the object's cache entry.
-    Cached { ino: u64, hydration: Hydration },
+    /// Served from the object's cache entry; `served` is what this handle has read.
+    Cached {
+        ino: u64,
+        hydration: Hydration,
+        served: Arc<Mutex<Coverage>>,
+    },
     /// Larger than the whole cache: served by ranged reads with readahead, never kept.
     Direct { ino: u64, reader: Arc<DirectReader> },
 }
@@ -76,15 +81,18 @@ impl OssFs {
         }
         // A fresh listing that shows the same version as a complete cache entry needs no
         // HEAD: prefetched or earlier-hydrated files open without any request.
+        let complete_entry = self.cache.cached_identity(&self.cfg.bucket, &key);
         if cached.is_none() {
-            if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
+            if let Some(id) = complete_entry.as_ref() {
                 if id.etag == listed_etag && id.size == listed_size {
-                    return Ok((id, None));
+                    return Ok((id.clone(), None));
                 }
             }
         }
+        // A small file whose bytes are all cached is asked whether it changed (a HEAD), not
+        // fetched again: the body of a GET would be billed egress for bytes already here.
         let small_limit = self.cache.part_size();
-        let answer = if listed_size <= small_limit {
+        let answer = if listed_size <= small_limit && complete_entry.is_none() {
             self.stats.small_gets.fetch_add(1, Ordering::Relaxed);
             self.store
                 .get_small(&self.cfg.bucket, &key, small_limit)
@@ -175,7 +183,11 @@ impl OssFs {
                         tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
                         FsError::Cache(e.to_string())
                     })?;
-            OpenFile::Cached { ino, hydration }
+            OpenFile::Cached {
+                ino,
+                hydration,
+                served: Default::default(),
+            }
         };
         let id_size = id.size;
         let keep_cache = {
@@ -196,7 +208,7 @@ impl OssFs {
             OpenFile::Cached { hydration, .. } if hydration.is_complete() => {
                 // The kernel will read the file without asking us: check its bytes first.
                 match hydration.verify_cached(0..id_size).await {
-                    Ok(0) => Some(hydration.file()),
+                    Ok(true) => Some(hydration.file()),
                     _ => None,
                 }
             }
@@ -223,10 +235,12 @@ impl OssFs {
             .get(&fh)
             .ok_or(FsError::BadHandle)?
         {
-            OpenFile::Cached { hydration, .. } => Ok(hydration.clone()),
+            OpenFile::Cached {
+                hydration, served, ..
+            } => Ok((hydration.clone(), served.clone())),
             OpenFile::Direct { reader, .. } => Err(reader.clone()),
         };
-        let h = match h {
+        let (h, served) = match h {
             Ok(h) => h,
             Err(direct) => return self.read_direct(&direct, offset, size).await,
         };
@@ -239,7 +253,11 @@ impl OssFs {
         h.note_read(offset..end);
         let deadline = self.cfg.read_deadline;
         let started = Instant::now();
-        let waited = tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end)).await;
+        // The read that finishes the object for this handle (every other byte was served)
+        // waits for the whole-object check; one that merely reaches the end does not.
+        let finishes = served.lock().unwrap().completes(&(offset..end), total);
+        let waited =
+            tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end, finishes)).await;
         let outcome = match waited {
             Ok(Ok(true)) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -268,32 +286,37 @@ impl OssFs {
                 tracing::warn!("reading the cache file failed: {e}");
                 FsError::Cache(format!("reading the cache file failed: {e}"))
             })?;
+        served.lock().unwrap().insert(offset..end);
         self.stats
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
 
-    /// Waits until `range` is present and checked, and for a range that reaches the end of
-    /// the object, until the whole object passed its CRC-64 check. True when it had to wait
-    /// for parts.
-    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<bool, FsError> {
+    /// Waits until `range` is readable and checked, and for the read that `finishes` the
+    /// object for its handle, until the whole object passed its CRC-64 check. True when it
+    /// had to wait for parts.
+    async fn wait_for_bytes(
+        &self,
+        h: &Hydration,
+        range: Range<u64>,
+        finishes: bool,
+    ) -> Result<bool, FsError> {
         if let Some(e) = h.failure().filter(|e| e.is_corrupt()) {
             return Err(FsError::Hydrate(e));
         }
         let mut missed = false;
-        loop {
-            if !h.is_present(range.clone()) {
-                missed = true;
-                h.wait_range(range.clone())
-                    .await
-                    .map_err(FsError::Hydrate)?;
-            }
-            match h.verify_cached(range.clone()).await {
-                Ok(0) => break,
-                Ok(_) => missed = true, // parts failed their check: fetched again
-                Err(e) => return Err(FsError::Hydrate(Arc::new(e))),
-            }
+        // Each turn either serves, or waits for bytes that are missing (never fetched, or
+        // their part just failed its check and is fetched again); the read deadline bounds it.
+        while !h
+            .verify_cached(range.clone())
+            .await
+            .map_err(|e| FsError::Hydrate(Arc::new(e)))?
+        {
+            missed = true;
+            h.wait_range(range.clone())
+                .await
+                .map_err(FsError::Hydrate)?;
         }
         let stat = if missed {
             &self.stats.cache_misses
@@ -301,8 +324,7 @@ impl OssFs {
             &self.stats.cache_hits
         };
         stat.fetch_add(1, Ordering::Relaxed);
-        let reaches_end = range.end == h.identity().size;
-        if reaches_end && (h.fetches_all() || h.all_fetched()) {
+        if finishes {
             h.wait_verified().await.map_err(FsError::Hydrate)?;
         }
         Ok(missed)
@@ -339,10 +361,5 @@ impl OssFs {
                 }
             }
         }
-    }
-
-    /// The inode an open handle belongs to.
-    pub fn handle_ino(&self, fh: u64) -> Option<u64> {
-        self.files.lock().unwrap().get(&fh).map(|f| f.ino())
     }
 }

@@ -11,6 +11,7 @@
 //! `.`, `..`, longer than 255 bytes) are skipped and logged once.
 
 mod counters;
+mod coverage;
 mod direct;
 mod error;
 pub mod fuse;

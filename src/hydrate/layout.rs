@@ -83,6 +83,28 @@ impl PartLayout {
         }
         (range.start / self.part_size) as usize..end.div_ceil(self.part_size) as usize
     }
+
+    pub fn len_of(&self, part: usize) -> u64 {
+        let r = self.range(part);
+        r.end - r.start
+    }
+
+    /// Bytes in the parts of `parts` (a set of part numbers).
+    pub fn bytes_of(&self, parts: &fixedbitset::FixedBitSet) -> u64 {
+        parts
+            .ones()
+            .filter(|&p| p < self.count())
+            .map(|p| self.len_of(p))
+            .sum()
+    }
+
+    /// The whole object's CRC-64 from every part's, in order: the one place the parts'
+    /// CRCs are folded into the object's.
+    pub fn combined_crc(&self, crc_of_part: impl Fn(usize) -> u64) -> u64 {
+        (0..self.count()).fold(0u64, |acc, p| {
+            crate::crc64::combine(acc, crc_of_part(p), self.len_of(p))
+        })
+    }
 }
 
 #[cfg(test)]

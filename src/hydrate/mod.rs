@@ -16,6 +16,7 @@ pub mod download;
 mod error;
 mod layout;
 pub mod limiter;
+mod parts;
 mod scheduler;
 mod segments;
 mod state;
@@ -40,6 +41,7 @@ pub use limiter::ConnectionLimiter;
 pub use state::Progress;
 
 use crate::store::ObjectStore;
+use parts::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchMode {
@@ -73,11 +75,13 @@ pub struct EngineStats {
     /// GETs started inside a part already streaming, for a read far ahead of its stream.
     pub part_splits: AtomicU64,
     pub bytes_fetched: AtomicU64,
-    pub parts_completed: AtomicU64,
     /// Objects whose bytes did not match the server's whole-object CRC-64 (discarded).
     pub crc_mismatches: AtomicU64,
     /// Cached parts whose bytes no longer matched their CRC-64 (refetched).
     pub parts_failed_check: AtomicU64,
+    /// Cached parts read back and checked against their recorded CRC-64 (once per entry
+    /// and mount life).
+    pub parts_checked: AtomicU64,
     /// Hydrations that became complete (whole object present and checked).
     pub hydrations_completed: AtomicU64,
     /// Hydrations that failed for good (the object changed, or failed its CRC-64).
@@ -136,111 +140,6 @@ impl Default for HydrationConfig {
     }
 }
 
-struct State {
-    present: FixedBitSet,
-    /// Present parts whose bytes were checked against their CRC-64 in this run (fetched in
-    /// this run, or re-read by `verify_cached`).
-    checked: FixedBitSet,
-    /// The parts the checkpoint on disk records (all of them without a checkpoint file): the
-    /// hydration is complete only once the record says so, so a stop right after completion
-    /// can never leave a record that misses a part.
-    recorded: FixedBitSet,
-    in_flight: Vec<bool>,
-    part_crc: Vec<u64>,
-    /// The last failure of a part, kept until new demand asks again.
-    failed: Vec<Option<Arc<HydrateError>>>,
-    /// Background fetching pauses after a failure until a reader wants something.
-    paused: Option<Arc<HydrateError>>,
-    fatal: Option<Arc<HydrateError>>,
-    readahead: Range<usize>,
-    /// The window to open once a demand fetch has its first bytes, so demand always reaches
-    /// the server before readahead.
-    pending_readahead: Option<Range<usize>>,
-    stopped: bool,
-    complete: bool,
-    /// Bytes of parts still arriving that are already in the data file: readable through the
-    /// page cache though not yet durable or recorded, so a reader waits for its own bytes,
-    /// not for the whole part.
-    written: std::collections::HashMap<usize, Vec<Range<u64>>>,
-    /// Where a demanded part's fetch begins when the reader's bytes lie inside it: their
-    /// first byte then costs one round trip, not the part before them.
-    start_at: std::collections::HashMap<usize, u64>,
-    /// Parts wholly written in this run whose CRC-64 is known, not yet synced and recorded:
-    /// with the present parts they let the whole-object check run before the last fsync.
-    crc_known: std::collections::HashMap<usize, u64>,
-    /// The GETs of each part in flight, so a read far ahead of a stream can split it.
-    segments: std::collections::HashMap<usize, segments::PartSegments<worker::PartFailure>>,
-    /// The whole object's bytes are in the data file and match the server's CRC-64 (or it
-    /// announced none): a read may finish on them, though the record may still be on its way.
-    verified: bool,
-}
-
-impl State {
-    /// Whether every byte of `range` can be read: its parts are present, or the bytes are
-    /// written already.
-    fn covers(&self, layout: PartLayout, range: Range<u64>) -> bool {
-        layout.parts_for(range.clone()).all(|p| {
-            if self.present[p] {
-                return true;
-            }
-            let r = layout.range(p);
-            let (from, to) = (range.start.max(r.start), range.end.min(r.end));
-            self.written
-                .get(&p)
-                .is_some_and(|ws| ws.iter().any(|w| w.start <= from && to <= w.end))
-        })
-    }
-
-    /// Every part present or wholly written.
-    fn all_fetched(&self) -> bool {
-        self.present.count_ones(..) + self.crc_known.len() == self.present.len()
-    }
-
-    /// Notes that `part`'s bytes are all written with CRC-64 `crc`, and checks the whole
-    /// object once every part is (a mismatch is left to `finish_if_complete`, which fails the
-    /// hydration). True when this made the object verified.
-    fn note_part_written(
-        &mut self,
-        layout: PartLayout,
-        part: usize,
-        crc: u64,
-        expected: Option<u64>,
-    ) -> bool {
-        self.crc_known.insert(part, crc);
-        if self.verified || self.complete || !self.all_fetched() {
-            return false;
-        }
-        let combined = (0..layout.count()).fold(0u64, |acc, p| {
-            let r = layout.range(p);
-            let c = if self.present[p] {
-                self.part_crc[p]
-            } else {
-                self.crc_known[&p]
-            };
-            crate::crc64::combine(acc, c, r.end - r.start)
-        });
-        self.verified = expected.is_none_or(|e| e == combined);
-        self.verified
-    }
-
-    /// Notes `range` of `part` written (streams write contiguously, so it extends a run).
-    fn note_written(&mut self, part: usize, range: Range<u64>) {
-        let runs = self.written.entry(part).or_default();
-        runs.push(range);
-        // Segments of a part (a split, a head fetched after its tail) meet: one run, so a
-        // read across where they meet is covered too. A part has a few runs at most.
-        runs.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<u64>> = Vec::with_capacity(runs.len());
-        for r in runs.drain(..) {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        *runs = merged;
-    }
-}
-
 struct Inner {
     store: Arc<dyn ObjectStore>,
     id: ObjectIdentity,
@@ -259,6 +158,8 @@ struct Inner {
     checkpoint_lock: Mutex<Option<checkpoint::RecordFile>>,
     /// Set by `shutdown`; checked under `checkpoint_lock` before every write.
     writes_closed: std::sync::atomic::AtomicBool,
+    /// A delayed sync of the records is scheduled (`sync_records_later`).
+    sync_timer: std::sync::atomic::AtomicBool,
     bytes_fetched: AtomicU64,
     bytes_resumed: u64,
     part_requests: AtomicU64,
@@ -347,10 +248,7 @@ impl Hydration {
             Some(c) => (c.present.clone(), c.part_crc64.clone()),
             None => (FixedBitSet::with_capacity(n), vec![0; n]),
         };
-        let bytes_resumed = (0..n)
-            .filter(|&p| present[p])
-            .map(|p| layout.range(p).end - layout.range(p).start)
-            .sum();
+        let bytes_resumed = layout.bytes_of(&present);
         let complete = present.is_full();
         let (changed, _) = watch::channel(0);
         let has_checkpoint = files.checkpoint.is_some();
@@ -363,9 +261,11 @@ impl Hydration {
             data_path: files.data,
             checkpoint_path: files.checkpoint,
             limiter,
-            state: Mutex::new(State {
-                checked: FixedBitSet::with_capacity(n),
-                recorded: match (has_checkpoint, resume) {
+            state: Mutex::new(State::new(
+                n,
+                present,
+                part_crc,
+                match (has_checkpoint, resume) {
                     (false, _) => {
                         let mut all = FixedBitSet::with_capacity(n);
                         all.insert_range(..);
@@ -374,25 +274,11 @@ impl Hydration {
                     (true, Some(c)) => c.present.clone(),
                     (true, None) => FixedBitSet::with_capacity(n),
                 },
-                present,
-                in_flight: vec![false; n],
-                part_crc,
-                failed: vec![None; n],
-                paused: None,
-                fatal: None,
-                readahead: 0..0,
-                pending_readahead: None,
-                stopped: false,
-                complete: false,
-                written: Default::default(),
-                start_at: Default::default(),
-                segments: Default::default(),
-                crc_known: Default::default(),
-                verified: false,
-            }),
+            )),
             changed,
             checkpoint_lock: Mutex::new(None),
             writes_closed: std::sync::atomic::AtomicBool::new(false),
+            sync_timer: Default::default(),
             bytes_fetched: AtomicU64::new(0),
             bytes_resumed,
             part_requests: AtomicU64::new(0),
@@ -469,10 +355,7 @@ impl Hydration {
             parts_present: st.present.count_ones(..),
             parts_in_flight: st.in_flight.iter().filter(|&&p| p).count(),
             bytes_total: layout.size,
-            bytes_present: (0..layout.count())
-                .filter(|&p| st.present[p])
-                .map(|p| layout.range(p).end - layout.range(p).start)
-                .sum(),
+            bytes_present: layout.bytes_of(&st.present),
             bytes_fetched: self.inner.bytes_fetched.load(Ordering::Relaxed),
             bytes_resumed: self.inner.bytes_resumed,
             part_requests: self.inner.part_requests.load(Ordering::Relaxed),

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::segments::{SegmentTask, SPLIT_ALIGN};
 use super::{HydrateError, Hydration, Inner, State};
@@ -17,7 +17,8 @@ const SPLIT_MIN: u64 = 256 << 10;
 impl Hydration {
     /// Asks for the parts covering `range` ahead of everything else: missing parts that are
     /// not in flight are fetched at once on demand connections, and the readahead window moves
-    /// to just after the range. Clears earlier part failures, so a new read retries.
+    /// to just after the range. Clears the earlier failures of those parts, so a new read
+    /// retries them (and only them: other parts keep their failure until asked for).
     pub fn want(&self, range: Range<u64>) {
         let parts = self.inner.layout.parts_for(range.clone());
         let mut spawn = Vec::new();
@@ -28,8 +29,8 @@ impl Hydration {
                 return;
             }
             st.paused = None;
-            for f in st.failed.iter_mut() {
-                *f = None;
+            for p in parts.clone() {
+                st.failed[p] = None;
             }
             for p in parts.clone() {
                 if !st.present[p] && !st.in_flight[p] {
@@ -45,14 +46,24 @@ impl Hydration {
                     st.start_at.insert(first, at);
                 }
             }
-            // A read far ahead of a stream already under way in its part gets its own GET.
+            // A read far ahead of a stream already under way in its part gets its own GET,
+            // on a connection free now: the part's fetch holds one and waits for the split,
+            // so waiting here for another of the same pool could wait forever.
             let first = parts.start;
             if !parts.is_empty() && st.in_flight[first] && !spawn.contains(&first) {
                 let inner = self.inner.clone();
                 if let Some(segments) = st.segments.get_mut(&first) {
-                    segments.split_for(range.start, |control| {
-                        SegmentTask::new(tokio::spawn(inner.fetch_split_segment(first, control)))
-                    });
+                    if let Some(connection) = segments
+                        .may_split(range.start)
+                        .then(|| inner.limiter.try_acquire(true))
+                        .flatten()
+                    {
+                        segments.split_for(range.start, |control| {
+                            SegmentTask::new(tokio::spawn(
+                                inner.fetch_split_segment(first, control, connection),
+                            ))
+                        });
+                    }
                 }
             }
             if !parts.is_empty() {
@@ -201,18 +212,28 @@ impl Inner {
         if self.state.lock().unwrap().stopped {
             return;
         }
-        let running = self.workers.load(Ordering::SeqCst);
         // No more workers than parts: a small object needs no scheduler crowd.
         let wanted = self.cfg.threads.min(self.layout.count()).max(1);
-        for _ in running..wanted {
-            let inner = self.clone();
-            self.spawn(async move { inner.background_worker().await });
+        // Counted when spawned, not when first run: two restarts in a row (before either's
+        // workers start) must not both see room and double the workers.
+        while self
+            .workers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < wanted).then_some(n + 1)
+            })
+            .is_ok()
+        {
+            // Moved into the task: uncounted when it ends, also when aborted before it ran.
+            let running = WorkerCount(self.clone());
+            self.spawn(async move {
+                let inner = running.0.clone();
+                let _running = running;
+                inner.background_worker().await
+            });
         }
     }
 
     pub(super) async fn background_worker(self: Arc<Self>) {
-        self.workers.fetch_add(1, Ordering::SeqCst);
-        let _running = WorkerCount(&self.workers);
         let mut rx = self.changed.subscribe();
         loop {
             rx.borrow_and_update();
@@ -270,10 +291,10 @@ impl Inner {
 }
 
 /// Counts a running background worker, also when its task is aborted.
-struct WorkerCount<'a>(&'a AtomicUsize);
+struct WorkerCount(Arc<Inner>);
 
-impl Drop for WorkerCount<'_> {
+impl Drop for WorkerCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.workers.fetch_sub(1, Ordering::SeqCst);
     }
 }

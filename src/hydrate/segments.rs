@@ -88,6 +88,11 @@ impl SegmentControl {
         self.progress.lock().unwrap().end
     }
 
+    fn streams_towards(&self, at: u64) -> bool {
+        let p = self.progress.lock().unwrap();
+        !p.finished && p.received <= at && at < p.end
+    }
+
     /// No split may take bytes from this segment any more.
     pub(super) fn finish(&self) {
         self.progress.lock().unwrap().finished = true;
@@ -141,6 +146,12 @@ impl<E> PartSegments<E> {
 
     pub(super) fn add(&mut self, control: Arc<SegmentControl>) {
         self.controls.push(control);
+    }
+
+    /// Whether a split for a read at `at` may be worth a connection: there is room for one
+    /// more segment, and some segment has not yet reached `at` (`split_for` decides).
+    pub(super) fn may_split(&self, at: u64) -> bool {
+        self.controls.len() < MAX_SEGMENTS && self.controls.iter().any(|c| c.streams_towards(at))
     }
 
     /// Splits the segment streaming towards `at`, if that is worth it: the new segment is

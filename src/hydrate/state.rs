@@ -4,6 +4,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Records are made durable together, at most this far apart.
+const RECORD_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 use super::{Checkpoint, HydrateError, Inner};
 
@@ -41,10 +45,7 @@ impl Inner {
         if st.complete || st.fatal.is_some() || !st.present.is_full() || !st.recorded.is_full() {
             return;
         }
-        let combined = (0..self.layout.count()).fold(0u64, |acc, p| {
-            let r = self.layout.range(p);
-            crate::crc64::combine(acc, st.part_crc[p], r.end - r.start)
-        });
+        let combined = self.layout.combined_crc(|p| st.part_crc[p]);
         match self.id.crc64 {
             Some(expected) if expected != combined => {
                 tracing::error!(
@@ -81,6 +82,31 @@ impl Inner {
         self.notify();
     }
 
+    /// Makes records that no later record will sync durable a second from now: "at most a
+    /// second apart" holds when the parts stop arriving too. One timer at a time.
+    fn sync_records_later(self: &Arc<Self>) {
+        if self.sync_timer.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        self.spawn(async move {
+            tokio::time::sleep(RECORD_SYNC_EVERY).await;
+            let timer = inner.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut records = timer.checkpoint_lock.lock().unwrap();
+                timer.sync_timer.store(false, Ordering::SeqCst);
+                if let Some(file) = records.as_mut() {
+                    if !timer.writes_closed.load(Ordering::SeqCst) {
+                        if let Err(e) = file.sync_due(Duration::ZERO, true) {
+                            tracing::warn!(key = %timer.id.key, "syncing the checkpoint failed: {e}");
+                        }
+                    }
+                }
+            })
+            .await;
+        });
+    }
+
     pub(super) fn snapshot(&self) -> Checkpoint {
         let st = self.state.lock().unwrap();
         let mut c = Checkpoint::new(
@@ -98,7 +124,6 @@ impl Inner {
     /// place: constant cost per part. The first write of a hydration writes the whole record
     /// (which also turns a format-1 checkpoint into format 2).
     pub(super) async fn save_checkpoint(self: &Arc<Self>) -> Result<(), HydrateError> {
-        const RECORD_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
         let Some(path) = self.checkpoint_path.clone() else {
             return Ok(());
         };
@@ -138,6 +163,9 @@ impl Inner {
                     // completes the object at once.
                     if durable {
                         file.sync_due(RECORD_SYNC_EVERY, recorded.is_full())?;
+                        if file.is_unsynced() {
+                            inner.sync_records_later();
+                        }
                     }
                     let mut st = inner.state.lock().unwrap();
                     for (part, crc) in changes {

@@ -1,56 +1,69 @@
-//! Cached bytes are checked, not trusted: the first time a part that came from an earlier run
-//! is needed, its bytes are read back and compared with the CRC-64 the checkpoint recorded for
-//! it. A part that no longer matches (bit rot, a truncated or rewritten file, pages a crash
-//! lost) is marked missing, recorded so, and fetched again. Must not serve bytes itself.
+//! Cached bytes are checked, not trusted: the first time in a mount's life that a part that
+//! came from an earlier run is needed, its bytes are read back and compared with the CRC-64
+//! the checkpoint recorded for it. A part that no longer matches (bit rot, a truncated or
+//! rewritten file, pages a crash lost) is marked missing, recorded so, and fetched again.
+//! Each check is claimed under the state lock (`State::claim_checks`), so concurrent readers
+//! of one part wait for one verdict rather than passing a part nobody has checked. Must not
+//! serve bytes itself.
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use super::{HydrateError, Hydration};
+use fixedbitset::FixedBitSet;
+
+use super::parts::CheckStep;
+use super::{HydrateError, Hydration, Inner};
 
 impl Hydration {
-    /// Checks every present, not yet checked part that holds bytes of `range`; returns how
-    /// many failed (they are missing again, so `wait_range` fetches them).
-    pub async fn verify_cached(&self, range: Range<u64>) -> Result<usize, HydrateError> {
-        let parts = self.inner.layout.parts_for(range);
-        let todo: Vec<(usize, u64)> = {
-            let st = self.inner.state.lock().unwrap();
-            parts
-                .filter(|&p| st.present[p] && !st.checked[p])
-                .map(|p| (p, st.part_crc[p]))
-                .collect()
-        };
-        if todo.is_empty() {
-            return Ok(0);
-        }
-        let inner = self.inner.clone();
-        let verdicts = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::new();
-            let mut out = Vec::with_capacity(todo.len());
-            for (p, recorded) in todo {
-                let r = inner.layout.range(p);
-                buf.resize((r.end - r.start) as usize, 0);
-                let ok = match inner.file.read_exact_at(&mut buf, r.start) {
-                    Ok(()) => crate::crc64::update(0, &buf) == recorded,
-                    Err(_) => false,
-                };
-                out.push((p, ok));
-            }
-            out
-        })
-        .await
-        .expect("verification does not panic");
-        let mut bad = 0;
-        {
-            let mut st = self.inner.state.lock().unwrap();
-            for (p, ok) in verdicts {
-                if ok {
-                    st.checked.insert(p);
-                } else if st.present[p] && !st.checked[p] {
-                    bad += 1;
-                    st.present.set(p, false);
-                    st.complete = false;
+    /// Checks every present part holding bytes of `range` that was not checked in this
+    /// mount's life yet. `Ok(true)`: every byte of `range` may be served. `Ok(false)`: some
+    /// byte is missing (never fetched, or its part just failed its check): wait for it
+    /// (`wait_range`) and ask again.
+    pub async fn verify_cached(&self, range: Range<u64>) -> Result<bool, HydrateError> {
+        let mut changed = self.inner.changed.subscribe();
+        loop {
+            let step = {
+                let mut st = self.inner.state.lock().unwrap();
+                // Seen under the lock: a verdict published after this wakes the wait below.
+                changed.borrow_and_update();
+                if st.stopped {
+                    return Err(self.inner.stopped_error());
+                }
+                st.claim_checks(self.inner.layout, range.clone())
+            };
+            let todo = match step {
+                CheckStep::Checked => return Ok(true),
+                CheckStep::Missing => return Ok(false),
+                CheckStep::Wait => {
+                    if changed.changed().await.is_err() {
+                        return Err(self.inner.stopped_error());
+                    }
+                    continue;
+                }
+                CheckStep::Check(todo) => todo,
+            };
+            let mut claim = Claim {
+                inner: &self.inner,
+                parts: todo.iter().map(|&(p, _)| p).collect(),
+            };
+            self.inner
+                .cfg
+                .stats
+                .parts_checked
+                .fetch_add(todo.len() as u64, Ordering::Relaxed);
+            let inner = self.inner.clone();
+            let verdicts = tokio::task::spawn_blocking(move || inner.read_back(&todo))
+                .await
+                .expect("verification does not panic");
+            // The verdicts settle the claim (no await comes between).
+            claim.parts.clear();
+            drop(claim);
+            let failed = self.inner.state.lock().unwrap().finish_checks(&verdicts);
+            self.inner.notify();
+            if !failed.is_empty() {
+                for &part in &failed {
                     self.inner
                         .cfg
                         .stats
@@ -59,16 +72,67 @@ impl Hydration {
                     tracing::warn!(
                         bucket = %self.inner.id.bucket,
                         key = %self.inner.id.key,
-                        part = p,
+                        part,
                         "cached part failed its CRC-64 check (the cache file changed since it was written); fetching it again"
                     );
                 }
+                self.inner.save_checkpoint().await?;
+                self.inner.restart_workers();
             }
         }
-        if bad > 0 {
-            self.inner.save_checkpoint().await?;
-            self.inner.restart_workers();
+    }
+
+    /// The parts checked in this hydration's life, for the cache to keep beyond it.
+    pub fn checked_parts(&self) -> FixedBitSet {
+        self.inner.state.lock().unwrap().checked.clone()
+    }
+
+    /// Parts of the same entry that an earlier hydration in this mount's life checked: their
+    /// bytes have not changed since (only this mount writes its cache), so they are not read
+    /// back again at the next open.
+    pub fn trust_checked(&self, checked: &FixedBitSet) {
+        let mut st = self.inner.state.lock().unwrap();
+        if checked.len() != st.present.len() {
+            return;
         }
-        Ok(bad)
+        let mut trusted = checked.clone();
+        trusted.intersect_with(&st.present);
+        st.checked.union_with(&trusted);
+    }
+}
+
+impl Inner {
+    /// Reads each part back and compares it with its recorded CRC-64.
+    fn read_back(&self, parts: &[(usize, u64)]) -> Vec<(usize, bool)> {
+        let mut buf = Vec::new();
+        parts
+            .iter()
+            .map(|&(p, recorded)| {
+                let r = self.layout.range(p);
+                buf.resize((r.end - r.start) as usize, 0);
+                let ok = match self.file.read_exact_at(&mut buf, r.start) {
+                    Ok(()) => crate::crc64::update(0, &buf) == recorded,
+                    Err(_) => false,
+                };
+                (p, ok)
+            })
+            .collect()
+    }
+}
+
+/// Claimed checks; given back if the verifying read is cancelled (a read past its deadline,
+/// an interrupted request), so the parts never stay claimed by nobody.
+struct Claim<'a> {
+    inner: &'a Arc<Inner>,
+    parts: Vec<usize>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        self.inner.state.lock().unwrap().abandon_checks(&self.parts);
+        self.inner.notify();
     }
 }

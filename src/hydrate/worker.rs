@@ -99,10 +99,6 @@ impl Inner {
                     if let Some(probe) = &self.cfg.probe {
                         probe.synced(self.layout.range(part));
                     }
-                    self.cfg
-                        .stats
-                        .parts_completed
-                        .fetch_add(1, Ordering::Relaxed);
                     let _ = self.record_outcome(part, false, Ok(crc)).await;
                 }
                 None => {
@@ -214,11 +210,6 @@ impl Inner {
             if let Some(b) = &self.cfg.budget {
                 b.release(&self.id, len);
             }
-        } else {
-            self.cfg
-                .stats
-                .parts_completed
-                .fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -333,14 +324,14 @@ impl Inner {
         Ok(crc)
     }
 
-    /// A GET for a segment split off a part's stream (`Hydration::want`), on a demand
-    /// connection.
+    /// A GET for a segment split off a part's stream (`Hydration::want`), on the demand
+    /// connection taken for it when it was split.
     pub(super) async fn fetch_split_segment(
         self: Arc<Self>,
         part: usize,
         control: Arc<SegmentControl>,
+        _connection: ConnectionPermit,
     ) -> Result<SegmentDone, PartFailure> {
-        let _permit = self.limiter.acquire(true).await;
         self.part_requests.fetch_add(1, Ordering::Relaxed);
         self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
         self.cfg.stats.part_splits.fetch_add(1, Ordering::Relaxed);
