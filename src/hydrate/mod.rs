@@ -14,6 +14,8 @@
 pub mod checkpoint;
 pub mod download;
 mod error;
+#[cfg(test)]
+mod interleavings;
 mod layout;
 pub mod limiter;
 mod parts;

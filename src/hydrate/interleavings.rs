@@ -1,0 +1,199 @@
+//! The engine's part state (`parts::State`) under a scheduler-exploring checker (shuttle):
+//! readers check cached parts, fetch missing ones and serve, in every interleaving shuttle
+//! tries, with the lock taken and let go exactly where the engine does (claim under the
+//! lock, read the file outside it, verdict under the lock). Asserted: no reader is served a
+//! rotten byte, a cancelled check never strands a part, and every reader ends (shuttle fails
+//! a run that deadlocks). The protocol the engine used before is kept here as a control: the
+//! same checker must catch it serving rotten bytes, or the test proves nothing.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use fixedbitset::FixedBitSet;
+use shuttle::sync::Mutex;
+use shuttle::thread;
+
+use super::parts::{CheckStep, State};
+use super::PartLayout;
+
+const PARTS: usize = 3;
+const PART: u64 = 10;
+const GOOD: u8 = 7;
+const ROTTEN: u8 = 8;
+
+/// Shuttle iterations per test: a few seconds in CI; `SHUTTLE_ITERATIONS` for long runs.
+fn iterations() -> usize {
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+/// A cache entry after a restart: every part recorded present with the good CRC, none
+/// checked yet, and the middle part rotten on disk.
+struct Entry {
+    state: Mutex<State>,
+    /// One value per part standing for its bytes on disk.
+    disk: Mutex<Vec<u8>>,
+    layout: PartLayout,
+}
+
+impl Entry {
+    fn after_restart() -> Arc<Entry> {
+        let mut present = FixedBitSet::with_capacity(PARTS);
+        present.insert_range(..);
+        let state = State::new(PARTS, present.clone(), vec![GOOD as u64; PARTS], present);
+        let mut disk = vec![GOOD; PARTS];
+        disk[1] = ROTTEN;
+        Arc::new(Entry {
+            state: Mutex::new(state),
+            disk: Mutex::new(disk),
+            layout: PartLayout::new(PARTS as u64 * PART, PART),
+        })
+    }
+
+    /// What `want` and a demand fetch do: claim the missing parts not in flight under the
+    /// lock, write their bytes outside it, then mark them present and checked.
+    fn fetch_missing(&self, range: Range<u64>) {
+        let claimed: Vec<usize> = {
+            let mut st = self.state.lock().unwrap();
+            let missing: Vec<usize> = self
+                .layout
+                .parts_for(range)
+                .filter(|&p| !st.present[p] && !st.in_flight[p])
+                .collect();
+            for &p in &missing {
+                st.in_flight[p] = true;
+            }
+            missing
+        };
+        for &p in &claimed {
+            self.disk.lock().unwrap()[p] = GOOD;
+            let mut st = self.state.lock().unwrap();
+            st.present.insert(p);
+            st.checked.insert(p);
+            st.in_flight[p] = false;
+            st.part_crc[p] = GOOD as u64;
+        }
+    }
+
+    fn serve(&self, range: Range<u64>) -> Vec<u8> {
+        let disk = self.disk.lock().unwrap();
+        self.layout.parts_for(range).map(|p| disk[p]).collect()
+    }
+
+    /// A read as `OssFs::read` does it with `Hydration::verify_cached`; `cancel` gives up
+    /// its first claimed check halfway, as a read past its deadline does.
+    fn read(&self, range: Range<u64>, mut cancel: bool) -> Vec<u8> {
+        loop {
+            let step = self
+                .state
+                .lock()
+                .unwrap()
+                .claim_checks(self.layout, range.clone());
+            match step {
+                CheckStep::Checked => return self.serve(range),
+                CheckStep::Missing => self.fetch_missing(range.clone()),
+                CheckStep::Wait => thread::yield_now(),
+                CheckStep::Check(todo) => {
+                    if std::mem::take(&mut cancel) {
+                        let parts: Vec<usize> = todo.iter().map(|&(p, _)| p).collect();
+                        self.state.lock().unwrap().abandon_checks(&parts);
+                        continue;
+                    }
+                    let verdicts: Vec<(usize, bool)> = todo
+                        .iter()
+                        .map(|&(p, crc)| (p, self.disk.lock().unwrap()[p] as u64 == crc))
+                        .collect();
+                    self.state.lock().unwrap().finish_checks(&verdicts);
+                }
+            }
+        }
+    }
+
+    /// The protocol before claims: pick present, unchecked parts under the lock, read them
+    /// back, and count a failure only if the part is still present and unchecked.
+    fn read_unclaimed(&self, range: Range<u64>) -> Vec<u8> {
+        loop {
+            let todo: Vec<(usize, u64)> = {
+                let st = self.state.lock().unwrap();
+                if !st.covers(self.layout, range.clone()) {
+                    drop(st);
+                    self.fetch_missing(range.clone());
+                    continue;
+                }
+                self.layout
+                    .parts_for(range.clone())
+                    .filter(|&p| st.present[p] && !st.checked[p])
+                    .map(|p| (p, st.part_crc[p]))
+                    .collect()
+            };
+            let verdicts: Vec<(usize, bool)> = todo
+                .iter()
+                .map(|&(p, crc)| (p, self.disk.lock().unwrap()[p] as u64 == crc))
+                .collect();
+            let mut bad = 0;
+            {
+                let mut st = self.state.lock().unwrap();
+                for (p, ok) in verdicts {
+                    if ok {
+                        st.checked.insert(p);
+                    } else if st.present[p] && !st.checked[p] {
+                        bad += 1;
+                        st.present.set(p, false);
+                    }
+                }
+            }
+            if bad == 0 {
+                return self.serve(range);
+            }
+        }
+    }
+}
+
+fn assert_good(got: &[u8]) {
+    assert!(got.iter().all(|&b| b == GOOD), "served a rotten part: {got:?}");
+}
+
+#[test]
+fn concurrent_checks_of_a_rotten_part_never_serve_it() {
+    shuttle::check_random(
+        || {
+            let entry = Entry::after_restart();
+            let readers: Vec<_> = [(0..30, false), (10..20, false), (15..25, true)]
+                .into_iter()
+                .map(|(range, cancel)| {
+                    let entry = entry.clone();
+                    thread::spawn(move || entry.read(range, cancel))
+                })
+                .collect();
+            for r in readers {
+                assert_good(&r.join().unwrap());
+            }
+            let st = entry.state.lock().unwrap();
+            assert!(st.checking.is_clear(), "a claim was left behind");
+            assert!(st.present.is_full() && st.checked.is_full());
+        },
+        iterations(),
+    );
+}
+
+#[test]
+#[should_panic(expected = "served a rotten part")]
+fn the_protocol_before_claims_is_caught_serving_a_rotten_part() {
+    shuttle::check_random(
+        || {
+            let entry = Entry::after_restart();
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let entry = entry.clone();
+                    thread::spawn(move || entry.read_unclaimed(10..20))
+                })
+                .collect();
+            for r in readers {
+                assert_good(&r.join().unwrap());
+            }
+        },
+        iterations(),
+    );
+}
