@@ -208,7 +208,7 @@ impl OssFs {
             OpenFile::Cached { hydration, .. } if hydration.is_complete() => {
                 // The kernel will read the file without asking us: check its bytes first.
                 match hydration.verify_cached(0..id_size).await {
-                    Ok(true) => Some(hydration.file()),
+                    Ok(true) => hydration.file(),
                     _ => None,
                 }
             }

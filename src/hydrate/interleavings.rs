@@ -152,7 +152,10 @@ impl Entry {
 }
 
 fn assert_good(got: &[u8]) {
-    assert!(got.iter().all(|&b| b == GOOD), "served a rotten part: {got:?}");
+    assert!(
+        got.iter().all(|&b| b == GOOD),
+        "served a rotten part: {got:?}"
+    );
 }
 
 #[test]

@@ -22,11 +22,11 @@ mod parts;
 mod scheduler;
 mod segments;
 mod state;
+pub mod storage;
 mod verify;
 mod worker;
 
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,6 +112,9 @@ pub struct HydrationConfig {
     pub budget: Option<Arc<dyn SpaceBudget>>,
     pub stats: Arc<EngineStats>,
     pub probe: Option<Arc<dyn DurabilityProbe>>,
+    /// Where the data files and records are written (local files; a power-cut simulation
+    /// in tests).
+    pub storage: Arc<dyn storage::Storage>,
 }
 
 impl std::fmt::Debug for HydrationConfig {
@@ -138,6 +141,7 @@ impl Default for HydrationConfig {
             budget: None,
             stats: Arc::new(EngineStats::default()),
             probe: None,
+            storage: Arc::new(storage::Local),
         }
     }
 }
@@ -147,7 +151,7 @@ struct Inner {
     id: ObjectIdentity,
     layout: PartLayout,
     cfg: HydrationConfig,
-    file: Arc<std::fs::File>,
+    file: Arc<dyn storage::EngineFile>,
     data_path: PathBuf,
     checkpoint_path: Option<PathBuf>,
     store_location: String,
@@ -235,17 +239,10 @@ impl Hydration {
         let part_size = resume.map(|c| c.part_size).unwrap_or(cfg.part_size);
         let layout = PartLayout::new(id.size, part_size);
         let n = layout.count();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(files.data_mode)
-            .open(&files.data)
+        let file = cfg
+            .storage
+            .open(&files.data, files.data_mode, Some(id.size))
             .map_err(io_err)?;
-        if file.metadata().map_err(io_err)?.len() != id.size {
-            file.set_len(id.size).map_err(io_err)?;
-        }
         let (present, part_crc) = match resume {
             Some(c) => (c.present.clone(), c.part_crc64.clone()),
             None => (FixedBitSet::with_capacity(n), vec![0; n]),
@@ -259,7 +256,7 @@ impl Hydration {
             store,
             layout,
             cfg: HydrationConfig { part_size, ..cfg },
-            file: Arc::new(file),
+            file,
             data_path: files.data,
             checkpoint_path: files.checkpoint,
             limiter,
@@ -470,16 +467,15 @@ impl Hydration {
     /// Reads bytes that are present (the caller waited for them) from the data file.
     pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let end = (offset + len as u64).min(self.inner.layout.size);
-        read_exact_uninit(
-            &self.inner.file,
-            offset,
-            end.saturating_sub(offset) as usize,
-        )
+        self.inner
+            .file
+            .read_vec(offset, end.saturating_sub(offset) as usize)
     }
 
-    /// The data file, for serving reads without copying through the engine.
-    pub fn file(&self) -> Arc<std::fs::File> {
-        self.inner.file.clone()
+    /// The data file, for the kernel to read a complete entry directly (`None` when its
+    /// bytes must go through the engine).
+    pub fn file(&self) -> Option<Arc<std::fs::File>> {
+        self.inner.file.file()
     }
 }
 
@@ -490,55 +486,5 @@ impl Inner {
         let mut tasks = self.tasks.lock().unwrap();
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
-    }
-}
-
-/// `len` bytes at `offset` into a new buffer that is never zeroed first: the read fills it,
-/// and only filled bytes ever become part of the vector.
-fn read_exact_uninit(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
-        let filled = buf.len();
-        // SAFETY: the destination is the vector's spare capacity, `len - filled` bytes past
-        // its initialised part; pread writes at most that many bytes there.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().add(filled).cast(),
-                len - filled,
-                (offset + filled as u64) as libc::off_t,
-            )
-        };
-        match n {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            // SAFETY: pread initialised the `n` bytes after `filled`.
-            n => unsafe { buf.set_len(filled + n as usize) },
-        }
-    }
-    Ok(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn uninitialised_reads_return_exactly_the_file_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let f = std::fs::File::open(&path).unwrap();
-        for (at, len) in [(0, 0), (0, 4096), (123_457, 131_072), (299_999, 1)] {
-            let got = super::read_exact_uninit(&f, at as u64, len).unwrap();
-            assert!(got == data[at..at + len], "{at}+{len}");
-        }
-        let past = super::read_exact_uninit(&f, 299_000, 4096).unwrap_err();
-        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

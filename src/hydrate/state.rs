@@ -177,7 +177,12 @@ impl Inner {
                     if let Some(probe) = &inner.cfg.probe {
                         probe.recording(&record.present, inner.layout);
                     }
-                    *records = Some(super::checkpoint::RecordFile::create(&record, &p, durable)?);
+                    *records = Some(super::checkpoint::RecordFile::create(
+                        &record,
+                        &p,
+                        durable,
+                        inner.cfg.storage.as_ref(),
+                    )?);
                     inner.state.lock().unwrap().recorded = record.present;
                 }
             }

@@ -4,7 +4,6 @@
 //! which part comes next.
 
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -63,7 +62,7 @@ impl Inner {
             let (crc, wrote) = tokio::task::spawn_blocking(move || {
                 (
                     crate::crc64::checksum(&data),
-                    file.write_all_at(&data, range.start),
+                    file.write_at(&data, range.start),
                 )
             })
             .await
@@ -407,7 +406,7 @@ impl Inner {
                 let mut digest = crc.take().expect("the digest comes back with each write");
                 let (digest, wrote) = tokio::task::spawn_blocking(move || {
                     digest.update(&data);
-                    (digest, file.write_all_at(&data, at))
+                    (digest, file.write_at(&data, at))
                 })
                 .await
                 .expect("writer does not panic");
