@@ -338,3 +338,67 @@ async fn an_expired_temporary_key_is_refused_by_the_emulator() {
         .unwrap_err();
     assert_eq!(err.code(), Some("SecurityTokenExpired"));
 }
+
+/// An ECS metadata service stand-in at the socket level (wiremock always sends whole bodies):
+/// the token PUT gets its headers and then a body cut short; any other request gets the role
+/// name `test-role`. Returns its address and the request lines it saw.
+async fn imds_with_a_cut_off_token() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                log.lock().unwrap().push(line.clone());
+                let answer: &[u8] = if line.starts_with("PUT /latest/api/token") {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\nimds-sess"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntest-role"
+                };
+                let _ = conn.write_all(answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_imdsv1_disabled_an_unreadable_token_is_an_error_not_a_v1_request() {
+    let s = Server::start().await;
+    s.put("a.txt", b"abc");
+    let (imds, seen) = imds_with_a_cut_off_token().await;
+    let home = tempfile::tempdir().unwrap();
+    let mut env = chain_env(&s, home.path());
+    env.push(("OSSMOUNT_ECS_METADATA_ENDPOINT", imds));
+    env.push(("ALIBABA_CLOUD_IMDSV1_DISABLED", "true".into()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], env).await;
+    assert!(!status.success(), "{text}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l.starts_with("PUT /latest/api/token ")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| l.starts_with("PUT /latest/api/token ")),
+        "a request went out without a token: {seen:?}"
+    );
+    assert!(
+        text.contains("no IMDSv2 token (its answer could not be read")
+            && text.contains("ALIBABA_CLOUD_IMDSV1_DISABLED forbids v1"),
+        "{text}"
+    );
+}
