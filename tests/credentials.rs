@@ -402,3 +402,110 @@ async fn with_imdsv1_disabled_an_unreadable_token_is_an_error_not_a_v1_request()
         "{text}"
     );
 }
+
+/// A stand-in that answers every request with `status` pointing at `target`.
+async fn redirecting_to(target: String, status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(status).insert_header("Location", target.as_str()))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_sources_follow_no_redirect() {
+    let s = Server::start().await;
+    s.put("a.txt", b"abc");
+    let home = tempfile::tempdir().unwrap();
+    let minter = Minter::new(
+        s.emu.temporary_keys(),
+        Duration::from_secs(3600),
+        "elsewhere",
+    );
+    // Wherever a redirect points, a working source waits: following it would succeed.
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(StsAnswer(minter.clone()))
+        .mount(&elsewhere)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(minter.clone())
+        .mount(&elsewhere)
+        .await;
+    let mut env = chain_env(&s, home.path());
+    env.push(("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true".into()));
+
+    // A credentials URI answering 302.
+    let uri = redirecting_to(format!("{}/creds", elsewhere.uri()), 302).await;
+    let mut with_uri = env.clone();
+    with_uri.push((
+        "ALIBABA_CLOUD_CREDENTIALS_URI",
+        format!("{}/creds", uri.uri()),
+    ));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_uri).await;
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("answered 302 Found, a redirect"), "{text}");
+
+    // STS answering 307, which would resend the POST with the OIDC token.
+    let sts = redirecting_to(format!("{}/sts", elsewhere.uri()), 307).await;
+    let token = home.path().join("token");
+    std::fs::write(&token, "the-pod-token\n").unwrap();
+    let mut with_oidc = env.clone();
+    with_oidc.push(("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/reader".into()));
+    with_oidc.push((
+        "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+        "acs:ram::1:oidc-provider/ack".into(),
+    ));
+    with_oidc.push(("ALIBABA_CLOUD_OIDC_TOKEN_FILE", token.display().to_string()));
+    with_oidc.push(("OSSMOUNT_STS_ENDPOINT", sts.uri()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_oidc).await;
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("STS AssumeRoleWithOIDC answered 307 Temporary Redirect, a redirect"),
+        "{text}"
+    );
+
+    // The metadata service redirecting the credentials of its role (with the session token).
+    let imds = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/latest/api/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("imds-session-token"))
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/latest/meta-data/ram/security-credentials/"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("test-role"))
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/latest/meta-data/ram/security-credentials/test-role"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("Location", format!("{}/creds", elsewhere.uri()).as_str()),
+        )
+        .mount(&imds)
+        .await;
+    let mut with_ecs: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| !k.contains("ECS_METADATA_DISABLED"))
+        .collect();
+    with_ecs.push(("OSSMOUNT_ECS_METADATA_ENDPOINT", imds.uri()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_ecs).await;
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("ECS metadata service answered 302 Found, a redirect"),
+        "{text}"
+    );
+
+    let followed = elsewhere.received_requests().await.unwrap();
+    assert!(
+        followed.is_empty(),
+        "a redirect was followed: {:?}",
+        followed
+            .iter()
+            .map(|r| r.url.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(minter.minted.load(Ordering::SeqCst), 0);
+}

@@ -41,13 +41,27 @@ fn config_err(msg: impl Into<String>) -> OssError {
     OssError::Config(msg.into())
 }
 
+/// The client for every credential source. It follows no redirect: one would carry the OIDC
+/// token, the metadata session token or a signed request to wherever the answer points.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client")
+}
+
+/// A redirect as an error that names it (the client does not follow it).
+fn refuse_redirect(resp: reqwest::Response, from: &str) -> Result<reqwest::Response, OssError> {
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(config_err(format!(
+            "{from} answered {status}, a redirect; credentials are never fetched through a redirect"
+        )));
+    }
+    Ok(resp)
 }
 
 fn fixed(id: String, secret: String, token: Option<String>) -> Credentials {
@@ -296,6 +310,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     from: &str,
 ) -> Result<T, OssError> {
     let resp = resp.map_err(|e| config_err(format!("{from}: {e}")))?;
+    let resp = refuse_redirect(resp, from)?;
     let status = resp.status();
     let body = resp
         .text()
@@ -430,9 +445,11 @@ impl EcsRole {
         if let Some(t) = token {
             rb = rb.header("X-aliyun-ecs-metadata-token", t);
         }
-        rb.send()
+        let resp = rb
+            .send()
             .await
-            .map_err(|e| config_err(format!("ECS metadata service: {e}")))
+            .map_err(|e| config_err(format!("ECS metadata service: {e}")))?;
+        refuse_redirect(resp, "ECS metadata service")
     }
 
     async fn resolve_role(&self) -> Result<String, OssError> {
