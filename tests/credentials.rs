@@ -338,3 +338,174 @@ async fn an_expired_temporary_key_is_refused_by_the_emulator() {
         .unwrap_err();
     assert_eq!(err.code(), Some("SecurityTokenExpired"));
 }
+
+/// An ECS metadata service stand-in at the socket level (wiremock always sends whole bodies):
+/// the token PUT gets its headers and then a body cut short; any other request gets the role
+/// name `test-role`. Returns its address and the request lines it saw.
+async fn imds_with_a_cut_off_token() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                log.lock().unwrap().push(line.clone());
+                let answer: &[u8] = if line.starts_with("PUT /latest/api/token") {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\nimds-sess"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntest-role"
+                };
+                let _ = conn.write_all(answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_imdsv1_disabled_an_unreadable_token_is_an_error_not_a_v1_request() {
+    let s = Server::start().await;
+    s.put("a.txt", b"abc");
+    let (imds, seen) = imds_with_a_cut_off_token().await;
+    let home = tempfile::tempdir().unwrap();
+    let mut env = chain_env(&s, home.path());
+    env.push(("OSSMOUNT_ECS_METADATA_ENDPOINT", imds));
+    env.push(("ALIBABA_CLOUD_IMDSV1_DISABLED", "true".into()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], env).await;
+    assert!(!status.success(), "{text}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l.starts_with("PUT /latest/api/token ")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| l.starts_with("PUT /latest/api/token ")),
+        "a request went out without a token: {seen:?}"
+    );
+    assert!(
+        text.contains("no IMDSv2 token (its answer could not be read")
+            && text.contains("ALIBABA_CLOUD_IMDSV1_DISABLED forbids v1"),
+        "{text}"
+    );
+}
+
+/// A stand-in that answers every request with `status` pointing at `target`.
+async fn redirecting_to(target: String, status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(status).insert_header("Location", target.as_str()))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_sources_follow_no_redirect() {
+    let s = Server::start().await;
+    s.put("a.txt", b"abc");
+    let home = tempfile::tempdir().unwrap();
+    let minter = Minter::new(
+        s.emu.temporary_keys(),
+        Duration::from_secs(3600),
+        "elsewhere",
+    );
+    // Wherever a redirect points, a working source waits: following it would succeed.
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(StsAnswer(minter.clone()))
+        .mount(&elsewhere)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(minter.clone())
+        .mount(&elsewhere)
+        .await;
+    let mut env = chain_env(&s, home.path());
+    env.push(("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true".into()));
+
+    // A credentials URI answering 302.
+    let uri = redirecting_to(format!("{}/creds", elsewhere.uri()), 302).await;
+    let mut with_uri = env.clone();
+    with_uri.push((
+        "ALIBABA_CLOUD_CREDENTIALS_URI",
+        format!("{}/creds", uri.uri()),
+    ));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_uri).await;
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("answered 302 Found, a redirect"), "{text}");
+
+    // STS answering 307, which would resend the POST with the OIDC token.
+    let sts = redirecting_to(format!("{}/sts", elsewhere.uri()), 307).await;
+    let token = home.path().join("token");
+    std::fs::write(&token, "the-pod-token\n").unwrap();
+    let mut with_oidc = env.clone();
+    with_oidc.push(("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/reader".into()));
+    with_oidc.push((
+        "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+        "acs:ram::1:oidc-provider/ack".into(),
+    ));
+    with_oidc.push(("ALIBABA_CLOUD_OIDC_TOKEN_FILE", token.display().to_string()));
+    with_oidc.push(("OSSMOUNT_STS_ENDPOINT", sts.uri()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_oidc).await;
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("STS AssumeRoleWithOIDC answered 307 Temporary Redirect, a redirect"),
+        "{text}"
+    );
+
+    // The metadata service redirecting the credentials of its role (with the session token).
+    let imds = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/latest/api/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("imds-session-token"))
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/latest/meta-data/ram/security-credentials/"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("test-role"))
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/latest/meta-data/ram/security-credentials/test-role"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("Location", format!("{}/creds", elsewhere.uri()).as_str()),
+        )
+        .mount(&imds)
+        .await;
+    let mut with_ecs: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| !k.contains("ECS_METADATA_DISABLED"))
+        .collect();
+    with_ecs.push(("OSSMOUNT_ECS_METADATA_ENDPOINT", imds.uri()));
+    let (status, text) = run_cli(&["stat", "oss://test-bucket/a.txt"], with_ecs).await;
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("ECS metadata service answered 302 Found, a redirect"),
+        "{text}"
+    );
+
+    let followed = elsewhere.received_requests().await.unwrap();
+    assert!(
+        followed.is_empty(),
+        "a redirect was followed: {:?}",
+        followed
+            .iter()
+            .map(|r| r.url.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(minter.minted.load(Ordering::SeqCst), 0);
+}

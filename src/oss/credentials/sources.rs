@@ -41,13 +41,27 @@ fn config_err(msg: impl Into<String>) -> OssError {
     OssError::Config(msg.into())
 }
 
+/// The client for every credential source. It follows no redirect: one would carry the OIDC
+/// token, the metadata session token or a signed request to wherever the answer points.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client")
+}
+
+/// A redirect as an error that names it (the client does not follow it).
+fn refuse_redirect(resp: reqwest::Response, from: &str) -> Result<reqwest::Response, OssError> {
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(config_err(format!(
+            "{from} answered {status}, a redirect; credentials are never fetched through a redirect"
+        )));
+    }
+    Ok(resp)
 }
 
 fn fixed(id: String, secret: String, token: Option<String>) -> Credentials {
@@ -61,7 +75,7 @@ fn fixed(id: String, secret: String, token: Option<String>) -> Credentials {
 /// Resolves the chain: the first source that yields credentials wins (temporary sources are
 /// asked once here, so a broken one fails now, not at the first read). Logs which source won.
 pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredentials>, OssError> {
-    let mut tried = Vec::new();
+    let mut tried: Vec<String> = Vec::new();
     if let Some(c) = &opts.flags {
         return Ok(found(Arc::new(Fixed::new(
             c.clone(),
@@ -84,7 +98,7 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
                 "ALIBABA_CLOUD_ACCESS_KEY_ID is set but ALIBABA_CLOUD_ACCESS_KEY_SECRET is not",
             ))
         }
-        _ => tried.push("environment"),
+        _ => tried.push("environment".into()),
     }
     if let (Some(role), Some(provider), Some(token_file)) = (
         env("ALIBABA_CLOUD_ROLE_ARN"),
@@ -103,7 +117,7 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
         p.credentials().await?;
         return Ok(found(Arc::new(p)));
     }
-    tried.push("OIDC role (ALIBABA_CLOUD_ROLE_ARN)");
+    tried.push("OIDC role (ALIBABA_CLOUD_ROLE_ARN)".into());
     let profile = opts
         .profile
         .clone()
@@ -126,9 +140,9 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
             "profile {p:?} was asked for, but there is no ~/.aliyun/config.json"
         )));
     }
-    tried.push("CLI and ossutil profiles");
+    tried.push("CLI and ossutil profiles".into());
     if env_true("ALIBABA_CLOUD_ECS_METADATA_DISABLED") {
-        tried.push("ECS RAM role (disabled by ALIBABA_CLOUD_ECS_METADATA_DISABLED)");
+        tried.push("ECS RAM role (disabled by ALIBABA_CLOUD_ECS_METADATA_DISABLED)".into());
     } else {
         let ecs = EcsRole::new(env("ALIBABA_CLOUD_ECS_METADATA"));
         match ecs.resolve_role().await {
@@ -139,7 +153,7 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
             }
             Err(e) => {
                 tracing::debug!("no ECS RAM role: {e}");
-                tried.push("ECS RAM role (no metadata service answered)");
+                tried.push(format!("ECS RAM role ({e})"));
             }
         }
     }
@@ -148,7 +162,7 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
         p.credentials().await?;
         return Ok(found(Arc::new(p)));
     }
-    tried.push("ALIBABA_CLOUD_CREDENTIALS_URI");
+    tried.push("ALIBABA_CLOUD_CREDENTIALS_URI".into());
     Err(config_err(format!(
         "no credentials: set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or pass --access-key-id/--access-key-secret), or use --anonymous for a public-read bucket (tried: {})",
         tried.join(", ")
@@ -296,6 +310,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     from: &str,
 ) -> Result<T, OssError> {
     let resp = resp.map_err(|e| config_err(format!("{from}: {e}")))?;
+    let resp = refuse_redirect(resp, from)?;
     let status = resp.status();
     let body = resp
         .text()
@@ -386,24 +401,40 @@ impl EcsRole {
     }
 
     /// An IMDSv2 session token; `None` (plain v1 requests) when the service offers none and
-    /// v1 is allowed.
+    /// v1 is allowed. With v1 forbidden, no token for whatever reason is an error.
     async fn token(&self) -> Result<Option<String>, OssError> {
+        match self.request_token().await {
+            Ok(token) => Ok(Some(token)),
+            Err(why) if self.imdsv1_disabled => Err(config_err(format!(
+                "the ECS metadata service gave no IMDSv2 token ({why}) and ALIBABA_CLOUD_IMDSV1_DISABLED forbids v1"
+            ))),
+            Err(why) => {
+                tracing::debug!("no IMDSv2 token ({why}); asking the ECS metadata service with v1");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The token, or why there is none (never the token itself).
+    async fn request_token(&self) -> Result<String, String> {
         let resp = self
             .http
             .put(format!("{}/latest/api/token", self.base))
             .header("X-aliyun-ecs-metadata-token-ttl-seconds", "21600")
             .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().is_success() => Ok(r.text().await.ok()),
-            other if self.imdsv1_disabled => Err(config_err(format!(
-                "the ECS metadata service gave no IMDSv2 token ({}) and ALIBABA_CLOUD_IMDSV1_DISABLED forbids v1",
-                match other {
-                    Ok(r) => r.status().to_string(),
-                    Err(e) => e.to_string(),
-                }
-            ))),
-            _ => Ok(None),
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("it answered {status}"));
+        }
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("its answer could not be read: {e}"))?;
+        match body.trim() {
+            "" => Err("its answer was empty".into()),
+            token => Ok(token.to_string()),
         }
     }
 
@@ -414,9 +445,11 @@ impl EcsRole {
         if let Some(t) = token {
             rb = rb.header("X-aliyun-ecs-metadata-token", t);
         }
-        rb.send()
+        let resp = rb
+            .send()
             .await
-            .map_err(|e| config_err(format!("ECS metadata service: {e}")))
+            .map_err(|e| config_err(format!("ECS metadata service: {e}")))?;
+        refuse_redirect(resp, "ECS metadata service")
     }
 
     async fn resolve_role(&self) -> Result<String, OssError> {
