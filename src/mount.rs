@@ -48,6 +48,8 @@ pub struct MountOptions {
     pub require_crc: bool,
     /// The longest a read waits for its bytes.
     pub read_deadline: Duration,
+    /// Memory for the windows of objects larger than the cache, all readers together.
+    pub direct_memory: u64,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<String>,
     /// The request counters the client reports to (set as its observer by the caller).
@@ -81,6 +83,7 @@ impl MountOptions {
             passthrough: true,
             require_crc: false,
             read_deadline: Duration::from_secs(60),
+            direct_memory: crate::fs::DEFAULT_DIRECT_MEMORY,
             metrics_addr: None,
             request_metrics: Arc::default(),
             fuse: Default::default(),
@@ -188,6 +191,7 @@ pub fn run_mount(
             dir_mode: opts.dir_mode,
             require_crc: opts.require_crc,
             read_deadline: opts.read_deadline,
+            direct_memory: opts.direct_memory,
         },
         store.clone(),
         cache.clone(),

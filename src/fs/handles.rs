@@ -12,7 +12,7 @@ use std::ops::Range;
 use crate::hydrate::{HydrateError, Hydration, ObjectIdentity};
 
 use super::coverage::Coverage;
-use super::direct::DirectReader;
+use super::direct::{DirectReader, WINDOW};
 use super::{FsError, Kind, OssFs};
 
 pub(super) enum OpenFile {
@@ -170,7 +170,7 @@ impl OssFs {
             }
             OpenFile::Direct {
                 ino,
-                reader: Arc::new(DirectReader::new(self.store.clone(), id.clone(), 8 << 20)),
+                reader: Arc::new(DirectReader::new(self.direct.clone(), id.clone(), WINDOW)),
             }
         } else {
             // Opening an entry reads and may fsync its checkpoint: off the async workers.

@@ -31,6 +31,7 @@ use crate::cache::Cache;
 use crate::store::ObjectStore;
 
 pub use counters::{FsStats, MountCounters};
+pub use direct::DEFAULT_DIRECT_MEMORY;
 pub use error::FsError;
 pub use handles::Opened;
 pub use namespace::{children_from_listing, ListedChild};
@@ -54,6 +55,9 @@ pub struct FsConfig {
     pub require_crc: bool,
     /// The longest a read waits for its bytes before it fails with EIO.
     pub read_deadline: Duration,
+    /// The most bytes the windows of every reader of objects larger than the cache hold
+    /// together (`DEFAULT_DIRECT_MEMORY` unless set); readahead stops at it.
+    pub direct_memory: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct OssFs {
     files: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, namespace::DirHandle>>,
     listings_in_flight: listing::InFlight,
+    /// What the direct readers of this mount share: the store, the mount's connection
+    /// limiter and the window memory budget.
+    direct: Arc<direct::Shared>,
     next_fh: AtomicU64,
     started: SystemTime,
     pub stats: FsStats,
@@ -97,6 +104,11 @@ impl OssFs {
     pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, cache: Arc<Cache>) -> OssFs {
         let started = SystemTime::now();
         let ns = Namespace::new(&cfg.prefix, started);
+        let direct = Arc::new(direct::Shared {
+            store: store.clone(),
+            limiter: cache.limiter().clone(),
+            budget: direct::WindowBudget::new(cfg.direct_memory, direct::WINDOW),
+        });
         OssFs {
             cfg,
             store,
@@ -105,6 +117,7 @@ impl OssFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             listings_in_flight: Default::default(),
+            direct,
             next_fh: AtomicU64::new(1),
             started,
             stats: FsStats::default(),
