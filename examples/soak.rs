@@ -6,7 +6,8 @@
 //! read, or a file not right at the end.
 //!
 //! `cargo build --release --bin ossmount && cargo run --release --example soak -- --minutes 10`
-//! (`--seed N` replays a run; the test suite runs one minute: `tests/soak.rs`).
+//! (`--seed N` replays the dataset and the schedule; `--no-replacements` leaves objects
+//! alone; the test suite runs one minute: `tests/soak.rs`).
 
 #[path = "common/mod.rs"]
 mod bench;
@@ -25,6 +26,7 @@ async fn main() {
     let mut o = SoakOptions::new(Duration::from_secs(seconds), arg_number("--seed", 0x50AC));
     o.readers = arg_number("--readers", o.readers as u64) as usize;
     o.hang_bound = Duration::from_secs(arg_number("--hang-secs", o.hang_bound.as_secs()));
+    o.replace_objects = !std::env::args().any(|a| a == "--no-replacements");
     o.verbose = true;
     let bin = common::bin();
     assert!(

@@ -36,6 +36,8 @@ pub struct SoakOptions {
     pub readers: usize,
     /// An open or read waiting longer than this is hung and fails the run.
     pub hang_bound: Duration,
+    /// Replace objects now and then (off, the rest of the run can be checked on its own).
+    pub replace_objects: bool,
     /// Print a line per round.
     pub verbose: bool,
 }
@@ -47,6 +49,7 @@ impl SoakOptions {
             seed,
             readers: 8,
             hang_bound: Duration::from_secs(90),
+            replace_objects: true,
             verbose: false,
         }
     }
@@ -249,7 +252,7 @@ pub async fn run_soak(o: &SoakOptions) -> SoakReport {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let long_wait = shared.watchdog();
-            if Instant::now() >= next_replacement {
+            if o.replace_objects && Instant::now() >= next_replacement {
                 let candidates: Vec<usize> = (0..shared.files.len())
                     .filter(|&i| shared.files[i].versions.read().unwrap().len() < MAX_VERSIONS)
                     .collect();
