@@ -4,6 +4,8 @@
 
 pub mod chaos;
 pub mod mount;
+pub mod soak;
+pub mod soak_reader;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
