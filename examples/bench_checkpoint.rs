@@ -75,7 +75,7 @@ fn format_1(dir: &Path, mut c: Checkpoint) -> Run {
 fn format_2(dir: &Path, c: Checkpoint) -> Run {
     let path = dir.join("v2.ckpt");
     let started = Instant::now();
-    let mut file = RecordFile::create(&c, &path, true).unwrap();
+    let mut file = RecordFile::create(&c, &path, true, &ossmount::hydrate::storage::Local).unwrap();
     let mut bytes = std::fs::metadata(&path).unwrap().len();
     let mut per_part = Vec::with_capacity(c.part_crc64.len());
     for p in 0..c.part_crc64.len() {

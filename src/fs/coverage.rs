@@ -44,6 +44,11 @@ impl Coverage {
         }
     }
 
+    /// Whether every byte of `[0, size)` was served (never, once it stopped keeping track).
+    pub fn is_whole(&self, size: u64) -> bool {
+        !self.overflowed && self.completes(&(0..0), size)
+    }
+
     /// Whether the ranges served so far and `r` together cover `[0, size)`: serving `r`
     /// would finish the object for this handle.
     pub fn completes(&self, r: &Range<u64>, size: u64) -> bool {
@@ -99,5 +104,6 @@ mod tests {
         }
         assert_eq!(seq.ranges.len(), 1);
         assert!(Coverage::default().completes(&(0..0), 0), "an empty object");
+        assert!(seq.is_whole(100) && !c.is_whole(100));
     }
 }

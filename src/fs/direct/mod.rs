@@ -74,7 +74,7 @@ impl Windows {
 /// What the handle served, and the outcome of its whole-object check once it served all.
 #[derive(Default)]
 struct Check {
-    served: verify::Served,
+    served: super::coverage::Coverage,
     verdict: Option<Verdict>,
 }
 
@@ -259,7 +259,7 @@ impl DirectReader {
             return Some(v);
         }
         c.served.insert(range);
-        if c.verdict.is_some() || !c.served.covers(0..self.id.size) {
+        if c.verdict.is_some() || !c.served.is_whole(self.id.size) {
             return None;
         }
         let combined = self.fetcher.crcs.lock().unwrap().combined(self.id.size);

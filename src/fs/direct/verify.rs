@@ -1,45 +1,9 @@
-//! The whole-object CRC-64 of a direct handle: which byte ranges the handle has served
-//! (merged intervals), the CRC-64 of each window fetched for it, and their combination when
-//! the windows tile the object. Pure bookkeeping: must not fetch, log or choose errors.
+//! The whole-object CRC-64 of a direct handle: the CRC-64 of each window fetched for it,
+//! and their combination when the windows tile the object (which bytes the handle was
+//! served is `fs::coverage`). Pure bookkeeping: must not fetch, log or choose errors.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-
-/// Byte ranges as disjoint, non-adjacent intervals (start → end).
-#[derive(Debug, Default)]
-pub(super) struct Served(BTreeMap<u64, u64>);
-
-impl Served {
-    pub(super) fn insert(&mut self, r: Range<u64>) {
-        if r.is_empty() {
-            return;
-        }
-        let (mut start, mut end) = (r.start, r.end);
-        // Every interval touching [start, end) merges into it.
-        let touching: Vec<(u64, u64)> = self
-            .0
-            .range(..=end)
-            .rev()
-            .take_while(|(_, e)| **e >= start)
-            .map(|(s, e)| (*s, *e))
-            .collect();
-        for (s, e) in touching {
-            self.0.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
-        }
-        self.0.insert(start, end);
-    }
-
-    pub(super) fn covers(&self, r: Range<u64>) -> bool {
-        r.is_empty()
-            || self
-                .0
-                .range(..=r.start)
-                .next_back()
-                .is_some_and(|(_, e)| *e >= r.end)
-    }
-}
 
 /// Windows kept at most: a random reader of a huge object starts windows at many offsets;
 /// past this many the handle stops recording (and cannot verify) rather than grow.
@@ -77,20 +41,6 @@ impl WindowCrcs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn served_ranges_merge_in_any_order() {
-        let mut s = Served::default();
-        s.insert(10..20);
-        s.insert(30..40);
-        assert!(!s.covers(0..40));
-        s.insert(0..5);
-        s.insert(18..31); // bridges two intervals
-        assert!(s.covers(10..40) && !s.covers(0..40));
-        s.insert(5..10); // adjacent on both sides
-        assert!(s.covers(0..40) && !s.covers(0..41));
-        assert_eq!(s.0.len(), 1);
-    }
 
     #[test]
     fn windows_that_tile_give_the_objects_crc_and_gaps_give_none() {
