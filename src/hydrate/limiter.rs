@@ -14,8 +14,11 @@ mod adapt;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use adapt::FLOOR;
 
 #[derive(Debug)]
 pub struct ConnectionLimiter {
@@ -36,6 +39,8 @@ pub struct ConnectionLimiter {
 struct Share {
     permits: Arc<Semaphore>,
     book: Mutex<Book>,
+    /// How long a connection is held, averaged over the last few (µs; 0: none yet).
+    hold_us: AtomicU64,
 }
 
 /// Changed only under the lock, together with the semaphore's permits, so that
@@ -64,6 +69,8 @@ pub struct Accounting {
 pub struct ConnectionPermit {
     _background: Option<BackgroundPermit>,
     _total: OwnedSemaphorePermit,
+    share: Arc<Share>,
+    since: Instant,
 }
 
 /// A background permit, returned through the book (which may keep it to repay a debt), also
@@ -91,6 +98,12 @@ impl Drop for BackgroundPermit {
     }
 }
 
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.share.record_hold(self.since.elapsed());
+    }
+}
+
 impl Share {
     fn new(window: usize) -> Share {
         Share {
@@ -100,7 +113,20 @@ impl Share {
                 issued: window,
                 debt: 0,
             }),
+            hold_us: AtomicU64::new(0),
         }
+    }
+
+    fn record_hold(&self, held: Duration) {
+        let us = (held.as_micros() as u64).max(1);
+        // An average over about the last 8 requests: recent enough to follow a link that
+        // changes, long enough that no single request decides it (and `adapt` bounds what
+        // a stalled one can do to its interval).
+        let _ = self
+            .hold_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 { us } else { avg - avg / 8 + us / 8 })
+            });
     }
 }
 
@@ -113,8 +139,9 @@ impl ConnectionLimiter {
         ConnectionLimiter::with_window(max, background, background)
     }
 
-    /// Like `new`, with the background share starting at `start` connections; `adapt` moves
-    /// it between 1 and `max - reserved_for_demand`.
+    /// Like `new`, with the background share starting at `start` connections, at least
+    /// `FLOOR` (the SDKs' ParallelThreadCount) where the share allows it; `adapt` moves it up
+    /// to `max - reserved_for_demand`.
     pub fn adaptive(
         max: usize,
         reserved_for_demand: usize,
@@ -122,7 +149,7 @@ impl ConnectionLimiter {
     ) -> Arc<ConnectionLimiter> {
         let max = max.max(1);
         let ceiling = max.saturating_sub(reserved_for_demand).max(1);
-        let limiter = ConnectionLimiter::with_window(max, start.clamp(1, ceiling), ceiling);
+        let limiter = ConnectionLimiter::with_window(max, start.max(FLOOR).min(ceiling), ceiling);
         limiter.adaptive.store(true, Ordering::Relaxed);
         limiter
     }
@@ -225,6 +252,15 @@ impl ConnectionLimiter {
         }
     }
 
+    /// How long a connection is held, averaged over the last few requests (None before any
+    /// is returned).
+    fn typical_hold(&self) -> Option<Duration> {
+        match self.background.hold_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
     pub fn in_flight(&self) -> usize {
         self.max - self.total.available_permits()
     }
@@ -237,6 +273,8 @@ impl ConnectionLimiter {
         ConnectionPermit {
             _background: background,
             _total: total,
+            share: self.background.clone(),
+            since: Instant::now(),
         }
     }
 
