@@ -1,7 +1,7 @@
 //! Prometheus metrics of a mount, served at `--metrics-addr` (`GET /metrics`, OpenMetrics
 //! text, by the official `prometheus-client` crate): requests by kind and status and their
 //! retries (seen by the OSS client), bytes fetched and served, cache hits, misses and
-//! evictions, parts in flight, how long demand reads waited, hydrations active, complete and
+//! evictions, parts in flight, the background connections allowed (the adaptive window), how long demand reads waited, hydrations active, complete and
 //! failed, and the cache's bytes against its capacity. Counters are read from the layers that
 //! count them at each scrape; nothing here changes what they do.
 
@@ -192,6 +192,12 @@ pub fn render(requests: &RequestMetrics, fs: &OssFs) -> String {
         "parts_in_flight",
         "Requests for parts in flight",
         cache.limiter().in_flight() as u64,
+    );
+    gauge(
+        &mut r,
+        "connections",
+        "Background connections the limiter allows now (adaptive: follows the link)",
+        cache.limiter().window() as u64,
     );
     gauge(
         &mut r,

@@ -2,24 +2,30 @@
 //! demand fetches (parts a reader is waiting for) may use: background parts can never take
 //! the last connections, so a reader always gets one first.
 //!
-//! The background share is fixed, or adaptive (`adaptive` + `adapt`): it starts at the
-//! SDKs' ParallelThreadCount and adds a connection while throughput keeps rising by more than
-//! the noise, steps back when a step brought nothing, and halves on throttling — so the
-//! default fills a link whatever its width and latency, without a flag.
+//! This file owns the permits and their book-keeping: a total semaphore every request takes,
+//! and a background share (`window`) that background requests take too. It decides nothing
+//! about how wide the share should be: `adapt` (in `adapt.rs`) moves it with `grow` and
+//! `shrink`, and callers only `acquire`/`try_acquire` and drop their permits. A shrink that
+//! finds its surplus permits in use records them as debt, repaid by the next background
+//! permits returned (or cancelled by a `grow`): no task is spawned, so the window holds under
+//! any executor, and available + in use − debt == window at every moment (`accounting`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+mod adapt;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use adapt::FLOOR;
+
 #[derive(Debug)]
 pub struct ConnectionLimiter {
     total: Arc<Semaphore>,
-    background: Arc<Semaphore>,
     max: usize,
-    /// Background connections allowed now, and at most.
-    window: AtomicUsize,
+    background: Arc<Share>,
+    /// The largest background share.
     window_max: usize,
     /// Background requests that had to wait for a connection (there was more to fetch).
     waited: AtomicU64,
@@ -28,11 +34,100 @@ pub struct ConnectionLimiter {
     adaptive: AtomicBool,
 }
 
+/// The background share: its semaphore and the book that keeps it equal to `window`.
+#[derive(Debug)]
+struct Share {
+    permits: Arc<Semaphore>,
+    book: Mutex<Book>,
+    /// How long a connection is held, averaged over the last few (µs; 0: none yet).
+    hold_us: AtomicU64,
+}
+
+/// Changed only under the lock, together with the semaphore's permits, so that
+/// `issued - debt == window` holds whenever the lock is free.
+#[derive(Debug)]
+struct Book {
+    window: usize,
+    /// Permits the semaphore owns, available or in use.
+    issued: usize,
+    /// Permits in use that a shrink took back: forgotten, not released, when returned.
+    debt: usize,
+}
+
+/// A snapshot of the background share's book (for tests and debugging).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accounting {
+    pub window: usize,
+    pub debt: usize,
+    pub available: usize,
+    pub in_use: usize,
+}
+
 /// Held while a request is in flight.
 #[derive(Debug)]
 pub struct ConnectionPermit {
+    _background: Option<BackgroundPermit>,
     _total: OwnedSemaphorePermit,
-    _background: Option<OwnedSemaphorePermit>,
+    share: Arc<Share>,
+    since: Instant,
+}
+
+/// A background permit, returned through the book (which may keep it to repay a debt), also
+/// when the acquire holding it is cancelled before it got its total permit.
+#[derive(Debug)]
+struct BackgroundPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    share: Arc<Share>,
+}
+
+impl Drop for BackgroundPermit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        // Under the lock: a grow or shrink never sees the permit half returned.
+        let mut book = self.share.book.lock().unwrap();
+        if book.debt > 0 {
+            book.debt -= 1;
+            book.issued -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.share.record_hold(self.since.elapsed());
+    }
+}
+
+impl Share {
+    fn new(window: usize) -> Share {
+        Share {
+            permits: Arc::new(Semaphore::new(window)),
+            book: Mutex::new(Book {
+                window,
+                issued: window,
+                debt: 0,
+            }),
+            hold_us: AtomicU64::new(0),
+        }
+    }
+
+    fn record_hold(&self, held: Duration) {
+        let us = (held.as_micros() as u64).max(1);
+        // An average over about the last 8 requests: recent enough to follow a link that
+        // changes, long enough that no single request decides it (and `adapt` bounds what
+        // a stalled one can do to its interval).
+        let _ = self
+            .hold_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 { us } else { avg - avg / 8 + us / 8 })
+            });
+    }
 }
 
 impl ConnectionLimiter {
@@ -44,8 +139,9 @@ impl ConnectionLimiter {
         ConnectionLimiter::with_window(max, background, background)
     }
 
-    /// Like `new`, with the background share starting at `start` connections; `adapt` moves
-    /// it between 1 and `max - reserved_for_demand`.
+    /// Like `new`, with the background share starting at `start` connections, at least
+    /// `FLOOR` (the SDKs' ParallelThreadCount) where the share allows it; `adapt` moves it up
+    /// to `max - reserved_for_demand`.
     pub fn adaptive(
         max: usize,
         reserved_for_demand: usize,
@@ -53,7 +149,7 @@ impl ConnectionLimiter {
     ) -> Arc<ConnectionLimiter> {
         let max = max.max(1);
         let ceiling = max.saturating_sub(reserved_for_demand).max(1);
-        let limiter = ConnectionLimiter::with_window(max, start.clamp(1, ceiling), ceiling);
+        let limiter = ConnectionLimiter::with_window(max, start.max(FLOOR).min(ceiling), ceiling);
         limiter.adaptive.store(true, Ordering::Relaxed);
         limiter
     }
@@ -67,22 +163,17 @@ impl ConnectionLimiter {
         Arc::new(ConnectionLimiter {
             adaptive: AtomicBool::new(false),
             total: Arc::new(Semaphore::new(max)),
-            background: Arc::new(Semaphore::new(window)),
+            background: Arc::new(Share::new(window)),
             max,
-            window: AtomicUsize::new(window),
             window_max,
             waited: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
         })
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Background connections allowed now.
     pub fn window(&self) -> usize {
-        self.window.load(Ordering::Relaxed)
+        self.background.book.lock().unwrap().window
     }
 
     /// The largest background share (what a fixed limiter always allows).
@@ -95,104 +186,103 @@ impl ConnectionLimiter {
         self.throttled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds up to `by` connections; how many it added.
-    fn grow(&self, by: usize) -> usize {
-        let w = self.window.load(Ordering::Relaxed);
-        let to = (w + by).min(self.window_max);
-        if to > w {
-            self.window.store(to, Ordering::Relaxed);
-            self.background.add_permits(to - w);
-        }
-        to - w
+    /// Adds up to `by` connections to the background share; how many it added. Debt is
+    /// cancelled first: a permit still owed to an earlier shrink is simply kept by its
+    /// holder, and only the rest are new permits (which go to waiting fetches at once).
+    #[doc(hidden)]
+    pub fn grow(&self, by: usize) -> usize {
+        let mut book = self.background.book.lock().unwrap();
+        let to = (book.window + by).min(self.window_max);
+        let added = to.saturating_sub(book.window);
+        let cancelled = added.min(book.debt);
+        book.debt -= cancelled;
+        let fresh = added - cancelled;
+        self.background.permits.add_permits(fresh);
+        book.issued += fresh;
+        book.window += added;
+        added
     }
 
-    fn shrink(&self, to: usize) {
-        let w = self.window.load(Ordering::Relaxed);
+    /// Lowers the background share to `to` (at least 1). Free permits are taken back at
+    /// once; those in use become debt, repaid as they are returned.
+    #[doc(hidden)]
+    pub fn shrink(&self, to: usize) {
+        let mut book = self.background.book.lock().unwrap();
         let to = to.max(1);
-        if to >= w {
+        if to >= book.window {
             return;
         }
-        self.window.store(to, Ordering::Relaxed);
-        // A permit in use is taken back once its request ends.
-        let background = self.background.clone();
-        tokio::spawn(async move {
-            if let Ok(p) = background.acquire_many_owned((w - to) as u32).await {
-                p.forget();
+        let mut surplus = book.window - to;
+        // One at a time: acquirers outside the lock may take a free permit between a count
+        // and a `try_acquire_many`, and one that fails must not leave the rest behind.
+        while surplus > 0 {
+            match self.background.permits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    book.issued -= 1;
+                    surplus -= 1;
+                }
+                Err(_) => break,
             }
-        });
+        }
+        book.debt += surplus;
+        book.window = to;
     }
 
-    /// Moves the background share to follow throughput (`bytes()`: body bytes received so
-    /// far), every `tick`, for as long as it runs (a mount runs it until it ends). Only a
-    /// tick in which background fetches queued for a connection teaches anything: then
-    /// more connections are tried (1, then 2, then 4…) while each step raises throughput by
-    /// more than 5%; a step that did not is taken back and the window held for 20 ticks
-    /// before trying again; throttling halves it.
-    pub async fn adapt(self: Arc<Self>, tick: Duration, bytes: impl Fn() -> u64) {
-        let mut last = (Instant::now(), bytes());
-        // The rate before the last step, and that step's size.
-        let mut before_step: Option<(f64, usize)> = None;
-        let mut step = 1;
-        let mut settle = 0u32;
-        let mut hold = 0u32;
-        loop {
-            tokio::time::sleep(tick).await;
-            let now = (Instant::now(), bytes());
-            let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
-            last = now;
-            let queued = self.waited.swap(0, Ordering::Relaxed) > 0;
-            if self.throttled.swap(0, Ordering::Relaxed) > 0 {
-                let to = self.window() / 2;
-                tracing::info!(
-                    connections = to.max(1),
-                    "the server asks to slow down: fewer connections"
-                );
-                self.shrink(to);
-                (before_step, step, hold) = (None, 1, 20);
-                continue;
-            }
-            if settle > 0 {
-                settle -= 1; // a new window's first tick mixes old and new: not measured
-                continue;
-            }
-            if !queued {
-                before_step = None; // no backlog: the window is not what limits
-                continue;
-            }
-            if hold > 0 {
-                hold -= 1;
-                continue;
-            }
-            match before_step {
-                Some((prev, last_step)) if rate <= prev * 1.05 => {
-                    self.shrink(self.window() - last_step);
-                    tracing::debug!(
-                        connections = self.window(),
-                        rate,
-                        "more connections brought nothing: stepping back"
-                    );
-                    (before_step, step, hold) = (None, 1, 20);
-                }
-                _ => {
-                    // Steps double while they pay (1, 2, 4…): a wide link is reached in a
-                    // few ticks, and a step too far is taken back whole.
-                    let added = self.grow(step);
-                    if added > 0 {
-                        tracing::debug!(
-                            connections = self.window(),
-                            rate,
-                            "throughput rose: more connections"
-                        );
-                        (before_step, settle) = (Some((rate, added)), 1);
-                        step *= 2;
-                    }
-                }
-            }
+    /// The background share's book now. Panics (in any build) if it does not balance:
+    /// available + in use − debt must equal the window.
+    #[doc(hidden)]
+    pub fn accounting(&self) -> Accounting {
+        let book = self.background.book.lock().unwrap();
+        let available = self.background.permits.available_permits();
+        assert!(
+            available <= book.issued,
+            "more permits free than issued: {book:?}"
+        );
+        assert_eq!(
+            book.issued - book.debt,
+            book.window,
+            "background permits out of balance: {book:?}"
+        );
+        Accounting {
+            window: book.window,
+            debt: book.debt,
+            available,
+            in_use: book.issued - available,
+        }
+    }
+
+    /// How long a connection is held, averaged over the last few requests (None before any
+    /// is returned).
+    fn typical_hold(&self) -> Option<Duration> {
+        match self.background.hold_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
         }
     }
 
     pub fn in_flight(&self) -> usize {
         self.max - self.total.available_permits()
+    }
+
+    fn permit(
+        &self,
+        background: Option<BackgroundPermit>,
+        total: OwnedSemaphorePermit,
+    ) -> ConnectionPermit {
+        ConnectionPermit {
+            _background: background,
+            _total: total,
+            share: self.background.clone(),
+            since: Instant::now(),
+        }
+    }
+
+    fn background_permit(&self, permit: OwnedSemaphorePermit) -> BackgroundPermit {
+        BackgroundPermit {
+            permit: Some(permit),
+            share: self.background.clone(),
+        }
     }
 
     /// A connection now, or `None` when none is free: for a task that already holds a
@@ -202,31 +292,30 @@ impl ConnectionLimiter {
         let background = if demand {
             None
         } else {
-            Some(self.background.clone().try_acquire_owned().ok()?)
+            let p = self.background.permits.clone().try_acquire_owned().ok()?;
+            Some(self.background_permit(p))
         };
         let total = self.total.clone().try_acquire_owned().ok()?;
-        Some(ConnectionPermit {
-            _total: total,
-            _background: background,
-        })
+        Some(self.permit(background, total))
     }
 
     pub async fn acquire(&self, demand: bool) -> ConnectionPermit {
         let background = if demand {
             None
         } else {
-            let permit = match self.background.clone().try_acquire_owned() {
+            let permit = match self.background.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     self.waited.fetch_add(1, Ordering::Relaxed);
                     self.background
+                        .permits
                         .clone()
                         .acquire_owned()
                         .await
                         .expect("limiter semaphores are never closed")
                 }
             };
-            Some(permit)
+            Some(self.background_permit(permit))
         };
         let total = self
             .total
@@ -234,73 +323,15 @@ impl ConnectionLimiter {
             .acquire_owned()
             .await
             .expect("limiter semaphores are never closed");
-        ConnectionPermit {
-            _total: total,
-            _background: background,
-        }
+        self.permit(background, total)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn adaptive_concurrency_climbs_to_the_links_width_and_backs_off_when_throttled() {
-        // A link that carries 10 MB/s per connection up to 6 connections: a seventh adds
-        // nothing. Bytes are the exact integral of that rate over the windows in force.
-        let lim = ConnectionLimiter::adaptive(16, 4, 3);
-        let rate = |w: usize| w.min(6) as f64 * 10e6;
-        let clock = Arc::new(Mutex::new((Instant::now(), 0f64)));
-        let (l, c) = (lim.clone(), clock.clone());
-        let bytes = move || {
-            let mut c = c.lock().unwrap();
-            let now = Instant::now();
-            c.1 += (now - c.0).as_secs_f64() * rate(l.window());
-            c.0 = now;
-            c.1 as u64
-        };
-        // Background work always queues for a connection.
-        let l = lim.clone();
-        let backlog = tokio::spawn(async move {
-            loop {
-                l.waited.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        let adapt = tokio::spawn(lim.clone().adapt(Duration::from_millis(40), bytes));
-        // Bounded waits: a slow machine stretches the ticks, not the sequence.
-        let mut seen = vec![lim.window()];
-        let started = Instant::now();
-        while !(seen.contains(&10) && lim.window() == 6) {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "never settled at the link's width: {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if seen.last() != Some(&lim.window()) {
-                seen.push(lim.window());
-            }
-        }
-        assert_eq!(
-            seen,
-            vec![3, 4, 6, 10, 6],
-            "steps double while they pay; the last is undone"
-        );
-        lim.note_throttled();
-        let started = Instant::now();
-        while lim.window() != 3 {
-            assert!(started.elapsed() < Duration::from_secs(5), "no back-off");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Held there, not climbing straight back.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(lim.window(), 3, "held after throttling");
-        adapt.abort();
-        backlog.abort();
-    }
 
     #[tokio::test]
     async fn demand_gets_a_connection_while_background_is_saturated() {
@@ -319,5 +350,97 @@ mod tests {
         let d = tokio::time::timeout(Duration::from_millis(50), lim.acquire(true)).await;
         assert!(d.is_ok());
         assert_eq!(lim.in_flight(), 4);
+    }
+
+    /// The collapse of issue "shrink then grow": after many steps back and forward, with
+    /// tasks taking and returning background permits throughout, as many background permits
+    /// can be held at once as `window()` says — never fewer, never more.
+    #[tokio::test]
+    async fn background_permits_follow_the_window_through_grow_and_shrink_cycles() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let lim = ConnectionLimiter::adaptive(64, 0, 8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let holders: Vec<_> = (0..24)
+            .map(|i| {
+                let (lim, stop, paused, held) =
+                    (lim.clone(), stop.clone(), paused.clone(), held.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if paused.load(Ordering::Relaxed) {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        let p = lim.acquire(false).await;
+                        held.fetch_add(1, Ordering::Relaxed);
+                        for _ in 0..(i % 4) {
+                            tokio::task::yield_now().await;
+                        }
+                        held.fetch_sub(1, Ordering::Relaxed);
+                        drop(p);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for cycle in 0..200 {
+            for _ in 0..rng.gen_range(0..6) {
+                tokio::task::yield_now().await;
+            }
+            if rng.gen_bool(0.5) {
+                lim.grow(rng.gen_range(1..6));
+            } else {
+                lim.shrink(lim.window().saturating_sub(rng.gen_range(1..6)));
+            }
+            lim.accounting(); // balances mid-flight too
+            for _ in 0..rng.gen_range(0..6) {
+                tokio::task::yield_now().await;
+            }
+            // Settle: the holders finish what they hold and stop taking more.
+            paused.store(true, Ordering::Relaxed);
+            while held.load(Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            let book = lim.accounting();
+            assert_eq!(book.debt, 0, "debt repaid once all is returned: {book:?}");
+            let all: Vec<_> = std::iter::from_fn(|| lim.try_acquire(false)).collect();
+            assert_eq!(
+                all.len(),
+                lim.window(),
+                "background permits that can be held at once, cycle {cycle}"
+            );
+            drop(all);
+            paused.store(false, Ordering::Relaxed);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for h in holders {
+            h.await.unwrap();
+        }
+    }
+
+    /// A step back takes effect at once: no permit freed by it can be taken while it is owed.
+    #[tokio::test]
+    async fn a_shrink_takes_effect_at_once() {
+        let lim = ConnectionLimiter::adaptive(64, 0, 8);
+        let held: Vec<_> = (0..2).map(|_| lim.try_acquire(false).unwrap()).collect();
+        lim.shrink(4);
+        let mut more = Vec::new();
+        while let Some(p) = lim.try_acquire(false) {
+            more.push(p);
+        }
+        assert_eq!(
+            held.len() + more.len(),
+            4,
+            "background permits held at once"
+        );
+        drop(held);
+        drop(more);
+        let all: Vec<_> = std::iter::from_fn(|| lim.try_acquire(false)).collect();
+        assert_eq!(all.len(), 4);
     }
 }

@@ -1,0 +1,327 @@
+//! How wide the background share should be: `adapt` measures throughput and moves the
+//! window with `grow`/`shrink`. It owns only that decision (the `Ramp`); the permits and
+//! their book belong to the limiter, and nothing here touches them directly.
+//!
+//! The ramp is TCP's slow start: from at least `FLOOR` connections the window doubles per
+//! measurement interval while throughput grows; a step is taken back only after two
+//! consecutive intervals without gain (one interval can be noise), and never below the
+//! window it came from, so a link that does not throttle never drives it under `FLOOR`.
+//! Only 503/429 answers ("slow down") halve it, below `FLOOR` if need be.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ConnectionLimiter;
+
+/// The SDKs' ParallelThreadCount: an adaptive limiter starts there at least, and only
+/// throttling takes it lower.
+pub const FLOOR: usize = 3;
+/// Throughput must rise by more than this to count as a gain (measurement noise).
+const GAIN: f64 = 1.05;
+/// Consecutive intervals without gain before a step is taken back.
+const MISSES: u32 = 2;
+/// Intervals the window is left alone after a step back or throttling.
+const HOLD: u32 = 20;
+/// The longest measurement interval: a stalled request must not freeze adaptation.
+const MAX_INTERVAL: Duration = Duration::from_secs(8);
+
+/// What the last measurements decided.
+#[derive(Debug)]
+struct Ramp {
+    floor: usize,
+    ceiling: usize,
+    /// The rate at the window before the last step up, and that window.
+    before: Option<(f64, usize)>,
+    /// Doubling the window (until the first step back), else adding `step`.
+    slow_start: bool,
+    step: usize,
+    misses: u32,
+    hold: u32,
+}
+
+/// A change of window, with why.
+#[derive(Debug, PartialEq)]
+enum Move {
+    Up { to: usize, base: Option<f64> },
+    Back { to: usize, base: f64 },
+}
+
+impl Ramp {
+    fn new(floor: usize, ceiling: usize) -> Ramp {
+        Ramp {
+            floor,
+            ceiling,
+            before: None,
+            slow_start: true,
+            step: 1,
+            misses: 0,
+            hold: 0,
+        }
+    }
+
+    /// One measurement interval at `window`: `rate` bytes/s, `queued` if background
+    /// fetches waited for a connection in it.
+    fn measured(&mut self, window: usize, rate: f64, queued: bool) -> Option<Move> {
+        if self.hold > 0 {
+            self.hold -= 1;
+            return None;
+        }
+        if !queued {
+            // No backlog: the window is not what limits, so its rate says nothing of it.
+            (self.before, self.misses) = (None, 0);
+            return None;
+        }
+        match self.before {
+            Some((base, from)) if rate <= base * GAIN => {
+                self.misses += 1;
+                if self.misses < MISSES {
+                    return None;
+                }
+                // Steps after this one are cautious: the link's width is near.
+                (self.before, self.misses, self.hold) = (None, 0, HOLD);
+                (self.slow_start, self.step) = (false, 1);
+                Some(Move::Back {
+                    to: from.max(self.floor),
+                    base,
+                })
+            }
+            base => {
+                self.misses = 0;
+                if window >= self.ceiling {
+                    return None; // a gain, but nothing left to add: keep the last base
+                }
+                let step = if self.slow_start { window } else { self.step };
+                if !self.slow_start {
+                    self.step *= 2; // re-probing: 1, 2, 4… while each step pays
+                }
+                self.before = Some((rate, window));
+                Some(Move::Up {
+                    to: (window + step).min(self.ceiling),
+                    base: base.map(|b| b.0),
+                })
+            }
+        }
+    }
+
+    fn throttled(&mut self) {
+        (self.before, self.misses, self.hold) = (None, 0, HOLD);
+        (self.slow_start, self.step) = (false, 1);
+    }
+}
+
+impl ConnectionLimiter {
+    /// The measurement interval: the larger of `tick` and twice the typical time a
+    /// connection is held. Bytes of one request arrive in bursts, and a new connection
+    /// first pays a round trip and TCP's own slow start; over two request durations every
+    /// connection of the window has run at least one whole request on average, so the rate
+    /// reflects the window, not which requests happened to start or end in the interval.
+    fn interval(&self, tick: Duration) -> Duration {
+        let hold = self.typical_hold().unwrap_or_default();
+        tick.max((hold * 2).min(MAX_INTERVAL))
+    }
+
+    /// Moves the background share to follow throughput (`bytes()`: body bytes received so
+    /// far), for as long as it runs (a mount runs it until it ends). Throttling is checked
+    /// every `tick` and answered at once; throughput is judged per measurement interval
+    /// (`interval`), and only an interval in which background fetches queued for a
+    /// connection teaches anything.
+    pub async fn adapt(self: Arc<Self>, tick: Duration, bytes: impl Fn() -> u64) {
+        let mut ramp = Ramp::new(FLOOR.min(self.window_max), self.window_max);
+        let mut start = (Instant::now(), bytes());
+        let mut queued = false;
+        loop {
+            tokio::time::sleep(tick).await;
+            queued |= self.waited.swap(0, Ordering::Relaxed) > 0;
+            if self.throttled.swap(0, Ordering::Relaxed) > 0 {
+                let from = self.window();
+                self.shrink(from / 2);
+                tracing::debug!(
+                    from,
+                    to = self.window(),
+                    "the server asks to slow down: fewer connections"
+                );
+                ramp.throttled();
+                (start, queued) = ((Instant::now(), bytes()), false);
+                continue;
+            }
+            if start.0.elapsed() < self.interval(tick) {
+                continue;
+            }
+            let now = (Instant::now(), bytes());
+            let rate =
+                now.1.saturating_sub(start.1) as f64 / (now.0 - start.0).as_secs_f64().max(1e-3);
+            start = now;
+            let from = self.window();
+            match ramp.measured(from, rate, std::mem::take(&mut queued)) {
+                None => {}
+                Some(Move::Up { to, base }) => {
+                    self.grow(to - from);
+                    tracing::debug!(from, to, rate, base, "throughput rose: more connections");
+                }
+                Some(Move::Back { to, base }) => {
+                    self.shrink(to);
+                    tracing::debug!(
+                        from,
+                        to,
+                        rate,
+                        base,
+                        "two intervals without gain: stepping back"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Runs `adapt` against a simulated link: `rate(window)` bytes/s, times `noise()` redrawn
+    /// at every look, integrated exactly over the windows in force. Background work always
+    /// queues for a connection. Returns the limiter and the tasks to abort.
+    fn simulate(
+        lim: &Arc<ConnectionLimiter>,
+        rate: impl Fn(usize) -> f64 + Send + 'static,
+        noise: impl FnMut() -> f64 + Send + 'static,
+        tick: Duration,
+    ) -> [tokio::task::JoinHandle<()>; 2] {
+        let clock = Arc::new(Mutex::new((Instant::now(), 0f64, noise)));
+        let l = lim.clone();
+        let bytes = move || {
+            let mut c = clock.lock().unwrap();
+            let now = Instant::now();
+            let factor = (c.2)();
+            c.1 += (now - c.0).as_secs_f64() * rate(l.window()) * factor;
+            c.0 = now;
+            c.1 as u64
+        };
+        let l = lim.clone();
+        let backlog = tokio::spawn(async move {
+            loop {
+                l.waited.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        [tokio::spawn(lim.clone().adapt(tick, bytes)), backlog]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adaptive_concurrency_climbs_to_the_links_width_and_backs_off_when_throttled() {
+        // A link that carries 10 MB/s per connection up to 6 connections: a seventh adds
+        // nothing.
+        let lim = ConnectionLimiter::adaptive(16, 4, 3);
+        let tasks = simulate(
+            &lim,
+            |w| w.min(6) as f64 * 10e6,
+            || 1.0,
+            Duration::from_millis(40),
+        );
+        // Bounded waits: a slow machine stretches the intervals, not the sequence.
+        let mut seen = vec![lim.window()];
+        let started = Instant::now();
+        while !(seen.contains(&12) && lim.window() == 6) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never settled at the link's width: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if seen.last() != Some(&lim.window()) {
+                seen.push(lim.window());
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![3, 6, 12, 6],
+            "the window doubles while throughput grows; the step too far is undone whole"
+        );
+        lim.note_throttled();
+        let started = Instant::now();
+        while lim.window() != 3 {
+            assert!(started.elapsed() < Duration::from_secs(5), "no back-off");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Held there, not climbing straight back.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(lim.window(), 3, "held after throttling");
+        tasks.iter().for_each(|t| t.abort());
+    }
+
+    /// A noisy link (each look at the byte count off by up to ±30%) that carries 10 MB/s per
+    /// connection up to 6: noise must neither drive the window under `FLOOR` nor keep it
+    /// from the link's width. Started at 1 (as a caller may ask), it starts at `FLOOR`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_noisy_link_never_drives_the_window_under_the_floor_and_it_reaches_the_width() {
+        use rand::{Rng, SeedableRng};
+        let lim = ConnectionLimiter::adaptive(32, 8, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(30);
+        let tasks = simulate(
+            &lim,
+            |w| w.min(6) as f64 * 10e6,
+            move || rng.gen_range(0.7..1.3),
+            Duration::from_millis(20),
+        );
+        let mut seen = vec![lim.window()];
+        let started = Instant::now();
+        let mut reached = None;
+        while started.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let w = lim.window();
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+            if w >= 6 && reached.is_none() {
+                reached = Some(seen.len());
+            }
+        }
+        tasks.iter().for_each(|t| t.abort());
+        assert!(
+            seen.iter().all(|&w| w >= FLOOR),
+            "under the floor: {seen:?}"
+        );
+        let reached = reached.unwrap_or_else(|| panic!("never reached the width: {seen:?}"));
+        assert!(
+            seen[reached..].iter().all(|&w| w >= 6),
+            "fell under the link's width once there: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn two_intervals_without_gain_step_back_one_does_not() {
+        let mut r = Ramp::new(3, 24);
+        assert_eq!(
+            r.measured(3, 30.0, true),
+            Some(Move::Up { to: 6, base: None })
+        );
+        assert_eq!(
+            r.measured(6, 60.0, true),
+            Some(Move::Up {
+                to: 12,
+                base: Some(30.0)
+            })
+        );
+        assert_eq!(r.measured(12, 55.0, true), None, "one miss is noise");
+        assert_eq!(
+            r.measured(12, 90.0, true),
+            Some(Move::Up {
+                to: 24,
+                base: Some(60.0)
+            })
+        );
+        assert_eq!(r.measured(24, 80.0, true), None);
+        assert_eq!(
+            r.measured(24, 85.0, true),
+            Some(Move::Back { to: 12, base: 90.0 })
+        );
+        // Held, then re-probed by one.
+        for _ in 0..HOLD {
+            assert_eq!(r.measured(12, 90.0, true), None);
+        }
+        assert_eq!(
+            r.measured(12, 90.0, true),
+            Some(Move::Up { to: 13, base: None })
+        );
+    }
+}
