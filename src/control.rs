@@ -55,17 +55,15 @@ pub fn serve(
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
+        let on_connection = move |(conn, _)| {
             let (store, cache, bucket) = (store.clone(), cache.clone(), bucket.clone());
             tokio::spawn(async move {
                 if let Err(e) = handle(conn, store, cache, &bucket).await {
                     tracing::warn!("control connection: {e}");
                 }
             });
-        }
+        };
+        crate::net::accept_loop("control socket", || listener.accept(), on_connection).await;
     }))
 }
 

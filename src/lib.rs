@@ -17,6 +17,7 @@ pub mod fs;
 pub mod hydrate;
 pub mod metrics;
 pub mod mount;
+pub mod net;
 pub mod oss;
 pub mod prefetch;
 pub mod sample;

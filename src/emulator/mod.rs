@@ -222,19 +222,15 @@ impl Emulator {
         let st = state.clone();
         let task = tokio::spawn(async move {
             let mut stop_rx = stop_rx;
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = stop_rx.changed() => break,
-                };
-                let Ok((stream, _)) = accepted else { continue };
+            let conn_stop = stop_rx.clone();
+            let on_connection = move |(stream, _): (tokio::net::TcpStream, _)| {
                 let _ = stream.set_nodelay(true);
                 let ctx = Arc::new(ConnCtx {
                     fd: stream.as_raw_fd(),
                     next_free: Mutex::new(Instant::now()),
                 });
                 let st = st.clone();
-                let mut conn_stop = stop_rx.clone();
+                let mut conn_stop = conn_stop.clone();
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let svc = hyper::service::service_fn(move |req| {
@@ -250,6 +246,10 @@ impl Emulator {
                         _ = conn_stop.changed() => {}
                     }
                 });
+            };
+            tokio::select! {
+                _ = crate::net::accept_loop("emulator", || listener.accept(), on_connection) => {}
+                _ = stop_rx.changed() => {}
             }
         });
         Ok(Emulator {
