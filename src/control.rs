@@ -1,17 +1,21 @@
 //! The control socket of a running mount (`<cache>/control.sock`, owner-only, in the
 //! owner-only cache directory): `ossmount prefetch` against a cache a mount holds asks the
 //! mount to do the work, with the same cache, engine and connection limits, instead of being
-//! refused by the cache lock; the caller shows the progress. One JSON request per
-//! connection, answered by progress lines and a final report. Must not decide what to fetch
-//! (that is `prefetch`).
+//! refused by the cache lock; the caller shows the progress. One JSON request line per
+//! connection (at most 64 KiB, within 5 s of connecting), answered by progress lines and a
+//! final report. The server owns every request it runs: its shutdown ends them all before the
+//! cache shuts down. Must not decide what to fetch (that is `prefetch`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use crate::cache::Cache;
 use crate::hydrate::Progress;
@@ -42,31 +46,88 @@ pub fn socket_path(cache_dir: &Path) -> PathBuf {
     cache_dir.join("control.sock")
 }
 
-/// Serves requests until the task is aborted. A socket left by a dead mount is replaced (the
-/// caller holds the cache lock, so no live mount owns it).
+/// How much a client may send as its request, and how long it may take to: a client that
+/// sends an endless line or nothing at all must not hold memory or a task for ever.
+#[derive(Debug, Clone, Copy)]
+struct RequestLimits {
+    max_line: usize,
+    deadline: Duration,
+}
+
+const REQUEST_LIMITS: RequestLimits = RequestLimits {
+    max_line: 64 << 10,
+    deadline: Duration::from_secs(5),
+};
+
+/// A control socket being served. `shutdown` ends it; dropping it aborts it without waiting.
+pub struct ControlServer {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Stops accepting, aborts every request still running (a prefetch among them) and waits
+    /// until they have ended, so none of them touches the cache after this returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        // The accept task owns the requests (a JoinSet): aborting it aborts them too.
+        self.task.abort();
+    }
+}
+
+/// Serves requests until `shutdown`. A socket left by a dead mount is replaced (the caller
+/// holds the cache lock, so no live mount owns it). Needs a Tokio runtime.
 pub fn serve(
     cache_dir: &Path,
     store: Arc<dyn ObjectStore>,
     cache: Arc<Cache>,
     bucket: String,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<ControlServer> {
+    serve_with_limits(cache_dir, store, cache, bucket, REQUEST_LIMITS)
+}
+
+fn serve_with_limits(
+    cache_dir: &Path,
+    store: Arc<dyn ObjectStore>,
+    cache: Arc<Cache>,
+    bucket: String,
+    limits: RequestLimits,
+) -> std::io::Result<ControlServer> {
     let path = socket_path(cache_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut requests = JoinSet::new();
+        let on_connection = |(conn, _)| {
+            // Forget the requests that have ended, so the set holds only running ones.
+            while requests.try_join_next().is_some() {}
             let (store, cache, bucket) = (store.clone(), cache.clone(), bucket.clone());
-            tokio::spawn(async move {
-                if let Err(e) = handle(conn, store, cache, &bucket).await {
+            requests.spawn(async move {
+                if let Err(e) = handle(conn, store, cache, &bucket, limits).await {
                     tracing::warn!("control connection: {e}");
                 }
             });
+        };
+        tokio::select! {
+            _ = crate::net::accept_loop("control socket", || listener.accept(), on_connection) => {}
+            _ = stopped => {}
         }
-    }))
+        requests.shutdown().await;
+    });
+    Ok(ControlServer {
+        stop: Some(stop),
+        task,
+    })
 }
 
 async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
@@ -80,13 +141,12 @@ async fn handle(
     store: Arc<dyn ObjectStore>,
     cache: Arc<Cache>,
     bucket: &str,
+    limits: RequestLimits,
 ) -> std::io::Result<()> {
     let (r, mut w) = conn.into_split();
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let req: Request = match serde_json::from_str(&line) {
-        Ok(r) => r,
-        Err(e) => return send(&mut w, &Reply::Error(format!("bad request: {e}"))).await,
+    let req = match read_request(r, limits).await {
+        Ok(req) => req,
+        Err(problem) => return send(&mut w, &Reply::Error(problem)).await,
     };
     let Request::Prefetch {
         bucket: asked,
@@ -130,6 +190,27 @@ async fn handle(
     Ok(())
 }
 
+/// The request line, read within `limits`; what went wrong otherwise, for the reply.
+async fn read_request(r: impl AsyncRead + Unpin, limits: RequestLimits) -> Result<Request, String> {
+    let mut line = Vec::new();
+    // One byte past the limit tells a line that is too long from one that just fits.
+    let mut bounded = BufReader::new(r).take(limits.max_line as u64 + 1);
+    match tokio::time::timeout(limits.deadline, bounded.read_until(b'\n', &mut line)).await {
+        Err(_) => {
+            return Err(format!(
+                "no complete request within {} s",
+                limits.deadline.as_secs_f64()
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > limits.max_line {
+        return Err(format!("request longer than {} bytes", limits.max_line));
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// Asks the mount behind `cache_dir` to prefetch; `on_progress` sees its progress.
 pub async fn request_prefetch(
     cache_dir: &Path,
@@ -167,4 +248,157 @@ pub async fn request_prefetch(
         }
     }
     Err("the mount closed the control connection before it finished".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Capacity;
+    use crate::hydrate::{ConnectionLimiter, HydrationConfig};
+    use crate::store::memory::MemoryStore;
+
+    const BUCKET: &str = "bkt";
+    /// Every wait of these tests ends by then, pass or fail.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    struct Mount {
+        dir: tempfile::TempDir,
+        store: Arc<MemoryStore>,
+        cache: Arc<Cache>,
+    }
+
+    fn mount() -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new("http://127.0.0.1:1");
+        let cache = Cache::open(
+            dir.path(),
+            store.clone(),
+            HydrationConfig {
+                part_size: 4096,
+                ..Default::default()
+            },
+            ConnectionLimiter::new(2, 0),
+            Capacity::unlimited(),
+        )
+        .unwrap();
+        Mount {
+            dir,
+            store,
+            cache: Arc::new(cache),
+        }
+    }
+
+    impl Mount {
+        fn serve(&self, limits: RequestLimits) -> ControlServer {
+            serve_with_limits(
+                self.dir.path(),
+                self.store.clone(),
+                self.cache.clone(),
+                BUCKET.into(),
+                limits,
+            )
+            .unwrap()
+        }
+
+        async fn connect(&self) -> UnixStream {
+            UnixStream::connect(socket_path(self.dir.path()))
+                .await
+                .unwrap()
+        }
+    }
+
+    /// The lines the server sends until it closes the connection.
+    async fn replies_until_closed(conn: impl AsyncRead + Unpin) -> Vec<String> {
+        let mut lines = BufReader::new(conn).lines();
+        let mut got = Vec::new();
+        // A reset (the server closed with our bytes unread) ends the stream as a close does.
+        while let Ok(Some(l)) = lines.next_line().await {
+            got.push(l);
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endless_and_silent_clients_are_cut_off_and_others_still_served() {
+        let m = mount();
+        let server = m.serve(RequestLimits {
+            deadline: Duration::from_millis(500),
+            ..REQUEST_LIMITS
+        });
+
+        let silent = m.connect().await;
+        let endless = m.connect().await;
+        let (endless_r, mut endless_w) = endless.into_split();
+        let flood = tokio::spawn(async move {
+            // 10 MiB and no newline; the write fails once the server hangs up, as it should.
+            let _ = endless_w.write_all(&vec![b'x'; 10 << 20]).await;
+            endless_w // held open: only the server may end this connection
+        });
+
+        // While both are connected, an ordinary request is answered (here: refused for
+        // naming another bucket, which needs no object).
+        let answered = tokio::time::timeout(
+            BOUND,
+            request_prefetch(m.dir.path(), "other", "", 1, |_| {}),
+        )
+        .await
+        .expect("a normal client is answered while the others hang on");
+        assert!(
+            answered.as_ref().unwrap_err().contains("not other"),
+            "{answered:?}"
+        );
+
+        let endless_got = tokio::time::timeout(BOUND, replies_until_closed(endless_r))
+            .await
+            .expect("the server closes a connection whose request line never ends");
+        for reply in &endless_got {
+            assert!(reply.contains("request longer than"), "{reply}");
+        }
+        let silent_got = tokio::time::timeout(BOUND, replies_until_closed(silent))
+            .await
+            .expect("the server closes a connection that sends nothing");
+        assert_eq!(silent_got.len(), 1, "{silent_got:?}");
+        assert!(
+            silent_got[0].contains("no complete request"),
+            "{silent_got:?}"
+        );
+        drop(flood);
+        tokio::time::timeout(BOUND, server.shutdown())
+            .await
+            .expect("shutdown ends");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_the_prefetches_it_runs() {
+        let m = mount();
+        m.store.put(BUCKET, "big.bin", vec![7u8; 256 << 10]);
+        m.store.stall(true); // the prefetch's GETs hang until the end of the test
+        let server = m.serve(REQUEST_LIMITS);
+        let dir = m.dir.path().to_path_buf();
+        let client =
+            tokio::spawn(async move { request_prefetch(&dir, BUCKET, "", 1, |_| {}).await });
+        tokio::time::timeout(BOUND, async {
+            while m.cache.active().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the prefetch starts hydrating");
+
+        tokio::time::timeout(BOUND, server.shutdown())
+            .await
+            .expect("shutdown waits for the aborted prefetch, not for its download");
+        // Nothing of the control server holds the cache any more: its prefetch is gone.
+        assert_eq!(Arc::strong_count(&m.cache), 1);
+        let outcome = tokio::time::timeout(BOUND, client)
+            .await
+            .expect("the caller hears the connection close")
+            .unwrap();
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.contains("closed")),
+            "{outcome:?}"
+        );
+        m.store.stall(false);
+        m.cache.shutdown().await;
+    }
 }

@@ -2,12 +2,14 @@
 //! read into a local cache with a resumable, part-parallel download engine.
 //!
 //! Layers, top down (each imports only those below it; `tests/layering.rs` checks it):
-//! [`mount`] (wiring a mount), [`status`] (reading a cache directory), [`prefetch`],
-//! [`fs`] with `fs::fuse` (the namespace and reads; only `fs::fuse` speaks fuser), [`cache`]
-//! (the cache directory), [`hydrate`] (the resumable engine), [`store`] (the `ObjectStore`
-//! seam, its types and errors), [`oss`] (the client, which implements `store`), and
-//! [`emulator`] (an OSS-compatible server for tests, demos and benchmarks, sharing only
-//! `oss::sign` and formatting helpers with the client).
+//! [`mount`] (wiring a mount), [`control`] and [`metrics`] (its sockets), [`status`] (reading
+//! a cache directory), [`prefetch`], [`fs`] with `fs::fuse` (the namespace and reads; only
+//! `fs::fuse` speaks fuser), [`cache`] (the cache directory), [`hydrate`] (the resumable
+//! engine), [`oss`] (the client, which implements `store`), [`store`] (the `ObjectStore`
+//! seam, its types and errors), and leaf helpers such as [`net`] (accepting connections).
+//! Apart from them stands [`emulator`] (an OSS-compatible server for tests, demos and
+//! benchmarks): no layer imports it, and it shares only `oss::sign` and formatting helpers
+//! with the client.
 
 pub mod cache;
 pub mod control;
@@ -17,6 +19,7 @@ pub mod fs;
 pub mod hydrate;
 pub mod metrics;
 pub mod mount;
+pub mod net;
 pub mod oss;
 pub mod prefetch;
 pub mod sample;

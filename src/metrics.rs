@@ -227,10 +227,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        let on_connection = move |(stream, _)| {
             let (requests, fs) = (requests.clone(), fs.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
@@ -256,7 +253,8 @@ pub async fn serve(
                     .serve_connection(io, svc)
                     .await;
             });
-        }
+        };
+        crate::net::accept_loop("metrics", || listener.accept(), on_connection).await;
     });
     Ok((bound, task))
 }

@@ -210,7 +210,7 @@ pub fn run_mount(
         }
         None => None,
     };
-    let control_task = {
+    let control = {
         let _rt = rt.enter();
         crate::control::serve(
             &opts.cache_dir,
@@ -293,7 +293,8 @@ pub fn run_mount(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    control_task.abort();
+    // Before the cache shuts down: prefetches asked through the socket use it.
+    rt.block_on(control.shutdown());
     let _ = std::fs::remove_file(crate::control::socket_path(&opts.cache_dir));
     status_task.abort();
     rt.block_on(cache.shutdown());

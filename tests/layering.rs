@@ -1,22 +1,29 @@
 //! The floor plan, checked: every module of the library imports only modules below it in
 //! `LAYERS` (top first), the engine and the filesystem reach the network only through the
-//! `store` seam, only `fs::fuse` (and nothing above it but the wiring) speaks `fuser`, and the
-//! emulator shares nothing with the client but signing and formatting helpers. A new
-//! back-edge (a cycle) fails this test with the file and line that made it.
+//! `store` seam, and only `fs::fuse` (and nothing above it but the wiring) speaks `fuser`.
+//! The emulator stands apart from the floor plan: no module of the library imports it (so a
+//! client, engine or filesystem bug cannot lean on the test server), and it imports only the
+//! signing and formatting helpers it shares with the client and the leaf helpers in
+//! `EMULATOR_MAY_USE`. A new back-edge (a cycle) or a crossing fails this test with the file
+//! and line that made it.
 
 use std::path::{Path, PathBuf};
 
 /// Top first. A module may import any module after it, none before it.
 const LAYERS: &[&str] = &[
     "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache", "hydrate",
-    "emulator", "oss", "store", "crc64", "sample", "size",
+    "oss", "store", "crc64", "sample", "size", "net",
 ];
 
 /// Modules that must reach object storage only through `store` (its trait, types, errors).
 const BEHIND_THE_STORE_SEAM: &[&str] = &["prefetch", "fs::fuse", "fs", "cache", "hydrate"];
 
-/// What the emulator may take from the client's module: the signer and formatting helpers.
-const EMULATOR_MAY_USE_FROM_OSS: &[&str] = &["sign", "time", "xml"];
+/// The test server, kept out of `LAYERS`: nothing there may import it.
+const EMULATOR: &str = "emulator";
+
+/// Everything the emulator may import (a path and what is inside it): the client's signer
+/// and formatting helpers, and leaf helpers that know nothing of the client.
+const EMULATOR_MAY_USE: &[&str] = &["oss::sign", "oss::time", "oss::xml", "crc64", "net"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -82,70 +89,93 @@ fn crate_paths(text: &str) -> Vec<(usize, String, String)> {
     found
 }
 
+/// Whether the emulator may import `path` (`oss::sign::X` is inside `oss::sign`).
+fn emulator_may_use(path: &str) -> bool {
+    EMULATOR_MAY_USE
+        .iter()
+        .any(|allowed| path == *allowed || path.starts_with(&format!("{allowed}::")))
+}
+
+/// What is wrong with the imports of the source file `rel` (relative to `src/`) holding
+/// `text`, one line per problem, each naming the file and line; and how many crate paths it
+/// checked.
+fn problems_in(rel: &Path, text: &str) -> (Vec<String>, usize) {
+    let rank = |l: &str| LAYERS.iter().position(|x| *x == l);
+    let mut problems = Vec::new();
+    let Some(me) = layer_of(rel) else {
+        return (problems, 0);
+    };
+    let my_rank = (me != EMULATOR).then(|| {
+        rank(&me).unwrap_or_else(|| {
+            panic!(
+                "{} belongs to layer {me:?}, which LAYERS does not list",
+                rel.display()
+            )
+        })
+    });
+    // `fs` files other than fuse.rs must not reach into the adapter through `super::fuse`.
+    if me == "fs" && rel != Path::new("fs/mod.rs") && text.contains("super::fuse") {
+        problems.push(format!("{}: fs imports fs::fuse (above it)", rel.display()));
+    }
+    let paths = crate_paths(text);
+    for (line, path, code) in &paths {
+        let target = layer_named(path);
+        let at = format!("{}:{line}", rel.display());
+        let Some(my_rank) = my_rank else {
+            if !emulator_may_use(path) {
+                problems.push(format!(
+                    "{at}: the emulator imports crate::{path}; it may import only {EMULATOR_MAY_USE:?}: {code}"
+                ));
+            }
+            continue;
+        };
+        if target == EMULATOR {
+            problems.push(format!(
+                "{at}: {me} imports the emulator, which stands apart from the library: {code}"
+            ));
+            continue;
+        }
+        if target == me || (me == "fs::fuse" && target == "fs") {
+            continue;
+        }
+        let Some(r) = rank(&target) else {
+            problems.push(format!("{at}: unknown layer {target:?}: {code}"));
+            continue;
+        };
+        if r <= my_rank {
+            problems.push(format!(
+                "{at}: {me} imports {target}, which is above it: {code}"
+            ));
+        }
+        if target == "oss" && BEHIND_THE_STORE_SEAM.contains(&me.as_str()) {
+            problems.push(format!(
+                "{at}: {me} names the OSS client; it must speak `store` only: {code}"
+            ));
+        }
+    }
+    let speaks_fuser = text.lines().any(|l| {
+        let code = l.split("//").next().unwrap_or("");
+        code.contains("fuser::") || code.trim_start().starts_with("use fuser")
+    });
+    if speaks_fuser && me != "fs::fuse" {
+        problems.push(format!("{}: only fs::fuse may speak fuser", rel.display()));
+    }
+    (problems, paths.len())
+}
+
 #[test]
 fn every_module_imports_only_modules_below_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let rank = |l: &str| LAYERS.iter().position(|x| *x == l);
     let mut problems = Vec::new();
     let mut checked = 0;
     for file in files {
         let rel = file.strip_prefix(&src).unwrap().to_path_buf();
-        let Some(me) = layer_of(&rel) else { continue };
-        let my_rank = rank(&me).unwrap_or_else(|| {
-            panic!(
-                "{} belongs to layer {me:?}, which LAYERS does not list",
-                rel.display()
-            )
-        });
         let text = std::fs::read_to_string(&file).unwrap();
-        // `fs` files other than fuse.rs must not reach into the adapter through `super::fuse`.
-        if me == "fs" && rel != Path::new("fs/mod.rs") && text.contains("super::fuse") {
-            problems.push(format!("{}: fs imports fs::fuse (above it)", rel.display()));
-        }
-        for (line, path, code) in crate_paths(&text) {
-            checked += 1;
-            let target = layer_named(&path);
-            if target == me || (me == "fs::fuse" && target == "fs") {
-                continue;
-            }
-            let Some(r) = rank(&target) else {
-                problems.push(format!(
-                    "{}:{line}: unknown layer {target:?}: {code}",
-                    rel.display()
-                ));
-                continue;
-            };
-            if r <= my_rank {
-                problems.push(format!(
-                    "{}:{line}: {me} imports {target}, which is above it: {code}",
-                    rel.display()
-                ));
-            }
-            if target == "oss" && BEHIND_THE_STORE_SEAM.contains(&me.as_str()) {
-                problems.push(format!(
-                    "{}:{line}: {me} names the OSS client; it must speak `store` only: {code}",
-                    rel.display()
-                ));
-            }
-            if me == "emulator" && target == "oss" {
-                let sub = path.split("::").nth(1).unwrap_or("");
-                if !EMULATOR_MAY_USE_FROM_OSS.contains(&sub) {
-                    problems.push(format!(
-                        "{}:{line}: the emulator uses oss::{sub}; it may share only {EMULATOR_MAY_USE_FROM_OSS:?} with the client: {code}",
-                        rel.display()
-                    ));
-                }
-            }
-        }
-        let speaks_fuser = text.lines().any(|l| {
-            let code = l.split("//").next().unwrap_or("");
-            code.contains("fuser::") || code.trim_start().starts_with("use fuser")
-        });
-        if speaks_fuser && me != "fs::fuse" {
-            problems.push(format!("{}: only fs::fuse may speak fuser", rel.display()));
-        }
+        let (found, paths) = problems_in(&rel, &text);
+        problems.extend(found);
+        checked += paths;
     }
     assert!(
         checked > 50,
@@ -156,6 +186,49 @@ fn every_module_imports_only_modules_below_it() {
         "layering broken:\n{}",
         problems.join("\n")
     );
+}
+
+#[test]
+fn the_emulator_stays_apart() {
+    // A guard for the guard: the engine, the cache or the filesystem importing the emulator
+    // is reported with its file and line, wherever the emulator would rank.
+    for rel in [
+        "hydrate/worker.rs",
+        "cache/mod.rs",
+        "fs/mod.rs",
+        "mount.rs",
+        "net.rs",
+    ] {
+        let (problems, _) = problems_in(
+            Path::new(rel),
+            "use std::sync::Arc;\nuse crate::emulator::{Emulator, EmulatorConfig};\n",
+        );
+        assert_eq!(problems.len(), 1, "{rel}: {problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{rel}:2: ")) && problems[0].contains("emulator"),
+            "{problems:?}"
+        );
+    }
+    // The emulator takes the signer and formatting helpers, and nothing else of the client
+    // or the engine.
+    let emulator = Path::new("emulator/router.rs");
+    let allowed = "use crate::oss::sign;\nuse crate::oss::sign::ParsedAuthorization;\n\
+                   use crate::oss::xml::escape;\nlet d = crate::crc64::Digest::default();\n";
+    assert_eq!(problems_in(emulator, allowed).0, Vec::<String>::new());
+    for refused in [
+        "use crate::oss::client::OssClient;",
+        "use crate::oss::OssClient;",
+        "use crate::store::ObjectStore;",
+        "use crate::hydrate::Hydration;",
+        "use crate::oss::signature_of_mine;",
+    ] {
+        let (problems, _) = problems_in(emulator, refused);
+        assert_eq!(problems.len(), 1, "{refused}: {problems:?}");
+        assert!(
+            problems[0].starts_with("emulator/router.rs:1: "),
+            "{problems:?}"
+        );
+    }
 }
 
 #[test]
@@ -174,4 +247,8 @@ fn the_scan_sees_a_back_edge() {
         Some("hydrate")
     );
     assert_eq!(layer_of(Path::new("cli/mount.rs")), None);
+    assert_eq!(
+        layer_of(Path::new("emulator/router.rs")).as_deref(),
+        Some(EMULATOR)
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,11 +14,13 @@ use crate::oss::time;
 use crate::oss::xml::escape;
 
 use super::objects::etag_of;
+use super::paths::listing_dir;
 use super::response::{error_response, oss_err, Ctx, EmuBody, Resp};
 use super::{bump, record, State};
 
-/// Recent walks by directory, with when they were made.
-pub(super) type Snapshots = Mutex<HashMap<PathBuf, (Instant, Arc<Vec<Listed>>)>>;
+/// Recent walks by bucket and directory part of the prefix (as spelled: two spellings that
+/// resolve to one directory list different keys), with when they were made.
+pub(super) type Snapshots = Mutex<HashMap<(String, String), (Instant, Arc<Vec<Listed>>)>>;
 
 pub(super) struct Listed {
     pub(super) key: String,
@@ -27,7 +29,9 @@ pub(super) struct Listed {
     pub(super) etag: String,
 }
 
-/// Every file below `root`, as keys starting with `key_prefix`, sorted.
+/// Every file below `root` (a directory inside the bucket), as keys starting with
+/// `key_prefix`, sorted. Symlinks are neither listed nor walked through (`DirEntry::metadata`
+/// does not follow them), so the walk never leaves the bucket or goes round a cycle.
 pub(super) fn walk_tree(root: &Path, key_prefix: &str) -> Vec<Listed> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), key_prefix.to_string())];
@@ -69,30 +73,27 @@ async fn listing_snapshot(
     continued: bool,
 ) -> Arc<Vec<Listed>> {
     let dir_part = &prefix[..prefix.rfind('/').map(|i| i + 1).unwrap_or(0)];
-    let mut walk_root = state.cfg.root.join(bucket);
-    for comp in dir_part.split('/').filter(|c| !c.is_empty()) {
-        if comp == "." || comp == ".." {
-            return Arc::default();
-        }
-        walk_root.push(comp);
-    }
+    let Some(walk_root) = listing_dir(&state.cfg.root, bucket, dir_part) else {
+        return Arc::default();
+    };
+    let snapshot_key = (bucket.to_string(), dir_part.to_string());
     const REUSE: Duration = Duration::from_secs(10);
     if continued {
         let snapshots = state.listing_snapshots.lock().unwrap();
-        if let Some((at, keys)) = snapshots.get(&walk_root) {
+        if let Some((at, keys)) = snapshots.get(&snapshot_key) {
             if at.elapsed() < REUSE {
                 return keys.clone();
             }
         }
     }
-    let (root, key_prefix) = (walk_root.clone(), dir_part.to_string());
-    let keys = tokio::task::spawn_blocking(move || walk_tree(&root, &key_prefix))
+    let key_prefix = dir_part.to_string();
+    let keys = tokio::task::spawn_blocking(move || walk_tree(&walk_root, &key_prefix))
         .await
         .map(Arc::new)
         .unwrap_or_default();
     let mut snapshots = state.listing_snapshots.lock().unwrap();
     snapshots.retain(|_, (at, _)| at.elapsed() < REUSE);
-    snapshots.insert(walk_root, (Instant::now(), keys.clone()));
+    snapshots.insert(snapshot_key, (Instant::now(), keys.clone()));
     keys
 }
 

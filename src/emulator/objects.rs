@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use crate::oss::time;
 
 use super::body::{stream_file, BodyPlan};
+use super::paths::resolve_object;
 use super::response::{error_response, oss_err, Ctx, EmuBody, Resp};
-use super::{bump, object_path, record, ConnCtx, Faults, State};
+use super::{bump, record, ConnCtx, Faults, State};
 
 pub(super) struct ObjectFile {
     pub(super) path: PathBuf,
@@ -174,7 +175,7 @@ pub(super) async fn get_object(
             c.get_requests += 1
         }
     });
-    let obj = match object_path(&state.cfg.root, bucket, key) {
+    let obj = match resolve_object(&state.cfg.root, bucket, key) {
         Some(p) => stat_object(state, p).await,
         None => None,
     };

@@ -16,6 +16,7 @@ use super::admin::admin_handle;
 use super::auth::verify_auth;
 use super::listing::list_objects;
 use super::objects::get_object;
+use super::paths::bucket_dir;
 use super::response::{error_response, oss_err, parse_query, request_id, Ctx, Resp};
 use super::{bump, record, ConnCtx, State};
 
@@ -52,7 +53,7 @@ pub(super) async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<I
     let first_label = host_name.split('.').next().unwrap_or("");
     let virtual_bucket = host_name.contains('.')
         && host_name.parse::<std::net::IpAddr>().is_err()
-        && state.cfg.root.join(first_label).is_dir();
+        && bucket_dir(&state.cfg.root, first_label).is_some();
     let decoded_path = match sign::percent_decode(&path) {
         Some(p) => p,
         None => {
@@ -144,7 +145,9 @@ pub(super) async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<I
             ),
         );
     };
-    if sign::uri_encode(&bucket, false) != bucket || !state.cfg.root.join(&bucket).is_dir() {
+    // Only a valid name of a directory in the root is a bucket: `..`, `.` or an empty name
+    // would otherwise turn into the root's parent or the root itself.
+    if bucket_dir(&state.cfg.root, &bucket).is_none() {
         record(&state, &ctx, None, 404);
         let mut e = oss_err(
             404,
