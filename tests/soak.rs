@@ -9,12 +9,6 @@ use std::time::Duration;
 
 use common::soak::{run_soak, SoakOptions};
 
-// Ignored for now, ONLY until the engine is fixed: on today's code a replaced object (new
-// ETag and a different size) read through handles opened around the replacement gives reads
-// that are neither version whole — the new bytes with the old size (zeros past the new end),
-// or old and new parts in one read or on one handle. Run it with
-// `cargo test --test soak -- --ignored --nocapture`; remove this once it passes.
-#[ignore = "fails on today's engine: replaced objects give mixed or wrongly sized reads"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_minute_of_readers_faults_replacements_and_kills_never_gives_a_wrong_byte() {
     let mut o = SoakOptions::new(Duration::from_secs(60), 0x50AC);

@@ -107,7 +107,9 @@ pub fn mount(
     config.n_threads = Some(kernel.tuning.threads.max(1));
     let mut adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
     adapter.tuning = kernel.tuning;
+    let notifier = adapter.notifier.clone();
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     Ok(MountedSession { session })
 }
 
@@ -119,6 +121,8 @@ pub struct FuseAdapter {
     passthrough: Arc<AtomicBool>,
     backing: Arc<Mutex<PassthroughTable<BackingId>>>,
     tuning: FuseTuning,
+    /// Tells the kernel what it caches is stale (set once the session exists).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -132,6 +136,7 @@ impl FuseAdapter {
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Arc::default(),
             tuning: FuseTuning::default(),
+            notifier: Arc::default(),
         }
     }
 }
@@ -247,11 +252,25 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let passthrough = self.passthrough.load(Ordering::Relaxed);
         let backing = self.backing.clone();
+        let notifier = self.notifier.clone();
         self.rt.spawn(async move {
             let o = match fs.open(ino.0).await {
                 Ok(o) => o,
                 Err(e) => return reply.error(errno(&e)),
             };
+            // Another version than the kernel knew: its cached size is stale (a larger new
+            // version would read short, a smaller one past its end) and goes before the
+            // handle exists; the pages go with the open (no FOPEN_KEEP_CACHE).
+            if o.version_changed {
+                if let Some(n) = notifier.get() {
+                    if let Err(e) = n.inval_inode(ino, -1, 0) {
+                        tracing::debug!(
+                            ino = ino.0,
+                            "invalidating the inode's attributes failed: {e}"
+                        );
+                    }
+                }
+            }
             let mut table = backing.lock().unwrap();
             let file = o.complete_file.as_ref().filter(|_| passthrough);
             let mut plan = table.plan(ino.0, file.is_some());

@@ -32,13 +32,6 @@ impl OpenFile {
             OpenFile::Cached { ino, .. } | OpenFile::Direct { ino, .. } => *ino,
         }
     }
-
-    fn etag(&self) -> &str {
-        match self {
-            OpenFile::Cached { hydration, .. } => &hydration.identity().etag,
-            OpenFile::Direct { reader, .. } => &reader.id.etag,
-        }
-    }
 }
 
 /// The result of `open`.
@@ -49,6 +42,25 @@ pub struct Opened {
     pub keep_cache: bool,
     /// Set when the cache entry is complete: the kernel may read this file directly.
     pub complete_file: Option<Arc<std::fs::File>>,
+    /// The kernel knew this inode as another version: its cached size and pages are
+    /// stale and must be dropped before it reads.
+    pub version_changed: bool,
+}
+
+/// An inode's version reserved by an open until the handle exists (then `release` gives it
+/// back); given back at once if the open fails.
+struct Reservation<'a> {
+    fs: &'a OssFs,
+    ino: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.fs.unreserve(self.ino);
+        }
+    }
 }
 
 impl OssFs {
@@ -146,18 +158,25 @@ impl OssFs {
                 key: id.key,
             });
         }
-        // A new version while handles of another are open: it gets its own inode.
-        let old_version_open = self
-            .files
-            .lock()
-            .unwrap()
-            .values()
-            .any(|f| f.ino() == ino && f.etag() != id.etag);
-        if old_version_open {
-            let new_ino = self.ns.lock().unwrap().renumber(ino, &id);
-            tracing::info!(key = %id.key, ino, new_ino, "a new version is open beside the old one: it gets a new inode");
-            return Err(FsError::Stale);
-        }
+        // A new version while handles of another are open (or opening): it gets its own
+        // inode. Checked and reserved in one step.
+        let mut reservation = {
+            let mut versions = self.open_versions.lock().unwrap();
+            let (etag, count) = versions.entry(ino).or_insert_with(|| (id.etag.clone(), 0));
+            if *count > 0 && *etag != id.etag {
+                drop(versions);
+                let new_ino = self.ns.lock().unwrap().renumber(ino, &id);
+                tracing::info!(key = %id.key, ino, new_ino, "a new version is open beside the old one: it gets a new inode");
+                return Err(FsError::Stale);
+            }
+            *etag = id.etag.clone();
+            *count += 1;
+            Reservation {
+                fs: self,
+                ino,
+                kept: false,
+            }
+        };
         let file = if id.size > self.cache.capacity().max_bytes {
             if self
                 .ns
@@ -190,7 +209,7 @@ impl OssFs {
             }
         };
         let id_size = id.size;
-        let keep_cache = {
+        let (keep_cache, version_changed) = {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
             n.size = id.size;
@@ -199,9 +218,10 @@ impl OssFs {
                 n.mtime = t;
             }
             let keep = n.kernel_etag.as_deref() == Some(id.etag.as_str());
+            let changed = n.kernel_etag.is_some() && !keep;
             n.kernel_etag = Some(id.etag.clone());
             n.identity = Some(Box::new((id, Instant::now())));
-            keep
+            (keep, changed)
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let complete_file = match &file {
@@ -215,11 +235,13 @@ impl OssFs {
             _ => None,
         };
         self.files.lock().unwrap().insert(fh, file);
+        reservation.kept = true; // given back by `release`
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
         Ok(Opened {
             fh,
             keep_cache,
             complete_file,
+            version_changed,
         })
     }
 
@@ -343,8 +365,21 @@ impl OssFs {
         }
     }
 
+    fn unreserve(&self, ino: u64) {
+        let mut versions = self.open_versions.lock().unwrap();
+        if let Some((_, count)) = versions.get_mut(&ino) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                versions.remove(&ino);
+            }
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         let file = self.files.lock().unwrap().remove(&fh);
+        if let Some(f) = &file {
+            self.unreserve(f.ino());
+        }
         if let Some(OpenFile::Cached { hydration, .. }) = file {
             self.cache.close_entry(hydration.identity());
             // Reads can finish before the last record is written; a hydration still

@@ -90,6 +90,10 @@ pub struct OssFs {
     cache: Arc<Cache>,
     ns: Mutex<Namespace>,
     files: Mutex<HashMap<u64, OpenFile>>,
+    /// The version each inode is open as, and by how many handles (opening or open): taken
+    /// in one step with the check, so two opens that see different versions can never
+    /// both land on one inode (the later one gets a new inode).
+    open_versions: Mutex<HashMap<u64, (String, usize)>>,
     dirs: Mutex<HashMap<u64, namespace::DirHandle>>,
     listings_in_flight: listing::InFlight,
     /// What the direct readers of this mount share: the store, the mount's connection
@@ -115,6 +119,7 @@ impl OssFs {
             cache,
             ns: Mutex::new(ns),
             files: Mutex::new(HashMap::new()),
+            open_versions: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             listings_in_flight: Default::default(),
             direct,
