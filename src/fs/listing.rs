@@ -125,6 +125,35 @@ impl Entries {
     }
 }
 
+/// Ends a listing whose task ended without ending it (a panic, an abort).
+struct Unfinished {
+    fs: Option<(Arc<OssFs>, u64)>,
+    entries: Arc<Entries>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some((fs, dir)) = self.fs.take() else {
+            return;
+        };
+        let mut in_flight = fs.listings_in_flight.lock().unwrap();
+        if in_flight
+            .get(&dir)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entries))
+        {
+            in_flight.remove(&dir);
+        }
+        drop(in_flight);
+        self.entries.end(Err((
+            "listing".into(),
+            StoreError::new(
+                StoreErrorKind::Transient,
+                "the listing task ended before the listing did".to_string(),
+            ),
+        )));
+    }
+}
+
 /// Listings in flight, by directory inode.
 pub(super) type InFlight = Mutex<HashMap<u64, Arc<Entries>>>;
 
@@ -211,7 +240,14 @@ impl OssFs {
         };
         let (fs, e) = (self.clone(), entries.clone());
         tokio::spawn(async move {
+            // A listing task that panics (or is aborted) still ends its listing, with an
+            // error, and leaves the in-flight map: its directory is never stuck waiting.
+            let mut unfinished = Unfinished {
+                fs: Some((fs.clone(), dir)),
+                entries: e.clone(),
+            };
             let outcome = fs.list_pages(dir, number, &prefix, &e).await;
+            unfinished.fs = None;
             // Installed before it leaves the in-flight map, so no one starts a second.
             if outcome.is_ok() {
                 fs.ns.lock().unwrap().listings.insert(
