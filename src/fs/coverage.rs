@@ -15,6 +15,9 @@ pub struct Coverage {
     /// Start → end of disjoint, non-touching ranges.
     ranges: BTreeMap<u64, u64>,
     overflowed: bool,
+    /// The kernel kept its page cache for this handle: it may serve bytes the handle never
+    /// sees, so reaching the end may be all there is to see of a whole read.
+    kernel_cached: bool,
 }
 
 impl Coverage {
@@ -42,6 +45,32 @@ impl Coverage {
             self.overflowed = true;
             self.ranges.clear();
         }
+    }
+
+    /// The kernel may serve this handle from its page cache (`keep_cache`).
+    pub fn kernel_cached() -> Coverage {
+        Coverage {
+            kernel_cached: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this handle cannot see every byte it is served (see `kernel_cached`).
+    pub fn is_partial_view(&self) -> bool {
+        self.kernel_cached || self.overflowed
+    }
+
+    /// Notes `r` as served and tells whether that made the object whole for this handle
+    /// (past `MAX_RANGES`, any range that reaches the end counts: the safe side).
+    pub fn insert_completing(&mut self, r: Range<u64>, size: u64) -> bool {
+        if self.overflowed {
+            return r.end >= size;
+        }
+        self.insert(r.clone());
+        if self.overflowed {
+            return r.end >= size;
+        }
+        self.is_whole(size)
     }
 
     /// Whether every byte of `[0, size)` was served (never, once it stopped keeping track).

@@ -223,6 +223,9 @@ impl OssFs {
             n.identity = Some(Box::new((id, Instant::now())));
             (keep, changed)
         };
+        if let (OpenFile::Cached { served, .. }, true) = (&file, keep_cache) {
+            *served.lock().unwrap() = Coverage::kernel_cached();
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let complete_file = match &file {
             OpenFile::Cached { hydration, .. } if hydration.is_complete() => {
@@ -275,11 +278,28 @@ impl OssFs {
         h.note_read(offset..end);
         let deadline = self.cfg.read_deadline;
         let started = Instant::now();
-        // The read that finishes the object for this handle (every other byte was served)
-        // waits for the whole-object check; one that merely reaches the end does not.
-        let finishes = served.lock().unwrap().completes(&(offset..end), total);
-        let waited =
-            tokio::time::timeout(deadline, self.wait_for_bytes(&h, offset..end, finishes)).await;
+        let waited = tokio::time::timeout(deadline, async {
+            let missed = self.wait_for_bytes(&h, offset..end).await?;
+            // The read that completes the object for this handle (every other byte served or
+            // being served) waits for the whole-object check; one that merely reaches the end
+            // (a footer) does not. Noted and judged in one step, so of reads in flight at
+            // once, the last to get here is the one that waits.
+            let completes = {
+                let mut served = served.lock().unwrap();
+                let whole = served.insert_completing(offset..end, total);
+                // A handle that cannot see every byte (the kernel kept its page cache) waits
+                // at the end whenever the object is being fetched whole, as a safe default.
+                whole
+                    || (served.is_partial_view()
+                        && end == total
+                        && (h.fetches_all() || h.all_fetched()))
+            };
+            if completes {
+                h.wait_verified().await.map_err(FsError::Hydrate)?;
+            }
+            Ok(missed)
+        })
+        .await;
         let outcome = match waited {
             Ok(Ok(true)) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -308,22 +328,14 @@ impl OssFs {
                 tracing::warn!("reading the cache file failed: {e}");
                 FsError::Cache(format!("reading the cache file failed: {e}"))
             })?;
-        served.lock().unwrap().insert(offset..end);
         self.stats
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
 
-    /// Waits until `range` is readable and checked, and for the read that `finishes` the
-    /// object for its handle, until the whole object passed its CRC-64 check. True when it
-    /// had to wait for parts.
-    async fn wait_for_bytes(
-        &self,
-        h: &Hydration,
-        range: Range<u64>,
-        finishes: bool,
-    ) -> Result<bool, FsError> {
+    /// Waits until `range` is readable and checked. True when it had to wait for parts.
+    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<bool, FsError> {
         if let Some(e) = h.failure().filter(|e| e.is_corrupt()) {
             return Err(FsError::Hydrate(e));
         }
@@ -346,9 +358,6 @@ impl OssFs {
             &self.stats.cache_hits
         };
         stat.fetch_add(1, Ordering::Relaxed);
-        if finishes {
-            h.wait_verified().await.map_err(FsError::Hydrate)?;
-        }
         Ok(missed)
     }
 

@@ -127,7 +127,8 @@ impl RangeReader {
             .map(|m| m.etag.as_str())
             .or(self.if_match.as_deref());
         if let Some(expected) = expected {
-            if expected != meta.etag {
+            // Quoted or not: the SDKs send If-Match unquoted.
+            if expected.trim_matches('"') != meta.etag.trim_matches('"') {
                 return Err(OssError::Service(Box::new(ServiceError {
                     status: 412,
                     code: "PreconditionFailed".into(),

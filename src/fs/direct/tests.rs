@@ -101,13 +101,14 @@ async fn readahead_stops_at_the_budget_and_starts_again_on_a_second_pass() {
     // A new pass from the start gets its windows fetched ahead again.
     let gets = store.counters.gets.load(Ordering::Relaxed);
     r.read(0, 100).await.unwrap();
-    let st = r.state.lock().unwrap();
-    assert_eq!(
-        st.by_start.keys().copied().collect::<Vec<_>>(),
-        vec![0, SMALL_WINDOW, 2 * SMALL_WINDOW]
-    );
-    assert!(st.sequential);
-    drop(st);
+    {
+        let st = r.state.lock().unwrap();
+        assert_eq!(
+            st.by_start.keys().copied().collect::<Vec<_>>(),
+            vec![0, SMALL_WINDOW, 2 * SMALL_WINDOW]
+        );
+        assert!(st.sequential);
+    }
     // The windows ahead start their GETs on their own tasks: wait for them (bounded).
     let started = std::time::Instant::now();
     while store.counters.gets.load(Ordering::Relaxed) < gets + 3
