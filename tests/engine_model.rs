@@ -143,6 +143,7 @@ async fn run_case(c: Case) -> Result<(), String> {
         fail_gets: c.fail_gets.iter().copied().collect(),
         truncate_gets: c.truncate_gets.clone(),
         change_after_gets: c.change_after_get.into_iter().collect(),
+        ..Default::default()
     });
     // The model: each version's bytes, by ETag (a change inverts every byte).
     let mut versions: HashMap<String, Vec<u8>> = HashMap::new();

@@ -381,12 +381,13 @@ impl Hydration {
         self.inner.tasks.lock().unwrap().abort_all();
         self.inner.notify();
         let mut records = self.inner.checkpoint_lock.lock().unwrap();
-        self.inner.writes_closed.store(true, Ordering::SeqCst);
-        // Records not yet made durable are, before the file is let go (unmount, eviction).
-        if let Some(file) = records.as_mut() {
-            if self.inner.layout.count() > 1 {
-                if let Err(e) = file.sync_due(Duration::ZERO, true) {
-                    tracing::warn!(key = %self.inner.id.key, "syncing the checkpoint failed: {e}");
+        // Parts that became durable but whose record no task wrote yet (it was aborted just
+        // now) are recorded, and every record made durable, before the file is let go
+        // (unmount, eviction): what readers already got is not fetched again.
+        if !self.inner.writes_closed.swap(true, Ordering::SeqCst) {
+            if let Some(path) = &self.inner.checkpoint_path {
+                if let Err(e) = self.inner.write_records(&mut records, path, true) {
+                    tracing::warn!(key = %self.inner.id.key, "recording the checkpoint failed: {e}");
                 }
             }
         }

@@ -136,60 +136,75 @@ impl Inner {
             if inner.writes_closed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            // A one-part object's record is cheap to lose (one GET), not worth an fsync.
-            let durable = inner.layout.count() > 1;
-            match records.as_mut() {
-                Some(file) => {
-                    let (changes, recorded) = {
-                        let st = inner.state.lock().unwrap();
-                        let changes: Vec<(usize, Option<u64>)> = st
-                            .present
-                            .symmetric_difference(&st.recorded)
-                            .map(|part| (part, st.present[part].then(|| st.part_crc[part])))
-                            .collect();
-                        let mut recorded = st.recorded.clone();
-                        for (part, crc) in &changes {
-                            recorded.set(*part, crc.is_some());
-                        }
-                        (changes, recorded)
-                    };
-                    if let Some(probe) = &inner.cfg.probe {
-                        probe.recording(&recorded, inner.layout);
-                    }
-                    for (part, crc) in &changes {
-                        file.set(*part, *crc)?;
-                    }
-                    // Records are made durable together, a second apart at most; the one that
-                    // completes the object at once.
-                    if durable {
-                        file.sync_due(RECORD_SYNC_EVERY, recorded.is_full())?;
-                        if file.is_unsynced() {
-                            inner.sync_records_later();
-                        }
-                    }
-                    let mut st = inner.state.lock().unwrap();
-                    for (part, crc) in changes {
-                        st.recorded.set(part, crc.is_some());
-                    }
-                }
-                None => {
-                    let record = inner.snapshot();
-                    if let Some(probe) = &inner.cfg.probe {
-                        probe.recording(&record.present, inner.layout);
-                    }
-                    *records = Some(super::checkpoint::RecordFile::create(
-                        &record,
-                        &p,
-                        durable,
-                        inner.cfg.storage.as_ref(),
-                    )?);
-                    inner.state.lock().unwrap().recorded = record.present;
-                }
-            }
-            Ok(())
+            inner.write_records(&mut records, &p, false)
         })
         .await
         .expect("checkpoint writer does not panic")
         .map_err(|source| HydrateError::Io { path, source })
+    }
+
+    /// Writes the records of parts that changed since the last write (or the whole record
+    /// the first time), with `checkpoint_lock` held. `last`: the hydration stops: records are
+    /// synced now, and no timer is left behind.
+    pub(super) fn write_records(
+        self: &Arc<Self>,
+        records: &mut Option<super::checkpoint::RecordFile>,
+        path: &std::path::Path,
+        last: bool,
+    ) -> std::io::Result<()> {
+        // A one-part object's record is cheap to lose (one GET), not worth an fsync.
+        let durable = self.layout.count() > 1;
+        match records.as_mut() {
+            Some(file) => {
+                let (changes, recorded) = {
+                    let st = self.state.lock().unwrap();
+                    let changes: Vec<(usize, Option<u64>)> = st
+                        .present
+                        .symmetric_difference(&st.recorded)
+                        .map(|part| (part, st.present[part].then(|| st.part_crc[part])))
+                        .collect();
+                    let mut recorded = st.recorded.clone();
+                    for (part, crc) in &changes {
+                        recorded.set(*part, crc.is_some());
+                    }
+                    (changes, recorded)
+                };
+                if let Some(probe) = &self.cfg.probe {
+                    probe.recording(&recorded, self.layout);
+                }
+                for (part, crc) in &changes {
+                    file.set(*part, *crc)?;
+                }
+                // Records are made durable together, a second apart at most; the one that
+                // completes the object at once.
+                if durable {
+                    file.sync_due(RECORD_SYNC_EVERY, last || recorded.is_full())?;
+                    if file.is_unsynced() && !last {
+                        self.sync_records_later();
+                    }
+                }
+                let mut st = self.state.lock().unwrap();
+                for (part, crc) in changes {
+                    st.recorded.set(part, crc.is_some());
+                }
+            }
+            None => {
+                let record = self.snapshot();
+                if last && record.present.is_clear() {
+                    return Ok(()); // nothing worth resuming
+                }
+                if let Some(probe) = &self.cfg.probe {
+                    probe.recording(&record.present, self.layout);
+                }
+                *records = Some(super::checkpoint::RecordFile::create(
+                    &record,
+                    path,
+                    durable,
+                    self.cfg.storage.as_ref(),
+                )?);
+                self.state.lock().unwrap().recorded = record.present;
+            }
+        }
+        Ok(())
     }
 }

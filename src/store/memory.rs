@@ -37,6 +37,10 @@ pub struct MemoryFaults {
     /// GETs after which the object is replaced by a new version whose every byte is
     /// inverted (the GET itself is served from the version it found).
     pub change_after_gets: HashSet<u64>,
+    /// Each body chunk (of `chunk` bytes; 0: the store's default) arrives this long after
+    /// the one before: a stream slow enough for readers to land inside parts still arriving.
+    pub chunk_delay: std::time::Duration,
+    pub chunk: usize,
 }
 
 /// Counters of what was asked.
@@ -179,7 +183,12 @@ impl ObjectStore for MemoryStore {
             }
         }
         let mut stalled = self.stalled.subscribe();
-        let chunk = self.chunk;
+        let chunk = if faults.chunk > 0 {
+            faults.chunk
+        } else {
+            self.chunk
+        };
+        let delay = faults.chunk_delay;
         let cut = faults
             .truncate_gets
             .iter()
@@ -206,7 +215,12 @@ impl ObjectStore for MemoryStore {
                 }
             })
             .filter_map(|_| async { None })
-            .chain(stream),
+            .chain(stream.then(move |chunk| async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                chunk
+            })),
         )
     }
 
@@ -364,6 +378,7 @@ mod tests {
             fail_gets: [2].into(),
             truncate_gets: vec![(3, 1000)],
             change_after_gets: [4].into(),
+            ..Default::default()
         });
         let e = read_all(m.get_range("b", "k", 0..10, None))
             .await
