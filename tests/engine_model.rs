@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +25,9 @@ use ossmount::hydrate::{
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::ObjectStore;
 use proptest::prelude::*;
+
+mod common;
+use common::model::{recorded_parts_are_exact, run_bounded};
 
 #[derive(Default)]
 struct Probe {
@@ -107,25 +109,6 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
     ossmount::sample::bytes(seed, len as usize)
-}
-
-/// Every part the checkpoint at `ckpt` records holds exactly `want`'s bytes.
-fn recorded_parts_are_exact(ckpt: &Path, data: &Path, want: &[u8]) -> Result<(), String> {
-    let Ok(c) = Checkpoint::load(ckpt) else {
-        return Ok(()); // no record (yet): nothing is claimed
-    };
-    let layout = c.layout();
-    let file = std::fs::read(data).map_err(|e| e.to_string())?;
-    for p in c.present.ones() {
-        let r = layout.range(p);
-        let (s, e) = (r.start as usize, r.end as usize);
-        if file.get(s..e) != want.get(s..e) {
-            return Err(format!(
-                "checkpoint records part {p} ({r:?}) but its bytes differ"
-            ));
-        }
-    }
-    Ok(())
 }
 
 async fn run_case(c: Case) -> Result<(), String> {
@@ -257,16 +240,8 @@ proptest! {
 
     #[test]
     fn the_engine_matches_the_model(c in case()) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), run_case(c.clone())).await });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => prop_assert!(false, "{e} in {c:?}"),
-            Err(_) => prop_assert!(false, "timed out: {c:?}"),
+        if let Err(e) = run_bounded(Duration::from_secs(60), run_case(c.clone())) {
+            prop_assert!(false, "{e} in {c:?}");
         }
     }
 }
@@ -382,16 +357,8 @@ proptest! {
 
     #[test]
     fn a_power_cut_at_any_write_leaves_no_record_of_missing_bytes(c in power_case()) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), run_power_cut(c.clone())).await });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => prop_assert!(false, "{e} in {c:?}"),
-            Err(_) => prop_assert!(false, "timed out: {c:?}"),
+        if let Err(e) = run_bounded(Duration::from_secs(60), run_power_cut(c.clone())) {
+            prop_assert!(false, "{e} in {c:?}");
         }
     }
 }

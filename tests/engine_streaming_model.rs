@@ -20,6 +20,9 @@ use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::ObjectStore;
 use proptest::prelude::*;
 
+mod common;
+use common::model::{recorded_parts_are_exact, run_bounded};
+
 #[derive(Debug, Clone)]
 struct Case {
     size: u64,
@@ -218,36 +221,15 @@ async fn run_case(c: Case) -> Result<(), String> {
             let whole = read(&h, 0..c.size).await;
             h.shutdown().await;
             match whole {
-                Ok(got) if got == want => return check_records(&ckpt, &data, &want),
+                Ok(got) if got == want => return recorded_parts_are_exact(&ckpt, &data, &want),
                 Ok(_) => return Err(format!("the whole read got wrong bytes (run {run})")),
                 Err(_) => {} // a changed object or failed parts: start again
             }
         }
-        check_records(&ckpt, &data, &want)?;
+        recorded_parts_are_exact(&ckpt, &data, &want)?;
     }
     // Faults ended at run 5: by now the object must read whole.
     Err("no run read the whole object".into())
-}
-
-/// Every part the checkpoint records holds exactly its bytes.
-fn check_records(
-    ckpt: &std::path::Path,
-    data: &std::path::Path,
-    want: &[u8],
-) -> Result<(), String> {
-    let Ok(c) = Checkpoint::load(ckpt) else {
-        return Ok(());
-    };
-    let file = std::fs::read(data).map_err(|e| e.to_string())?;
-    let layout = c.layout();
-    for p in c.present.ones() {
-        let r = layout.range(p);
-        if file.get(r.start as usize..r.end as usize) != want.get(r.start as usize..r.end as usize)
-        {
-            return Err(format!("part {p} is recorded but its bytes differ"));
-        }
-    }
-    Ok(())
 }
 
 proptest! {
@@ -255,16 +237,8 @@ proptest! {
 
     #[test]
     fn reads_at_random_offsets_get_exact_bytes_or_an_error(c in case()) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(90), run_case(c.clone())).await });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => prop_assert!(false, "{e} in {c:?}"),
-            Err(_) => prop_assert!(false, "timed out: {c:?}"),
+        if let Err(e) = run_bounded(Duration::from_secs(90), run_case(c.clone())) {
+            prop_assert!(false, "{e} in {c:?}");
         }
     }
 }

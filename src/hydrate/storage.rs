@@ -47,13 +47,7 @@ pub struct Local;
 
 impl Storage for Local {
     fn open(&self, path: &Path, mode: u32, size: Option<u64>) -> io::Result<Arc<dyn EngineFile>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(path)?;
+        let file = open_rw(path, mode)?;
         if let Some(size) = size {
             if file.metadata()?.len() != size {
                 file.set_len(size)?;
@@ -87,6 +81,17 @@ impl Storage for Local {
         }
         result
     }
+}
+
+/// Opens `path` for reading and writing, created with `mode` if missing, never truncated.
+fn open_rw(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(path)
 }
 
 /// A temp name no other writer uses, in this process or another.
@@ -285,13 +290,7 @@ impl Storage for Arc<PowerCut> {
         if sim.cut {
             return Err(io::Error::other("power cut (simulated)"));
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(path)?;
+        let file = open_rw(path, mode)?;
         // What is there when it is opened counts as durable: it survived the last cut, or
         // was made durable by a rename after fsync (a checkpoint's header).
         let durable = std::fs::read(path)?;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod model;
 pub mod mount;
 pub mod soak;
 pub mod soak_reader;

@@ -1,0 +1,45 @@
+//! What the engine's model tests share: running one generated case on its own runtime within
+//! a bound, and the check that every part a checkpoint records holds exactly its bytes.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use ossmount::hydrate::Checkpoint;
+
+/// Runs one case on a fresh two-worker runtime; a case that does not end within `limit`
+/// is a failure, not a hang.
+pub fn run_bounded(
+    limit: Duration,
+    case: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match rt.block_on(async { tokio::time::timeout(limit, case).await }) {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("timed out after {limit:?}")),
+    }
+}
+
+/// Every part the checkpoint at `ckpt` records holds exactly `want`'s bytes (no checkpoint:
+/// nothing is claimed).
+pub fn recorded_parts_are_exact(ckpt: &Path, data: &Path, want: &[u8]) -> Result<(), String> {
+    let Ok(c) = Checkpoint::load(ckpt) else {
+        return Ok(());
+    };
+    let layout = c.layout();
+    let file = std::fs::read(data).map_err(|e| e.to_string())?;
+    for p in c.present.ones() {
+        let r = layout.range(p);
+        let (s, e) = (r.start as usize, r.end as usize);
+        if file.get(s..e) != want.get(s..e) {
+            return Err(format!(
+                "checkpoint records part {p} ({r:?}) but its bytes differ"
+            ));
+        }
+    }
+    Ok(())
+}
