@@ -228,13 +228,7 @@ impl PowerCut {
     /// Runs one operation: counts it, cuts the power when its turn has come.
     fn op<T>(&self, path: &Path, f: impl FnOnce(&mut Image) -> io::Result<T>) -> io::Result<T> {
         let mut sim = self.sim.lock().unwrap();
-        sim.ops += 1;
-        if !sim.cut && sim.ops >= sim.cut_at {
-            sim.cut();
-        }
-        if sim.cut {
-            return Err(io::Error::other("power cut (simulated)"));
-        }
+        sim.count_op()?;
         let image = sim
             .files
             .get_mut(path)
@@ -244,6 +238,19 @@ impl PowerCut {
 }
 
 impl Sim {
+    /// Counts one operation and cuts the power when its turn has come; after the cut every
+    /// operation fails.
+    fn count_op(&mut self) -> io::Result<()> {
+        self.ops += 1;
+        if !self.cut && self.ops >= self.cut_at {
+            self.cut();
+        }
+        if self.cut {
+            return Err(io::Error::other("power cut (simulated)"));
+        }
+        Ok(())
+    }
+
     fn next_random(&mut self) -> f64 {
         // xorshift64: enough to pick survivors, repeatable from the seed.
         self.rng ^= self.rng << 13;
@@ -320,13 +327,7 @@ impl Storage for Arc<PowerCut> {
 
     fn replace(&self, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
         let mut sim = self.sim.lock().unwrap();
-        sim.ops += 1;
-        if !sim.cut && sim.ops >= sim.cut_at {
-            sim.cut();
-        }
-        if sim.cut {
-            return Err(io::Error::other("power cut (simulated)"));
-        }
+        sim.count_op()?;
         Local.replace(path, bytes, false)?;
         let file = Arc::new(
             std::fs::OpenOptions::new()
