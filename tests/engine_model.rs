@@ -19,15 +19,15 @@ use std::time::Duration;
 use fixedbitset::FixedBitSet;
 use ossmount::hydrate::storage::PowerCut;
 use ossmount::hydrate::{
-    Checkpoint, ConnectionLimiter, DurabilityProbe, HydrateError, Hydration, HydrationConfig,
-    HydrationFiles, ObjectIdentity, PartLayout,
+    ConnectionLimiter, DurabilityProbe, HydrateError, Hydration, HydrationConfig, HydrationFiles,
+    ObjectIdentity, PartLayout,
 };
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::ObjectStore;
 use proptest::prelude::*;
 
 mod common;
-use common::model::{recorded_parts_are_exact, run_bounded};
+use common::model::{recorded_parts_are_exact, resume_or_clear, run_bounded};
 
 #[derive(Default)]
 struct Probe {
@@ -149,13 +149,7 @@ async fn run_case(c: Case) -> Result<(), String> {
             .clone();
         latest = want.clone();
         let id = ObjectIdentity::from_meta("b", "k", &meta);
-        let resume = Checkpoint::load(&ckpt)
-            .ok()
-            .filter(|r| r.check_identity("mem://model", &id, &data).is_ok());
-        if resume.is_none() {
-            let _ = std::fs::remove_file(&ckpt);
-            let _ = std::fs::remove_file(&data);
-        }
+        let resume = resume_or_clear("mem://model", &id, &ckpt, &data);
         let files = HydrationFiles {
             data: data.clone(),
             checkpoint: Some(ckpt.clone()),
@@ -324,13 +318,7 @@ async fn run_power_cut(c: PowerCase) -> Result<(), String> {
     recorded_parts_are_exact(&ckpt, &data, &want).map_err(|e| format!("after the cut: {e}"))?;
 
     // The next start resumes from what survived, on local files, and must end exact.
-    let resume = Checkpoint::load(&ckpt)
-        .ok()
-        .filter(|r| r.check_identity("mem://power", &id, &data).is_ok());
-    if resume.is_none() {
-        let _ = std::fs::remove_file(&ckpt);
-        let _ = std::fs::remove_file(&data);
-    }
+    let resume = resume_or_clear("mem://power", &id, &ckpt, &data);
     let h = Hydration::start(
         store_dyn,
         id.clone(),

@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ossmount::hydrate::{
-    Checkpoint, ConnectionLimiter, FetchMode, Hydration, HydrationConfig, HydrationFiles,
-    ObjectIdentity,
+    ConnectionLimiter, FetchMode, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::ObjectStore;
 use proptest::prelude::*;
 
 mod common;
-use common::model::{recorded_parts_are_exact, run_bounded};
+use common::model::{recorded_parts_are_exact, resume_or_clear, run_bounded};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -162,13 +161,7 @@ async fn run_case(c: Case) -> Result<(), String> {
             .clone();
         latest = want.clone();
         let id = ObjectIdentity::from_meta("b", "k", &meta);
-        let resume = Checkpoint::load(&ckpt)
-            .ok()
-            .filter(|r| r.check_identity("mem://stream", &id, &data).is_ok());
-        if resume.is_none() {
-            let _ = std::fs::remove_file(&ckpt);
-            let _ = std::fs::remove_file(&data);
-        }
+        let resume = resume_or_clear("mem://stream", &id, &ckpt, &data);
         let body = (c.supply && c.size <= c.part_size).then(|| bytes::Bytes::from(want.clone()));
         let h = Hydration::start_with(
             store_dyn.clone(),

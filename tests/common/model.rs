@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use ossmount::hydrate::Checkpoint;
+use ossmount::hydrate::{Checkpoint, ObjectIdentity};
 
 /// Runs one case on a fresh two-worker runtime; a case that does not end within `limit`
 /// is a failure, not a hang.
@@ -22,6 +22,24 @@ pub fn run_bounded(
         Ok(outcome) => outcome,
         Err(_) => Err(format!("timed out after {limit:?}")),
     }
+}
+
+/// The checkpoint to resume `id` from, as the cache does: the one at `ckpt` if it is for
+/// this version and data file, else none, and the entry's files are removed to start clean.
+pub fn resume_or_clear(
+    location: &str,
+    id: &ObjectIdentity,
+    ckpt: &Path,
+    data: &Path,
+) -> Option<Checkpoint> {
+    let resume = Checkpoint::load(ckpt)
+        .ok()
+        .filter(|r| r.check_identity(location, id, data).is_ok());
+    if resume.is_none() {
+        let _ = std::fs::remove_file(ckpt);
+        let _ = std::fs::remove_file(data);
+    }
+    resume
 }
 
 /// Every part the checkpoint at `ckpt` records holds exactly `want`'s bytes (no checkpoint:
