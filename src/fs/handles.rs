@@ -93,7 +93,12 @@ impl OssFs {
         }
         // A fresh listing that shows the same version as a complete cache entry needs no
         // HEAD: prefetched or earlier-hydrated files open without any request.
-        let complete_entry = self.cache.cached_identity(&self.cfg.bucket, &key);
+        // (Read from the entry's checkpoint only when it can change the answer: no known
+        // identity yet, or a small file that would otherwise be fetched whole.)
+        let small_limit = self.cache.part_size();
+        let complete_entry = (cached.is_none() || listed_size <= small_limit)
+            .then(|| self.cache.cached_identity(&self.cfg.bucket, &key))
+            .flatten();
         if cached.is_none() {
             if let Some(id) = complete_entry.as_ref() {
                 if id.etag == listed_etag && id.size == listed_size {
@@ -103,7 +108,6 @@ impl OssFs {
         }
         // A small file whose bytes are all cached is asked whether it changed (a HEAD), not
         // fetched again: the body of a GET would be billed egress for bytes already here.
-        let small_limit = self.cache.part_size();
         let answer = if listed_size <= small_limit && complete_entry.is_none() {
             self.stats.small_gets.fetch_add(1, Ordering::Relaxed);
             self.store
