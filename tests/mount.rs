@@ -613,6 +613,13 @@ async fn complete_files_are_read_through_kernel_passthrough() {
                 .unwrap()
                 == expect));
             drop(held);
+            // Every byte read is not yet complete: the last record may still be on its way.
+            assert!(wait_until(Duration::from_secs(10), || getxattr(
+                &p,
+                "user.ossmount.cached"
+            )
+            .as_deref()
+                == Some("complete")));
             // Complete and nothing open: two concurrent opens share one backing file.
             let a = std::fs::File::open(&p).unwrap();
             let b = std::fs::read(&p).unwrap();
