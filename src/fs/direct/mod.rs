@@ -26,7 +26,7 @@ use super::{FsError, OssFs};
 
 pub use budget::{WindowBudget, DEFAULT_DIRECT_MEMORY};
 pub(crate) use window::Shared;
-use window::{Fetcher, Window};
+use window::{Fetcher, Reading, Window};
 
 /// The window size: one ranged GET each.
 pub(crate) const WINDOW: u64 = 8 << 20;
@@ -127,8 +127,7 @@ impl DirectReader {
             if !demand {
                 return None;
             }
-            // Only the map holds a window no read waits for.
-            st.by_start.retain(|_, w| Arc::strong_count(w) > 1);
+            st.by_start.retain(|_, w| !w.is_idle());
             claim = budget.try_claim(end - start);
         }
         let w = Window::start(&self.fetcher, start..end, demand, claim);
@@ -138,7 +137,7 @@ impl DirectReader {
 
     /// The window holding `at`, started if none does, with the windows ahead of a sequential
     /// reader started too (as far as the budget allows) and the far ones dropped.
-    fn window_for(&self, at: u64, end: u64) -> Arc<Window> {
+    fn window_for(&self, at: u64, end: u64) -> Reading {
         let mut st = self.state.lock().unwrap();
         // Reads arrive a little out of order (the kernel's readahead, several FUSE threads):
         // anything within a window of where the last one ended is near.
@@ -160,7 +159,7 @@ impl DirectReader {
         );
         st.by_start
             .retain(|_, w| w.range.end > low && w.range.start < high);
-        let current = match st.holding(at) {
+        let current = Reading::new(&match st.holding(at) {
             Some(w) => w.clone(),
             None => {
                 // From the reader's page (or where the window before it ends, so none overlap).
@@ -172,7 +171,7 @@ impl DirectReader {
                 self.open_window(&mut st, (at / PAGE * PAGE).max(after_previous), true)
                     .expect("a window a read waits for always starts")
             }
-        };
+        });
         // A near read in another window than the last one: the reader crossed a boundary.
         if near && st.last_window != current.range.start {
             st.sequential = true;
@@ -245,8 +244,7 @@ impl DirectReader {
     fn give_back_if_waiting(&self) {
         let mut st = self.state.lock().unwrap();
         if st.by_start.values().any(|w| !w.has_memory()) {
-            // Only the map holds a window no read waits on.
-            st.by_start.retain(|_, w| Arc::strong_count(w) > 1);
+            st.by_start.retain(|_, w| !w.is_idle());
         }
     }
 

@@ -4,7 +4,8 @@
 //! and the window's CRC-64 computed as it streams. Must not decide which windows exist (the
 //! reader does) nor hold a connection while it waits for anything but the server.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::watch;
@@ -40,7 +41,36 @@ pub(super) struct Window {
     /// The window's bytes of the memory budget, from when its fetch may start until it is
     /// dropped.
     claim: Mutex<Option<Claim>>,
+    /// Reads that wait on (or copy from) this window now. Counted explicitly: the window's
+    /// `Arc` count is no measure of it, since the fetch task holds the window for a moment
+    /// at each chunk it stores.
+    readers: AtomicUsize,
     fetch: OnceLock<AbortHandle>,
+}
+
+/// A read's hold on a window: while one exists the reader keeps the window and its memory.
+/// Taken under the reader's state lock (`DirectReader::window_for`), so a window a read is
+/// about to wait on is never taken for idle.
+pub(super) struct Reading(Arc<Window>);
+
+impl Reading {
+    pub(super) fn new(w: &Arc<Window>) -> Reading {
+        w.readers.fetch_add(1, Ordering::AcqRel);
+        Reading(w.clone())
+    }
+}
+
+impl Deref for Reading {
+    type Target = Arc<Window>;
+    fn deref(&self) -> &Arc<Window> {
+        &self.0
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Clone, Default)]
@@ -73,6 +103,7 @@ impl Window {
             progress: watch::channel(Progress::default()).0,
             demanded,
             claim: Mutex::new(claim),
+            readers: AtomicUsize::new(0),
             fetch: OnceLock::new(),
         });
         let task = tokio::spawn(stream_window(
@@ -94,6 +125,11 @@ impl Window {
     /// Whether the window got its memory (a window a read waits for may still wait for it).
     pub(super) fn has_memory(&self) -> bool {
         self.claim.lock().unwrap().is_some()
+    }
+
+    /// No read waits on the window: the reader may drop it to give its memory back.
+    pub(super) fn is_idle(&self) -> bool {
+        self.readers.load(Ordering::Acquire) == 0
     }
 
     pub(super) fn len(&self) -> u64 {
