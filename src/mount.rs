@@ -1,8 +1,11 @@
 //! Wiring a mount together: check what the user gave (mountpoint, cache dir, credentials and
 //! bucket with one request), open the cache, build the filesystem, run the FUSE session until
 //! it is unmounted (`umount`, SIGINT or SIGTERM), then stop hydrations with their checkpoints
-//! consistent and log the mount's counters.
+//! consistent and log the mount's counters. The mount point may be `/dev/fd/N`, a
+//! `/dev/fuse` descriptor an orchestrator mounted itself: then this process only serves it,
+//! and never mounts or unmounts anything.
 
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,7 +104,43 @@ impl MountOptions {
     }
 }
 
+/// The descriptor of a mount point given as `/dev/fd/N` (or `/proc/self/fd/N`): a
+/// `/dev/fuse` descriptor an orchestrator opened, mounted with mount(2) `fd=N`, and let this
+/// process inherit.
+pub fn fuse_fd(mountpoint: &Path) -> Option<std::os::fd::RawFd> {
+    let s = mountpoint.to_str()?;
+    let n = s
+        .strip_prefix("/dev/fd/")
+        .or_else(|| s.strip_prefix("/proc/self/fd/"))?;
+    n.parse().ok().filter(|n| *n >= 0)
+}
+
+/// `/dev/fuse` is character device 10:229.
+fn check_fuse_fd(path: &Path, fd: std::os::fd::RawFd) -> Result<()> {
+    let how = "the orchestrator opens /dev/fuse, mounts it with mount(2) -o fd=N, and starts \
+               ossmount with that descriptor inherited";
+    // SAFETY: fstat of a descriptor number writes only into `st`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        bail!(
+            "{} is not an open descriptor ({}): {how}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    let is_fuse = st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && libc::major(st.st_rdev) == 10
+        && libc::minor(st.st_rdev) == 229;
+    if !is_fuse {
+        bail!("{} is not a /dev/fuse descriptor: {how}", path.display());
+    }
+    Ok(())
+}
+
 pub fn check_mountpoint(path: &Path) -> Result<()> {
+    if let Some(fd) = fuse_fd(path) {
+        return check_fuse_fd(path, fd);
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => bail!("mountpoint {} is not a directory", path.display()),
@@ -231,12 +270,25 @@ pub fn run_mount(
         passthrough: opts.passthrough,
         tuning: opts.fuse,
     };
-    let mut session = fuse::mount(fs.clone(), rt.clone(), &opts.mountpoint, &kernel)
+    let target = match fuse_fd(&opts.mountpoint) {
+        // SAFETY: check_mountpoint proved it an open /dev/fuse descriptor, handed to this
+        // process to serve; nothing else here uses it.
+        Some(fd) => fuse::Target::Fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        None => fuse::Target::Path(&opts.mountpoint),
+    };
+    let mut session = fuse::mount(fs.clone(), rt.clone(), target, &kernel)
         .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;
+    // The session serves on its own thread; this one waits for whichever ends the mount
+    // first: the session (umount, or an unmount after a signal), or a signal on a
+    // handed-in descriptor, which this process cannot unmount (its orchestrator does; the
+    // connection closes when this process exits).
+    let (ended, end) = std::sync::mpsc::channel();
+    let owns_mount = session.owns_mount();
     let unmounter = Arc::new(Mutex::new(session.unmounter()));
     let signal_task = rt.spawn({
         let unmounter = unmounter.clone();
         let mountpoint = opts.mountpoint.clone();
+        let ended = ended.clone();
         async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -246,7 +298,9 @@ pub fn run_mount(
                 _ = int.recv() => {}
             }
             tracing::info!("signal received, unmounting {}", mountpoint.display());
-            if let Err(e) = unmounter.lock().unwrap().unmount() {
+            if !owns_mount {
+                let _ = ended.send(SessionEnd::Signal);
+            } else if let Err(e) = unmounter.lock().unwrap().unmount() {
                 tracing::warn!("unmount failed: {e}");
             }
         }
@@ -285,7 +339,16 @@ pub fn run_mount(
                 }),
         )
     });
-    let result = session.run();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = ended.send(SessionEnd::Session(session.run()));
+        })
+        .context("cannot start the FUSE session thread")?;
+    let result = match end.recv() {
+        Ok(SessionEnd::Session(r)) => r,
+        Ok(SessionEnd::Signal) | Err(_) => Ok(()),
+    };
     if let Some(t) = adapt_task {
         t.abort();
     }
@@ -305,6 +368,13 @@ pub fn run_mount(
         fs.stats_line()
     );
     result.with_context(|| format!("the FUSE session on {} failed", opts.mountpoint.display()))
+}
+
+/// What ended a mount's session.
+enum SessionEnd {
+    Session(std::io::Result<()>),
+    /// SIGTERM or SIGINT on a handed-in descriptor.
+    Signal,
 }
 
 /// Refreshes `<cache>/status.json` for `ossmount status`.

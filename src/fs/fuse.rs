@@ -56,9 +56,21 @@ impl Default for FuseTuning {
     }
 }
 
+/// Where the kernel meets the session.
+pub enum Target<'a> {
+    /// A directory this process mounts on (and unmounts when asked).
+    Path(&'a Path),
+    /// A `/dev/fuse` descriptor an orchestrator opened and mounted with mount(2) `fd=N`
+    /// (the CSI drivers' contract): this process only serves it; it never mounts or
+    /// unmounts anything, and the session ends when the orchestrator unmounts.
+    Fd(std::os::fd::OwnedFd),
+}
+
 /// A mounted FUSE session: `run` serves requests until the filesystem is unmounted.
 pub struct MountedSession {
     session: fuser::Session<FuseAdapter>,
+    /// Whether this process mounted it, so that an `Unmounter` can end it.
+    owns_mount: bool,
 }
 
 /// Ends a session from elsewhere (a signal handler).
@@ -75,17 +87,24 @@ impl MountedSession {
         Unmounter(self.session.unmount_callable())
     }
 
+    /// Whether an `Unmounter` can end the session (false for a handed-in descriptor: only
+    /// whoever mounted it can unmount it).
+    pub fn owns_mount(&self) -> bool {
+        self.owns_mount
+    }
+
     /// Serves until unmounted (`umount`, or an `Unmounter`).
     pub fn run(self) -> std::io::Result<()> {
         self.session.run()
     }
 }
 
-/// Mounts `fs` read-only on `mountpoint`; requests are answered on `rt`.
+/// Mounts `fs` read-only on `target` (or serves the descriptor handed in); requests are
+/// answered on `rt`. Returns once the kernel's INIT has been answered.
 pub fn mount(
     fs: Arc<OssFs>,
     rt: tokio::runtime::Handle,
-    mountpoint: &Path,
+    target: Target<'_>,
     kernel: &KernelMount,
 ) -> std::io::Result<MountedSession> {
     let mut config = fuser::Config::default();
@@ -108,9 +127,18 @@ pub fn mount(
     let mut adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
     adapter.tuning = kernel.tuning;
     let notifier = adapter.notifier.clone();
-    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    let (session, owns_mount) = match target {
+        Target::Path(mountpoint) => (fuser::Session::new(adapter, mountpoint, &config)?, true),
+        Target::Fd(fd) => {
+            let acl = config.acl;
+            (fuser::Session::from_fd(adapter, fd, acl, config)?, false)
+        }
+    };
     let _ = notifier.set(session.notifier());
-    Ok(MountedSession { session })
+    Ok(MountedSession {
+        session,
+        owns_mount,
+    })
 }
 
 pub struct FuseAdapter {
