@@ -579,6 +579,8 @@ async fn ownership_modes_and_allow_other_are_applied() {
         "{line}"
     );
     assert!(line.starts_with("ossmount:test-bucket "), "{line}");
+    // What supervisors check for readiness: the type names the filesystem.
+    assert_eq!(line.split(' ').nth(2), Some("fuse.ossmount"), "{line}");
     drop(m);
 }
 

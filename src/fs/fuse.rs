@@ -69,33 +69,61 @@ pub enum Target<'a> {
 /// A mounted FUSE session: `run` serves requests until the filesystem is unmounted.
 pub struct MountedSession {
     session: fuser::Session<FuseAdapter>,
-    /// Whether this process mounted it, so that an `Unmounter` can end it.
-    owns_mount: bool,
+    mounted_by: MountedBy,
+}
+
+/// Who made the kernel mount, and so how it is unmounted.
+enum MountedBy {
+    /// This process, with mount(2) as `fuse.ossmount` (root).
+    Own(Arc<Mutex<super::kernel::OwnMount>>),
+    /// fuser through fusermount3 (without the privilege to mount).
+    Fuser,
+    /// An orchestrator that handed the descriptor in: only it unmounts.
+    HandedIn,
 }
 
 /// Ends a session from elsewhere (a signal handler).
-pub struct Unmounter(fuser::SessionUnmounter);
+pub enum Unmounter {
+    Own(Arc<Mutex<super::kernel::OwnMount>>),
+    Fuser(fuser::SessionUnmounter),
+    HandedIn,
+}
 
 impl Unmounter {
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        self.0.unmount()
+        match self {
+            Unmounter::Own(m) => m.lock().unwrap().unmount(),
+            Unmounter::Fuser(u) => u.unmount(),
+            Unmounter::HandedIn => Ok(()),
+        }
     }
 }
 
 impl MountedSession {
     pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter(self.session.unmount_callable())
+        match &self.mounted_by {
+            MountedBy::Own(m) => Unmounter::Own(m.clone()),
+            MountedBy::Fuser => Unmounter::Fuser(self.session.unmount_callable()),
+            MountedBy::HandedIn => Unmounter::HandedIn,
+        }
     }
 
     /// Whether an `Unmounter` can end the session (false for a handed-in descriptor: only
     /// whoever mounted it can unmount it).
     pub fn owns_mount(&self) -> bool {
-        self.owns_mount
+        !matches!(self.mounted_by, MountedBy::HandedIn)
     }
 
-    /// Serves until unmounted (`umount`, or an `Unmounter`).
+    /// Serves until unmounted (`umount`, or an `Unmounter`); a mount this process made and
+    /// that is still there then (the session failed) is detached.
     pub fn run(self) -> std::io::Result<()> {
-        self.session.run()
+        let MountedSession {
+            session,
+            mounted_by,
+        } = self;
+        let result = session.run();
+        drop(mounted_by);
+        result
     }
 }
 
@@ -127,17 +155,31 @@ pub fn mount(
     let mut adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
     adapter.tuning = kernel.tuning;
     let notifier = adapter.notifier.clone();
-    let (session, owns_mount) = match target {
-        Target::Path(mountpoint) => (fuser::Session::new(adapter, mountpoint, &config)?, true),
-        Target::Fd(fd) => {
-            let acl = config.acl;
-            (fuser::Session::from_fd(adapter, fd, acl, config)?, false)
+    let acl = config.acl;
+    let (session, mounted_by) = match target {
+        Target::Path(mountpoint) => {
+            match super::kernel::mount(mountpoint, &kernel.fs_name, kernel.allow_other)? {
+                Some((fd, own)) => {
+                    // Unmounted (detached) if the kernel's INIT cannot be answered.
+                    let own = Arc::new(Mutex::new(own));
+                    let session = fuser::Session::from_fd(adapter, fd, acl, config)?;
+                    (session, MountedBy::Own(own))
+                }
+                None => (
+                    fuser::Session::new(adapter, mountpoint, &config)?,
+                    MountedBy::Fuser,
+                ),
+            }
         }
+        Target::Fd(fd) => (
+            fuser::Session::from_fd(adapter, fd, acl, config)?,
+            MountedBy::HandedIn,
+        ),
     };
     let _ = notifier.set(session.notifier());
     Ok(MountedSession {
         session,
-        owns_mount,
+        mounted_by,
     })
 }
 

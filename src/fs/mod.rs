@@ -16,6 +16,7 @@ mod direct;
 mod error;
 pub mod fuse;
 mod handles;
+mod kernel;
 mod listing;
 mod namespace;
 pub mod passthrough;
