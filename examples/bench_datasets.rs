@@ -59,7 +59,7 @@ fn timed_sh(cmd: &str) -> (String, f64) {
 
 /// The mount process's peak resident set, from /proc.
 fn peak_rss_mib(m: &Mount) -> f64 {
-    let pid = m.child.as_ref().expect("running").id();
+    let pid = m.node_pid().expect("the node's pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()

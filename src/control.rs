@@ -1,18 +1,21 @@
-//! The control socket of a running mount (`<cache>/control.sock`, owner-only, in the
-//! owner-only cache directory): `ossmount prefetch` against a cache a mount holds asks the
-//! mount to do the work, with the same cache, engine and connection limits, instead of being
-//! refused by the cache lock; the caller shows the progress. One JSON request line per
-//! connection (at most 64 KiB, within 5 s of connecting), answered by progress lines and a
-//! final report. The server owns every request it runs: its shutdown ends them all before the
-//! cache shuts down. Must not decide what to fetch (that is `prefetch`).
+//! The control socket of a node (`<cache>/control.sock`, owner-only, in the owner-only
+//! cache directory). `ossmount mount` on a cache directory a node serves asks it for one
+//! more mount (with a `/dev/fuse` descriptor attached when it was handed one, SCM_RIGHTS);
+//! `ossmount prefetch` asks it to do the work with the same cache, engine and connection
+//! limits instead of being refused by the cache lock. One JSON request line per connection
+//! (at most 64 KiB, within 5 s of connecting), answered by JSON lines. The server owns every
+//! request it runs: its shutdown ends them all before the cache shuts down. Must not decide
+//! what to fetch (that is `prefetch`) nor how a mount runs (that is `node`).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -22,13 +25,32 @@ use crate::hydrate::Progress;
 use crate::prefetch::{prefetch, PrefetchReport};
 use crate::store::ObjectStore;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub enum Request {
     Prefetch {
         bucket: String,
         prefix: String,
         objects: usize,
     },
+    /// One more mount. `spec` is what the command line needs to build its options and
+    /// store (it holds credentials: it never reaches a log); `foreground`: the client stays
+    /// connected, hears `Ended`, and its leaving (or an `unmount` line) ends the mount.
+    Mount {
+        spec: serde_json::Value,
+        foreground: bool,
+    },
+}
+
+/// Not `Debug`: a mount's spec holds its secrets.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Prefetch { bucket, prefix, .. } => {
+                write!(f, "Prefetch({bucket}/{prefix})")
+            }
+            Request::Mount { foreground, .. } => write!(f, "Mount(foreground: {foreground})"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +61,29 @@ pub enum Reply {
     },
     Done(PrefetchReport),
     Error(String),
+    Mounted {
+        mount_id: u64,
+        node_pid: u32,
+    },
+    /// The mount ended: unmounted (`None`) or why it failed.
+    Ended(Option<String>),
+}
+
+/// What a control socket serves (the node; something smaller in tests).
+pub trait Served: Send + Sync + 'static {
+    /// The store and cache a prefetch of `bucket` runs with, or why there are none.
+    fn prefetch_with(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String>;
+
+    /// Runs a mount request to its end: answers on `w`, and for a foreground client reads
+    /// `lines` (an `unmount` line or the client leaving ends the mount).
+    fn mount(
+        self: Arc<Self>,
+        spec: serde_json::Value,
+        foreground: bool,
+        fd: Option<std::os::fd::OwnedFd>,
+        lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+        w: OwnedWriteHalf,
+    ) -> crate::store::BoxFut<'static, ()>;
 }
 
 /// Where a mount's control socket lives.
@@ -83,22 +128,15 @@ impl Drop for ControlServer {
     }
 }
 
-/// Serves requests until `shutdown`. A socket left by a dead mount is replaced (the caller
-/// holds the cache lock, so no live mount owns it). Needs a Tokio runtime.
-pub fn serve(
-    cache_dir: &Path,
-    store: Arc<dyn ObjectStore>,
-    cache: Arc<Cache>,
-    bucket: String,
-) -> std::io::Result<ControlServer> {
-    serve_with_limits(cache_dir, store, cache, bucket, REQUEST_LIMITS)
+/// Serves requests until `shutdown`. A socket left by a dead node is replaced (the caller
+/// holds the cache lock, so no live node owns it). Needs a Tokio runtime.
+pub fn serve(cache_dir: &Path, served: Arc<dyn Served>) -> std::io::Result<ControlServer> {
+    serve_with_limits(cache_dir, served, REQUEST_LIMITS)
 }
 
 fn serve_with_limits(
     cache_dir: &Path,
-    store: Arc<dyn ObjectStore>,
-    cache: Arc<Cache>,
-    bucket: String,
+    served: Arc<dyn Served>,
     limits: RequestLimits,
 ) -> std::io::Result<ControlServer> {
     let path = socket_path(cache_dir);
@@ -111,9 +149,9 @@ fn serve_with_limits(
         let on_connection = |(conn, _)| {
             // Forget the requests that have ended, so the set holds only running ones.
             while requests.try_join_next().is_some() {}
-            let (store, cache, bucket) = (store.clone(), cache.clone(), bucket.clone());
+            let served = served.clone();
             requests.spawn(async move {
-                if let Err(e) = handle(conn, store, cache, &bucket, limits).await {
+                if let Err(e) = handle(conn, served, limits).await {
                     tracing::warn!("control connection: {e}");
                 }
             });
@@ -138,25 +176,36 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::R
 
 async fn handle(
     conn: UnixStream,
-    store: Arc<dyn ObjectStore>,
-    cache: Arc<Cache>,
-    bucket: &str,
+    served: Arc<dyn Served>,
     limits: RequestLimits,
 ) -> std::io::Result<()> {
+    let (req, fd, rest) = read_request(&conn, limits).await;
     let (r, mut w) = conn.into_split();
-    let req = match read_request(r, limits).await {
+    let req = match req {
         Ok(req) => req,
         Err(problem) => return send(&mut w, &Reply::Error(problem)).await,
     };
-    let Request::Prefetch {
-        bucket: asked,
-        prefix,
-        objects,
-    } = req;
-    if asked != bucket {
-        let msg = format!("this cache belongs to a mount of bucket {bucket}, not {asked}");
-        return send(&mut w, &Reply::Error(msg)).await;
-    }
+    let (bucket, prefix, objects) = match req {
+        Request::Mount { spec, foreground } => {
+            // A client sends nothing more before its mount is answered.
+            if !rest.is_empty() {
+                let msg = "nothing may follow a mount request before its answer".to_string();
+                return send(&mut w, &Reply::Error(msg)).await;
+            }
+            let lines = BufReader::new(r).lines();
+            served.mount(spec, foreground, fd, lines, w).await;
+            return Ok(());
+        }
+        Request::Prefetch {
+            bucket,
+            prefix,
+            objects,
+        } => (bucket, prefix, objects),
+    };
+    let (store, cache) = match served.prefetch_with(&bucket) {
+        Ok(found) => found,
+        Err(msg) => return send(&mut w, &Reply::Error(msg)).await,
+    };
     tracing::info!(prefix = %prefix, "prefetch asked through the control socket");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(async move {
@@ -170,7 +219,7 @@ async fn handle(
     let report = prefetch(
         store,
         &cache,
-        bucket,
+        &bucket,
         &prefix,
         objects,
         move |p: &Progress| {
@@ -190,25 +239,103 @@ async fn handle(
     Ok(())
 }
 
-/// The request line, read within `limits`; what went wrong otherwise, for the reply.
-async fn read_request(r: impl AsyncRead + Unpin, limits: RequestLimits) -> Result<Request, String> {
+/// The request line, read within `limits`, straight from the socket (`recvmsg`, so a
+/// `/dev/fuse` descriptor sent with it arrives too; any other descriptor is closed), and the
+/// bytes that came after the line. What went wrong otherwise, for the reply.
+async fn read_request(
+    conn: &UnixStream,
+    limits: RequestLimits,
+) -> (Result<Request, String>, Option<OwnedFd>, Vec<u8>) {
     let mut line = Vec::new();
-    // One byte past the limit tells a line that is too long from one that just fits.
-    let mut bounded = BufReader::new(r).take(limits.max_line as u64 + 1);
-    match tokio::time::timeout(limits.deadline, bounded.read_until(b'\n', &mut line)).await {
-        Err(_) => {
-            return Err(format!(
-                "no complete request within {} s",
-                limits.deadline.as_secs_f64()
-            ))
+    let mut fd: Option<OwnedFd> = None;
+    let read = async {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            conn.readable().await?;
+            let got = conn.try_io(Interest::READABLE, || {
+                recv_with_fds(conn.as_raw_fd(), &mut buf)
+            });
+            let (n, fds) = match got {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            for f in fds {
+                if fd.is_none() {
+                    fd = Some(f);
+                }
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            line.extend_from_slice(&buf[..n]);
+            if line.contains(&b'\n') || line.len() > limits.max_line {
+                return Ok(());
+            }
         }
-        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) => {}
+    };
+    let outcome = match tokio::time::timeout(limits.deadline, read).await {
+        Err(_) => Err(format!(
+            "no complete request within {} s",
+            limits.deadline.as_secs_f64()
+        )),
+        Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
+        Ok(Ok(())) => Ok(()),
+    };
+    let end = line.iter().position(|b| *b == b'\n');
+    let request = outcome.and_then(|()| {
+        if end.unwrap_or(line.len()) > limits.max_line {
+            return Err(format!("request longer than {} bytes", limits.max_line));
+        }
+        serde_json::from_slice(&line[..end.unwrap_or(line.len())])
+            .map_err(|e| format!("bad request: {e}"))
+    });
+    let rest = end.map(|e| line[e + 1..].to_vec()).unwrap_or_default();
+    (request, fd, rest)
+}
+
+/// One `recvmsg`: the bytes read into `buf`, and the descriptors that came with them.
+fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for this process.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
     }
-    if line.len() > limits.max_line {
-        return Err(format!("request longer than {} bytes", limits.max_line));
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `line` with `fd` attached (SCM_RIGHTS) on a connected socket.
+pub(crate) async fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let mut sent = 0;
+    while sent < line.len() {
+        conn.writable().await?;
+        let cmsgs = [ControlMessage::ScmRights(&fds)];
+        let attach: &[ControlMessage] = if sent == 0 { &cmsgs } else { &[] };
+        let res = conn.try_io(Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&line[sent..])];
+            Ok(sendmsg::<()>(
+                conn.as_raw_fd(),
+                &iov,
+                attach,
+                MsgFlags::empty(),
+                None,
+            )?)
+        });
+        match res {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
-    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+    Ok(())
 }
 
 /// Asks the mount behind `cache_dir` to prefetch; `on_progress` sees its progress.
@@ -245,6 +372,7 @@ pub async fn request_prefetch(
             }),
             Reply::Done(r) => return Ok(r),
             Reply::Error(e) => return Err(e),
+            other => return Err(format!("unexpected answer to a prefetch: {other:?}")),
         }
     }
     Err("the mount closed the control connection before it finished".into())
@@ -256,6 +384,7 @@ mod tests {
     use crate::cache::Capacity;
     use crate::hydrate::{ConnectionLimiter, HydrationConfig};
     use crate::store::memory::MemoryStore;
+    use tokio::io::AsyncRead;
 
     const BUCKET: &str = "bkt";
     /// Every wait of these tests ends by then, pass or fail.
@@ -288,16 +417,44 @@ mod tests {
         }
     }
 
+    /// One bucket's store and cache, and no mounts.
+    struct OneBucket {
+        store: Arc<MemoryStore>,
+        cache: Arc<Cache>,
+    }
+
+    impl Served for OneBucket {
+        fn prefetch_with(
+            &self,
+            bucket: &str,
+        ) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String> {
+            if bucket != BUCKET {
+                return Err(format!("this cache serves bucket {BUCKET}, not {bucket}"));
+            }
+            Ok((self.store.clone(), self.cache.clone()))
+        }
+
+        fn mount(
+            self: Arc<Self>,
+            _spec: serde_json::Value,
+            _foreground: bool,
+            _fd: Option<OwnedFd>,
+            _lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+            mut w: OwnedWriteHalf,
+        ) -> crate::store::BoxFut<'static, ()> {
+            Box::pin(async move {
+                let _ = send(&mut w, &Reply::Error("no mounts here".into())).await;
+            })
+        }
+    }
+
     impl Mount {
         fn serve(&self, limits: RequestLimits) -> ControlServer {
-            serve_with_limits(
-                self.dir.path(),
-                self.store.clone(),
-                self.cache.clone(),
-                BUCKET.into(),
-                limits,
-            )
-            .unwrap()
+            let served = Arc::new(OneBucket {
+                store: self.store.clone(),
+                cache: self.cache.clone(),
+            });
+            serve_with_limits(self.dir.path(), served, limits).unwrap()
         }
 
         async fn connect(&self) -> UnixStream {

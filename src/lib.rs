@@ -20,6 +20,7 @@ pub mod hydrate;
 pub mod metrics;
 pub mod mount;
 pub mod net;
+pub mod node;
 pub mod oss;
 pub mod prefetch;
 pub mod sample;

@@ -1,4 +1,4 @@
-//! The `ossmount` command: parse, set up logging (and detach a mount), start the runtime, hand
+//! The `ossmount` command: parse, set up logging, start the runtime, hand
 //! over to the command in `cli`. Wiring only; the work lives in the library.
 
 mod cli;
@@ -29,40 +29,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let mut detached = None;
-    match &cli.cmd {
-        Command::Mount(m) if !m.foreground => {
-            let log = match cli::mount::log_file(&cli.conn, m, cli.log_file.as_deref()) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("ossmount: error: {e:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match cli::daemon::detach() {
-                Ok(d) => detached = Some(d),
-                Err(e) => {
-                    eprintln!("ossmount: error: cannot detach: {e}; try --foreground");
-                    return ExitCode::FAILURE;
-                }
-            }
-            cli::init_logging(cli.log_level.as_deref(), "info", Some(log));
+    let default = match &cli.cmd {
+        Command::Node(_) | Command::Demo(_) => "info",
+        Command::Mount(m) if m.foreground => "info",
+        _ => "warn",
+    };
+    let file = match cli.log_file.as_deref().map(cli::open_log_file).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ossmount: error: {e:#}");
+            return ExitCode::FAILURE;
         }
-        cmd => {
-            let default = match cmd {
-                Command::Mount(_) | Command::Demo(_) => "info",
-                _ => "warn",
-            };
-            let file = match cli.log_file.as_deref().map(cli::open_log_file).transpose() {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("ossmount: error: {e:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            cli::init_logging(cli.log_level.as_deref(), default, file)
-        }
-    }
+    };
+    cli::init_logging(cli.log_level.as_deref(), default, file);
     if secret_in_argv {
         tracing::warn!("--access-key-secret on the command line is visible to every user in `ps` and in shell history; prefer OSS_ACCESS_KEY_SECRET in the environment");
     }
@@ -77,7 +56,14 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Command::Mount(ref m) => cli::mount::run(&cli.conn, m, &rt, detached),
+        Command::Mount(ref m) => {
+            let log = cli::node::NodeLog {
+                level: cli.log_level.as_deref(),
+                file: cli.log_file.as_deref(),
+            };
+            cli::mount::run(&cli.conn, m, &rt, &log)
+        }
+        Command::Node(ref n) => cli::node::run(n, &rt),
         Command::Demo(ref d) => cli::demo::run(d, &rt),
         _ => rt.block_on(cli::run_async(cli)),
     };

@@ -5,20 +5,15 @@
 //! `/dev/fuse` descriptor an orchestrator mounted itself: then this process only serves it,
 //! and never mounts or unmounts anything.
 
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::{Cache, Capacity};
-use crate::fs::fuse::{self, KernelMount};
-use crate::fs::{FsConfig, OssFs};
-use crate::hydrate::{ConnectionLimiter, FetchMode, HydrationConfig};
+use crate::hydrate::FetchMode;
 use crate::metrics::RequestMetrics;
 use crate::oss::OssUrl;
-use crate::status::{self, MountStatusFile};
 use crate::store::ListRequest;
 use crate::store::ObjectStore;
 
@@ -173,7 +168,9 @@ pub async fn preflight(store: &dyn ObjectStore, url: &OssUrl, prefix: &str) -> R
     Ok(())
 }
 
-/// Mounts and serves until unmounted. `on_mounted` runs once the kernel has the mount.
+/// Mounts and serves in this process until unmounted (`umount`, SIGINT or SIGTERM), with a
+/// node of its own that takes no other mounts (the demo, benchmarks). `on_mounted` runs once
+/// the kernel has the mount.
 pub fn run_mount(
     opts: &MountOptions,
     store: Arc<dyn ObjectStore>,
@@ -181,114 +178,16 @@ pub fn run_mount(
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(&opts.mountpoint)?;
-    raise_open_file_limit();
-    let prefix = opts.prefix();
-    rt.block_on(preflight(&*store, &opts.url, &prefix))?;
-    let part_size = opts.part_size;
-    let reserve = (opts.max_connections / 4).max(2);
-    let limiter = if opts.adaptive {
-        ConnectionLimiter::adaptive(opts.max_connections, reserve, opts.threads)
-    } else {
-        ConnectionLimiter::new(opts.max_connections, reserve)
-    };
-    opts.request_metrics.report_throttling_to(limiter.clone());
-    let cfg = HydrationConfig {
-        part_size,
-        // Adaptive: one file may use the whole background share the limiter allows now.
-        threads: if opts.adaptive {
-            limiter.window_max()
-        } else {
-            opts.threads
-        },
-        mode: opts.mode,
-        readahead_parts: opts.readahead.div_ceil(part_size).max(1) as usize,
-        part_attempts: 2,
-        retry_delay: Duration::from_millis(200),
-        ..HydrationConfig::default()
-    };
-    crate::cache::private_dir(&opts.cache_dir)?;
-    let defaults = Capacity::default_for(&opts.cache_dir);
-    let capacity = Capacity {
-        max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
-        min_free_disk: opts.min_free_disk.unwrap_or(defaults.min_free_disk),
-    };
-    let cache = Arc::new(Cache::open(
-        &opts.cache_dir,
-        store.clone(),
-        cfg,
-        limiter,
-        capacity,
-    )?);
-    let fs = Arc::new(OssFs::new(
-        FsConfig {
-            bucket: opts.url.bucket.clone(),
-            prefix,
-            metadata_ttl: opts.metadata_ttl,
-            uid: opts.uid,
-            gid: opts.gid,
-            file_mode: opts.file_mode,
-            dir_mode: opts.dir_mode,
-            require_crc: opts.require_crc,
-            read_deadline: opts.read_deadline,
-            direct_memory: opts.direct_memory,
-        },
-        store.clone(),
-        cache.clone(),
-    ));
-    let metrics_task = match &opts.metrics_addr {
-        Some(addr) => {
-            let (bound, task) = rt
-                .block_on(crate::metrics::serve(
-                    addr,
-                    opts.request_metrics.clone(),
-                    fs.clone(),
-                ))
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            tracing::info!("metrics at http://{bound}/metrics");
-            Some(task)
+    let node = crate::node::Node::open(opts, store.clone(), rt.clone(), None)?;
+    let session = match node.mount(opts.clone(), store, None) {
+        Ok(s) => s,
+        Err(e) => {
+            rt.block_on(node.shutdown());
+            return Err(e);
         }
-        None => None,
     };
-    let control = {
-        let _rt = rt.enter();
-        crate::control::serve(
-            &opts.cache_dir,
-            store,
-            cache.clone(),
-            opts.url.bucket.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "cannot open the control socket in {}",
-                opts.cache_dir.display()
-            )
-        })?
-    };
-    let kernel = KernelMount {
-        fs_name: format!("ossmount:{}", opts.url.bucket),
-        allow_other: opts.allow_other,
-        passthrough: opts.passthrough,
-        tuning: opts.fuse,
-    };
-    let target = match fuse_fd(&opts.mountpoint) {
-        // SAFETY: check_mountpoint proved it an open /dev/fuse descriptor, handed to this
-        // process to serve; nothing else here uses it.
-        Some(fd) => fuse::Target::Fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
-        None => fuse::Target::Path(&opts.mountpoint),
-    };
-    let mut session = fuse::mount(fs.clone(), rt.clone(), target, &kernel)
-        .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()))?;
-    // The session serves on its own thread; this one waits for whichever ends the mount
-    // first: the session (umount, or an unmount after a signal), or a signal on a
-    // handed-in descriptor, which this process cannot unmount (its orchestrator does; the
-    // connection closes when this process exits).
-    let (ended, end) = std::sync::mpsc::channel();
-    let owns_mount = session.owns_mount();
-    let unmounter = Arc::new(Mutex::new(session.unmounter()));
     let signal_task = rt.spawn({
-        let unmounter = unmounter.clone();
-        let mountpoint = opts.mountpoint.clone();
-        let ended = ended.clone();
+        let session = session.clone();
         async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -297,12 +196,15 @@ pub fn run_mount(
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            tracing::info!("signal received, unmounting {}", mountpoint.display());
-            if !owns_mount {
-                let _ = ended.send(SessionEnd::Signal);
-            } else if let Err(e) = unmounter.lock().unwrap().unmount() {
+            tracing::info!(
+                "signal received, unmounting {}",
+                session.opts.mountpoint.display()
+            );
+            if let Err(e) = session.unmount() {
                 tracing::warn!("unmount failed: {e}");
             }
+            // A handed-in descriptor is not ours to unmount: the signal ends the mount.
+            !session.owns_mount()
         }
     });
     tracing::info!(
@@ -312,108 +214,17 @@ pub fn run_mount(
         opts.cache_dir.display()
     );
     on_mounted();
-    let status_task = rt.spawn({
-        let fs = fs.clone();
-        let opts = opts.clone();
-        async move {
-            loop {
-                // Hydrations that finished after their last close give back their files.
-                fs.cache().reap();
-                fs.sweep_namespace();
-                write_mount_status(&fs, &opts);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+    let result = rt.block_on(async {
+        tokio::select! {
+            end = session.ended() => end,
+            Ok(true) = signal_task => Ok(()),
         }
     });
-    let adapt_task = opts.adaptive.then(|| {
-        let cache = cache.clone();
-        rt.spawn(
-            cache
-                .limiter()
-                .clone()
-                .adapt(Duration::from_millis(250), move || {
-                    cache
-                        .engine_stats()
-                        .bytes_fetched
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                }),
+    rt.block_on(node.shutdown());
+    result.map_err(|e| {
+        anyhow::anyhow!(
+            "the FUSE session on {} failed: {e}",
+            opts.mountpoint.display()
         )
-    });
-    std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let _ = ended.send(SessionEnd::Session(session.run()));
-        })
-        .context("cannot start the FUSE session thread")?;
-    let result = match end.recv() {
-        Ok(SessionEnd::Session(r)) => r,
-        Ok(SessionEnd::Signal) | Err(_) => Ok(()),
-    };
-    if let Some(t) = adapt_task {
-        t.abort();
-    }
-    signal_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    // Before the cache shuts down: prefetches asked through the socket use it.
-    rt.block_on(control.shutdown());
-    let _ = std::fs::remove_file(crate::control::socket_path(&opts.cache_dir));
-    status_task.abort();
-    rt.block_on(cache.shutdown());
-    write_mount_status(&fs, opts);
-    tracing::info!(
-        "unmounted {}: {}",
-        opts.mountpoint.display(),
-        fs.stats_line()
-    );
-    result.with_context(|| format!("the FUSE session on {} failed", opts.mountpoint.display()))
-}
-
-/// What ended a mount's session.
-enum SessionEnd {
-    Session(std::io::Result<()>),
-    /// SIGTERM or SIGINT on a handed-in descriptor.
-    Signal,
-}
-
-/// Refreshes `<cache>/status.json` for `ossmount status`.
-fn write_mount_status(fs: &OssFs, opts: &MountOptions) {
-    let cache = fs.cache();
-    let hydrating = cache
-        .active()
-        .iter()
-        .filter(|h| !h.is_complete())
-        .filter_map(|h| {
-            h.data_path()
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .collect();
-    let st = MountStatusFile {
-        pid: std::process::id(),
-        url: opts.url.to_string(),
-        mountpoint: opts.mountpoint.display().to_string(),
-        capacity_bytes: cache.capacity().max_bytes,
-        min_free_disk: cache.capacity().min_free_disk,
-        used_bytes: cache.used_bytes(),
-        hydrating,
-        counters: fs.counters(),
-        updated_unix: status::unix_now(),
-    };
-    status::write_status_file(cache.dir(), &st);
-}
-
-/// Raises the soft limit on open descriptors to the hard limit (a mount holds one per open
-/// file it serves, whatever a service manager's default soft limit is) and logs the figure.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!("open file limit raised from {soft} to {hard}"),
-            Err(e) => tracing::warn!("open file limit stays {soft} (hard {hard}): {e}"),
-        },
-        Ok((soft, _)) => tracing::info!("open file limit {soft}"),
-        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
-    }
+    })
 }

@@ -15,7 +15,7 @@ use crate::cache;
 use crate::fs::MountCounters;
 use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 
-/// Written by a mount into its cache directory.
+/// Written by the node serving a cache directory into it (`pid` is the node's).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MountStatusFile {
     pub pid: u32,
@@ -26,8 +26,21 @@ pub struct MountStatusFile {
     pub used_bytes: u64,
     /// Checkpoint names (entry hashes) being hydrated right now.
     pub hydrating: Vec<String>,
+    /// Every mount's counters added up (the engine's and the cache's are the node's).
     pub counters: MountCounters,
+    /// Each mount the node serves now (the last one when none is left).
+    #[serde(default)]
+    pub mounts: Vec<SessionStatus>,
     pub updated_unix: u64,
+}
+
+/// One mount of a node, in the status file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionStatus {
+    pub id: u64,
+    pub url: String,
+    pub mountpoint: String,
+    pub counters: MountCounters,
 }
 
 /// Writes a mount's status into its cache directory (temp file, then rename, so a reader

@@ -144,6 +144,7 @@ async fn a_mount_on_an_ecs_ram_role_keeps_reading_across_rotations() {
         child: Some(child),
         mnt: mnt.clone(),
         log: log.clone(),
+        cache: cache.clone(),
     };
     assert!(
         wait_until(Duration::from_secs(20), || is_mounted(&mnt)),

@@ -30,7 +30,7 @@ async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
     }
     let (mnt, cache) = dirs(&s, "fds");
     let m = Mount::start_with_fd_limit(&s, &url(), &mnt, &cache, &[], 256);
-    let pid = m.child.as_ref().unwrap().id();
+    let pid = m.node_pid().expect("the node's pid") as u32;
     let read = {
         let (mnt, keys) = (mnt.clone(), keys.clone());
         move || {

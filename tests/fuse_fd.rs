@@ -90,6 +90,7 @@ fn serve_handed_in(s: &Server, target: &Path, cache: &Path) -> Mount {
         child: None,
         mnt: target.to_path_buf(),
         log,
+        cache: cache.to_path_buf(),
     };
     // The process holds the connection now; this one lets go of its copy, as a helper does.
     drop(fd);

@@ -205,6 +205,7 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
         child: None,
         mnt: mnt.clone(),
         log: mnt.with_extension("log"),
+        cache: cache.clone(),
     };
     let opts = format!(
         "endpoint={},region=cn-hangzhou,cache_dir={},part_size=1MiB,metadata_ttl=5s,_netdev,nofail,noatime,rw",

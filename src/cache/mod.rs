@@ -13,6 +13,7 @@
 
 mod capacity;
 mod dir;
+mod principals;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -68,7 +69,8 @@ pub struct Cache {
     cfg: HydrationConfig,
     limiter: Arc<ConnectionLimiter>,
     shared: Arc<Shared>,
-    _lock: Flock<File>,
+    principals: Arc<principals::Principals>,
+    _lock: Arc<Flock<File>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -112,6 +114,8 @@ impl Cache {
             stats: CacheStats::default(),
         });
         let location = store.location();
+        let principals = Arc::new(principals::Principals::load(dir));
+        principals.add(&store.principal());
         let mut cfg = cfg;
         cfg.budget = Some(Arc::new(Budget {
             shared: Arc::downgrade(&shared),
@@ -125,8 +129,41 @@ impl Cache {
             cfg,
             limiter,
             shared,
-            _lock: lock,
+            principals,
+            _lock: Arc::new(lock),
         })
+    }
+
+    /// The same cache seen through another store (another mount's endpoint or credentials):
+    /// one index, capacity, LRU, lock and set of running hydrations, so an object is one
+    /// entry and one hydration whichever mount opens it. Entries are named by the store's
+    /// location (endpoint), bucket and key; a hydration this view starts fetches with this
+    /// view's store.
+    pub fn for_store(&self, store: Arc<dyn ObjectStore>) -> Cache {
+        let location = store.location();
+        self.principals.add(&store.principal());
+        let mut cfg = self.cfg.clone();
+        cfg.budget = Some(Arc::new(Budget {
+            shared: Arc::downgrade(&self.shared),
+            location: location.clone(),
+        }));
+        Cache {
+            dir: self.dir.clone(),
+            entries: self.entries.clone(),
+            store,
+            location,
+            cfg,
+            limiter: self.limiter.clone(),
+            shared: self.shared.clone(),
+            principals: self.principals.clone(),
+            _lock: self._lock.clone(),
+        }
+    }
+
+    /// Mounts of more than one principal have read through this cache: each must prove it
+    /// may read an object before it is served it from here (see `principals`).
+    pub fn shared_by_principals(&self) -> bool {
+        self.principals.several()
     }
 
     pub fn capacity(&self) -> Capacity {

@@ -13,7 +13,7 @@ use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
 };
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionArgs {
     /// OSS endpoint, e.g. oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000
     #[arg(long, env = "OSS_ENDPOINT", global = true)]
@@ -81,6 +81,15 @@ impl ConnectionArgs {
     /// The client's configuration, with credentials from the default chain (flags and
     /// `OSS_*` first; see `oss::credentials`) unless `--anonymous`.
     pub async fn client_config(&self) -> Result<ClientConfig, OssError> {
+        self.client_config_in(None).await
+    }
+
+    /// `client_config` with the credential chain reading `env` instead of this process's
+    /// environment (a node builds each mount in its command's environment).
+    pub async fn client_config_in(
+        &self,
+        env: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    ) -> Result<ClientConfig, OssError> {
         let endpoint = self.endpoint.as_deref().ok_or_else(|| {
             OssError::Config(
                 "no endpoint: pass --endpoint (e.g. oss-cn-hangzhou.aliyuncs.com) or set OSS_ENDPOINT"
@@ -119,6 +128,7 @@ impl ConnectionArgs {
         let chain = ChainOptions {
             flags,
             profile: self.profile.clone(),
+            env,
         };
         cfg.credentials_provider = Some(resolve_chain(&chain).await?);
         Ok(cfg)

@@ -3,12 +3,12 @@
 //! testing on its own: parsing, validation messages and wiring only.
 
 pub mod connection;
-pub mod daemon;
 pub mod demo;
 pub mod download;
 pub mod helper;
 pub mod listing;
 pub mod mount;
+pub mod node;
 pub mod prefetch;
 pub mod progress;
 pub mod serve;
@@ -52,6 +52,9 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Mount a bucket (or a prefix) read-only; files are hydrated into the cache when opened
     Mount(mount::MountArgs),
+    /// The node server of a cache directory (started by `ossmount mount`; not for direct use)
+    #[command(hide = true)]
+    Node(node::NodeArgs),
     /// Start a local OSS-compatible server with sample data and mount it (Ctrl-C to stop)
     Demo(demo::DemoArgs),
     /// Show a cache directory: every entry's parts present, state and last use, totals
@@ -136,7 +139,9 @@ pub async fn run_async(cli: Cli) -> Result<ExitCode> {
         Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
         Command::Serve(a) => serve::run(&cli.conn, a).await,
         Command::Completions { .. } | Command::Manpage => print_generated(&cli.cmd),
-        Command::Mount(_) | Command::Demo(_) => unreachable!("run synchronously by main"),
+        Command::Mount(_) | Command::Demo(_) | Command::Node(_) => {
+            unreachable!("run synchronously by main")
+        }
     }
 }
 

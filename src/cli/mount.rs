@@ -1,5 +1,6 @@
-//! `ossmount mount`: the mount's flags, turned into `MountOptions`, and the run (detached
-//! unless `--foreground`, logging to `<cache dir>/ossmount.log` when detached).
+//! `ossmount mount`: the mount's flags, turned into `MountOptions` and a store (by the node
+//! that serves the mount, from a `MountSpec`), and the command's side: ask the node, wait
+//! for the end with `--foreground`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,10 +14,12 @@ use ossmount::mount::MountOptions;
 use ossmount::oss::OssUrl;
 use ossmount::size::{parse_duration, parse_size};
 
-use super::connection::ConnectionArgs;
-use super::daemon::Detached;
+use ossmount::node::join;
+use ossmount::store::ObjectStore;
 
-#[derive(clap::Args)]
+use super::connection::ConnectionArgs;
+
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MountArgs {
     /// oss://bucket or oss://bucket/prefix/
     url: String,
@@ -132,45 +135,84 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
     Ok(o)
 }
 
-/// The detached mount logs to `--log-file`, else `<cache dir>/ossmount.log`; checked
-/// before detaching.
-pub fn log_file(
-    conn: &ConnectionArgs,
-    m: &MountArgs,
-    log_file: Option<&std::path::Path>,
-) -> Result<std::fs::File> {
-    let opts = mount_options(conn, m)?;
-    ossmount::mount::check_mountpoint(&opts.mountpoint)?;
-    ossmount::cache::private_dir(&opts.cache_dir)?;
-    let path = log_file
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| opts.cache_dir.join("ossmount.log"));
-    super::open_log_file(&path)
+/// What a mount command sends its node: its parsed arguments and the environment its
+/// credential chain reads. Holds secrets: it travels only over the owner-only control
+/// socket (or the node's stdin) and is never logged.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct MountSpec {
+    pub conn: ConnectionArgs,
+    pub mount: MountArgs,
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
+impl MountSpec {
+    pub fn new(conn: &ConnectionArgs, m: &MountArgs) -> MountSpec {
+        MountSpec {
+            conn: conn.clone(),
+            mount: m.clone(),
+            env: ossmount::oss::credentials::chain_environment(),
+        }
+    }
+
+    /// The mount's options and its store, as the node runs it.
+    pub async fn build(self) -> Result<(MountOptions, Arc<dyn ObjectStore>)> {
+        let opts = mount_options(&self.conn, &self.mount)?;
+        let mut cfg = self.conn.client_config_in(Some(Arc::new(self.env))).await?;
+        cfg.retry.max_attempts = self.conn.max_attempts.unwrap_or(3).max(1);
+        cfg.observer = Some(opts.request_metrics.clone());
+        let client = ossmount::oss::OssClient::new(cfg)?;
+        Ok((opts, Arc::new(client)))
+    }
+}
+
+/// `ossmount mount`: asks the node serving the cache directory for the mount, starting one
+/// when none runs; returns once mounted, or with `--foreground` once the mount has ended.
 pub fn run(
     conn: &ConnectionArgs,
     m: &MountArgs,
     rt: &tokio::runtime::Runtime,
-    detached: Option<Detached>,
+    log: &super::node::NodeLog<'_>,
 ) -> Result<ExitCode> {
     let opts = mount_options(conn, m)?;
-    let _guard = rt.enter();
-    let mut cfg = rt.block_on(conn.client_config())?;
-    cfg.retry.max_attempts = conn.max_attempts.unwrap_or(3).max(1);
-    cfg.observer = Some(opts.request_metrics.clone());
-    let client = ossmount::oss::OssClient::new(cfg)?;
-    ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
-        if let Some(d) = detached {
-            d.report_mounted();
-        } else {
-            eprintln!(
-                "mounted {} at {}; unmount with: umount {}",
-                opts.url,
-                opts.mountpoint.display(),
-                opts.mountpoint.display()
-            );
+    ossmount::mount::check_mountpoint(&opts.mountpoint)?;
+    ossmount::cache::private_dir(&opts.cache_dir)?;
+    let spec = MountSpec::new(conn, m);
+    let req = join::MountRequest {
+        spec: serde_json::to_value(&spec).expect("a spec serialises"),
+        foreground: m.foreground,
+        fd: ossmount::mount::fuse_fd(&opts.mountpoint),
+    };
+    let joined = rt.block_on(super::node::join_or_start(
+        &opts.cache_dir,
+        &spec,
+        &req,
+        log,
+    ))?;
+    tracing::debug!(
+        "mount {} served by node {}",
+        joined.mount_id,
+        joined.node_pid
+    );
+    eprintln!(
+        "mounted {} at {} (served by ossmount node pid {}, cache {}); unmount with: umount {}",
+        opts.url,
+        opts.mountpoint.display(),
+        joined.node_pid,
+        opts.cache_dir.display(),
+        opts.mountpoint.display()
+    );
+    if !m.foreground {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    })?;
+    };
+    rt.block_on(joined.wait(stop)).map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,13 @@ pub(super) fn verify_auth(
         if access_key_id == cfg.access_key_id {
             return Ok(cfg.access_key_secret.clone());
         }
+        if let Some(r) = cfg
+            .restricted
+            .iter()
+            .find(|r| r.access_key_id == access_key_id)
+        {
+            return Ok(r.access_key_secret.clone());
+        }
         let (secret, token, expired) = state.temporary.lookup(access_key_id).ok_or_else(bad_ak)?;
         if expired {
             return Err(oss_err(
@@ -203,6 +210,45 @@ pub(super) fn verify_auth(
         e.extra.push(("SignatureProvided", provided));
         e.extra.push(("StringToSign", string_to_sign));
         return Err(e);
+    }
+    Ok(())
+}
+
+/// A request signed (validly) by a restricted key for an object its policy denies.
+pub(super) fn denied_by_policy(
+    state: &State,
+    key: &str,
+    headers: &[(String, String)],
+) -> Result<(), OssErr> {
+    let Some(auth) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_str())
+    else {
+        return Ok(());
+    };
+    let id = match sign::parse_authorization(auth) {
+        Some(ParsedAuthorization::V4 { access_key_id, .. }) => access_key_id,
+        Some(ParsedAuthorization::V1 { access_key_id, .. }) => access_key_id,
+        None => return Ok(()),
+    };
+    let denied = state
+        .cfg
+        .restricted
+        .iter()
+        .find(|r| r.access_key_id == id)
+        .is_some_and(|r| {
+            r.denied_prefixes
+                .iter()
+                .any(|p| key.starts_with(p.as_str()))
+        });
+    if denied {
+        return Err(oss_err(
+            403,
+            "AccessDenied",
+            "You have no right to access this object because of bucket acl.",
+            "0003-00000001",
+        ));
     }
     Ok(())
 }

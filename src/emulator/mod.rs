@@ -97,6 +97,17 @@ pub struct EmulatorConfig {
     pub faults: Faults,
     /// Seed for the fault dice, so a failing run can be replayed.
     pub seed: u64,
+    /// Further long-term keys, each a RAM user whose policy may deny reading some keys.
+    pub restricted: Vec<RestrictedKey>,
+}
+
+/// A key pair whose policy lets it list everything but not read objects under
+/// `denied_prefixes` (their GET and HEAD answer 403 AccessDenied).
+#[derive(Debug, Clone)]
+pub struct RestrictedKey {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub denied_prefixes: Vec<String>,
 }
 
 impl EmulatorConfig {
@@ -109,6 +120,7 @@ impl EmulatorConfig {
             allow_anonymous: false,
             faults: Faults::default(),
             seed: 1,
+            restricted: Vec::new(),
         }
     }
 }

@@ -116,6 +116,12 @@ pub(super) async fn handle(state: Arc<State>, conn: Arc<ConnCtx>, req: Request<I
         record(&state, &ctx, None, e.status.as_u16());
         return error_response(&ctx, e);
     }
+    if bucket.is_some() && !key.is_empty() {
+        if let Err(e) = super::auth::denied_by_policy(&state, &key, &headers) {
+            record(&state, &ctx, None, e.status.as_u16());
+            return error_response(&ctx, e);
+        }
+    }
     let is_object_or_list = bucket.is_some();
     if is_object_or_list {
         let dice: f64 = state.rng.lock().unwrap().gen();

@@ -87,6 +87,42 @@ pub struct MountCounters {
     pub parts_checked: u64,
 }
 
+impl MountCounters {
+    /// Several mounts of one node together: what each filesystem counts is added up; the
+    /// engine's and the cache's counters are the node's, shared, so taken once.
+    pub fn total<'a>(each: impl IntoIterator<Item = &'a MountCounters>) -> MountCounters {
+        let mut t = MountCounters::default();
+        for (i, c) in each.into_iter().enumerate() {
+            if i == 0 {
+                t = c.clone();
+                continue;
+            }
+            t.listings += c.listings;
+            t.heads += c.heads;
+            t.small_gets += c.small_gets;
+            t.opens += c.opens;
+            t.reads += c.reads;
+            t.bytes_served += c.bytes_served;
+            t.cache_hits += c.cache_hits;
+            t.cache_misses += c.cache_misses;
+            t.direct_reads += c.direct_reads;
+            t.passthrough_opens += c.passthrough_opens;
+            t.read_errors += c.read_errors;
+            // The engine's (parts, bytes fetched, CRC checks) and the cache's (evictions)
+            // grow over the node's life: the latest snapshot holds the most.
+            t.part_requests = t.part_requests.max(c.part_requests);
+            t.part_retries = t.part_retries.max(c.part_retries);
+            t.part_splits = t.part_splits.max(c.part_splits);
+            t.bytes_fetched = t.bytes_fetched.max(c.bytes_fetched);
+            t.evictions = t.evictions.max(c.evictions);
+            t.crc_mismatches = t.crc_mismatches.max(c.crc_mismatches);
+            t.parts_failed_check = t.parts_failed_check.max(c.parts_failed_check);
+            t.parts_checked = t.parts_checked.max(c.parts_checked);
+        }
+        t
+    }
+}
+
 impl OssFs {
     pub fn stats_line(&self) -> String {
         let c = self.counters();

@@ -97,6 +97,15 @@ impl Unmounter {
             Unmounter::HandedIn => Ok(()),
         }
     }
+
+    /// Detaches (lazily unmounts) a mount this process made as root; like `unmount`
+    /// otherwise.
+    pub fn detach(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Own(m) => m.lock().unwrap().detach(),
+            other => other.unmount(),
+        }
+    }
 }
 
 impl MountedSession {

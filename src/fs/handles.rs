@@ -99,7 +99,9 @@ impl OssFs {
         let complete_entry = (cached.is_none() || listed_size <= small_limit)
             .then(|| self.cache.cached_identity(&self.cfg.bucket, &key))
             .flatten();
-        if cached.is_none() {
+        // Unless mounts of other principals share the cache: then this mount proves it may
+        // read the object (its own HEAD below) before the cache serves it.
+        if cached.is_none() && !self.cache.shared_by_principals() {
             if let Some(id) = complete_entry.as_ref() {
                 if id.etag == listed_etag && id.size == listed_size {
                     return Ok((id.clone(), None));

@@ -89,6 +89,19 @@ impl OwnMount {
     }
 }
 
+impl OwnMount {
+    /// Detaches (MNT_DETACH): gone from the namespace now, ended once its files close.
+    pub fn detach(&mut self) -> std::io::Result<()> {
+        if self.done || !connected(&self.device) {
+            self.done = true;
+            return Ok(());
+        }
+        nix::mount::umount2(self.target.as_c_str(), MntFlags::MNT_DETACH)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
 impl Drop for OwnMount {
     fn drop(&mut self) {
         if !self.done && connected(&self.device) {

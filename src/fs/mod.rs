@@ -134,6 +134,11 @@ impl OssFs {
         &self.cfg
     }
 
+    /// The store this mount reads with (its endpoint and credentials).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }

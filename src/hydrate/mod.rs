@@ -45,7 +45,7 @@ pub use state::Progress;
 use crate::store::ObjectStore;
 use parts::State;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FetchMode {
     /// Fetch every part, in order after demand and readahead (`--hydrate open`, downloads).
     All,

@@ -65,7 +65,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Addressing {
     /// Virtual-hosted for OSS host names, path style for IPs and localhost.
     #[default]

@@ -53,7 +53,7 @@ pub struct Credentials {
     pub security_token: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum SignatureVersion {
     #[default]
     V4,

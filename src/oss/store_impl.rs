@@ -97,4 +97,14 @@ impl ObjectStore for OssClient {
     fn location(&self) -> String {
         self.config().endpoint.to_string()
     }
+
+    fn principal(&self) -> String {
+        let cfg = self.config();
+        let who = match (&cfg.credentials_provider, &cfg.credentials) {
+            (Some(p), _) => p.principal(),
+            (None, Some(c)) => format!("key {}", c.access_key_id),
+            (None, None) => "anonymous".into(),
+        };
+        format!("{} as {who}", cfg.endpoint)
+    }
 }

@@ -170,6 +170,13 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Where the objects come from (endpoint), to tell caches of different stores apart.
     fn location(&self) -> String;
+
+    /// Who this store reads as (its endpoint and its credentials' principal, never a
+    /// secret): mounts of different principals on one cache must each prove access to an
+    /// object before they are served it from the cache.
+    fn principal(&self) -> String {
+        self.location()
+    }
 }
 
 /// Every page of a listing, concatenated. A truncated page without a continuation token is

@@ -40,11 +40,16 @@ pub fn force_unmount(mnt: &Path) {
     }
 }
 
-/// A running `ossmount mount --foreground`; dropping it always unmounts and reaps it.
+/// A running `ossmount mount --foreground` (the command; the node it asked serves the
+/// mount); dropping it always unmounts and reaps it, and ends the node if no other mount
+/// keeps it.
 pub struct Mount {
     pub child: Option<Child>,
     pub mnt: PathBuf,
     pub log: PathBuf,
+    /// The cache directory: its lock names the node's pid, its `ossmount.log` holds the
+    /// node's log.
+    pub cache: PathBuf,
 }
 
 impl Mount {
@@ -69,7 +74,21 @@ impl Mount {
     }
 
     pub fn spawn(s: &Server, url: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
-        Mount::spawn_under(s, url, mnt, cache, extra, None)
+        Mount::spawn_under(s.env(), url, mnt, cache, extra, None)
+    }
+
+    /// Like `start`, with `env` as the command's whole environment for OSS (endpoint,
+    /// credentials).
+    pub fn start_with_env(
+        url: &str,
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+        env: Vec<(&'static str, String)>,
+    ) -> Mount {
+        let mut m = Mount::spawn_under(env, url, mnt, cache, extra, None);
+        m.wait_up();
+        m
     }
 
     /// Like `start`, under `ulimit -n LIMIT` (soft and hard).
@@ -81,13 +100,13 @@ impl Mount {
         extra: &[&str],
         limit: u32,
     ) -> Mount {
-        let mut m = Mount::spawn_under(s, url, mnt, cache, extra, Some(limit));
+        let mut m = Mount::spawn_under(s.env(), url, mnt, cache, extra, Some(limit));
         m.wait_up();
         m
     }
 
     fn spawn_under(
-        s: &Server,
+        env: Vec<(&'static str, String)>,
         url: &str,
         mnt: &Path,
         cache: &Path,
@@ -114,7 +133,7 @@ impl Mount {
             .arg(cache)
             .args(["--foreground", "--log-level", "info"])
             .args(extra)
-            .envs(s.env())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -124,19 +143,41 @@ impl Mount {
             child: Some(child),
             mnt: mnt.to_path_buf(),
             log,
+            cache: cache.to_path_buf(),
         }
     }
 
+    /// The command's output, then the node's log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(self.cache.join("ossmount.log")).unwrap_or_default()
+    }
+
+    /// The pid of the node serving the mount (the holder of the cache's lock).
+    pub fn node_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.cache.join("lock"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
 
-    /// SIGKILL, as a crash would; the dead mount is detached.
+    /// SIGKILL of the node serving the mount, as a crash would, then of the command; the
+    /// dead mount is detached.
     pub fn kill9(&mut self) {
+        if let Some(pid) = self.node_pid() {
+            // SAFETY: signalling a process by pid.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            wait_until(Duration::from_secs(10), || {
+                !Path::new(&format!("/proc/{pid}/status")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                        .is_ok_and(|s| s.contains("State:\tZ"))
+            });
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-pub use sources::{resolve_chain, ChainOptions};
+pub use sources::{chain_environment, resolve_chain, ChainOptions};
 
 use super::{Credentials, OssError};
 use crate::store::BoxFut;
@@ -25,6 +25,11 @@ pub trait ProvideCredentials: Send + Sync {
     fn credentials(&self) -> BoxFut<'_, Result<Credentials, OssError>>;
     /// Which source, for the log (never a secret).
     fn describe(&self) -> String;
+    /// Who signs: the same for every set this source hands out (a key id, a role), so a
+    /// cache can tell mounts of different principals apart. Never a secret.
+    fn principal(&self) -> String {
+        self.describe()
+    }
 }
 
 impl fmt::Debug for dyn ProvideCredentials {
@@ -63,6 +68,10 @@ impl ProvideCredentials for Fixed {
 
     fn describe(&self) -> String {
         self.source.clone()
+    }
+
+    fn principal(&self) -> String {
+        format!("key {}", self.credentials.access_key_id)
     }
 }
 

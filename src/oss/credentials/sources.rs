@@ -7,6 +7,7 @@
 //! `OSSMOUNT_STS_ENDPOINT` point the metadata service and STS elsewhere (tests use stand-ins
 //! on 127.0.0.1).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,14 +28,38 @@ pub struct ChainOptions {
     pub flags: Option<Credentials>,
     /// `--profile` (else `ALIBABA_CLOUD_PROFILE`, else the file's current profile).
     pub profile: Option<String>,
+    /// The environment the chain reads: `None` for this process's. A node server resolves
+    /// each mount's chain in the environment of the command that asked for the mount, so
+    /// one mount's variables never become another's credentials.
+    pub env: Option<Arc<BTreeMap<String, String>>>,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+impl ChainOptions {
+    fn env(&self, name: &str) -> Option<String> {
+        match &self.env {
+            Some(vars) => vars.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        }
+        .filter(|v| !v.is_empty())
+    }
+
+    fn env_true(&self, name: &str) -> bool {
+        self.env(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    }
 }
 
-fn env_true(name: &str) -> bool {
-    env(name).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+/// The variables a credential chain (and the commands' flags) may read: what a node server
+/// needs of a mount command's environment, and nothing else.
+pub fn chain_environment() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k == "HOME"
+                || k.starts_with("OSS_")
+                || k.starts_with("ALIBABA_CLOUD_")
+                || k.starts_with("OSSMOUNT_")
+        })
+        .collect()
 }
 
 fn config_err(msg: impl Into<String>) -> OssError {
@@ -83,11 +108,11 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
         ))));
     }
     match (
-        env("ALIBABA_CLOUD_ACCESS_KEY_ID"),
-        env("ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
+        opts.env("ALIBABA_CLOUD_ACCESS_KEY_ID"),
+        opts.env("ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
     ) {
         (Some(id), Some(secret)) => {
-            let c = fixed(id, secret, env("ALIBABA_CLOUD_SECURITY_TOKEN"));
+            let c = fixed(id, secret, opts.env("ALIBABA_CLOUD_SECURITY_TOKEN"));
             return Ok(found(Arc::new(Fixed::new(
                 c,
                 "ALIBABA_CLOUD_ACCESS_KEY_ID",
@@ -101,16 +126,19 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
         _ => tried.push("environment".into()),
     }
     if let (Some(role), Some(provider), Some(token_file)) = (
-        env("ALIBABA_CLOUD_ROLE_ARN"),
-        env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN"),
-        env("ALIBABA_CLOUD_OIDC_TOKEN_FILE"),
+        opts.env("ALIBABA_CLOUD_ROLE_ARN"),
+        opts.env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN"),
+        opts.env("ALIBABA_CLOUD_OIDC_TOKEN_FILE"),
     ) {
         let p = Refreshing::new(OidcRole {
-            endpoint: env("OSSMOUNT_STS_ENDPOINT").unwrap_or_else(|| STS.into()),
+            endpoint: opts
+                .env("OSSMOUNT_STS_ENDPOINT")
+                .unwrap_or_else(|| STS.into()),
             role_arn: role,
             provider_arn: provider,
             token_file: PathBuf::from(token_file),
-            session_name: env("ALIBABA_CLOUD_ROLE_SESSION_NAME")
+            session_name: opts
+                .env("ALIBABA_CLOUD_ROLE_SESSION_NAME")
                 .unwrap_or_else(|| format!("ossmount-{}", time::unix_now())),
             http: http(),
         });
@@ -121,11 +149,11 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
     let profile = opts
         .profile
         .clone()
-        .or_else(|| env("ALIBABA_CLOUD_PROFILE"));
-    if let Some(home) = env("HOME").map(PathBuf::from) {
+        .or_else(|| opts.env("ALIBABA_CLOUD_PROFILE"));
+    if let Some(home) = opts.env("HOME").map(PathBuf::from) {
         let cli = home.join(".aliyun").join("config.json");
         if cli.exists() {
-            let provider = cli_profile(&cli, profile.as_deref()).await?;
+            let provider = cli_profile(&cli, profile.as_deref(), opts).await?;
             provider.credentials().await?;
             return Ok(found(provider));
         }
@@ -141,10 +169,10 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
         )));
     }
     tried.push("CLI and ossutil profiles".into());
-    if env_true("ALIBABA_CLOUD_ECS_METADATA_DISABLED") {
+    if opts.env_true("ALIBABA_CLOUD_ECS_METADATA_DISABLED") {
         tried.push("ECS RAM role (disabled by ALIBABA_CLOUD_ECS_METADATA_DISABLED)".into());
     } else {
-        let ecs = EcsRole::new(env("ALIBABA_CLOUD_ECS_METADATA"));
+        let ecs = EcsRole::new(opts.env("ALIBABA_CLOUD_ECS_METADATA"), opts);
         match ecs.resolve_role().await {
             Ok(role) => {
                 let p = Refreshing::new(ecs.with_role(role.clone()));
@@ -157,7 +185,7 @@ pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredent
             }
         }
     }
-    if let Some(uri) = env("ALIBABA_CLOUD_CREDENTIALS_URI") {
+    if let Some(uri) = opts.env("ALIBABA_CLOUD_CREDENTIALS_URI") {
         let p = Refreshing::new(CredentialsUri { uri, http: http() });
         p.credentials().await?;
         return Ok(found(Arc::new(p)));
@@ -178,6 +206,7 @@ fn found(p: Arc<dyn ProvideCredentials>) -> Arc<dyn ProvideCredentials> {
 async fn cli_profile(
     path: &Path,
     name: Option<&str>,
+    opts: &ChainOptions,
 ) -> Result<Arc<dyn ProvideCredentials>, OssError> {
     #[derive(Deserialize)]
     struct File {
@@ -225,7 +254,7 @@ async fn cli_profile(
             what,
         ))),
         "EcsRamRole" => {
-            let ecs = EcsRole::new(Some(p.ram_role_name).filter(|r| !r.is_empty()));
+            let ecs = EcsRole::new(Some(p.ram_role_name).filter(|r| !r.is_empty()), opts);
             let role = ecs.resolve_role().await?;
             Ok(Arc::new(Refreshing::new(ecs.with_role(role))))
         }
@@ -383,14 +412,15 @@ struct EcsRole {
 }
 
 impl EcsRole {
-    fn new(role: Option<String>) -> EcsRole {
+    fn new(role: Option<String>, opts: &ChainOptions) -> EcsRole {
         EcsRole {
-            base: env("OSSMOUNT_ECS_METADATA_ENDPOINT")
+            base: opts
+                .env("OSSMOUNT_ECS_METADATA_ENDPOINT")
                 .unwrap_or_else(|| ECS_METADATA.into())
                 .trim_end_matches('/')
                 .to_string(),
             role,
-            imdsv1_disabled: env_true("ALIBABA_CLOUD_IMDSV1_DISABLED"),
+            imdsv1_disabled: opts.env_true("ALIBABA_CLOUD_IMDSV1_DISABLED"),
             http: http(),
         }
     }

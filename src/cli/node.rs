@@ -1,0 +1,217 @@
+//! `ossmount node` (hidden): the node server of one cache directory, started by the first
+//! `ossmount mount` on it, and `join_or_start`, the mount command's way to reach it. The
+//! node reads the first mount's spec on stdin (its node-wide settings: part size, capacity,
+//! connections), serves mounts over the control socket, and ends with exit 0 once no mount
+//! is left. Wiring only.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use ossmount::node::join::{self, JoinError, Joined, MountRequest};
+use ossmount::node::{MountFactory, Node};
+
+use super::mount::MountSpec;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The cache directory to serve
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+}
+
+/// How a node started by a mount command logs.
+pub struct NodeLog<'a> {
+    pub level: Option<&'a str>,
+    pub file: Option<&'a Path>,
+}
+
+/// A node nobody joins after this ends.
+const FIRST_MOUNT_WAIT: Duration = Duration::from_secs(30);
+/// How long a mount command waits for the node it started to take requests.
+const NODE_START_WAIT: Duration = Duration::from_secs(30);
+
+pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the first mount's spec on stdin")?;
+    let spec: MountSpec = serde_json::from_str(&text)
+        .context("stdin is not a mount spec (ossmount node is started by ossmount mount)")?;
+    let (opts, store) = rt.block_on(spec.build())?;
+    if opts.cache_dir != args.cache_dir {
+        bail!(
+            "the spec is for cache directory {}, not {}",
+            opts.cache_dir.display(),
+            args.cache_dir.display()
+        );
+    }
+    let factory: MountFactory = Arc::new(|value| {
+        Box::pin(async move {
+            let spec: MountSpec = serde_json::from_value(value).context("a bad mount spec")?;
+            spec.build().await
+        })
+    });
+    let node = Node::open(&opts, store, rt.handle().clone(), Some(factory))?;
+    tracing::info!(
+        "node serving {} (pid {})",
+        args.cache_dir.display(),
+        std::process::id()
+    );
+    // From here everything goes to the log: nobody waits on this process's pipes.
+    detach_stdio();
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let _ = tokio::time::timeout(FIRST_MOUNT_WAIT, node.asked_once()).await;
+        tokio::select! {
+            _ = node.idle() => {}
+            _ = term.recv() => stop(&node).await,
+            _ = int.recv() => stop(&node).await,
+        }
+    });
+    rt.block_on(node.shutdown());
+    tracing::info!("node of {} ended", args.cache_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM to the node: unmount every mount it made, and end (bounded: busy mounts and
+/// handed-in descriptors end with the process).
+async fn stop(node: &Node) {
+    tracing::info!("signal received: unmounting every mount of this node");
+    node.unmount_all();
+    let _ = tokio::time::timeout(Duration::from_secs(10), node.idle()).await;
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+/// Asks the node serving `cache_dir` for the mount, starting a node when none answers. A
+/// node that was ending as it was asked is asked again (a new one started if need be).
+pub async fn join_or_start(
+    cache_dir: &Path,
+    spec: &MountSpec,
+    req: &MountRequest,
+    log: &NodeLog<'_>,
+) -> Result<Joined> {
+    let mut last = String::new();
+    for attempt in 0..4u32 {
+        let conn = match join::connect(cache_dir).await {
+            Some(c) => c,
+            None => start_node(cache_dir, spec, log).await?,
+        };
+        match join::request_mount(conn, req).await {
+            Ok(j) => return Ok(j),
+            Err(JoinError::Refused(msg)) => bail!("{msg}"),
+            Err(JoinError::Gone(why)) => {
+                last = why;
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    bail!(
+        "the ossmount node of {} kept ending before it took the mount ({last}); try again",
+        cache_dir.display()
+    )
+}
+
+/// Starts `ossmount node` for `cache_dir` in a session of its own, with none of this
+/// process's environment but what it needs to run (the mount's credentials travel in the
+/// spec), and waits until it takes requests. Returns a connection to it.
+async fn start_node(
+    cache_dir: &Path,
+    spec: &MountSpec,
+    log: &NodeLog<'_>,
+) -> Result<tokio::net::UnixStream> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the ossmount executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("node").arg("--cache-dir").arg(cache_dir);
+    if let Some(level) = log.level {
+        cmd.args(["--log-level", level]);
+    }
+    let log_file = log
+        .file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cache_dir.join("ossmount.log"));
+    cmd.arg("--log-file").arg(&log_file);
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "RUST_LOG", "NO_COLOR", "LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; the node must not share this command's session
+    // (a terminal's Ctrl-C, or a supervisor killing the command's group, must not reach it).
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+    }
+    let mut child = cmd.spawn().context("cannot start the ossmount node")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(&serde_json::to_vec(spec).expect("a spec serialises"))
+            .context("cannot hand the mount to the ossmount node")?;
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(conn) = join::connect(cache_dir).await {
+            return Ok(conn);
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            if err.contains("in use by another ossmount process") {
+                // Another command started a node first: it is about to take requests.
+                if let Some(conn) = wait_for_socket(cache_dir, started).await {
+                    return Ok(conn);
+                }
+            }
+            let err = err.trim().trim_start_matches("ossmount: error: ");
+            bail!(
+                "the ossmount node for {} could not start ({status}): {err}",
+                cache_dir.display()
+            );
+        }
+        if started.elapsed() > NODE_START_WAIT {
+            let _ = child.kill();
+            bail!(
+                "the ossmount node for {} did not start within {} s; see {}",
+                cache_dir.display(),
+                NODE_START_WAIT.as_secs(),
+                log_file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_socket(cache_dir: &Path, since: Instant) -> Option<tokio::net::UnixStream> {
+    while since.elapsed() < NODE_START_WAIT {
+        if let Some(conn) = join::connect(cache_dir).await {
+            return Some(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}

@@ -1,0 +1,225 @@
+//! The mount conversation over the control socket, both sides. The command (`request_mount`)
+//! sends one `Mount` request (with a `/dev/fuse` descriptor attached when it was handed
+//! one) and hears `Mounted` or why not; a foreground command then stays connected until it
+//! hears `Ended`, and asks for the unmount with an `unmount` line when it is told to stop.
+//! The node (`serve_mount`) builds the mount from the request, starts it, answers, and for a
+//! foreground command unmounts when the command asks or goes away (a mount on a handed-in
+//! descriptor is its orchestrator's to unmount, and stays). Must not decide how a mount is
+//! built (the node's factory) or run (`MountSession`).
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use super::{MountSession, Node};
+use crate::control::{socket_path, Reply, Request};
+
+/// What a mount command asks a node for.
+pub struct MountRequest {
+    /// Built into options and a store by the node's factory. Holds secrets: never logged.
+    pub spec: serde_json::Value,
+    pub foreground: bool,
+    /// A `/dev/fuse` descriptor to serve (the mount point was `/dev/fd/N`).
+    pub fd: Option<RawFd>,
+}
+
+/// Why a node did not take a mount.
+#[derive(Debug)]
+pub enum JoinError {
+    /// It answered no: the reason, for the user (nothing was mounted).
+    Refused(String),
+    /// It closed the connection without an answer (it was ending): ask again.
+    Gone(String),
+}
+
+/// A mount a node took for this command.
+pub struct Joined {
+    pub mount_id: u64,
+    pub node_pid: u32,
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+/// The node serving `cache_dir`, if one answers on its socket.
+pub async fn connect(cache_dir: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket_path(cache_dir)).await.ok()
+}
+
+/// Asks the node on `conn` for the mount.
+pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joined, JoinError> {
+    let request = Request::Mount {
+        spec: req.spec.clone(),
+        foreground: req.foreground,
+    };
+    let mut line = serde_json::to_vec(&request).expect("requests serialise");
+    line.push(b'\n');
+    if let Some(fd) = req.fd {
+        crate::control::send_with_fd(&conn, &line, fd)
+            .await
+            .map_err(|e| JoinError::Gone(e.to_string()))?;
+    }
+    let (r, mut w) = conn.into_split();
+    if req.fd.is_none() {
+        w.write_all(&line)
+            .await
+            .map_err(|e| JoinError::Gone(e.to_string()))?;
+    }
+    let mut lines = BufReader::new(r).lines();
+    match lines.next_line().await {
+        Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
+            Ok(Reply::Mounted { mount_id, node_pid }) => Ok(Joined {
+                mount_id,
+                node_pid,
+                lines,
+                w,
+            }),
+            Ok(Reply::Error(e)) => Err(JoinError::Refused(e)),
+            Ok(other) => Err(JoinError::Refused(format!("unexpected answer: {other:?}"))),
+            Err(e) => Err(JoinError::Refused(format!("unreadable answer: {e}"))),
+        },
+        Ok(None) => Err(JoinError::Gone("the node closed the connection".into())),
+        Err(e) => Err(JoinError::Gone(e.to_string())),
+    }
+}
+
+impl Joined {
+    /// Waits until the mount ends. When `stop` resolves (the command got SIGTERM or SIGINT)
+    /// asks the node to unmount, and goes on waiting for the end. `Err` when the mount failed
+    /// or the node went away.
+    pub async fn wait(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        tokio::pin!(stop);
+        let mut asked = false;
+        loop {
+            tokio::select! {
+                _ = &mut stop, if !asked => {
+                    asked = true;
+                    if self.w.write_all(b"unmount\n").await.is_err() {
+                        return Err("the node serving the mount is gone".into());
+                    }
+                }
+                line = self.lines.next_line() => match line {
+                    Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
+                        Ok(Reply::Ended(None)) => return Ok(()),
+                        Ok(Reply::Ended(Some(e))) => return Err(format!("the mount failed: {e}")),
+                        _ => continue,
+                    },
+                    Ok(None) | Err(_) => {
+                        return Err("the node serving the mount ended before the mount did".into())
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn send(w: &mut OwnedWriteHalf, reply: &Reply) -> bool {
+    let mut line = serde_json::to_vec(reply).expect("replies serialise");
+    line.push(b'\n');
+    w.write_all(&line).await.is_ok()
+}
+
+/// The node's side of one mount request.
+pub(super) async fn serve_mount(
+    node: Arc<Node>,
+    spec: serde_json::Value,
+    foreground: bool,
+    fd: Option<OwnedFd>,
+    mut lines: Lines<BufReader<OwnedReadHalf>>,
+    mut w: OwnedWriteHalf,
+) {
+    let starting = node.starting();
+    let Some(factory) = node.factory().cloned() else {
+        send(
+            &mut w,
+            &Reply::Error("this process serves no further mounts".into()),
+        )
+        .await;
+        return;
+    };
+    let (opts, store) = match factory(spec).await {
+        Ok(built) => built,
+        Err(e) => {
+            send(&mut w, &Reply::Error(format!("{e:#}"))).await;
+            return;
+        }
+    };
+    let n = node.clone();
+    let session = match tokio::task::spawn_blocking(move || n.mount(opts, store, fd)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!("a mount asked over the control socket failed: {e:#}");
+            send(&mut w, &Reply::Error(format!("{e:#}"))).await;
+            return;
+        }
+        Err(e) => {
+            send(&mut w, &Reply::Error(format!("the mount panicked: {e}"))).await;
+            return;
+        }
+    };
+    drop(starting);
+    let mounted = Reply::Mounted {
+        mount_id: session.id,
+        node_pid: std::process::id(),
+    };
+    if !send(&mut w, &mounted).await {
+        tracing::info!("the command of mount {} left before it heard", session.id);
+    }
+    if !foreground {
+        return;
+    }
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            end = session.ended() => {
+                send(&mut w, &Reply::Ended(end.err())).await;
+                return;
+            }
+            line = lines.next_line(), if !asked => match line {
+                Ok(Some(l)) if l.trim() == "unmount" => {
+                    asked = true;
+                    if !session.owns_mount() {
+                        // Only its orchestrator unmounts it; the command may end now.
+                        unmount(&session, false);
+                        send(&mut w, &Reply::Ended(None)).await;
+                        return;
+                    }
+                    unmount(&session, false);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    // The command is gone (killed): its mount goes with it, as a mount's
+                    // did with its process, but detached if busy so it never stays dead.
+                    tracing::info!("the command of mount {} is gone: unmounting", session.id);
+                    asked = true;
+                    unmount(&session, true);
+                }
+            },
+        }
+    }
+}
+
+fn unmount(s: &MountSession, lazily: bool) {
+    if !s.owns_mount() {
+        tracing::info!(
+            "mount {} is on a handed-in descriptor: it stays until its orchestrator unmounts it",
+            s.id
+        );
+        return;
+    }
+    if let Err(e) = s.unmount() {
+        if lazily {
+            if let Err(e) = s.detach() {
+                tracing::warn!("detaching {} failed: {e}", s.opts.mountpoint.display());
+            }
+        } else {
+            tracing::warn!(
+                "unmount of {} failed: {e}; it ends when its files are closed and it is unmounted",
+                s.opts.mountpoint.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The node server: one process owns a cache directory (its lock, entries, capacity and
+//! LRU, its running hydrations, the connection budget, the control socket and the status
+//! file) and serves every mount on it, each a `MountSession` with its own store, options and
+//! counters. `ossmount mount` on a cache directory a node serves joins it over the control
+//! socket (see `join`); a node with no mount left ends. Created, run and ended in one place:
+//! `Node::open`, `Node::mount`, `Node::shutdown`. Must not speak HTTP or fuser itself (the
+//! stores and `fs::fuse` do).
+
+pub mod join;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::cache::{Cache, Capacity};
+use crate::control::ControlServer;
+use crate::fs::MountCounters;
+use crate::hydrate::{ConnectionLimiter, HydrationConfig};
+use crate::mount::MountOptions;
+use crate::status::{self, MountStatusFile, SessionStatus};
+use crate::store::ObjectStore;
+
+pub use session::{MountSession, SessionEnd};
+
+/// Builds a mount's options and store from what a client sent (its command line and
+/// environment); the command line's business, so the node takes it as a function.
+pub type MountFactory = Arc<
+    dyn Fn(
+            serde_json::Value,
+        ) -> crate::store::BoxFut<'static, Result<(MountOptions, Arc<dyn ObjectStore>)>>
+        + Send
+        + Sync,
+>;
+
+pub struct Node {
+    cache_dir: PathBuf,
+    cache: Arc<Cache>,
+    rt: tokio::runtime::Handle,
+    sessions: Mutex<Sessions>,
+    /// Live sessions plus mounts being started: the node ends when it drops to 0.
+    busy: watch::Sender<usize>,
+    /// Mounts asked for since the node started, taken or not.
+    asked: watch::Sender<u64>,
+    next_id: AtomicU64,
+    control: Mutex<Option<ControlServer>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    factory: Option<MountFactory>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    live: Vec<Arc<MountSession>>,
+    /// Final counters of the sessions that ended, for the status file's totals.
+    ended: Vec<(String, String, MountCounters)>,
+}
+
+/// A mount being started: counted as busy until it is dropped, so the node does not end
+/// between a client's request and its mount.
+pub struct Starting<'a>(&'a Node);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.busy.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Node {
+    /// Takes the cache directory (its lock) with the node-wide settings of `first` (part
+    /// size, capacity, connections, hydration mode and readahead), and starts the node's
+    /// background work. `store` is the first mount's; every mount brings its own.
+    pub fn open(
+        first: &MountOptions,
+        store: Arc<dyn ObjectStore>,
+        rt: tokio::runtime::Handle,
+        factory: Option<MountFactory>,
+    ) -> Result<Arc<Node>> {
+        raise_open_file_limit();
+        let opts = first;
+        let part_size = opts.part_size;
+        let reserve = (opts.max_connections / 4).max(2);
+        let limiter = if opts.adaptive {
+            ConnectionLimiter::adaptive(opts.max_connections, reserve, opts.threads)
+        } else {
+            ConnectionLimiter::new(opts.max_connections, reserve)
+        };
+        let cfg = HydrationConfig {
+            part_size,
+            // Adaptive: one file may use the whole background share the limiter allows now.
+            threads: if opts.adaptive {
+                limiter.window_max()
+            } else {
+                opts.threads
+            },
+            mode: opts.mode,
+            readahead_parts: opts.readahead.div_ceil(part_size).max(1) as usize,
+            part_attempts: 2,
+            retry_delay: Duration::from_millis(200),
+            ..HydrationConfig::default()
+        };
+        crate::cache::private_dir(&opts.cache_dir)?;
+        let defaults = Capacity::default_for(&opts.cache_dir);
+        let capacity = Capacity {
+            max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
+            min_free_disk: opts.min_free_disk.unwrap_or(defaults.min_free_disk),
+        };
+        let cache = Arc::new(Cache::open(
+            &opts.cache_dir,
+            store,
+            cfg,
+            limiter.clone(),
+            capacity,
+        )?);
+        let node = Arc::new(Node {
+            cache_dir: opts.cache_dir.clone(),
+            cache: cache.clone(),
+            rt: rt.clone(),
+            sessions: Mutex::default(),
+            busy: watch::channel(0).0,
+            asked: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+            control: Mutex::new(None),
+            tasks: Mutex::default(),
+            factory,
+        });
+        let control = {
+            let _rt = rt.enter();
+            crate::control::serve(&opts.cache_dir, node.clone()).with_context(|| {
+                format!(
+                    "cannot open the control socket in {}",
+                    opts.cache_dir.display()
+                )
+            })?
+        };
+        *node.control.lock().unwrap() = Some(control);
+        let mut tasks = vec![rt.spawn({
+            let node = Arc::downgrade(&node);
+            async move {
+                while let Some(node) = node.upgrade() {
+                    node.tick();
+                    drop(node);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        })];
+        if opts.adaptive {
+            let cache = cache.clone();
+            tasks.push(rt.spawn(limiter.adapt(Duration::from_millis(250), move || {
+                cache.engine_stats().bytes_fetched.load(Ordering::Relaxed)
+            })));
+        }
+        *node.tasks.lock().unwrap() = tasks;
+        Ok(node)
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    pub fn factory(&self) -> Option<&MountFactory> {
+        self.factory.as_ref()
+    }
+
+    /// Counts a mount about to start as busy (see `Starting`).
+    pub fn starting(&self) -> Starting<'_> {
+        self.busy.send_modify(|n| *n += 1);
+        self.asked.send_modify(|n| *n += 1);
+        Starting(self)
+    }
+
+    /// Mounts one session over the node's cache with `store` (blocking: call it off the
+    /// async runtime). `handed_in` is a `/dev/fuse` descriptor a client passed over the
+    /// control socket.
+    pub fn mount(
+        &self,
+        opts: MountOptions,
+        store: Arc<dyn ObjectStore>,
+        handed_in: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Arc<MountSession>> {
+        let _starting = self.starting();
+        crate::mount::check_mountpoint(&opts.mountpoint).or_else(|e| match &handed_in {
+            Some(_) => Ok(()),
+            None => Err(e),
+        })?;
+        opts.request_metrics
+            .report_throttling_to(self.cache.limiter().clone());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(MountSession::start(
+            id,
+            opts,
+            store,
+            &self.cache,
+            handed_in,
+            &self.rt,
+        )?);
+        self.sessions.lock().unwrap().live.push(session.clone());
+        self.busy.send_modify(|n| *n += 1);
+        // Ends the session's bookkeeping when its FUSE session ends, however it ends.
+        let weak = Arc::downgrade(&session);
+        self.rt.spawn({
+            let busy = self.busy.clone();
+            async move {
+                if let Some(s) = weak.upgrade() {
+                    let _ = s.ended().await;
+                }
+                busy.send_modify(|n| *n -= 1);
+            }
+        });
+        self.write_status();
+        Ok(session)
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<Arc<MountSession>> {
+        self.sessions.lock().unwrap().live.clone()
+    }
+
+    /// A live session serving `bucket` (for a prefetch asked over the control socket).
+    pub fn session_for_bucket(&self, bucket: &str) -> Option<Arc<MountSession>> {
+        self.sessions()
+            .into_iter()
+            .find(|s| s.opts.url.bucket == bucket && !s.has_ended())
+    }
+
+    /// Waits until a first mount has been asked for (taken or refused).
+    pub async fn asked_once(&self) {
+        let mut rx = self.asked.subscribe();
+        let _ = rx.wait_for(|n| *n > 0).await;
+    }
+
+    /// Waits until no session is live and none is being started.
+    pub async fn idle(&self) {
+        let mut rx = self.busy.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Once a second: hydrations that finished after their last close give back their
+    /// files, each mount's namespace forgets what the kernel let go of, ended sessions are
+    /// closed, and the status file is refreshed.
+    fn tick(&self) {
+        self.cache.reap();
+        self.retire_ended();
+        for s in self.sessions() {
+            s.fs.sweep_namespace();
+        }
+        self.write_status();
+    }
+
+    fn retire_ended(&self) {
+        let mut st = self.sessions.lock().unwrap();
+        let (ended, live): (Vec<_>, Vec<_>) = st.live.drain(..).partition(|s| s.has_ended());
+        st.live = live;
+        for s in ended {
+            s.close();
+            st.ended.push((
+                s.opts.url.to_string(),
+                s.opts.mountpoint.display().to_string(),
+                s.fs.counters(),
+            ));
+        }
+    }
+
+    /// Unmounts every session this process mounted (SIGTERM to the node).
+    pub fn unmount_all(&self) {
+        for s in self.sessions() {
+            if let Err(e) = s.unmount() {
+                tracing::warn!("unmount of {} failed: {e}", s.opts.mountpoint.display());
+            }
+        }
+    }
+
+    /// Stops the control socket (and the prefetches it runs), the background work and
+    /// every hydration with its checkpoint consistent; writes the last status.
+    pub async fn shutdown(&self) {
+        let control = self.control.lock().unwrap().take();
+        if let Some(c) = control {
+            c.shutdown().await;
+        }
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.cache_dir));
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        self.retire_ended();
+        self.cache.shutdown().await;
+        self.write_status();
+    }
+
+    /// Refreshes `<cache>/status.json` for `ossmount status`: every mount, and the totals.
+    fn write_status(&self) {
+        let cache = &self.cache;
+        let hydrating = cache
+            .active()
+            .iter()
+            .filter(|h| !h.is_complete())
+            .filter_map(|h| {
+                h.data_path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+            })
+            .collect();
+        let st = self.sessions.lock().unwrap();
+        let mut mounts: Vec<SessionStatus> = st
+            .live
+            .iter()
+            .map(|s| SessionStatus {
+                id: s.id,
+                url: s.opts.url.to_string(),
+                mountpoint: s.opts.mountpoint.display().to_string(),
+                counters: s.fs.counters(),
+            })
+            .collect();
+        let ended = st.ended.iter().map(|(url, mnt, c)| SessionStatus {
+            id: 0,
+            url: url.clone(),
+            mountpoint: mnt.clone(),
+            counters: c.clone(),
+        });
+        let all: Vec<SessionStatus> = mounts.iter().cloned().chain(ended).collect();
+        if mounts.is_empty() {
+            mounts = all.iter().rev().take(1).cloned().collect();
+        }
+        let first = mounts.first();
+        let st = MountStatusFile {
+            pid: std::process::id(),
+            url: first.map(|m| m.url.clone()).unwrap_or_default(),
+            mountpoint: first.map(|m| m.mountpoint.clone()).unwrap_or_default(),
+            capacity_bytes: cache.capacity().max_bytes,
+            min_free_disk: cache.capacity().min_free_disk,
+            used_bytes: cache.used_bytes(),
+            hydrating,
+            counters: MountCounters::total(all.iter().map(|m| &m.counters)),
+            mounts,
+            updated_unix: status::unix_now(),
+        };
+        status::write_status_file(cache.dir(), &st);
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (a node holds one per open
+/// file it serves, whatever a service manager's default soft limit is) and logs the figure.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("open file limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("open file limit stays {soft} (hard {hard}): {e}"),
+        },
+        Ok((soft, _)) => tracing::info!("open file limit {soft}"),
+        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
+    }
+}
+
+impl crate::control::Served for Node {
+    fn prefetch_with(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String> {
+        let s = self.session_for_bucket(bucket).ok_or_else(|| {
+            format!(
+                "no mount of bucket {bucket} is served from this cache directory; mount it first, or prefetch into another --cache-dir"
+            )
+        })?;
+        Ok((s.fs.store().clone(), s.fs.cache().clone()))
+    }
+
+    fn mount(
+        self: Arc<Self>,
+        spec: serde_json::Value,
+        foreground: bool,
+        fd: Option<std::os::fd::OwnedFd>,
+        lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+        w: tokio::net::unix::OwnedWriteHalf,
+    ) -> crate::store::BoxFut<'static, ()> {
+        Box::pin(join::serve_mount(self, spec, foreground, fd, lines, w))
+    }
+}

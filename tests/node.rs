@@ -1,0 +1,212 @@
+//! Many mounts, one cache: `ossmount mount` on a cache directory a node already serves joins
+//! that node, through the real kernel FUSE (root and /dev/fuse required). Every mount is
+//! owned by a guard that unmounts it and ends its command; every wait is bounded.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::mount::*;
+use common::*;
+
+/// GET body bytes the server sent for `key` so far.
+fn body_bytes(s: &Server, key: &str) -> u64 {
+    s.emu.object_counters(BUCKET, key).body_bytes
+}
+
+async fn read(path: std::path::PathBuf) -> Vec<u8> {
+    fs_op(Duration::from_secs(60), move || std::fs::read(&path))
+        .await
+        .unwrap_or_else(|e| panic!("read: {e}"))
+}
+
+/// The mounts `ossmount status --json` lists for the cache.
+fn status_mounts(cache: &Path) -> Vec<String> {
+    status_json(cache)["mounted"]["mounts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["mountpoint"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_mounts_share_one_node_one_cache_and_each_unmounts_on_its_own() {
+    require_fuse();
+    let s = Server::start().await;
+    let small = ossmount::sample::bytes(11, 300_000);
+    s.put("pre/small.bin", &small);
+    const BIG: u64 = 48 * MIB;
+    s.put_sample("pre/big.bin", 12, BIG);
+    let want_big = ossmount::sample::bytes(12, BIG as usize);
+    let (a_mnt, cache) = dirs(&s, "a");
+    let b_mnt = a_mnt.parent().unwrap().join("b");
+    let c_mnt = a_mnt.parent().unwrap().join("c");
+    let mut a = Mount::start(&s, &url(), &a_mnt, &cache, &[]);
+    let b = Mount::start(&s, &url(), &b_mnt, &cache, &[]);
+    let c = Mount::start(&s, &format!("oss://{BUCKET}/pre/"), &c_mnt, &cache, &[]);
+
+    // One node serves the three: the cache's lock holder, with three mounts in its status.
+    let node = a.node_pid().expect("a node holds the cache");
+    assert_eq!((b.node_pid(), c.node_pid()), (Some(node), Some(node)));
+    assert!(
+        wait_until(Duration::from_secs(10), || status_mounts(&cache).len() == 3),
+        "{}",
+        status_json(&cache)
+    );
+    for cmd in [&a, &b, &c] {
+        let pid = cmd.child.as_ref().unwrap().id() as i32;
+        assert_ne!(pid, node, "a mount's command is not the node");
+    }
+
+    // Read through one mount, then through the others: not one more byte from the server.
+    assert!(read(a.path("pre/small.bin")).await == small);
+    let fetched = body_bytes(&s, "pre/small.bin");
+    assert_eq!(fetched, small.len() as u64);
+    assert!(read(b.path("pre/small.bin")).await == small);
+    assert!(read(c.path("small.bin")).await == small);
+    assert_eq!(
+        body_bytes(&s, "pre/small.bin"),
+        fetched,
+        "served from the one cache"
+    );
+
+    // Two cold readers through two mounts at once: each byte fetched once.
+    let (x, y) = tokio::join!(read(b.path("pre/big.bin")), read(c.path("big.bin")));
+    assert!(
+        x == want_big && y == want_big,
+        "both read the object's bytes"
+    );
+    assert_eq!(
+        body_bytes(&s, "pre/big.bin"),
+        BIG,
+        "one hydration served both mounts"
+    );
+
+    // Unmounting one ends its command with exit 0; the others keep serving.
+    let status = a.unmount();
+    assert!(status.success(), "{}", a.log_text());
+    assert!(!is_mounted(&a_mnt));
+    assert!(read(b.path("pre/small.bin")).await == small);
+    assert!(read(c.path("big.bin")).await == want_big);
+    assert_eq!(b.node_pid(), Some(node), "the node goes on");
+    assert!(
+        wait_until(Duration::from_secs(10), || status_mounts(&cache).len() == 2),
+        "{}",
+        status_json(&cache)
+    );
+    assert_eq!(body_bytes(&s, "pre/big.bin"), BIG);
+    drop((b, c));
+    // The last mount gone, the node ends and lets go of the cache.
+    let gone = wait_until(Duration::from_secs(20), || {
+        !Path::new(&format!("/proc/{node}")).exists()
+            || std::fs::read_to_string(format!("/proc/{node}/status"))
+                .is_ok_and(|s| s.contains("State:\tZ"))
+    });
+    assert!(gone, "the node ended after its last mount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_whose_credentials_are_refused_gets_eacces_for_what_another_mount_cached() {
+    require_fuse();
+    const LIMITED_AK: &str = "limited-ak";
+    const LIMITED_SK: &str = "limited-secret-9f8e";
+    let s = Server::start_with(|cfg| {
+        cfg.restricted.push(ossmount::emulator::RestrictedKey {
+            access_key_id: LIMITED_AK.into(),
+            access_key_secret: LIMITED_SK.into(),
+            denied_prefixes: vec!["secret/".into()],
+        })
+    })
+    .await;
+    let data = ossmount::sample::bytes(21, 200_000);
+    s.put("secret/plan.bin", &data);
+    s.put("open/readme.txt", b"for everyone");
+    let (full_mnt, cache) = dirs(&s, "full");
+    let limited_mnt = full_mnt.parent().unwrap().join("limited");
+    let full = Mount::start(&s, &url(), &full_mnt, &cache, &[]);
+    assert!(read(full.path("secret/plan.bin")).await == data);
+
+    let mut env = s.env();
+    env.retain(|(k, _)| !k.starts_with("OSS_ACCESS_KEY"));
+    env.push(("OSS_ACCESS_KEY_ID", LIMITED_AK.into()));
+    env.push(("OSS_ACCESS_KEY_SECRET", LIMITED_SK.into()));
+    let limited = Mount::start_with_env(&url(), &limited_mnt, &cache, &[], env);
+    assert_eq!(limited.node_pid(), full.node_pid(), "one node, one cache");
+    let plan = limited.path("secret/plan.bin");
+    let err = fs_op(Duration::from_secs(30), move || std::fs::read(plan))
+        .await
+        .expect_err("the cached object is not served to a mount its server refuses");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(read(limited.path("open/readme.txt")).await == b"for everyone");
+    // The mount that may read it still does, from the cache.
+    let before = body_bytes(&s, "secret/plan.bin");
+    assert!(read(full.path("secret/plan.bin")).await == data);
+    assert_eq!(body_bytes(&s, "secret/plan.bin"), before);
+    let log = full.log_text();
+    assert!(!log.contains(LIMITED_SK), "a secret reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_that_cannot_start_exits_non_zero_naming_the_cause_and_mounts_nothing() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("a", b"a");
+    let (mnt, cache) = dirs(&s, "refused");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let first = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    // Joining the running node: a missing bucket is refused by name, nothing is mounted.
+    let other = mnt.parent().unwrap().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = fs_op(Duration::from_secs(60), {
+        let (other, cache, env) = (other.clone(), cache.clone(), s.env());
+        move || {
+            Command::new(bin())
+                .args(["mount", "oss://no-such-bucket/"])
+                .arg(&other)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("--foreground")
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("NoSuchBucket"), "{text}");
+    assert!(!is_mounted(&other));
+    // The node and its first mount are untouched.
+    assert!(read(first.path("a")).await == b"a");
+    drop(first);
+
+    // With no node running: the same, and no node is left behind holding the cache.
+    let cache2 = cache.parent().unwrap().join("cache2");
+    let out = fs_op(Duration::from_secs(60), {
+        let (other, cache2, env) = (other.clone(), cache2.clone(), s.env());
+        move || {
+            Command::new(bin())
+                .args(["mount", "oss://no-such-bucket/"])
+                .arg(&other)
+                .arg("--cache-dir")
+                .arg(&cache2)
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("NoSuchBucket"), "{text}");
+    assert!(!is_mounted(&other));
+    let released = wait_until(Duration::from_secs(20), || {
+        !ossmount::cache::lock_is_held(&cache2)
+    });
+    assert!(released, "the node that took no mount ended");
+}
