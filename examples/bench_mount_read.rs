@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use ossmount::emulator::{Emulator, EmulatorConfig};
 use ossmount::fs::fuse::FuseTuning;
-use ossmount::mount::{run_mount, MountOptions};
+use ossmount::mount::MountOptions;
+use ossmount::node::run_mount;
 use ossmount::oss::{OssClient, OssUrl};
 use ossmount::size::{human_bytes, parse_size};
 

@@ -1,9 +1,8 @@
-//! Wiring a mount together: check what the user gave (mountpoint, cache dir, credentials and
-//! bucket with one request), open the cache, build the filesystem, run the FUSE session until
-//! it is unmounted (`umount`, SIGINT or SIGTERM), then stop hydrations with their checkpoints
-//! consistent and log the mount's counters. The mount point may be `/dev/fd/N`, a
-//! `/dev/fuse` descriptor an orchestrator mounted itself: then this process only serves it,
-//! and never mounts or unmounts anything.
+//! What a mount is asked to be (`MountOptions`) and the checks before anything is mounted:
+//! the mount point (a directory, or `/dev/fd/N`: a `/dev/fuse` descriptor an orchestrator
+//! mounted itself, which is then only served, never mounted or unmounted), and one request
+//! that proves the credentials, endpoint and bucket. Running a mount is the node's
+//! (`node`); this module must not start one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,65 +165,4 @@ pub async fn preflight(store: &dyn ObjectStore, url: &OssUrl, prefix: &str) -> R
         .await
         .with_context(|| format!("cannot list {url} (checked before mounting)"))?;
     Ok(())
-}
-
-/// Mounts and serves in this process until unmounted (`umount`, SIGINT or SIGTERM), with a
-/// node of its own that takes no other mounts (the demo, benchmarks). `on_mounted` runs once
-/// the kernel has the mount.
-pub fn run_mount(
-    opts: &MountOptions,
-    store: Arc<dyn ObjectStore>,
-    rt: tokio::runtime::Handle,
-    on_mounted: impl FnOnce(),
-) -> Result<()> {
-    check_mountpoint(&opts.mountpoint)?;
-    let node = crate::node::Node::open(opts, store.clone(), rt.clone(), None)?;
-    let session = match node.mount(opts.clone(), store, None) {
-        Ok(s) => s,
-        Err(e) => {
-            rt.block_on(node.shutdown());
-            return Err(e);
-        }
-    };
-    let signal_task = rt.spawn({
-        let session = session.clone();
-        async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!(
-                "signal received, unmounting {}",
-                session.opts.mountpoint.display()
-            );
-            if let Err(e) = session.unmount() {
-                tracing::warn!("unmount failed: {e}");
-            }
-            // A handed-in descriptor is not ours to unmount: the signal ends the mount.
-            !session.owns_mount()
-        }
-    });
-    tracing::info!(
-        "mounted {} at {} (cache {})",
-        opts.url,
-        opts.mountpoint.display(),
-        opts.cache_dir.display()
-    );
-    on_mounted();
-    let result = rt.block_on(async {
-        tokio::select! {
-            end = session.ended() => end,
-            Ok(true) = signal_task => Ok(()),
-        }
-    });
-    rt.block_on(node.shutdown());
-    result.map_err(|e| {
-        anyhow::anyhow!(
-            "the FUSE session on {} failed: {e}",
-            opts.mountpoint.display()
-        )
-    })
 }

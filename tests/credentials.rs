@@ -167,8 +167,11 @@ async fn a_mount_on_an_ecs_ram_role_keeps_reading_across_rotations() {
     }
     let minted = minter.minted.load(Ordering::SeqCst);
     assert!(minted >= 3, "only {minted} keys: no rotation happened");
+    let node_log = guard.cache.join("ossmount.log");
     drop(guard);
-    let text = std::fs::read_to_string(&log).unwrap();
+    // The command's output, then the log of the node that served the mount.
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(node_log).unwrap_or_default();
     assert!(
         text.contains("ECS RAM role test-role"),
         "the log names the source"

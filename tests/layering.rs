@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// Top first. A module may import any module after it, none before it.
 const LAYERS: &[&str] = &[
-    "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache", "hydrate",
-    "oss", "store", "crc64", "sample", "size", "net",
+    "node", "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache",
+    "hydrate", "oss", "store", "crc64", "sample", "size", "net",
 ];
 
 /// Modules that must reach object storage only through `store` (its trait, types, errors).

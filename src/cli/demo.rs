@@ -53,7 +53,7 @@ pub fn run(a: &DemoArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
     opts.threads = 4;
     opts.max_connections = 16;
     let m = mnt.display();
-    let result = ossmount::mount::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
+    let result = ossmount::node::run_mount(&opts, Arc::new(client), rt.handle().clone(), || {
         eprintln!(
             "\nossmount demo: a local OSS-compatible server at {} ({}/s per connection) is mounted at {m}\n\n  ls -l {m} {m}/photos/2024 | head     listings only, nothing downloaded\n  time cp {m}/big/dataset.bin /tmp/      parts in parallel (from 4, more while it pays) into {}\n  getfattr -d {m}/big/dataset.bin       hydration state\n\nStop with Ctrl-C (or umount {m}); run the demo again to resume a partial file from the cache.\n",
             emu.endpoint(),

@@ -204,15 +204,7 @@ pub fn run(
     if !m.foreground {
         return Ok(ExitCode::SUCCESS);
     }
-    let stop = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    rt.block_on(joined.wait(stop)).map_err(anyhow::Error::msg)?;
+    rt.block_on(joined.wait(super::wait_for_signal()))
+        .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }

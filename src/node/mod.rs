@@ -8,6 +8,7 @@
 
 pub mod join;
 mod session;
+mod single;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use crate::status::{self, MountStatusFile, SessionStatus};
 use crate::store::ObjectStore;
 
 pub use session::{MountSession, SessionEnd};
+pub use single::run_mount;
 
 /// Builds a mount's options and store from what a client sent (its command line and
 /// environment); the command line's business, so the node takes it as a function.
@@ -49,6 +51,9 @@ pub struct Node {
     next_id: AtomicU64,
     control: Mutex<Option<ControlServer>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The once-a-second work (`tick`): stopped by a signal and awaited at shutdown, never
+    /// aborted, so a tick still running cannot write the status after the last write.
+    ticker: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     factory: Option<MountFactory>,
 }
 
@@ -125,6 +130,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             control: Mutex::new(None),
             tasks: Mutex::default(),
+            ticker: Mutex::default(),
             factory,
         });
         let control = {
@@ -137,16 +143,23 @@ impl Node {
             })?
         };
         *node.control.lock().unwrap() = Some(control);
-        let mut tasks = vec![rt.spawn({
+        let (stop_ticks, mut ticks_stopped) = watch::channel(false);
+        let ticker = rt.spawn({
             let node = Arc::downgrade(&node);
             async move {
                 while let Some(node) = node.upgrade() {
-                    node.tick();
-                    drop(node);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Off the async workers: stopping a hydration syncs its records, and
+                    // the status is a file written.
+                    let _ = tokio::task::spawn_blocking(move || node.tick()).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = ticks_stopped.changed() => break,
+                    }
                 }
             }
-        })];
+        });
+        *node.ticker.lock().unwrap() = Some((stop_ticks, ticker));
+        let mut tasks = Vec::new();
         if opts.adaptive {
             let cache = cache.clone();
             tasks.push(rt.spawn(limiter.adapt(Duration::from_millis(250), move || {
@@ -283,6 +296,11 @@ impl Node {
         let _ = std::fs::remove_file(crate::control::socket_path(&self.cache_dir));
         for t in self.tasks.lock().unwrap().drain(..) {
             t.abort();
+        }
+        let ticker = self.ticker.lock().unwrap().take();
+        if let Some((stop, task)) = ticker {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         self.retire_ended();
         self.cache.shutdown().await;
