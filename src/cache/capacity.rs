@@ -5,16 +5,16 @@
 //! it decides under the index lock and unlinks after it (see `claims`). Must not start
 //! hydrations or send requests.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
 
 use crate::hydrate::checkpoint::Checkpoint;
-use crate::hydrate::{Hydration, ObjectIdentity, SpaceBudget};
+use crate::hydrate::{ObjectIdentity, SpaceBudget};
 
 use super::claims::{Claim, Removed};
+use super::index::Index;
 use super::Cache;
 
 /// Limits on what the cache may hold.
@@ -97,22 +97,6 @@ pub(super) struct Shared {
     pub(super) stats: CacheStats,
 }
 
-pub(super) struct Index {
-    pub(super) lru: lru::LruCache<String, IndexEntry>,
-    pub(super) used: u64,
-    pub(super) open: HashMap<String, usize>,
-    pub(super) active: HashMap<String, Hydration>,
-    /// Parts each entry's earlier hydrations checked in this mount's life (for the version
-    /// they belonged to): a reopen trusts them instead of reading the entry back again.
-    pub(super) checked: HashMap<String, (ObjectIdentity, fixedbitset::FixedBitSet)>,
-    /// Entries whose files someone is working on outside the lock (`claims`): opens of them
-    /// wait, eviction passes them over. Never also in `active`.
-    pub(super) claims: HashMap<String, Claim>,
-    /// Bytes of removed entries whose files are not unlinked yet: the disk gets them back
-    /// soon, so they count as free (eviction would otherwise go on while they are unlinked).
-    pub(super) freeing: u64,
-}
-
 /// Why an entry's files are removed: counted and logged as an eviction only when it is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Removal {
@@ -147,11 +131,7 @@ impl SpaceBudget for Budget {
         if let Some(shared) = self.shared.upgrade() {
             let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
             let mut idx = shared.index.lock().unwrap();
-            let charge = charge_for(bytes);
-            if let Some(e) = idx.lru.peek_mut(&name) {
-                e.charged = e.charged.saturating_sub(charge);
-                idx.used = idx.used.saturating_sub(charge);
-            }
+            idx.uncharge(&name, charge_for(bytes));
         }
     }
 }
@@ -167,7 +147,7 @@ impl Shared {
             .unwrap_or(u64::MAX)
     }
 
-    fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
+    pub(super) fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
         // Asked before the lock: statvfs is I/O, and may be slow when the disk is.
         let free = (self.capacity.min_free_disk > 0).then(|| self.free_disk());
         let mut evicted = Vec::new();
@@ -196,26 +176,16 @@ impl Shared {
         if idx.claims.get(name) == Some(&Claim::Removing) {
             return false;
         }
-        let evictable_now = |idx: &Index, k: &str| {
-            k != name && !idx.open.contains_key(k) && !idx.claims.contains_key(k)
-        };
-        // What evicting every unopened entry could give back: when the disk is short by more
-        // than that (space used outside the cache), evicting would empty the cache for
-        // nothing, so the part is refused instead.
-        let evictable = |idx: &Index| -> u64 {
-            idx.lru
-                .iter()
-                .filter(|(k, _)| evictable_now(idx, k))
-                .map(|(_, e)| e.charged)
-                .sum()
-        };
         // Entries being unlinked count as free already.
         let disk_deficit = |idx: &Index| match free_disk {
             Some(free) => (self.capacity.min_free_disk + charge)
                 .saturating_sub(free.saturating_add(idx.freeing)),
             None => 0,
         };
-        if disk_deficit(idx) > evictable(idx) {
+        // What evicting every unopened entry could give back: when the disk is short by more
+        // than that (space used outside the cache), evicting would empty the cache for
+        // nothing, so the part is refused instead.
+        if disk_deficit(idx) > 0 && disk_deficit(idx) > idx.evictable_bytes(name) {
             self.stats.no_space.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -226,36 +196,23 @@ impl Shared {
             }
             // The least recently used entry that no handle has open and no one is working
             // on, other than this one.
-            let victim = idx
-                .lru
-                .iter()
-                .rev()
-                .map(|(k, _)| k)
-                .find(|k| evictable_now(idx, k))
-                .cloned();
+            let victim = idx.victim(name);
             let Some(victim) = victim else {
                 self.stats.no_space.fetch_add(1, Ordering::Relaxed);
                 return false;
             };
             evicted.push(self.detach(idx, &victim, Removal::Evicted));
         }
-        idx.used += charge;
-        match idx.lru.peek_mut(name) {
-            Some(e) => e.charged += charge,
-            None => {
-                let parts = self.part_count(id.size);
-                let record = checkpoint_charge(parts, id.key.len());
-                idx.lru.put(
-                    name.to_string(),
-                    IndexEntry {
-                        bucket: id.bucket.clone(),
-                        key: id.key.clone(),
-                        size: id.size,
-                        charged: charge + record,
-                    },
-                );
-                idx.used += record;
-            }
+        if !idx.charge(name, charge) {
+            let parts = self.part_count(id.size);
+            let record = checkpoint_charge(parts, id.key.len());
+            let entry = IndexEntry {
+                bucket: id.bucket.clone(),
+                key: id.key.clone(),
+                size: id.size,
+                charged: charge + record,
+            };
+            idx.insert(name, entry);
         }
         true
     }

@@ -12,7 +12,8 @@ use std::sync::{MutexGuard, PoisonError};
 
 use crate::hydrate::Hydration;
 
-use super::capacity::{entry_files, Index, Removal, Shared};
+use super::capacity::{entry_files, Removal, Shared};
+use super::index::Index;
 
 /// What the owner of an entry's claim is doing with its files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +107,8 @@ impl Shared {
         let hydration = idx.active.remove(name);
         idx.checked.remove(name);
         let mut charged = 0;
-        if let Some(e) = idx.lru.pop(name) {
+        if let Some(e) = idx.remove(name) {
             charged = e.charged;
-            idx.used = idx.used.saturating_sub(e.charged);
             if why == Removal::Evicted {
                 self.stats
                     .evictions

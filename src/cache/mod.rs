@@ -16,8 +16,8 @@
 mod capacity;
 mod claims;
 mod dir;
+mod index;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,10 +33,9 @@ use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
 use crate::store::ObjectStore;
-use capacity::{
-    build_index, clean_strays, entry_files, Budget, Index, Removal, Shared, FIXED_OVERHEAD,
-};
+use capacity::{build_index, clean_strays, entry_files, Budget, Removal, Shared, FIXED_OVERHEAD};
 use claims::Claim;
+use index::Index;
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,15 +105,7 @@ impl Cache {
             entries: entries.clone(),
             capacity,
             part_size: cfg.part_size,
-            index: Mutex::new(Index {
-                lru,
-                used: used + FIXED_OVERHEAD,
-                open: HashMap::new(),
-                active: HashMap::new(),
-                checked: HashMap::new(),
-                claims: HashMap::new(),
-                freeing: 0,
-            }),
+            index: Mutex::new(Index::new(lru, used + FIXED_OVERHEAD)),
             released: Default::default(),
             stats: CacheStats::default(),
         });
@@ -165,8 +156,7 @@ impl Cache {
 
     /// The entries from least to most recently used.
     pub fn entries_lru_first(&self) -> Vec<IndexEntry> {
-        let idx = self.shared.index.lock().unwrap();
-        idx.lru.iter().rev().map(|(_, e)| e.clone()).collect()
+        self.shared.index.lock().unwrap().lru_first()
     }
 
     /// A handle opened this entry: it is not evicted until `close_entry`.
@@ -195,8 +185,7 @@ impl Cache {
                 if let Some(body) = body {
                     h.supply(body);
                 }
-                *idx.open.entry(name.clone()).or_default() += 1;
-                idx.lru.get(&name);
+                idx.opened(&name);
                 drop(idx);
                 h
             }
@@ -210,8 +199,7 @@ impl Cache {
                 let h = self.start_hydration(id, &name, old, earlier_checks, body)?;
                 claim.release_with(|idx| {
                     idx.active.insert(name.clone(), h.clone());
-                    *idx.open.entry(name.clone()).or_default() += 1;
-                    idx.lru.get(&name);
+                    idx.opened(&name);
                 });
                 h
             }
@@ -229,14 +217,9 @@ impl Cache {
     pub fn close_entry(&self, id: &ObjectIdentity) {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.index.lock().unwrap();
-        let Some(n) = idx.open.get_mut(&name) else {
-            return;
-        };
-        *n = n.saturating_sub(1);
-        if *n > 0 {
+        if !idx.closed(&name) {
             return;
         }
-        idx.open.remove(&name);
         let reaped = self.take_finished(&mut idx, &name);
         drop(idx);
         if let Some((claim, h)) = reaped {
@@ -252,7 +235,7 @@ impl Cache {
         let unopened: Vec<String> = idx
             .active
             .keys()
-            .filter(|k| !idx.open.contains_key(*k))
+            .filter(|k| !idx.is_open(k))
             .cloned()
             .collect();
         let reaped: Vec<_> = unopened

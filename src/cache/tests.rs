@@ -326,3 +326,64 @@ async fn a_slow_checkpoint_write_of_a_discarded_entry_stalls_no_other_entry() {
         "the discarded entry is gone"
     );
 }
+
+#[test]
+fn a_reservation_looks_at_the_entries_it_evicts_not_at_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    const N: usize = 100_000;
+    let entry = |i: usize| IndexEntry {
+        bucket: "b".into(),
+        key: format!("k{i}"),
+        size: 8192,
+        charged: 8192,
+    };
+    // Least recently used first; the older half is open (never evicted, and formerly
+    // passed over one by one at every eviction).
+    let mut lru = lru::LruCache::unbounded();
+    for i in 0..N {
+        lru.put(format!("e{i}"), entry(i));
+    }
+    let used = N as u64 * 8192;
+    let mut idx = Index::new(lru, used);
+    for i in 0..N / 2 {
+        idx.opened(&format!("e{i}"));
+    }
+    idx.examined = 0;
+    let shared = Shared {
+        entries: dir.path().to_path_buf(),
+        capacity: Capacity {
+            max_bytes: used,
+            min_free_disk: 0,
+        },
+        part_size: 4096,
+        index: Mutex::new(idx),
+        released: Default::default(),
+        stats: CacheStats::default(),
+    };
+    let id = ObjectIdentity {
+        bucket: "b".into(),
+        key: "new".into(),
+        size: 3 * 4096,
+        etag: "\"E\"".into(),
+        last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
+        crc64: None,
+    };
+    assert!(shared.reserve("new", &id, 3 * 4096));
+    let evictions = shared
+        .stats
+        .evictions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(evictions, 2, "two 8 KiB entries make room for 12 KiB");
+    let idx = shared.index.lock().unwrap();
+    assert!(
+        idx.examined <= 2 * evictions + 2,
+        "a reservation that evicted {evictions} of {N} entries looked at {}",
+        idx.examined
+    );
+    // The oldest unopened entries went, and the bytes add up.
+    let order = idx.lru_first();
+    assert_eq!(order.len(), N - 1);
+    assert_eq!(order[0].key, format!("k{}", N / 2 + 2));
+    let charged: u64 = order.iter().map(|e| e.charged).sum();
+    assert_eq!(idx.used, charged);
+}
