@@ -130,6 +130,7 @@ impl OssFs {
                 let mut ns = self.ns.lock().unwrap();
                 if let Some(parent) = ns.nodes.get(&ino).map(|n| n.parent) {
                     ns.listings.remove(&parent);
+                    ns.sweep_due = true;
                 }
                 Err(FsError::NotFound)
             }
@@ -392,6 +393,8 @@ impl OssFs {
         let file = self.files.lock().unwrap().remove(&fh);
         if let Some(f) = &file {
             self.unreserve(f.ino());
+            // Its node may be needed no more.
+            self.ns.lock().unwrap().sweep_due = true;
         }
         if let Some(OpenFile::Cached { hydration, .. }) = file {
             self.cache.close_entry(hydration.identity());
