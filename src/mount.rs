@@ -258,16 +258,28 @@ pub fn run_mount(
         opts.cache_dir.display()
     );
     on_mounted();
+    // Stopped by a signal, not an abort: a tick runs off the async workers, and must not
+    // write the status after the last one below.
+    let (stop_status, mut status_stopped) = tokio::sync::watch::channel(false);
     let status_task = rt.spawn({
         let fs = fs.clone();
         let opts = opts.clone();
         async move {
             loop {
-                // Hydrations that finished after their last close give back their files.
-                fs.cache().reap();
-                fs.sweep_namespace();
-                write_mount_status(&fs, &opts);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Off the async workers: stopping a hydration syncs its records, and the
+                // status is a file written.
+                let (fs, opts) = (fs.clone(), opts.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    // Hydrations that finished after their last close give back their files.
+                    fs.cache().reap();
+                    fs.sweep_namespace();
+                    write_mount_status(&fs, &opts);
+                })
+                .await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = status_stopped.changed() => break,
+                }
             }
         }
     });
@@ -296,7 +308,8 @@ pub fn run_mount(
     // Before the cache shuts down: prefetches asked through the socket use it.
     rt.block_on(control.shutdown());
     let _ = std::fs::remove_file(crate::control::socket_path(&opts.cache_dir));
-    status_task.abort();
+    let _ = stop_status.send(true);
+    let _ = rt.block_on(status_task);
     rt.block_on(cache.shutdown());
     write_mount_status(&fs, opts);
     tracing::info!(

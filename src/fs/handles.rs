@@ -407,7 +407,8 @@ impl OssFs {
                     let cache = self.cache.clone();
                     rt.spawn(async move {
                         let _ = hydration.wait_complete().await;
-                        cache.reap();
+                        // Stopping it syncs its records: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || cache.reap()).await;
                     });
                 }
             }
