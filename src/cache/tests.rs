@@ -152,7 +152,12 @@ impl Gated {
     }
 
     fn open(&self) {
-        self.state.lock().unwrap().1 = true;
+        self.set_open(true);
+    }
+
+    /// Opens or closes the gate.
+    fn set_open(&self, open: bool) {
+        self.state.lock().unwrap().1 = open;
         self.cv.notify_all();
     }
 }
@@ -386,4 +391,51 @@ fn a_reservation_looks_at_the_entries_it_evicts_not_at_every_entry() {
     assert_eq!(order[0].key, format!("k{}", N / 2 + 2));
     let charged: u64 = order.iter().map(|e| e.charged).sum();
     assert_eq!(idx.used, charged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_being_opened_is_never_evicted_under_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, gate, slow, fast) =
+        gated_cache(dir.path(), |e| Gated::new(files_of(e, "slow").1, Op::Open)).await;
+    let _open_at_exit = OpenOnDrop(gate.clone());
+    // A complete entry that no handle has open: the least recently used.
+    gate.open();
+    let (c, id) = (cache.clone(), slow.clone());
+    let h = tokio::task::spawn_blocking(move || c.open_entry(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.wait_complete())
+        .await
+        .expect("the entry hydrates")
+        .unwrap();
+    cache.close_entry(&slow);
+    drop(h);
+    // Opened again, its data file slow to open: the entry is claimed meanwhile.
+    gate.set_open(false);
+    let (c, id) = (cache.clone(), slow.clone());
+    let reopen = tokio::task::spawn_blocking(move || c.open_entry(&id));
+    assert!(
+        gate.reached(2, Duration::from_secs(10)),
+        "the reopen never reached the data file"
+    );
+    // Another entry asks for more room than evicting it could make: it is refused without
+    // touching the entry being opened.
+    let name = Cache::entry_name(LOC, "b", "fast");
+    assert!(!cache.shared.reserve(&name, &fast, u64::MAX / 2));
+    let evictions = cache
+        .stats()
+        .evictions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(evictions, 0, "the entry being opened was evicted");
+    gate.open();
+    let h = tokio::time::timeout(Duration::from_secs(10), reopen)
+        .await
+        .expect("the reopen ends once its file is open")
+        .unwrap()
+        .unwrap();
+    assert!(h.is_complete(), "the reopen resumed the whole entry");
+    let (ckpt, data) = files_of(&dir.path().join("entries"), "slow");
+    assert!(ckpt.exists() && data.exists());
 }
