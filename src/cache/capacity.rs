@@ -1,18 +1,20 @@
 //! What the cache may hold and what it holds: the capacity, the index of entries in LRU order
 //! with the bytes each is charged, the budget the engine asks before each part (evicting
 //! unopened entries least recently used first), and the rebuild of that index at start.
-//! Eviction unlinks the checkpoint before the data, so a crash leaves the whole entry or none.
-//! Must not start hydrations or send requests.
+//! Eviction unlinks the checkpoint before the data, so a crash leaves the whole entry or none;
+//! it decides under the index lock and unlinks after it (see `claims`). Must not start
+//! hydrations or send requests.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
 
 use crate::hydrate::checkpoint::Checkpoint;
-use crate::hydrate::{Hydration, ObjectIdentity, SpaceBudget};
+use crate::hydrate::{ObjectIdentity, SpaceBudget};
 
+use super::claims::{Claim, Removed};
+use super::index::Index;
 use super::Cache;
 
 /// Limits on what the cache may hold.
@@ -90,17 +92,9 @@ pub(super) struct Shared {
     pub(super) capacity: Capacity,
     pub(super) part_size: u64,
     pub(super) index: Mutex<Index>,
+    /// Notified when a claim on an entry is released (`claims`).
+    pub(super) released: Condvar,
     pub(super) stats: CacheStats,
-}
-
-pub(super) struct Index {
-    pub(super) lru: lru::LruCache<String, IndexEntry>,
-    pub(super) used: u64,
-    pub(super) open: HashMap<String, usize>,
-    pub(super) active: HashMap<String, Hydration>,
-    /// Parts each entry's earlier hydrations checked in this mount's life (for the version
-    /// they belonged to): a reopen trusts them instead of reading the entry back again.
-    pub(super) checked: HashMap<String, (ObjectIdentity, fixedbitset::FixedBitSet)>,
 }
 
 /// Why an entry's files are removed: counted and logged as an eviction only when it is one.
@@ -137,11 +131,7 @@ impl SpaceBudget for Budget {
         if let Some(shared) = self.shared.upgrade() {
             let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
             let mut idx = shared.index.lock().unwrap();
-            let charge = charge_for(bytes);
-            if let Some(e) = idx.lru.peek_mut(&name) {
-                e.charged = e.charged.saturating_sub(charge);
-                idx.used = idx.used.saturating_sub(charge);
-            }
+            idx.uncharge(&name, charge_for(bytes));
         }
     }
 }
@@ -157,93 +147,74 @@ impl Shared {
             .unwrap_or(u64::MAX)
     }
 
-    fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
-        let mut idx = self.index.lock().unwrap();
+    pub(super) fn reserve(&self, name: &str, id: &ObjectIdentity, charge: u64) -> bool {
+        // Asked before the lock: statvfs is I/O, and may be slow when the disk is.
+        let free = (self.capacity.min_free_disk > 0).then(|| self.free_disk());
+        let mut evicted = Vec::new();
+        let reserved = {
+            let mut idx = self.index.lock().unwrap();
+            self.reserve_locked(&mut idx, name, id, charge, free, &mut evicted)
+        };
+        for r in evicted {
+            self.finish_removal(r);
+        }
+        reserved
+    }
+
+    /// The decision, under the lock: the victims are taken out of the index into `evicted`
+    /// (their files are unlinked by the caller once the lock is dropped).
+    fn reserve_locked<'a>(
+        &'a self,
+        idx: &mut Index,
+        name: &str,
+        id: &ObjectIdentity,
+        charge: u64,
+        free_disk: Option<u64>,
+        evicted: &mut Vec<Removed<'a>>,
+    ) -> bool {
+        // A hydration whose entry is being removed gets no more room: the entry is gone.
+        if idx.claims.get(name) == Some(&Claim::Removing) {
+            return false;
+        }
+        // Entries being unlinked count as free already.
+        let disk_deficit = |idx: &Index| match free_disk {
+            Some(free) => (self.capacity.min_free_disk + charge)
+                .saturating_sub(free.saturating_add(idx.freeing)),
+            None => 0,
+        };
         // What evicting every unopened entry could give back: when the disk is short by more
         // than that (space used outside the cache), evicting would empty the cache for
         // nothing, so the part is refused instead.
-        let evictable = |idx: &Index| -> u64 {
-            idx.lru
-                .iter()
-                .filter(|(k, _)| k.as_str() != name && idx.open.get(*k).copied().unwrap_or(0) == 0)
-                .map(|(_, e)| e.charged)
-                .sum()
-        };
-        let disk_deficit = |charge: u64| {
-            if self.capacity.min_free_disk == 0 {
-                return 0;
-            }
-            (self.capacity.min_free_disk + charge).saturating_sub(self.free_disk())
-        };
-        if disk_deficit(charge) > evictable(&idx) {
+        if disk_deficit(idx) > 0 && disk_deficit(idx) > idx.evictable_bytes(name) {
             self.stats.no_space.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         loop {
             let over_cap = idx.used + charge > self.capacity.max_bytes;
-            let low_disk = disk_deficit(charge) > 0;
-            if !over_cap && !low_disk {
+            if !over_cap && disk_deficit(idx) == 0 {
                 break;
             }
-            // The least recently used entry that no handle has open, other than this one.
-            let victim = idx
-                .lru
-                .iter()
-                .rev()
-                .map(|(k, _)| k.clone())
-                .find(|k| k != name && idx.open.get(k).copied().unwrap_or(0) == 0);
+            // The least recently used entry that no handle has open and no one is working
+            // on, other than this one.
+            let victim = idx.victim(name);
             let Some(victim) = victim else {
                 self.stats.no_space.fetch_add(1, Ordering::Relaxed);
                 return false;
             };
-            self.evict_locked(&mut idx, &victim);
+            evicted.push(self.detach(idx, &victim, Removal::Evicted));
         }
-        idx.used += charge;
-        match idx.lru.peek_mut(name) {
-            Some(e) => e.charged += charge,
-            None => {
-                let parts = self.part_count(id.size);
-                let record = checkpoint_charge(parts, id.key.len());
-                idx.lru.put(
-                    name.to_string(),
-                    IndexEntry {
-                        bucket: id.bucket.clone(),
-                        key: id.key.clone(),
-                        size: id.size,
-                        charged: charge + record,
-                    },
-                );
-                idx.used += record;
-            }
+        if !idx.charge(name, charge) {
+            let parts = self.part_count(id.size);
+            let record = checkpoint_charge(parts, id.key.len());
+            let entry = IndexEntry {
+                bucket: id.bucket.clone(),
+                key: id.key.clone(),
+                size: id.size,
+                charged: charge + record,
+            };
+            idx.insert(name, entry);
         }
         true
-    }
-
-    fn evict_locked(&self, idx: &mut Index, name: &str) {
-        self.remove_entry(idx, name, Removal::Evicted);
-    }
-
-    /// Removes an entry, the one way there is: its running hydration stopped, then the
-    /// checkpoint (from then on the entry does not exist), then the data; its charge and
-    /// what was checked of it go with it. Open handles keep their (now unlinked) file.
-    pub(super) fn remove_entry(&self, idx: &mut Index, name: &str, why: Removal) {
-        if let Some(h) = idx.active.remove(name) {
-            h.stop();
-        }
-        idx.checked.remove(name);
-        let (ckpt, data) = entry_files(&self.entries, name);
-        let _ = std::fs::remove_file(&ckpt);
-        let _ = std::fs::remove_file(&data);
-        if let Some(e) = idx.lru.pop(name) {
-            idx.used = idx.used.saturating_sub(e.charged);
-            if why == Removal::Evicted {
-                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .evicted_bytes
-                    .fetch_add(e.charged, Ordering::Relaxed);
-                tracing::info!(bucket = %e.bucket, key = %e.key, bytes = e.charged, "evicted from the cache");
-            }
-        }
     }
 }
 

@@ -9,13 +9,16 @@
 //! never trusted and is removed. Capacity: before each part the engine asks for room; entries
 //! that no handle has open are evicted least recently used first (the order is rebuilt at
 //! start from each checkpoint's mtime, which an open refreshes). Eviction unlinks the
-//! checkpoint before the data, so a crash leaves the whole entry or none.
+//! checkpoint before the data, so a crash leaves the whole entry or none. No file I/O runs
+//! under the index lock: decisions are taken under it, and the I/O after it, on an entry
+//! claimed meanwhile (`claims`), so a slow disk stalls that entry alone.
 
 mod capacity;
+mod claims;
 mod dir;
+mod index;
 mod principals;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,9 +34,9 @@ use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
 use crate::store::ObjectStore;
-use capacity::{
-    build_index, clean_strays, entry_files, Budget, Index, Removal, Shared, FIXED_OVERHEAD,
-};
+use capacity::{build_index, clean_strays, entry_files, Budget, Removal, Shared, FIXED_OVERHEAD};
+use claims::Claim;
+use index::Index;
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,13 +107,8 @@ impl Cache {
             entries: entries.clone(),
             capacity,
             part_size: cfg.part_size,
-            index: Mutex::new(Index {
-                lru,
-                used: used + FIXED_OVERHEAD,
-                open: HashMap::new(),
-                active: HashMap::new(),
-                checked: HashMap::new(),
-            }),
+            index: Mutex::new(Index::new(lru, used + FIXED_OVERHEAD)),
+            released: Default::default(),
             stats: CacheStats::default(),
         });
         let location = store.location();
@@ -195,8 +193,7 @@ impl Cache {
 
     /// The entries from least to most recently used.
     pub fn entries_lru_first(&self) -> Vec<IndexEntry> {
-        let idx = self.shared.index.lock().unwrap();
-        idx.lru.iter().rev().map(|(_, e)| e.clone()).collect()
+        self.shared.index.lock().unwrap().lru_first()
     }
 
     /// A handle opened this entry: it is not evicted until `close_entry`.
@@ -212,13 +209,38 @@ impl Cache {
         body: Option<bytes::Bytes>,
     ) -> Result<Hydration, HydrateError> {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
-        // One critical section: no eviction can come between taking the hydration and
-        // counting the open.
-        let mut idx = self.shared.index.lock().unwrap();
-        let h = self.hydration_locked(&mut idx, id, body)?;
-        *idx.open.entry(name.clone()).or_default() += 1;
-        idx.lru.get(&name);
-        drop(idx);
+        let mut idx = self.shared.lock_unclaimed(&name);
+        let running = idx
+            .active
+            .get(&name)
+            .filter(|h| h.failure().is_none() && h.identity() == id)
+            .cloned();
+        let h = match running {
+            // One critical section: no eviction can come between taking the hydration and
+            // counting the open.
+            Some(h) => {
+                if let Some(body) = body {
+                    h.supply(body);
+                }
+                idx.opened(&name);
+                drop(idx);
+                h
+            }
+            None => {
+                // The entry is claimed while its files are opened, outside the lock; the
+                // claim goes in the same critical section that counts the open.
+                let claim = self.shared.claim(&mut idx, &name, Claim::Opening);
+                let old = idx.active.remove(&name);
+                let earlier_checks = idx.checked.remove(&name).filter(|(v, _)| v == id);
+                drop(idx);
+                let h = self.start_hydration(id, &name, old, earlier_checks, body)?;
+                claim.release_with(|idx| {
+                    idx.active.insert(name.clone(), h.clone());
+                    idx.opened(&name);
+                });
+                h
+            }
+        };
         // The checkpoint's mtime is the entry's last use, for the order after a restart.
         if let Ok(f) = File::options()
             .write(true)
@@ -232,12 +254,13 @@ impl Cache {
     pub fn close_entry(&self, id: &ObjectIdentity) {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.index.lock().unwrap();
-        if let Some(n) = idx.open.get_mut(&name) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                idx.open.remove(&name);
-                Cache::reap_entry(&mut idx, &name);
-            }
+        if !idx.closed(&name) {
+            return;
+        }
+        let reaped = self.take_finished(&mut idx, &name);
+        drop(idx);
+        if let Some((claim, h)) = reaped {
+            Cache::stop_reaped(claim, &name, h);
         }
     }
 
@@ -249,30 +272,50 @@ impl Cache {
         let unopened: Vec<String> = idx
             .active
             .keys()
-            .filter(|k| !idx.open.contains_key(*k))
+            .filter(|k| !idx.is_open(k))
             .cloned()
             .collect();
-        for name in unopened {
-            Cache::reap_entry(&mut idx, &name);
+        let reaped: Vec<_> = unopened
+            .into_iter()
+            .filter_map(|name| {
+                let (claim, h) = self.take_finished(&mut idx, &name)?;
+                Some((claim, name, h))
+            })
+            .collect();
+        drop(idx);
+        for (claim, name, h) in reaped {
+            Cache::stop_reaped(claim, &name, h);
         }
     }
 
-    /// Drops `name`'s hydration (closing its data file) when it is complete or failed, or
-    /// when it does not go on after close (kept while parts are still arriving, so they are
-    /// not wasted). One that fetches the whole object goes on until it is complete.
-    fn reap_entry(idx: &mut Index, name: &str) {
-        let Some(h) = idx.active.get(name) else {
-            return;
-        };
+    /// Takes `name`'s hydration out (to close its data file) when it is complete or failed,
+    /// or when it does not go on after close (kept while parts are still arriving, so they
+    /// are not wasted). One that fetches the whole object goes on until it is complete. The
+    /// entry stays claimed until `stop_reaped` has stopped it, outside the lock.
+    fn take_finished(
+        &self,
+        idx: &mut Index,
+        name: &str,
+    ) -> Option<(claims::ClaimGuard<'_>, Hydration)> {
+        let h = idx.active.get(name)?;
         let finished = h.is_complete() || h.failure().is_some();
-        if finished || (!h.continues_after_close() && h.is_idle()) {
-            h.stop();
+        if !(finished || (!h.continues_after_close() && h.is_idle())) {
+            return None;
+        }
+        let h = idx.active.remove(name)?;
+        Some((self.shared.claim(idx, name, Claim::Stopping), h))
+    }
+
+    /// Stops a reaped hydration (its last records written and synced), then keeps what it
+    /// checked for the next open of the same version, as the claim ends.
+    fn stop_reaped(claim: claims::ClaimGuard<'_>, name: &str, h: Hydration) {
+        h.stop();
+        claim.release_with(|idx| {
             if h.failure().is_none() {
                 let kept = (h.identity().clone(), h.checked_parts());
                 idx.checked.insert(name.to_string(), kept);
             }
-            idx.active.remove(name);
-        }
+        });
     }
 
     pub fn dir(&self) -> &Path {
@@ -298,28 +341,25 @@ impl Cache {
         }
     }
 
-    /// The hydration of this exact object version: the running one if there is one, else one
-    /// resumed from the entry's checkpoint (trusting the parts an earlier hydration of it
-    /// checked in this mount's life), else a fresh one. A different version replaces the
-    /// entry (open handles on the old version keep reading their old, unlinked file), and so
-    /// does a hydration that failed for good (the object changed, or its bytes failed the
-    /// CRC-64 check): the next open starts afresh instead of meeting the same failure.
-    fn hydration_locked(
+    /// The hydration of this exact object version when none is running (the caller holds
+    /// the entry's claim, not the index lock): `old`, a hydration of another version or one
+    /// that failed, is stopped first; then the entry is resumed from its checkpoint (trusting
+    /// the parts an earlier hydration of it checked in this mount's life), else started
+    /// afresh. A different version replaces the entry (open handles on the old version keep
+    /// reading their old, unlinked file), and so does a hydration that failed for good (the
+    /// object changed, or its bytes failed the CRC-64 check): the next open starts afresh
+    /// instead of meeting the same failure.
+    fn start_hydration(
         &self,
-        idx: &mut Index,
         id: &ObjectIdentity,
+        name: &str,
+        old: Option<Hydration>,
+        earlier_checks: Option<(ObjectIdentity, fixedbitset::FixedBitSet)>,
         body: Option<bytes::Bytes>,
     ) -> Result<Hydration, HydrateError> {
-        let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut start_fresh = false;
-        if let Some(h) = idx.active.get(&name) {
+        if let Some(h) = old {
             match h.failure() {
-                None if h.identity() == id => {
-                    if let Some(body) = body {
-                        h.supply(body);
-                    }
-                    return Ok(h.clone());
-                }
                 None => {
                     tracing::info!(bucket = %id.bucket, key = %id.key, "object changed on the server; replacing its cache entry")
                 }
@@ -329,10 +369,8 @@ impl Cache {
                 }
             }
             h.stop();
-            idx.active.remove(&name);
         }
-        let earlier_checks = idx.checked.remove(&name).filter(|(v, _)| v == id);
-        let files = self.files(&name);
+        let files = self.files(name);
         let ckpt_path = files
             .checkpoint
             .clone()
@@ -355,7 +393,11 @@ impl Cache {
             None
         };
         if resume.is_none() {
-            self.shared.remove_entry(idx, &name, Removal::Replaced);
+            let removed = {
+                let mut idx = self.shared.index.lock().unwrap();
+                self.shared.take_out(&mut idx, name, Removal::Replaced)
+            };
+            self.shared.finish_removal(removed);
         }
         let h = Hydration::start_with(
             self.store.clone(),
@@ -369,7 +411,6 @@ impl Cache {
         if let (Some((_, checked)), Some(_)) = (earlier_checks, &resume) {
             h.trust_checked(&checked);
         }
-        idx.active.insert(name, h.clone());
         Ok(h)
     }
 
@@ -377,11 +418,13 @@ impl Cache {
     /// the next open starts afresh. Handles open on it keep what their file holds.
     pub fn discard(&self, id: &ObjectIdentity) {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
-        let mut idx = self.shared.index.lock().unwrap();
+        let mut idx = self.shared.lock_unclaimed(&name);
         if idx.active.get(&name).is_some_and(|h| h.identity() != id) {
             return; // a newer version already replaced it
         }
-        self.shared.remove_entry(&mut idx, &name, Removal::Replaced);
+        let removed = self.shared.detach(&mut idx, &name, Removal::Replaced);
+        drop(idx);
+        self.shared.finish_removal(removed);
     }
 
     /// Stops every hydration and waits for their checkpoint writes to finish.
@@ -437,103 +480,4 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_names_are_hashes_not_keys() {
-        let n = Cache::entry_name("http://e", "b", "../../etc/passwd");
-        assert_eq!(n.len(), 32);
-        assert!(n.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(n, Cache::entry_name("http://e", "b", "../../etc/passwd2"));
-        assert_ne!(
-            Cache::entry_name("http://e", "ab", "c"),
-            Cache::entry_name("http://e", "a", "bc")
-        );
-    }
-
-    fn fake_entry(entries: &Path, key: &str, present: &str, age_secs: u64) -> String {
-        let id = ObjectIdentity {
-            bucket: "b".into(),
-            key: key.into(),
-            size: 3 * 4096,
-            etag: "\"E\"".into(),
-            last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
-            crc64: None,
-        };
-        let name = Cache::entry_name("http://127.0.0.1:1", "b", key);
-        let data = entries.join(format!("{name}.data"));
-        std::fs::write(&data, vec![0u8; 3 * 4096]).unwrap();
-        let mut c = Checkpoint::new("http://127.0.0.1:1", &id, 4096, &data);
-        c.present = crate::hydrate::checkpoint::parse_present(present).unwrap();
-        let ckpt = entries.join(format!("{name}.ckpt"));
-        c.save(&ckpt).unwrap();
-        let t = SystemTime::now() - std::time::Duration::from_secs(age_secs);
-        File::options()
-            .write(true)
-            .open(&ckpt)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-        name
-    }
-
-    #[tokio::test]
-    async fn start_cleans_crash_leftovers_and_rebuilds_the_lru_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let entries = dir.path().join("entries");
-        std::fs::create_dir_all(&entries).unwrap();
-        let old = fake_entry(&entries, "old", "111", 300);
-        let new = fake_entry(&entries, "new", "100", 10);
-        let mid = fake_entry(&entries, "mid", "110", 100);
-        // An interrupted eviction (data without checkpoint), a temp checkpoint, a corrupt one.
-        std::fs::write(entries.join("deadbeef.data"), b"orphan").unwrap();
-        std::fs::write(entries.join("x.ckpt.tmp-123"), b"{").unwrap();
-        std::fs::write(entries.join("bad.ckpt"), b"not json").unwrap();
-        std::fs::write(entries.join("bad.data"), b"x").unwrap();
-        let store: Arc<dyn ObjectStore> =
-            crate::store::memory::MemoryStore::new("http://127.0.0.1:1");
-        let cache = Cache::open(
-            dir.path(),
-            store,
-            HydrationConfig {
-                part_size: 4096,
-                ..Default::default()
-            },
-            ConnectionLimiter::new(1, 0),
-            Capacity::unlimited(),
-        )
-        .unwrap();
-        let order: Vec<String> = cache
-            .entries_lru_first()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(order, vec!["old", "mid", "new"]);
-        let mut left: Vec<String> = std::fs::read_dir(&entries)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut want: Vec<String> = [&old, &new, &mid]
-            .iter()
-            .flat_map(|n| [format!("{n}.ckpt"), format!("{n}.data")])
-            .collect();
-        want.sort();
-        assert_eq!(left, want);
-        // 6 present blocks, three records, the fixed overhead.
-        let records: u64 = cache.entries_lru_first().iter().map(|e| e.charged).sum();
-        assert_eq!(cache.used_bytes(), records + FIXED_OVERHEAD);
-        assert!(records >= 6 * 4096);
-    }
-
-    #[test]
-    fn a_second_lock_is_refused_with_the_holder_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let _held = dir::lock_dir(dir.path()).unwrap();
-        let err = dir::lock_dir(dir.path()).unwrap_err().to_string();
-        // flock is per open file description, so the same process is refused too.
-        assert!(err.contains("in use by another ossmount process"), "{err}");
-        assert!(err.contains(&std::process::id().to_string()), "{err}");
-    }
-}
+mod tests;

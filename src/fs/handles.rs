@@ -132,6 +132,7 @@ impl OssFs {
                 let mut ns = self.ns.lock().unwrap();
                 if let Some(parent) = ns.nodes.get(&ino).map(|n| n.parent) {
                     ns.listings.remove(&parent);
+                    ns.sweep_due = true;
                 }
                 Err(FsError::NotFound)
             }
@@ -394,6 +395,8 @@ impl OssFs {
         let file = self.files.lock().unwrap().remove(&fh);
         if let Some(f) = &file {
             self.unreserve(f.ino());
+            // Its node may be needed no more.
+            self.ns.lock().unwrap().sweep_due = true;
         }
         if let Some(OpenFile::Cached { hydration, .. }) = file {
             self.cache.close_entry(hydration.identity());
@@ -406,7 +409,8 @@ impl OssFs {
                     let cache = self.cache.clone();
                     rt.spawn(async move {
                         let _ = hydration.wait_complete().await;
-                        cache.reap();
+                        // Stopping it syncs its records: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || cache.reap()).await;
                     });
                 }
             }

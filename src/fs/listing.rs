@@ -144,6 +144,7 @@ impl Drop for Unfinished {
             in_flight.remove(&dir);
         }
         drop(in_flight);
+        fs.ns.lock().unwrap().sweep_due = true;
         self.entries.end(Err((
             "listing".into(),
             StoreError::new(
@@ -249,15 +250,21 @@ impl OssFs {
             let outcome = fs.list_pages(dir, number, &prefix, &e).await;
             unfinished.fs = None;
             // Installed before it leaves the in-flight map, so no one starts a second.
-            if outcome.is_ok() {
-                fs.ns.lock().unwrap().listings.insert(
-                    dir,
-                    Listing {
-                        fetched: Instant::now(),
+            {
+                let mut ns = fs.ns.lock().unwrap();
+                // A failed listing leaves nodes its pages made; a new one replaces the old
+                // listing's: either way a sweep has something to look at.
+                ns.sweep_due = true;
+                if outcome.is_ok() {
+                    let fetched = Instant::now();
+                    ns.fetched(fetched);
+                    let listing = Listing {
+                        fetched,
                         entries: e.clone(),
                         number,
-                    },
-                );
+                    };
+                    ns.listings.insert(dir, listing);
+                }
             }
             fs.listings_in_flight.lock().unwrap().remove(&dir);
             e.end(outcome);

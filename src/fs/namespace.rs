@@ -55,6 +55,15 @@ pub(super) struct Namespace {
     /// Names answered by a probe (HEAD + one-key listing) in a directory that was not
     /// listed, and when: the inode, or `None` for a name that does not exist.
     pub(super) probes: HashMap<(u64, String), (Instant, Option<u64>)>,
+    /// Something may have become unneeded since the last sweep (a forget, a closed handle,
+    /// a listing replaced, dropped or failed): the next sweep looks.
+    pub(super) sweep_due: bool,
+    /// When the oldest listing or probe a sweep may drop was fetched: the next sweep looks
+    /// once it is past the TTL. Until then a sweep costs nothing, however many nodes there
+    /// are (it used to walk every node and listed entry each second).
+    pub(super) oldest_fetch: Option<Instant>,
+    /// Nodes and listed entries sweeps looked at, for a test of what an idle sweep costs.
+    pub(super) swept: u64,
 }
 
 impl Namespace {
@@ -165,9 +174,29 @@ impl Namespace {
         ns
     }
 
+    /// A listing or probe fetched at `at` (it may be dropped from `at` + the TTL on).
+    pub(super) fn fetched(&mut self, at: Instant) {
+        self.oldest_fetch = Some(self.oldest_fetch.map_or(at, |t| t.min(at)));
+    }
+
+    /// Whether a sweep could drop anything: something was let go since the last one, or a
+    /// listing or probe is older than `keep`.
+    pub(super) fn sweep_wanted(&self, keep: std::time::Duration) -> bool {
+        self.sweep_due || self.oldest_fetch.is_some_and(|t| t.elapsed() >= keep)
+    }
+
+    /// The kernel dropped `n` references to `ino`: once it holds none, a sweep may drop it.
+    pub(super) fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            self.sweep_due |= node.lookups == 0;
+        }
+    }
+
     /// Drops what nobody uses any more: listings older than `keep` (unless a directory
     /// handle reads them), then nodes the kernel forgot that no listing, handle or child
-    /// needs. Numbers stay stable while referenced; memory follows use, not history.
+    /// needs. Numbers stay stable while referenced; memory follows use, not history. Run
+    /// only when `sweep_wanted`: it looks at every node.
     pub(super) fn sweep(
         &mut self,
         keep: std::time::Duration,
@@ -195,12 +224,22 @@ impl Namespace {
             needed.insert(n.parent);
         }
         let before = self.nodes.len();
+        self.swept += (before + needed.len()) as u64;
         self.nodes
             .retain(|ino, n| *ino == ROOT_INO || n.lookups > 0 || needed.contains(ino));
         if self.nodes.len() != before {
             let nodes = &self.nodes;
             self.names.retain(|_, ino| nodes.contains_key(ino));
         }
+        // Listings a handle holds are looked at again when it is released (`sweep_due`).
+        self.sweep_due = false;
+        self.oldest_fetch = self
+            .listings
+            .iter()
+            .filter(|(dir, _)| !open_inos.contains(*dir))
+            .map(|(_, l)| l.fetched)
+            .chain(self.probes.values().map(|(at, _)| *at))
+            .min();
     }
 }
 
@@ -334,10 +373,7 @@ impl OssFs {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        let mut ns = self.ns.lock().unwrap();
-        if let Some(node) = ns.nodes.get_mut(&ino) {
-            node.lookups = node.lookups.saturating_sub(n);
-        }
+        self.ns.lock().unwrap().forget(ino, n);
     }
 
     /// The kernel took a reference through a readdirplus entry.
@@ -347,8 +383,13 @@ impl OssFs {
         }
     }
 
-    /// Frees listings and nodes nobody uses (run now and then by the mount).
+    /// Frees listings and nodes nobody uses (run every second by the mount): nothing to do,
+    /// and nothing looked at, unless something was let go or a listing or probe expired.
     pub fn sweep_namespace(&self) {
+        let keep = self.cfg.metadata_ttl * 2;
+        if !self.ns.lock().unwrap().sweep_wanted(keep) {
+            return;
+        }
         let mut open: HashSet<u64> = self
             .files
             .lock()
@@ -363,7 +404,6 @@ impl OssFs {
             reading.push(d.entries.clone());
         }
         reading.extend(self.listings_in_flight.lock().unwrap().values().cloned());
-        let keep = self.cfg.metadata_ttl * 2;
         self.ns.lock().unwrap().sweep(keep, &open, &reading);
     }
 
@@ -444,7 +484,9 @@ impl OssFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        if self.dirs.lock().unwrap().remove(&fh).is_some() {
+            self.ns.lock().unwrap().sweep_due = true;
+        }
     }
 }
 
@@ -505,5 +547,42 @@ pub(super) mod tests {
             },
         );
         assert!(c.is_empty() && s == vec![long]);
+    }
+
+    #[test]
+    fn idle_sweeps_look_at_no_node() {
+        let mut ns = Namespace::new("", SystemTime::now());
+        const N: u64 = 100_000;
+        for i in 0..N {
+            let ino = ns.child(ROOT_INO, &format!("f{i}"), Kind::File);
+            ns.nodes.get_mut(&ino).unwrap().lookups = 1;
+        }
+        let keep = std::time::Duration::from_secs(3600);
+        let sweep = |ns: &mut Namespace| {
+            if ns.sweep_wanted(keep) {
+                ns.sweep(keep, &HashSet::new(), &[]);
+            }
+        };
+        // A probe within the TTL, the kernel holding every node: nothing to drop.
+        ns.fetched(Instant::now());
+        for _ in 0..10 {
+            sweep(&mut ns);
+        }
+        assert_eq!(ns.swept, 0, "idle sweeps looked at nodes");
+        // The kernel forgets one: the next sweep looks (at every node, still) and drops it;
+        // the ones after look at nothing again.
+        ns.forget(ROOT_INO + 1, 1);
+        sweep(&mut ns);
+        let looked = ns.swept;
+        assert!(looked >= N, "the sweep after a forget looked at {looked}");
+        assert_eq!(ns.nodes.len() as u64, N, "the forgotten node went");
+        for _ in 0..10 {
+            sweep(&mut ns);
+        }
+        assert_eq!(ns.swept, looked, "idle sweeps after it looked at nodes");
+        // An expired listing or probe makes a sweep look too.
+        ns.fetched(Instant::now() - keep);
+        sweep(&mut ns);
+        assert!(ns.swept > looked);
     }
 }

@@ -106,8 +106,9 @@ impl OssFs {
         } else {
             None
         };
-        ns.probes
-            .insert((parent, name.to_string()), (Instant::now(), answer));
+        let at = Instant::now();
+        ns.fetched(at);
+        ns.probes.insert((parent, name.to_string()), (at, answer));
         let ino = answer.ok_or(FsError::NotFound)?;
         let node = ns.nodes.get_mut(&ino).expect("just made");
         node.lookups += 1;
