@@ -93,6 +93,46 @@ async fn restarting_the_workers_never_runs_more_gets_than_threads() {
     h.shutdown().await;
 }
 
+/// Found by the streaming model: a restart of the workers whose spawned worker was dropped
+/// at once (its runtime shutting down, as when a process exits with a hydration running) gave
+/// the worker's count back and took it again, forever: the thread spun and the runtime's
+/// shutdown never ended.
+#[test]
+fn restarting_the_workers_as_their_runtime_shuts_down_returns() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let part = 16u64 << 10;
+    let (h, handle) = rt.block_on(async {
+        let store = MemoryStore::new("mem://exit");
+        store.put("b", "k", ossmount::sample::bytes(11, 12 * part as usize));
+        // Nothing arrives: the hydration is mid-way when its runtime goes.
+        store.stall(true);
+        let cfg = HydrationConfig {
+            part_size: part,
+            threads: 2,
+            mode: FetchMode::Auto,
+            ..Default::default()
+        };
+        let (h, _) = start(&store, dir.path(), cfg, ConnectionLimiter::new(8, 1)).await;
+        (h, tokio::runtime::Handle::current())
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _runtime = handle.enter();
+        // A sequential read switches to the whole object: the workers are restarted.
+        h.note_read(0..3 * part);
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("restarting the workers on a runtime that shut down never returned");
+}
+
 /// Before: "records are synced at most a second apart" had no timer behind it: a part's
 /// record was made durable by the next record or the stop, so with no part after it, a power
 /// cut lost it however long ago it was written.

@@ -68,10 +68,14 @@ pub fn run_bounded(
         .enable_all()
         .build()
         .unwrap();
-    match rt.block_on(async { tokio::time::timeout(limit, case).await }) {
+    let outcome = match rt.block_on(async { tokio::time::timeout(limit, case).await }) {
         Ok(outcome) => outcome,
         Err(_) => Err(format!("timed out after {limit:?}")),
-    }
+    };
+    // A case that failed may leave a hydration running; its tasks are dropped here. Bounded,
+    // so a task that never yields is reported with the case instead of hanging the test.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    outcome
 }
 
 /// The checkpoint to resume `id` from, as the cache does: the one at `ckpt` if it is for
