@@ -18,7 +18,6 @@
 //! exact. Over all cases, each of splits, supplies, kills, crashes, reaps and replacements
 //! must have happened. `MODEL_CASES=N` runs more cases than the CI's 64.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +30,7 @@ use ossmount::hydrate::{
     HydrationFiles, ObjectIdentity,
 };
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
-use ossmount::store::ObjectStore;
+use ossmount::store::{ObjectMeta, ObjectStore};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -202,21 +201,33 @@ fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The model of the object's versions: a new ETag's bytes are the previous version's, every
-/// byte inverted (what `MemoryFaults::change_after_gets` stores, and `replace` below).
+/// The model of the object's versions: every new version is the one before with every byte
+/// inverted (what `MemoryFaults::change_after_gets` stores, and the replacement below), so
+/// any version holds the original bytes or their inverse, told apart by the CRC-64 its HEAD
+/// announces. (Not by the order of ETags: a GET's change and a replacement can interleave.)
 struct Versions {
-    by_etag: HashMap<String, Vec<u8>>,
-    latest: Vec<u8>,
+    contents: [(u64, Vec<u8>); 2],
 }
 
 impl Versions {
-    fn bytes_of(&mut self, etag: &str) -> Vec<u8> {
-        if let Some(b) = self.by_etag.get(etag) {
-            return b.clone();
+    fn new(original: Vec<u8>) -> Versions {
+        let inverse: Vec<u8> = original.iter().map(|b| !b).collect();
+        let crc = |b: &[u8]| ossmount::crc64::update(0, b);
+        Versions {
+            contents: [(crc(&original), original), (crc(&inverse), inverse)],
         }
-        self.latest = self.latest.iter().map(|b| !b).collect();
-        self.by_etag.insert(etag.to_string(), self.latest.clone());
-        self.latest.clone()
+    }
+
+    /// The bytes of the version `meta` describes, and those of the next one.
+    fn of(&self, meta: &ObjectMeta) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let [(a, first), (b, second)] = &self.contents;
+        match meta.crc64 {
+            Some(crc) if crc == *a => Ok((first.clone(), second.clone())),
+            Some(crc) if crc == *b => Ok((second.clone(), first.clone())),
+            other => Err(format!(
+                "a version the model does not know (CRC-64 {other:?})"
+            )),
+        }
     }
 }
 
@@ -309,11 +320,7 @@ async fn run_case(c: Case, seen: Arc<Seen>) -> Result<(), String> {
     let store = MemoryStore::new("mem://stream");
     let original = ossmount::sample::bytes(c.size ^ 0x5a, c.size as usize);
     store.put("b", "k", original.clone());
-    let first = store.head("b", "k").await.map_err(|e| e.to_string())?;
-    let mut versions = Versions {
-        by_etag: HashMap::from([(first.etag, original.clone())]),
-        latest: original,
-    };
+    let versions = Versions::new(original);
     // Streams slow enough that readers land inside parts still arriving, and (large parts)
     // that a read far ahead is worth a GET of its own.
     let (chunk, chunk_delay) = if c.large {
@@ -349,7 +356,7 @@ async fn run_case(c: Case, seen: Arc<Seen>) -> Result<(), String> {
             });
         }
         let meta = store.head("b", "k").await.map_err(|e| e.to_string())?;
-        let want = versions.bytes_of(&meta.etag);
+        let (want, _) = versions.of(&meta)?;
         let id = ObjectIdentity::from_meta("b", "k", &meta);
         let resume = resume_or_clear("mem://stream", &id, &ckpt, &data);
         let probe = Arc::new(Probe::resuming(resume.as_ref()));
@@ -411,14 +418,8 @@ async fn run_case(c: Case, seen: Arc<Seen>) -> Result<(), String> {
                 .collect();
             if c.replace_in_round == Some(round) && !replaced {
                 tokio::task::yield_now().await;
-                // A change the model has not seen yet (a GET's) comes first.
                 let now = store.head("b", "k").await.map_err(|e| e.to_string())?;
-                versions.bytes_of(&now.etag);
-                store.put(
-                    "b",
-                    "k",
-                    versions.latest.iter().map(|b| !b).collect::<Vec<u8>>(),
-                );
+                store.put("b", "k", versions.of(&now)?.1);
                 replaced = true;
                 count(&seen.replaced);
             }
