@@ -159,9 +159,15 @@ async fn a_record_becomes_durable_within_a_second_when_no_part_follows() {
     let bound = Duration::from_secs(10);
     // The first record creates the checkpoint (durable at once); the second is written in
     // place, less than a second after the last sync, so it is not due yet.
-    h.wait_range(0..1).await.unwrap();
+    tokio::time::timeout(bound, h.wait_range(0..1))
+        .await
+        .expect("part 0 never arrived")
+        .unwrap();
     until(bound, "part 0 was never recorded", || recorded(0)).await;
-    h.wait_range(part..part + 1).await.unwrap();
+    tokio::time::timeout(bound, h.wait_range(part..part + 1))
+        .await
+        .expect("part 1 never arrived")
+        .unwrap();
     until(bound, "part 1 was never recorded", || recorded(1)).await;
     // A second is the promise; the rest is slack for a loaded machine.
     tokio::time::sleep(Duration::from_secs(2)).await;
