@@ -11,48 +11,20 @@
 //! there, and the object must then read back exact.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use fixedbitset::FixedBitSet;
 use ossmount::hydrate::storage::PowerCut;
 use ossmount::hydrate::{
-    ConnectionLimiter, DurabilityProbe, HydrateError, Hydration, HydrationConfig, HydrationFiles,
-    ObjectIdentity, PartLayout,
+    ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
 };
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::ObjectStore;
 use proptest::prelude::*;
 
 mod common;
-use common::model::{recorded_parts_are_exact, resume_or_clear, run_bounded};
-
-#[derive(Default)]
-struct Probe {
-    synced: Mutex<Vec<Range<u64>>>,
-    violations: Mutex<Vec<String>>,
-}
-
-impl DurabilityProbe for Probe {
-    fn synced(&self, range: Range<u64>) {
-        self.synced.lock().unwrap().push(range);
-    }
-
-    fn recording(&self, present: &FixedBitSet, layout: PartLayout) {
-        let synced = self.synced.lock().unwrap();
-        for p in present.ones() {
-            let r = layout.range(p);
-            if !synced.iter().any(|s| s.start <= r.start && r.end <= s.end) {
-                self.violations
-                    .lock()
-                    .unwrap()
-                    .push(format!("part {p} ({r:?}) recorded before it was synced"));
-            }
-        }
-    }
-}
+use common::model::{recorded_parts_are_exact, resume_or_clear, run_bounded, Probe};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -155,15 +127,8 @@ async fn run_case(c: Case) -> Result<(), String> {
             checkpoint: Some(ckpt.clone()),
             data_mode: 0o600,
         };
-        // A fresh probe per run: a range synced in an earlier run (or for an earlier
-        // version) must not excuse a record in this one; only the parts this run resumes
-        // (recorded, and checked, by the run before) count as synced.
-        let probe = Arc::new(Probe::default());
-        if let Some(r) = &resume {
-            let layout = r.layout();
-            let mut synced = probe.synced.lock().unwrap();
-            synced.extend(r.present.ones().map(|p| layout.range(p)));
-        }
+        // A fresh probe per run (see `Probe`).
+        let probe = Arc::new(Probe::resuming(resume.as_ref()));
         let cfg = HydrationConfig {
             part_size: c.part_size,
             threads: c.threads,
@@ -195,7 +160,7 @@ async fn run_case(c: Case) -> Result<(), String> {
             } => None,
         };
         h.shutdown().await;
-        violations.extend(probe.violations.lock().unwrap().drain(..));
+        violations.extend(probe.violations());
         recorded_parts_are_exact(&ckpt, &data, &want)?;
         match result {
             None => continue, // killed: reopen from the checkpoint

@@ -481,10 +481,16 @@ impl Hydration {
 }
 
 impl Inner {
-    /// Runs a task of this hydration; `stop` aborts it. Finished tasks are reaped here, so the
-    /// set holds only what still runs.
+    /// Runs a task of this hydration; `stop` aborts it (and once stopped, none starts).
+    /// Finished tasks are reaped here, so the set holds only what still runs.
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.tasks.lock().unwrap();
+        // Checked under the tasks lock, which `stop` takes to abort every task after it set
+        // `stopped`: a task is aborted with the rest or never started. (A reader's `want`
+        // that saw no stop could otherwise start its fetch after the stop's abort.)
+        if self.state.lock().unwrap().stopped {
+            return;
+        }
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
     }

@@ -215,14 +215,18 @@ impl Inner {
         // No more workers than parts: a small object needs no scheduler crowd.
         let wanted = self.cfg.threads.min(self.layout.count()).max(1);
         // Counted when spawned, not when first run: two restarts in a row (before either's
-        // workers start) must not both see room and double the workers.
-        while self
+        // workers start) must not both see room and double the workers. Every missing worker
+        // is claimed in one step, and the loop never looks again: a worker dropped at once
+        // (its runtime shutting down) gives its count back, and taking that again would spin.
+        let Ok(running) = self
             .workers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < wanted).then_some(n + 1)
+                (n < wanted).then_some(wanted)
             })
-            .is_ok()
-        {
+        else {
+            return;
+        };
+        for _ in running..wanted {
             // Moved into the task: uncounted when it ends, also when aborted before it ran.
             let running = WorkerCount(self.clone());
             self.spawn(async move {

@@ -50,6 +50,27 @@ pub struct MemoryCounters {
     pub gets: AtomicU64,
     pub lists: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// GET bodies open now (asked for and not yet dropped), and the most open at once: what
+    /// a test of a concurrency limit can hold the engine to.
+    pub gets_open: AtomicU64,
+    pub gets_open_peak: AtomicU64,
+}
+
+/// Counts one GET body open until its stream is dropped, however it ends.
+struct OpenGet(Arc<MemoryCounters>);
+
+impl OpenGet {
+    fn new(counters: Arc<MemoryCounters>) -> OpenGet {
+        let now = counters.gets_open.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.gets_open_peak.fetch_max(now, Ordering::SeqCst);
+        OpenGet(counters)
+    }
+}
+
+impl Drop for OpenGet {
+    fn drop(&mut self) {
+        self.0.gets_open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct MemoryStore {
@@ -183,6 +204,7 @@ impl ObjectStore for MemoryStore {
             }
         }
         let mut stalled = self.stalled.subscribe();
+        let open = OpenGet::new(self.counters.clone());
         let chunk = if faults.chunk > 0 {
             faults.chunk
         } else {
@@ -220,7 +242,12 @@ impl ObjectStore for MemoryStore {
                     tokio::time::sleep(delay).await;
                 }
                 chunk
-            })),
+            }))
+            // Moved into the stream: the GET stays open until its body is dropped.
+            .map(move |chunk| {
+                let _open = &open;
+                chunk
+            }),
         )
     }
 
