@@ -35,7 +35,7 @@ fn spawn_download(s: &Server, key: &str, local: &Path, part_size: &str, threads:
 }
 
 fn finish(child: Child) -> (bool, String) {
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(300), "ossmount download");
     (
         out.status.success(),
         format!(
@@ -408,7 +408,7 @@ async fn bad_arguments_are_refused_before_any_request() {
             .args(["download", "oss://test-bucket/x", &target])
             .args(&args)
             .envs(s.env())
-            .output()
+            .output_within(Duration::from_secs(60), "ossmount download (refused)")
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
@@ -424,7 +424,7 @@ async fn bad_arguments_are_refused_before_any_request() {
         let out = Command::new(bin())
             .args(["download", "oss://test-bucket/x", &target])
             .envs(s.env())
-            .output()
+            .output_within(Duration::from_secs(60), "ossmount download (refused)")
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());

@@ -80,7 +80,13 @@ async fn cp_ls_and_stat_through_the_kernel() {
     // `ls -l` itself, as a user runs it.
     let out = fs_op(Duration::from_secs(20), {
         let p = m.path("many");
-        move || Command::new("ls").arg("-l").arg(p).output().unwrap()
+        move || {
+            Command::new("ls")
+                .arg("-l")
+                .arg(p)
+                .output_within(Duration::from_secs(20), "ls -l")
+                .unwrap()
+        }
     })
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -99,7 +105,11 @@ async fn cp_ls_and_stat_through_the_kernel() {
     let dest = mnt.parent().unwrap().join("copy.bin");
     let (src, d) = (m.path("big/large.bin"), dest.clone());
     let st = fs_op(Duration::from_secs(120), move || {
-        Command::new("cp").arg(src).arg(d).status().unwrap()
+        Command::new("cp")
+            .arg(src)
+            .arg(d)
+            .status_within(Duration::from_secs(120), "cp")
+            .unwrap()
     })
     .await;
     assert!(st.success());
@@ -309,7 +319,11 @@ async fn sigkill_mid_cp_then_remount_resumes_from_the_cache() {
     let m = Mount::start(&s, &url(), &mnt, &cache, &["--threads", "3"]);
     let (src, d) = (m.path("resume.bin"), dest.clone());
     let st = fs_op(Duration::from_secs(120), move || {
-        Command::new("cp").arg(src).arg(d).status().unwrap()
+        Command::new("cp")
+            .arg(src)
+            .arg(d)
+            .status_within(Duration::from_secs(120), "cp")
+            .unwrap()
     })
     .await;
     assert!(st.success());
@@ -408,21 +422,20 @@ async fn mount_refuses_bad_input_before_mounting() {
     ) -> String {
         let (mnt, cache) = (mnt.to_path_buf(), cache.to_path_buf());
         let out = tokio::task::spawn_blocking(move || {
-            Command::new(bin())
-                .args(["mount", &url])
-                .arg(&mnt)
-                .arg("--cache-dir")
-                .arg(&cache)
-                .arg("--foreground")
-                .envs(env)
-                .output()
-                .unwrap()
+            refused_mount(
+                Command::new(bin())
+                    .args(["mount", &url])
+                    .arg(&mnt)
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .arg("--foreground")
+                    .envs(env),
+                &mnt,
+            )
         })
         .await
         .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "expected a refusal: {text}");
-        text
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     let mut env = s.env();
@@ -496,8 +509,7 @@ async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
                 .arg("--cache-dir")
                 .arg(&c)
                 .envs(env)
-                .stdin(Stdio::null())
-                .output()
+                .output_within(Duration::from_secs(60), "ossmount mount (detaching)")
                 .unwrap()
         }
     })
@@ -517,10 +529,14 @@ async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
         .trim()
         .parse()
         .unwrap();
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(Command::new("umount")
+        .arg(&mnt)
+        .status_within(Duration::from_secs(60), "umount")
+        .unwrap()
+        .success());
     // SAFETY: kill(pid, 0) only checks whether the process exists.
     let gone = wait_until(
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || unsafe { libc::kill(pid, 0) } != 0,
     );
     assert!(gone, "the daemon did not exit after umount");
@@ -602,19 +618,19 @@ async fn complete_files_are_read_through_kernel_passthrough() {
         let mut m = Mount::start(&s, &url(), &mnt, &cache, extra);
         let p = m.path("p.bin");
         let expect = data.clone();
-        fs_op(Duration::from_secs(30), move || {
+        fs_op(Duration::from_secs(90), move || {
             // Partial at open: the daemon serves it. While it stays open, the file completes
             // and a second open must still work (on the daemon path).
             let held = std::fs::File::open(&p).unwrap();
             let mut first = vec![0u8; 4096];
             held.read_exact_at(&mut first, 0).unwrap();
             assert_eq!(&first[..], &expect[..4096]);
-            assert!(wait_until(Duration::from_secs(10), || std::fs::read(&p)
+            assert!(wait_until(Duration::from_secs(30), || std::fs::read(&p)
                 .unwrap()
                 == expect));
             drop(held);
             // Every byte read is not yet complete: the last record may still be on its way.
-            assert!(wait_until(Duration::from_secs(10), || getxattr(
+            assert!(wait_until(Duration::from_secs(30), || getxattr(
                 &p,
                 "user.ossmount.cached"
             )
