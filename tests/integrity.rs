@@ -235,12 +235,18 @@ async fn a_new_version_beside_an_open_old_one_never_mixes() {
     assert!(new == v2, "the new open reads the new version");
     // The old handle still reads the old version, nothing else.
     let p = m.path("doc.bin");
-    let (buf, md_new, md_old) = fs_op(T, move || {
+    let (read, md_new, md_old) = fs_op(T, move || {
         let mut buf = vec![0u8; 64 << 10];
-        old.read_exact_at(&mut buf, MIB).unwrap();
-        (buf, std::fs::metadata(p).unwrap(), old.metadata().unwrap())
+        let read = old.read_exact_at(&mut buf, MIB).map(|()| buf);
+        (read, std::fs::metadata(p).unwrap(), old.metadata().unwrap())
     })
     .await;
+    let buf = read.unwrap_or_else(|e| {
+        panic!(
+            "the old handle's read at 1 MiB failed: {e}\n{}",
+            m.log_text()
+        )
+    });
     assert_eq!(buf, v1[MIB as usize..MIB as usize + (64 << 10)]);
     assert_eq!(md_new.len(), v2.len() as u64);
     assert_ne!(md_new.ino(), md_old.ino());
