@@ -249,9 +249,11 @@ async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
         !stuck.is_finished(),
         "the stalled read should still be waiting"
     );
+    // The stalled read waits until the stall is cleared, so `ls` and the cached read ending
+    // while it still waits shows they do not wait behind it; how fast they end is not the
+    // claim (the bound is for a loaded machine).
     let root = m.path("");
-    let start = Instant::now();
-    let names = fs_op(Duration::from_secs(5), move || {
+    let names = fs_op(Duration::from_secs(30), move || {
         let mut v: Vec<String> = std::fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -261,15 +263,14 @@ async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
     })
     .await;
     assert_eq!(names, vec!["cached.bin", "slow.bin"]);
-    let data = fs_op(Duration::from_secs(5), move || {
+    let data = fs_op(Duration::from_secs(30), move || {
         std::fs::read(cached).unwrap()
     })
     .await;
     assert_eq!(data, ossmount::sample::bytes(2, (4 * MIB) as usize));
     assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "ls and cached read took {:?}",
-        start.elapsed()
+        !stuck.is_finished(),
+        "the stalled read ended before the stall was cleared"
     );
     s.emu.update_faults(|f| f.stalled.clear());
     let n = tokio::time::timeout(Duration::from_secs(30), stuck)
@@ -357,10 +358,14 @@ async fn with_the_server_gone_cached_files_read_and_others_fail_fast() {
     emu.shutdown().await;
     // Past the TTL: listings and HEADs fail, the cache still answers.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let again = fs_op(Duration::from_secs(20), move || {
-        std::fs::read(cached).unwrap()
-    })
-    .await;
+    let again = fs_op(Duration::from_secs(20), move || std::fs::read(cached))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the cached file failed with the server gone: {e}\n{}",
+                m.log_text()
+            )
+        });
     assert_eq!(again, first);
     let never = m.path("never.bin");
     let start = Instant::now();

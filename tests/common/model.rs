@@ -18,7 +18,11 @@ pub fn run_bounded(
         .enable_all()
         .build()
         .unwrap();
-    match rt.block_on(async { tokio::time::timeout(limit, case).await }) {
+    let outcome = rt.block_on(async { tokio::time::timeout(limit, case).await });
+    // Dropping a runtime waits for its blocking tasks for ever: a case that timed out may
+    // have left one stuck (an engine's stop, a write), so the wait for them is bounded too.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    match outcome {
         Ok(outcome) => outcome,
         Err(_) => Err(format!("timed out after {limit:?}")),
     }
