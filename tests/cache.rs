@@ -90,14 +90,14 @@ async fn a_small_cache_stays_under_its_limit_and_evicts_lru_first() {
         keys.sort();
         keys
     };
-    let settled = wait_until(Duration::from_secs(5), || {
+    let settled = wait_until(Duration::from_secs(30), || {
         keys(&status_json(&cache)) == ["a.bin", "d.bin"]
     });
     let st = status_json(&cache);
     assert!(settled, "entries {:?}: {st}", keys(&st));
     let evictions = st["mounted"]["counters"]["evictions"].as_u64();
     assert!(
-        wait_until(Duration::from_secs(5), || status_json(&cache)["mounted"]
+        wait_until(Duration::from_secs(30), || status_json(&cache)["mounted"]
             ["counters"]["evictions"]
             .as_u64()
             == Some(2)),
@@ -146,7 +146,7 @@ async fn status_and_xattrs_agree_with_the_checkpoint_after_sigkill() {
     .iter()
     .any(|c| c.parts_present() >= 5)));
     // A running mount refreshes its status every second.
-    let shows_hydrating = wait_until(Duration::from_secs(5), || {
+    let shows_hydrating = wait_until(Duration::from_secs(30), || {
         let st = status_json(&cache);
         st["mounted"]["pid"].as_u64().is_some() && st["entries"][0]["state"] == "hydrating"
     });

@@ -53,7 +53,7 @@ async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
         &failures[..failures.len().min(5)]
     );
     // Hydrations that finished give back their files; allow the reaper a moment.
-    let settled = wait_until(Duration::from_secs(5), || open_fds(pid) < 100);
+    let settled = wait_until(Duration::from_secs(30), || open_fds(pid) < 100);
     eprintln!(
         "after 3000 files the mount holds {} descriptors",
         open_fds(pid)

@@ -130,7 +130,7 @@ async fn a_wrong_crc_fails_cat_of_an_object_larger_than_the_cache() {
         "the log names the object and the mismatch: {log}"
     );
     // A running mount refreshes its status every second.
-    let counted = wait_until(Duration::from_secs(10), || {
+    let counted = wait_until(Duration::from_secs(30), || {
         status_json(&cache)["mounted"]["counters"]["crc_mismatches"].as_u64() == Some(1)
     });
     assert!(counted, "{}", status_json(&cache));

@@ -97,7 +97,7 @@ async fn objects_without_a_crc_are_unverified_or_refused() {
         // The read may finish before the last record is written: the state follows.
         let p = m.path("nocrc.bin");
         let settled = fs_op(T, move || {
-            wait_until(Duration::from_secs(10), || {
+            wait_until(Duration::from_secs(30), || {
                 getxattr(&p, "user.ossmount.cached").as_deref() == Some("unverified")
             })
         })
@@ -310,7 +310,7 @@ async fn the_cache_is_private_and_a_foreign_one_is_refused() {
         let p = m.path("p.bin");
         fs_op(T, move || std::fs::read(p)).await.unwrap();
         // status.json is written every second.
-        assert!(wait_until(Duration::from_secs(5), || cache
+        assert!(wait_until(Duration::from_secs(30), || cache
             .join("status.json")
             .exists()));
     }

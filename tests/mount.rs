@@ -353,6 +353,20 @@ async fn with_the_server_gone_cached_files_read_and_others_fail_fast() {
     let c2 = cached.clone();
     let first = fs_op(Duration::from_secs(20), move || std::fs::read(c2).unwrap()).await;
     assert_eq!(first, ossmount::sample::bytes(3, (6 * MIB) as usize));
+    // Every byte read does not yet mean the entry is complete (its last record may still be
+    // on its way), and only a complete entry is opened without the server: wait for it.
+    let c3 = cached.clone();
+    let complete = fs_op(Duration::from_secs(40), move || {
+        wait_until(Duration::from_secs(30), || {
+            getxattr(&c3, "user.ossmount.cached").as_deref() == Some("complete")
+        })
+    })
+    .await;
+    assert!(
+        complete,
+        "the entry never became complete: {}",
+        m.log_text()
+    );
     // The scratch directory (mountpoint, cache) stays in `s` until the mount is gone.
     let Server { emu, dir: _dir, .. } = s;
     emu.shutdown().await;
