@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: an emulator on a temp dir, clients for it, the
 //! `ossmount` binary, and bounded waits. Every wait a test makes has a bound and fails naming
-//! what did not happen (a child process that does not exit, a thread that does not end, a
-//! future that does not resolve): a hung test is a failed test, never a hung suite.
+//! what did not happen (a child process that does not exit, a future that does not resolve):
+//! a hung test is a failed test, never a hung suite.
 #![allow(dead_code)]
 
 pub mod chaos;
@@ -232,22 +232,6 @@ pub fn output_within(mut child: Child, limit: Duration, what: &str) -> Output {
             String::from_utf8_lossy(&stderr)
         ),
     }
-}
-
-/// `handle.join()` within `limit`, else the test fails naming `what` (the thread is left
-/// behind: a thread cannot be killed, but the test no longer waits for it).
-pub fn join_within<T>(handle: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
-    let start = Instant::now();
-    while !handle.is_finished() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not end within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    handle
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// `fut` within `limit`, else the test fails naming `what`.
