@@ -556,6 +556,8 @@ mod tests {
             "{outcome:?}"
         );
         m.store.stall(false);
-        m.cache.shutdown().await;
+        tokio::time::timeout(BOUND, m.cache.shutdown())
+            .await
+            .expect("the cache shuts down once the store answers again");
     }
 }

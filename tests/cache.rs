@@ -17,7 +17,7 @@ fn du_bytes(dir: &Path) -> u64 {
     let out = Command::new("du")
         .args(["-s", "-B1"])
         .arg(dir)
-        .output()
+        .output_within(Duration::from_secs(60), "du")
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -44,7 +44,11 @@ async fn a_small_cache_stays_under_its_limit_and_evicts_lru_first() {
         &["--cache-size", "8MiB", "--part-size", "1MiB"],
     );
     // `a` stays open the whole time, read in steps between the others.
-    let a = std::fs::File::open(m.path("a.bin")).unwrap();
+    let p = m.path("a.bin");
+    let a = fs_op(Duration::from_secs(30), move || {
+        std::fs::File::open(p).unwrap()
+    })
+    .await;
     let a = std::sync::Arc::new(a);
     let mut a_bytes = vec![0u8; (3 * MIB) as usize];
     let mut max_du = 0;
@@ -86,14 +90,14 @@ async fn a_small_cache_stays_under_its_limit_and_evicts_lru_first() {
         keys.sort();
         keys
     };
-    let settled = wait_until(Duration::from_secs(5), || {
+    let settled = wait_until(Duration::from_secs(30), || {
         keys(&status_json(&cache)) == ["a.bin", "d.bin"]
     });
     let st = status_json(&cache);
     assert!(settled, "entries {:?}: {st}", keys(&st));
     let evictions = st["mounted"]["counters"]["evictions"].as_u64();
     assert!(
-        wait_until(Duration::from_secs(5), || status_json(&cache)["mounted"]
+        wait_until(Duration::from_secs(30), || status_json(&cache)["mounted"]
             ["counters"]["evictions"]
             .as_u64()
             == Some(2)),
@@ -142,7 +146,7 @@ async fn status_and_xattrs_agree_with_the_checkpoint_after_sigkill() {
     .iter()
     .any(|c| c.parts_present() >= 5)));
     // A running mount refreshes its status every second.
-    let shows_hydrating = wait_until(Duration::from_secs(5), || {
+    let shows_hydrating = wait_until(Duration::from_secs(30), || {
         let st = status_json(&cache);
         st["mounted"]["pid"].as_u64().is_some() && st["entries"][0]["state"] == "hydrating"
     });
@@ -197,7 +201,7 @@ async fn status_and_xattrs_agree_with_the_checkpoint_after_sigkill() {
     let listing = Command::new("getfattr")
         .arg("-d")
         .arg(m.path("part.bin"))
-        .output();
+        .output_within(Duration::from_secs(30), "getfattr -d");
     if let Ok(out) = listing {
         // getfattr (package attr) is optional on the machine; when present it lists all three.
         let text = String::from_utf8_lossy(&out.stdout);

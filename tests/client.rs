@@ -200,6 +200,8 @@ async fn listing_pages_over_1500_keys_and_odd_names() {
             if !p.is_truncated {
                 break (n, pages);
             }
+            // A continuation that never ends would loop for ever: 215 pages are expected.
+            assert!(pages < 1000, "listing with max-keys 7 never ended");
             token = p.next_continuation_token;
         }
     };
@@ -240,6 +242,8 @@ async fn listing_pages_over_1500_keys_and_odd_names() {
         if !p.is_truncated {
             break;
         }
+        // Two prefixes are expected: a continuation that repeats one would loop for ever.
+        assert!(seen.len() < 100, "listing by prefix never ended: {seen:?}");
         token = p.next_continuation_token;
     }
     assert_eq!(seen, vec!["many/", "odd/"]);

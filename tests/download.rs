@@ -34,8 +34,11 @@ fn spawn_download(s: &Server, key: &str, local: &Path, part_size: &str, threads:
         .unwrap()
 }
 
+/// Any library download here ends well within this, pass or fail; a hung one fails its test.
+const DL: Duration = Duration::from_secs(120);
+
 fn finish(child: Child) -> (bool, String) {
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(300), "ossmount download");
     (
         out.status.success(),
         format!(
@@ -210,7 +213,7 @@ async fn object_replaced_mid_download_restarts_or_fails_as_asked() {
         let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let root = s.root().to_path_buf();
         let flag = replaced.clone();
-        let result = resumable_download(store.clone(), &req, move |p| {
+        let download = resumable_download(store.clone(), &req, move |p| {
             if p.parts_present >= 2 && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 ossmount::emulator::put_object_file(
                     &root,
@@ -220,8 +223,8 @@ async fn object_replaced_mid_download_restarts_or_fails_as_asked() {
                 )
                 .unwrap();
             }
-        })
-        .await;
+        });
+        let result = within(DL, "the download of a replaced object", download).await;
         assert!(replaced.load(std::sync::atomic::Ordering::SeqCst));
         match on_change {
             OnChange::Restart => {
@@ -285,9 +288,13 @@ async fn corrupt_or_foreign_checkpoints_are_discarded_safely() {
         std::fs::write(dcp(&local), &bytes).unwrap();
         let mut req = DownloadRequest::new(BUCKET, "c.bin", &local);
         req.part_size = MIB;
-        let r = resumable_download(store.clone(), &req, |_| {})
-            .await
-            .unwrap();
+        let r = within(
+            DL,
+            "a download",
+            resumable_download(store.clone(), &req, |_| {}),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.bytes_resumed, 0, "{name}: nothing may be resumed");
         assert_eq!(
             sha256_file(&local),
@@ -312,9 +319,13 @@ async fn downloads_are_byte_exact_under_injected_faults() {
     let mut req = DownloadRequest::new(BUCKET, "f.bin", &local);
     req.part_size = MIB;
     req.threads = 4;
-    let r = resumable_download(Arc::new(s.client()), &req, |_| {})
-        .await
-        .unwrap();
+    let r = within(
+        DL,
+        "a download",
+        resumable_download(Arc::new(s.client()), &req, |_| {}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.size, 20 * MIB + 3);
     assert_eq!(sha256_file(&local), sha256_file(&s.object_path("f.bin")));
     let t = s.emu.totals();
@@ -408,7 +419,7 @@ async fn bad_arguments_are_refused_before_any_request() {
             .args(["download", "oss://test-bucket/x", &target])
             .args(&args)
             .envs(s.env())
-            .output()
+            .output_within(Duration::from_secs(60), "ossmount download (refused)")
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
@@ -424,7 +435,7 @@ async fn bad_arguments_are_refused_before_any_request() {
         let out = Command::new(bin())
             .args(["download", "oss://test-bucket/x", &target])
             .envs(s.env())
-            .output()
+            .output_within(Duration::from_secs(60), "ossmount download (refused)")
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
@@ -487,9 +498,13 @@ async fn a_crc_mismatch_keeps_the_target_untouched() {
     std::fs::write(&local, b"previous content").unwrap();
     let mut req = DownloadRequest::new(BUCKET, "crc.bin", &local);
     req.part_size = MIB;
-    let e = resumable_download(Arc::new(Corrupting(s.client())), &req, |_| {})
-        .await
-        .unwrap_err();
+    let e = within(
+        DL,
+        "a download",
+        resumable_download(Arc::new(Corrupting(s.client())), &req, |_| {}),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("CRC-64 mismatch"), "{e}");
     assert_eq!(std::fs::read(&local).unwrap(), b"previous content");
     assert!(!tmp(&local).exists() && !dcp(&local).exists());
@@ -505,9 +520,13 @@ async fn without_a_checkpoint_nothing_is_left_behind_and_empty_objects_work() {
         let local = s.root().join(format!("{key}.out"));
         let mut req = DownloadRequest::new(BUCKET, key, &local);
         req.checkpoint = None;
-        let r = resumable_download(store.clone(), &req, |_| {})
-            .await
-            .unwrap();
+        let r = within(
+            DL,
+            "a download",
+            resumable_download(store.clone(), &req, |_| {}),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             std::fs::read(&local).unwrap(),
             std::fs::read(s.object_path(key)).unwrap()

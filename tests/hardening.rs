@@ -259,7 +259,7 @@ async fn reopening_a_complete_entry_reads_nothing_back_and_asks_before_refetchin
     }
     // status.json is refreshed every second: wait until it shows the four opens.
     assert!(
-        wait_until(Duration::from_secs(10), || counter(&cache, "opens") >= 4),
+        wait_until(Duration::from_secs(30), || counter(&cache, "opens") >= 4),
         "{}",
         status_json(&cache)
     );

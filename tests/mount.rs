@@ -80,7 +80,13 @@ async fn cp_ls_and_stat_through_the_kernel() {
     // `ls -l` itself, as a user runs it.
     let out = fs_op(Duration::from_secs(20), {
         let p = m.path("many");
-        move || Command::new("ls").arg("-l").arg(p).output().unwrap()
+        move || {
+            Command::new("ls")
+                .arg("-l")
+                .arg(p)
+                .output_within(Duration::from_secs(20), "ls -l")
+                .unwrap()
+        }
     })
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -99,7 +105,11 @@ async fn cp_ls_and_stat_through_the_kernel() {
     let dest = mnt.parent().unwrap().join("copy.bin");
     let (src, d) = (m.path("big/large.bin"), dest.clone());
     let st = fs_op(Duration::from_secs(120), move || {
-        Command::new("cp").arg(src).arg(d).status().unwrap()
+        Command::new("cp")
+            .arg(src)
+            .arg(d)
+            .status_within(Duration::from_secs(120), "cp")
+            .unwrap()
     })
     .await;
     assert!(st.success());
@@ -239,9 +249,11 @@ async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
         !stuck.is_finished(),
         "the stalled read should still be waiting"
     );
+    // The stalled read waits until the stall is cleared, so `ls` and the cached read ending
+    // while it still waits shows they do not wait behind it; how fast they end is not the
+    // claim (the bound is for a loaded machine).
     let root = m.path("");
-    let start = Instant::now();
-    let names = fs_op(Duration::from_secs(5), move || {
+    let names = fs_op(Duration::from_secs(30), move || {
         let mut v: Vec<String> = std::fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -251,15 +263,14 @@ async fn a_stalled_object_does_not_stall_ls_or_other_reads() {
     })
     .await;
     assert_eq!(names, vec!["cached.bin", "slow.bin"]);
-    let data = fs_op(Duration::from_secs(5), move || {
+    let data = fs_op(Duration::from_secs(30), move || {
         std::fs::read(cached).unwrap()
     })
     .await;
     assert_eq!(data, ossmount::sample::bytes(2, (4 * MIB) as usize));
     assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "ls and cached read took {:?}",
-        start.elapsed()
+        !stuck.is_finished(),
+        "the stalled read ended before the stall was cleared"
     );
     s.emu.update_faults(|f| f.stalled.clear());
     let n = tokio::time::timeout(Duration::from_secs(30), stuck)
@@ -309,7 +320,11 @@ async fn sigkill_mid_cp_then_remount_resumes_from_the_cache() {
     let m = Mount::start(&s, &url(), &mnt, &cache, &["--threads", "3"]);
     let (src, d) = (m.path("resume.bin"), dest.clone());
     let st = fs_op(Duration::from_secs(120), move || {
-        Command::new("cp").arg(src).arg(d).status().unwrap()
+        Command::new("cp")
+            .arg(src)
+            .arg(d)
+            .status_within(Duration::from_secs(120), "cp")
+            .unwrap()
     })
     .await;
     assert!(st.success());
@@ -338,15 +353,34 @@ async fn with_the_server_gone_cached_files_read_and_others_fail_fast() {
     let c2 = cached.clone();
     let first = fs_op(Duration::from_secs(20), move || std::fs::read(c2).unwrap()).await;
     assert_eq!(first, ossmount::sample::bytes(3, (6 * MIB) as usize));
+    // Every byte read does not yet mean the entry is complete (its last record may still be
+    // on its way), and only a complete entry is opened without the server: wait for it.
+    let c3 = cached.clone();
+    let complete = fs_op(Duration::from_secs(40), move || {
+        wait_until(Duration::from_secs(30), || {
+            getxattr(&c3, "user.ossmount.cached").as_deref() == Some("complete")
+        })
+    })
+    .await;
+    assert!(
+        complete,
+        "the entry never became complete: {}",
+        m.log_text()
+    );
     // The scratch directory (mountpoint, cache) stays in `s` until the mount is gone.
     let Server { emu, dir: _dir, .. } = s;
     emu.shutdown().await;
-    // Past the TTL: listings and HEADs fail, the cache still answers.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let again = fs_op(Duration::from_secs(20), move || {
-        std::fs::read(cached).unwrap()
-    })
-    .await;
+    // Past the TTL, and past twice the TTL plus a namespace sweep (1 s), which forgets the
+    // last answer about the name: lookups, listings and HEADs fail, the cache still answers.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let again = fs_op(Duration::from_secs(20), move || std::fs::read(cached))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the cached file failed with the server gone: {e}\n{}",
+                m.log_text()
+            )
+        });
     assert_eq!(again, first);
     let never = m.path("never.bin");
     let start = Instant::now();
@@ -408,21 +442,20 @@ async fn mount_refuses_bad_input_before_mounting() {
     ) -> String {
         let (mnt, cache) = (mnt.to_path_buf(), cache.to_path_buf());
         let out = tokio::task::spawn_blocking(move || {
-            Command::new(bin())
-                .args(["mount", &url])
-                .arg(&mnt)
-                .arg("--cache-dir")
-                .arg(&cache)
-                .arg("--foreground")
-                .envs(env)
-                .output()
-                .unwrap()
+            refused_mount(
+                Command::new(bin())
+                    .args(["mount", &url])
+                    .arg(&mnt)
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .arg("--foreground")
+                    .envs(env),
+                &mnt,
+            )
         })
         .await
         .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "expected a refusal: {text}");
-        text
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     let mut env = s.env();
@@ -496,8 +529,7 @@ async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
                 .arg("--cache-dir")
                 .arg(&c)
                 .envs(env)
-                .stdin(Stdio::null())
-                .output()
+                .output_within(Duration::from_secs(60), "ossmount mount (detaching)")
                 .unwrap()
         }
     })
@@ -517,10 +549,14 @@ async fn detached_mount_returns_when_mounted_and_ends_on_umount() {
         .trim()
         .parse()
         .unwrap();
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(Command::new("umount")
+        .arg(&mnt)
+        .status_within(Duration::from_secs(60), "umount")
+        .unwrap()
+        .success());
     // SAFETY: kill(pid, 0) only checks whether the process exists.
     let gone = wait_until(
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || unsafe { libc::kill(pid, 0) } != 0,
     );
     assert!(gone, "the daemon did not exit after umount");
@@ -604,19 +640,19 @@ async fn complete_files_are_read_through_kernel_passthrough() {
         let mut m = Mount::start(&s, &url(), &mnt, &cache, extra);
         let p = m.path("p.bin");
         let expect = data.clone();
-        fs_op(Duration::from_secs(30), move || {
+        fs_op(Duration::from_secs(90), move || {
             // Partial at open: the daemon serves it. While it stays open, the file completes
             // and a second open must still work (on the daemon path).
             let held = std::fs::File::open(&p).unwrap();
             let mut first = vec![0u8; 4096];
             held.read_exact_at(&mut first, 0).unwrap();
             assert_eq!(&first[..], &expect[..4096]);
-            assert!(wait_until(Duration::from_secs(10), || std::fs::read(&p)
+            assert!(wait_until(Duration::from_secs(30), || std::fs::read(&p)
                 .unwrap()
                 == expect));
             drop(held);
             // Every byte read is not yet complete: the last record may still be on its way.
-            assert!(wait_until(Duration::from_secs(10), || getxattr(
+            assert!(wait_until(Duration::from_secs(30), || getxattr(
                 &p,
                 "user.ossmount.cached"
             )

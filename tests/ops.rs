@@ -40,7 +40,10 @@ fn sum(m: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
 }
 
 async fn scrape(url: &str) -> HashMap<String, f64> {
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let text = within(T, "a metrics scrape", async {
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    })
+    .await;
     assert!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text: {text}"
@@ -64,7 +67,7 @@ async fn metrics_agree_with_what_the_server_counted() {
         &cache,
         &["--metrics-addr", "127.0.0.1:0", "--part-size", "4MiB"],
     );
-    assert!(wait_until(Duration::from_secs(5), || m
+    assert!(wait_until(Duration::from_secs(30), || m
         .log_text()
         .contains("metrics at http://")));
     let log = m.log_text();
@@ -74,9 +77,10 @@ async fn metrics_agree_with_what_the_server_counted() {
     let src = m.path("big.bin");
     let dst = mnt.with_extension("copy");
     let cp = tokio::task::spawn_blocking(move || std::fs::copy(src, dst).unwrap());
-    // During the copy: requests are counted and parts are in flight.
+    // During the copy: requests are counted and parts are in flight. Scrapes run until one
+    // sees a part in flight or the copy has ended (a slow machine stretches the copy too).
     let mut saw_in_flight = false;
-    for _ in 0..100 {
+    while !cp.is_finished() {
         let during = scrape(&url).await;
         if during
             .get("ossmount_parts_in_flight")
@@ -96,7 +100,7 @@ async fn metrics_agree_with_what_the_server_counted() {
     fs_op(T, move || std::fs::read(p)).await.unwrap();
     // Settled: what the mount counts agrees with what the server saw, and nothing is in
     // flight or active (bounded: the assertions below say what differs).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (after, server) = loop {
         let after = scrape(&url).await;
         let server = s.emu.totals();
@@ -222,7 +226,9 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
         .arg(&mnt)
         .args(["-o", &opts]);
     env(&mut cmd);
-    let out = cmd.output().unwrap();
+    let out = cmd
+        .output_within(Duration::from_secs(60), "mount -t fuse.ossmount")
+        .unwrap();
     assert!(
         out.status.success(),
         "mount -t fuse.ossmount failed: {}",
@@ -233,9 +239,14 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
     let got = fs_op(T, move || std::fs::read(p)).await.unwrap();
     assert_eq!(got, b"hello from fstab\n");
     // Read-only whatever `rw` said.
-    assert!(std::fs::write(mnt.join("new.txt"), b"x").is_err());
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-    assert!(wait_until(Duration::from_secs(10), || !is_mounted(&mnt)));
+    let p = mnt.join("new.txt");
+    assert!(fs_op(T, move || std::fs::write(p, b"x")).await.is_err());
+    assert!(Command::new("umount")
+        .arg(&mnt)
+        .status_within(Duration::from_secs(60), "umount")
+        .unwrap()
+        .success());
+    assert!(wait_until(Duration::from_secs(60), || !is_mounted(&mnt)));
 
     // The same line in an fstab, mounted by its mountpoint.
     let fstab = mnt.with_extension("fstab");
@@ -250,7 +261,9 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
     let mut cmd = Command::new("mount");
     cmd.arg("-T").arg(&fstab).arg(&mnt);
     env(&mut cmd);
-    let out = cmd.output().unwrap();
+    let out = cmd
+        .output_within(Duration::from_secs(60), "mount -t fuse.ossmount")
+        .unwrap();
     assert!(
         out.status.success(),
         "mount from fstab failed: {}",
@@ -261,8 +274,12 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
         fs_op(T, move || std::fs::read(p)).await.unwrap(),
         b"hello from fstab\n"
     );
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-    assert!(wait_until(Duration::from_secs(10), || !is_mounted(&mnt)));
+    assert!(Command::new("umount")
+        .arg(&mnt)
+        .status_within(Duration::from_secs(60), "umount")
+        .unwrap()
+        .success());
+    assert!(wait_until(Duration::from_secs(60), || !is_mounted(&mnt)));
 
     // An unknown option: a clear error, a non-zero exit, nothing mounted.
     let mut cmd = Command::new("mount");
@@ -270,7 +287,9 @@ async fn mount_t_fuse_ossmount_and_fstab_work_through_mount_fuse3() {
         .arg(&mnt)
         .args(["-o", &format!("{opts},cache_sise=1GiB")]);
     env(&mut cmd);
-    let out = cmd.output().unwrap();
+    let out = cmd
+        .output_within(Duration::from_secs(60), "mount -t fuse.ossmount")
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

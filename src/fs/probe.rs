@@ -46,6 +46,26 @@ impl OssFs {
                     tracing::warn!("{context} failed, using the last answer: {source}");
                     return found;
                 }
+                // The last answer is swept after twice the TTL; a complete cache entry still
+                // names the object (as an open without the server uses it), so a cached file
+                // stays reachable however long the server is gone.
+                let key = format!("{prefix}{name}");
+                if valid_name(name) {
+                    if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
+                        tracing::warn!(
+                            "{context} failed, using the complete cache entry: {source}"
+                        );
+                        let ino = ns.child(parent, name, Kind::File);
+                        let node = ns.nodes.get_mut(&ino).expect("just made");
+                        node.size = id.size;
+                        node.mtime =
+                            httpdate::parse_http_date(&id.last_modified).unwrap_or(node.mtime);
+                        node.etag = id.etag;
+                        node.lookups += 1;
+                        let node = ns.nodes.get(&ino).expect("just made");
+                        return Ok(self.attr_of(ino, node));
+                    }
+                }
                 Err(FsError::Store { context, source })
             }
             other => other,

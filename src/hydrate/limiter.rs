@@ -338,7 +338,11 @@ mod tests {
         let lim = ConnectionLimiter::new(4, 1);
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(lim.acquire(false).await);
+            // Bounded: a limiter that withheld a free permit would hang here.
+            let p = tokio::time::timeout(Duration::from_secs(10), lim.acquire(false))
+                .await
+                .expect("a free background permit is given at once");
+            held.push(p);
         }
         // A fourth background fetch must wait...
         assert!(
@@ -400,7 +404,13 @@ mod tests {
             }
             // Settle: the holders finish what they hold and stop taking more.
             paused.store(true, Ordering::Relaxed);
+            let settling = std::time::Instant::now();
             while held.load(Ordering::Relaxed) > 0 {
+                // A holder stuck in `acquire` with a permit counted would spin here for ever.
+                assert!(
+                    settling.elapsed() < Duration::from_secs(30),
+                    "cycle {cycle}: the holders never returned their permits"
+                );
                 tokio::task::yield_now().await;
             }
             for _ in 0..8 {
@@ -419,7 +429,10 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         for h in holders {
-            h.await.unwrap();
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .expect("a holder ends once told to stop (no acquire waits for ever)")
+                .unwrap();
         }
     }
 

@@ -128,6 +128,15 @@ impl State {
         }
     }
 
+    /// Whether every byte of `range` may be served without a check now: present, and each
+    /// part holding them written in this run or checked.
+    pub(super) fn servable_as_is(&self, layout: PartLayout, range: Range<u64>) -> bool {
+        self.covers(layout, range.clone())
+            && layout
+                .parts_for(range)
+                .all(|p| !self.present[p] || self.checked[p])
+    }
+
     /// Applies the verdicts of a claimed check; returns the parts that failed, which are
     /// missing again (fetched again before anyone reads them).
     pub(super) fn finish_checks(&mut self, verdicts: &[(usize, bool)]) -> Vec<usize> {

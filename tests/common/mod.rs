@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: an emulator on a temp dir, clients for it, the
-//! `ossmount` binary, and bounded waits.
+//! `ossmount` binary, and bounded waits. Every wait a test makes has a bound and fails naming
+//! what did not happen (a child process that does not exit, a future that does not resolve):
+//! a hung test is a failed test, never a hung suite.
 #![allow(dead_code)]
 
 pub mod chaos;
@@ -8,7 +10,11 @@ pub mod mount;
 pub mod soak;
 pub mod soak_reader;
 
+use std::future::Future;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ossmount::emulator::{Emulator, EmulatorConfig};
@@ -114,18 +120,16 @@ pub fn bin() -> PathBuf {
         .expect("a target directory")
 }
 
-/// Runs `ossmount ARGS` with `env` off the async runtime; returns the exit status and
-/// stdout followed by stderr.
-pub async fn run_cli(
-    args: &[&str],
-    env: Vec<(&'static str, String)>,
-) -> (std::process::ExitStatus, String) {
+/// Runs `ossmount ARGS` with `env` off the async runtime (bounded: 120 s); returns the exit
+/// status and stdout followed by stderr.
+pub async fn run_cli(args: &[&str], env: Vec<(&'static str, String)>) -> (ExitStatus, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let what = format!("ossmount {}", args.join(" "));
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin())
+        Command::new(bin())
             .args(args)
             .envs(env)
-            .output()
+            .output_within(Duration::from_secs(120), &what)
             .unwrap()
     })
     .await
@@ -138,9 +142,107 @@ pub async fn run_cli(
     (out.status, text)
 }
 
+/// `Command::output` and `Command::status` with a bound: a child still running after `limit`
+/// is killed and the test fails naming `what` (with what it printed so far), instead of
+/// waiting for it for ever.
+pub trait CommandWithin {
+    /// Like `output` (stdin null, stdout and stderr captured); `Err` only if it cannot start.
+    fn output_within(&mut self, limit: Duration, what: &str) -> std::io::Result<Output>;
+    /// Like `status` (stdio inherited); `Err` only if it cannot start.
+    fn status_within(&mut self, limit: Duration, what: &str) -> std::io::Result<ExitStatus>;
+}
+
+impl CommandWithin for Command {
+    fn output_within(&mut self, limit: Duration, what: &str) -> std::io::Result<Output> {
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(output_within(child, limit, what))
+    }
+
+    fn status_within(&mut self, limit: Duration, what: &str) -> std::io::Result<ExitStatus> {
+        let mut child = self.spawn()?;
+        Ok(wait_within(&mut child, limit, what))
+    }
+}
+
+/// Waits for `child` to exit; after `limit` it is killed and reaped, and `None` returned.
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `child.wait()` within `limit`, else the child is killed and the test fails naming `what`.
+pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    wait_or_kill(child, limit)
+        .unwrap_or_else(|| panic!("{what} did not exit within {limit:?} (killed)"))
+}
+
+/// `child.wait_with_output()` within `limit` (stdout and stderr must be piped), else the child
+/// is killed and the test fails naming `what`, with what it printed.
+pub fn output_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    // Both pipes are drained while the child runs, so a chatty child never blocks on a full
+    // pipe; each drain ends when the pipe closes.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(mut pipe) = pipe {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.read_to_end(&mut buf);
+                let _ = tx.send(buf);
+            });
+        } else {
+            let _ = tx.send(Vec::new());
+        }
+        rx
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let status = wait_or_kill(&mut child, limit);
+    // A descendant that kept a pipe open would hold `output` for ever: bounded too.
+    let collect =
+        |rx: mpsc::Receiver<Vec<u8>>, name: &str| match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(bytes) => bytes,
+            Err(_) if status.is_none() => Vec::new(),
+            Err(_) => {
+                panic!("{what} exited but its {name} stayed open for 30 s (a descendant holds it)")
+            }
+        };
+    let (stdout, stderr) = (collect(out, "stdout"), collect(err, "stderr"));
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} did not exit within {limit:?} (killed); stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// `fut` within `limit`, else the test fails naming `what`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {limit:?}"))
+}
+
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
-    use std::io::Read;
     let mut f = std::fs::File::open(path).unwrap();
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -63,7 +63,8 @@ impl Mount {
     fn wait_up(&mut self) {
         let mnt = self.mnt.clone();
         let child = self.child.as_mut().unwrap();
-        let up = wait_until(Duration::from_secs(20), || {
+        // Generous: a loaded CI machine may take a while to start the process.
+        let up = wait_until(Duration::from_secs(60), || {
             is_mounted(&mnt) || child.try_wait().unwrap().is_some()
         });
         assert!(
@@ -187,17 +188,22 @@ impl Mount {
 
     /// `umount`, and the process must then exit by itself, successfully.
     pub fn unmount(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("umount").arg(&self.mnt).status().unwrap();
+        let status = Command::new("umount")
+            .arg(&self.mnt)
+            .status_within(Duration::from_secs(60), "umount")
+            .unwrap();
         assert!(status.success(), "umount failed");
-        let mut child = self.child.take().unwrap();
+        // The child stays in `self` until it has exited: if this fails, `Drop` kills it.
         let start = Instant::now();
         loop {
-            if let Some(st) = child.try_wait().unwrap() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
                 return st;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "process did not exit after umount"
+                start.elapsed() < Duration::from_secs(60),
+                "process did not exit within 60 s of umount: {}",
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -227,15 +233,47 @@ impl Drop for Mount {
     }
 }
 
-/// Runs blocking filesystem work off the runtime, failing the test if it takes too long.
-pub async fn fs_op<T: Send + 'static>(
+/// Runs blocking filesystem work off the runtime, failing the test (naming the caller's line)
+/// if it takes longer than `limit`. The work itself cannot be cancelled; the failing test's
+/// `Mount` guard then kills the mount, which ends the stuck system call.
+#[track_caller]
+pub fn fs_op<T: Send + 'static>(
     limit: Duration,
     f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    tokio::time::timeout(limit, tokio::task::spawn_blocking(f))
-        .await
-        .expect("filesystem operation timed out")
-        .expect("filesystem operation panicked")
+) -> impl std::future::Future<Output = T> {
+    let at = std::panic::Location::caller();
+    async move {
+        tokio::time::timeout(limit, tokio::task::spawn_blocking(f))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the filesystem operation at {at} did not end within {limit:?}")
+            })
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// Runs `cmd`, a foreground mount at `mnt` that should be refused (exit at once, non-zero),
+/// and returns its output. One that is not refused serves until it is killed at the bound
+/// (60 s), and the test fails naming it; its mount is detached either way.
+pub fn refused_mount(cmd: &mut Command, mnt: &Path) -> std::process::Output {
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                force_unmount(self.0);
+            }
+        }
+    }
+    let _detach = Detach(mnt);
+    let out = cmd
+        .output_within(Duration::from_secs(60), "a mount that should be refused")
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "expected a refusal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 pub fn url() -> String {
@@ -265,7 +303,7 @@ pub fn status_json(cache: &Path) -> serde_json::Value {
     let out = Command::new(bin())
         .args(["status", "--json", "--cache-dir"])
         .arg(cache)
-        .output()
+        .output_within(Duration::from_secs(60), "ossmount status --json")
         .unwrap();
     assert!(
         out.status.success(),
@@ -312,9 +350,12 @@ pub async fn prefetch_cli(
         .arg(cache)
         .args(extra)
         .envs(s.env());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.output_within(Duration::from_secs(300), "ossmount prefetch")
+            .unwrap()
+    })
+    .await
+    .unwrap();
     (
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -234,7 +234,9 @@ pub fn reader_loop(sh: &Shared, reader: usize, seed: u64) {
             }
         };
         // The size the kernel shows for this handle: reads "at the end" end there.
-        let size = match f.metadata() {
+        // Under the watchdog too: a getattr the mount never answers is a hang like a read.
+        let (md, _) = sh.timed(reader, format!("fstat {}", file.key), || f.metadata());
+        let size = match md {
             Ok(m) => m.len(),
             Err(e) => {
                 sh.error(epoch, &e);

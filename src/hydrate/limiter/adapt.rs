@@ -224,7 +224,7 @@ mod tests {
         let started = Instant::now();
         while !(seen.contains(&12) && lim.window() == 6) {
             assert!(
-                started.elapsed() < Duration::from_secs(10),
+                started.elapsed() < Duration::from_secs(30),
                 "never settled at the link's width: {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -240,7 +240,7 @@ mod tests {
         lim.note_throttled();
         let started = Instant::now();
         while lim.window() != 3 {
-            assert!(started.elapsed() < Duration::from_secs(5), "no back-off");
+            assert!(started.elapsed() < Duration::from_secs(30), "no back-off");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Held there, not climbing straight back.
@@ -266,7 +266,11 @@ mod tests {
         let mut seen = vec![lim.window()];
         let started = Instant::now();
         let mut reached = None;
-        while started.elapsed() < Duration::from_secs(3) {
+        // Watched for 3 s at least, and (a slow machine stretches the ticks) until the width
+        // is reached, within 30 s.
+        while started.elapsed() < Duration::from_secs(3)
+            || (reached.is_none() && started.elapsed() < Duration::from_secs(30))
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let w = lim.window();
             if seen.last() != Some(&w) {
