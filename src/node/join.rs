@@ -160,7 +160,9 @@ pub(super) async fn serve_mount(
             return;
         }
     };
-    drop(starting);
+    // `starting` is held until the command has heard the end: the node does not end (and
+    // close this connection) between the session's end and the `Ended` that tells of it.
+    let _told = starting;
     let mounted = Reply::Mounted {
         mount_id: session.id,
         node_pid: std::process::id(),
@@ -175,6 +177,9 @@ pub(super) async fn serve_mount(
     loop {
         tokio::select! {
             end = session.ended() => {
+                // Logged and out of the status before the command hears of it.
+                node.retire_ended();
+                node.write_status();
                 send(&mut w, &Reply::Ended(end.err())).await;
                 return;
             }

@@ -66,7 +66,7 @@ impl MountSession {
                         fs.clone(),
                     ))
                     .with_context(|| format!("cannot serve metrics on {addr}"))?;
-                tracing::info!("metrics of {} at http://{bound}/metrics", opts.url);
+                tracing::info!("metrics at http://{bound}/metrics (of {})", opts.url);
                 Some(task)
             }
             None => None,

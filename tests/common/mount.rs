@@ -154,6 +154,40 @@ impl Mount {
             + &std::fs::read_to_string(self.cache.join("ossmount.log")).unwrap_or_default()
     }
 
+    /// Waits (bounded) until the node is done with this mount: it ended (the cache's lock is
+    /// free), or it serves other mounts and no longer lists this one. A test that reuses the
+    /// cache directory next must not meet the node of this mount on its way out.
+    pub fn wait_node_done(&self) {
+        let done = self.node_done_within(Duration::from_secs(30));
+        assert!(
+            done,
+            "the node did not let go of {}: {}",
+            self.mnt.display(),
+            self.log_text()
+        );
+    }
+
+    fn node_done_within(&self, limit: Duration) -> bool {
+        let mnt = self.mnt.display().to_string();
+        wait_until(limit, || {
+            if !ossmount::cache::lock_is_held(&self.cache) {
+                return true;
+            }
+            let listed: Vec<String> = std::fs::read(self.cache.join("status.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| {
+                    v["mounts"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|m| m["mountpoint"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            !listed.is_empty() && !listed.contains(&mnt)
+        })
+    }
+
     /// The pid of the node serving the mount (the holder of the cache's lock).
     pub fn node_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.cache.join("lock"))
@@ -198,6 +232,7 @@ impl Mount {
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
+                self.wait_node_done();
                 return st;
             }
             assert!(
@@ -229,6 +264,15 @@ impl Drop for Mount {
         }
         if is_mounted(&self.mnt) {
             force_unmount(&self.mnt);
+        }
+        // No node left behind: one still holding the cache for this mount is killed.
+        if !self.node_done_within(Duration::from_secs(10)) {
+            if let Some(pid) = self.node_pid() {
+                // SAFETY: signalling a process by pid.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
     }
 }
