@@ -64,6 +64,10 @@ pub enum Reply {
     Mounted {
         mount_id: u64,
         node_pid: u32,
+        /// What the command should tell its user (settings of the node that differ from
+        /// what it asked for).
+        #[serde(default)]
+        notes: Vec<String>,
     },
     /// The mount ended: unmounted (`None`) or why it failed.
     Ended(Option<String>),

@@ -201,6 +201,9 @@ pub fn run(
         opts.cache_dir.display(),
         opts.mountpoint.display()
     );
+    for note in &joined.notes {
+        eprintln!("ossmount: note: {note}");
+    }
     if !m.foreground {
         return Ok(ExitCode::SUCCESS);
     }

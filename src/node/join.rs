@@ -40,6 +40,8 @@ pub enum JoinError {
 pub struct Joined {
     pub mount_id: u64,
     pub node_pid: u32,
+    /// Settings of the node that differ from what the command asked for.
+    pub notes: Vec<String>,
     lines: Lines<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
 }
@@ -71,9 +73,14 @@ pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joine
     let mut lines = BufReader::new(r).lines();
     match lines.next_line().await {
         Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
-            Ok(Reply::Mounted { mount_id, node_pid }) => Ok(Joined {
+            Ok(Reply::Mounted {
                 mount_id,
                 node_pid,
+                notes,
+            }) => Ok(Joined {
+                mount_id,
+                node_pid,
+                notes,
                 lines,
                 w,
             }),
@@ -147,6 +154,7 @@ pub(super) async fn serve_mount(
             return;
         }
     };
+    let notes = node.differences(&opts);
     let n = node.clone();
     let session = match tokio::task::spawn_blocking(move || n.mount(opts, store, fd)).await {
         Ok(Ok(s)) => s,
@@ -166,6 +174,7 @@ pub(super) async fn serve_mount(
     let mounted = Reply::Mounted {
         mount_id: session.id,
         node_pid: std::process::id(),
+        notes,
     };
     if !send(&mut w, &mounted).await {
         tracing::info!("the command of mount {} left before it heard", session.id);

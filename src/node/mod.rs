@@ -41,6 +41,8 @@ pub type MountFactory = Arc<
 
 pub struct Node {
     cache_dir: PathBuf,
+    /// The node-wide settings, from the first mount.
+    settings: NodeSettings,
     cache: Arc<Cache>,
     rt: tokio::runtime::Handle,
     sessions: Mutex<Sessions>,
@@ -55,6 +57,33 @@ pub struct Node {
     /// aborted, so a tick still running cannot write the status after the last write.
     ticker: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     factory: Option<MountFactory>,
+}
+
+/// What one node does for all its mounts, taken from its first.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeSettings {
+    part_size: u64,
+    cache_size: Option<u64>,
+    min_free_disk: Option<u64>,
+    max_connections: usize,
+    /// `None`: adaptive.
+    threads: Option<usize>,
+    mode: crate::hydrate::FetchMode,
+    readahead: u64,
+}
+
+impl NodeSettings {
+    fn of(o: &MountOptions) -> NodeSettings {
+        NodeSettings {
+            part_size: o.part_size,
+            cache_size: o.cache_size,
+            min_free_disk: o.min_free_disk,
+            max_connections: o.max_connections,
+            threads: (!o.adaptive).then_some(o.threads),
+            mode: o.mode,
+            readahead: o.readahead,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -121,6 +150,7 @@ impl Node {
             capacity,
         )?);
         let node = Arc::new(Node {
+            settings: NodeSettings::of(opts),
             cache_dir: opts.cache_dir.clone(),
             cache: cache.clone(),
             rt: rt.clone(),
@@ -168,6 +198,57 @@ impl Node {
         }
         *node.tasks.lock().unwrap() = tasks;
         Ok(node)
+    }
+
+    /// The node-wide settings `opts` asks for that this node does not have (it keeps its
+    /// first mount's), in words for the command's user.
+    pub fn differences(&self, opts: &MountOptions) -> Vec<String> {
+        let want = NodeSettings::of(opts);
+        let have = &self.settings;
+        let mut notes = Vec::new();
+        let mut note = |what: &str, asked: String, kept: String| {
+            if asked != kept {
+                notes.push(format!(
+                    "{what} {asked} was asked for, but the node serving this cache directory uses {kept} for every mount (set at its first mount)"
+                ));
+            }
+        };
+        note(
+            "--part-size",
+            want.part_size.to_string(),
+            have.part_size.to_string(),
+        );
+        note(
+            "--cache-size",
+            format!("{:?}", want.cache_size),
+            format!("{:?}", have.cache_size),
+        );
+        note(
+            "--min-free-disk",
+            format!("{:?}", want.min_free_disk),
+            format!("{:?}", have.min_free_disk),
+        );
+        note(
+            "--max-connections",
+            want.max_connections.to_string(),
+            have.max_connections.to_string(),
+        );
+        note(
+            "--threads",
+            format!("{:?}", want.threads),
+            format!("{:?}", have.threads),
+        );
+        note(
+            "--hydrate",
+            format!("{:?}", want.mode),
+            format!("{:?}", have.mode),
+        );
+        note(
+            "--readahead",
+            want.readahead.to_string(),
+            have.readahead.to_string(),
+        );
+        notes
     }
 
     pub fn cache_dir(&self) -> &Path {
