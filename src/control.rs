@@ -304,6 +304,11 @@ fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<Own
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(std::io::Error::other(
+            "a descriptor sent with the request was dropped (this process is at its open file limit)",
+        ));
+    }
     let mut fds = Vec::new();
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(raw) = c {

@@ -49,12 +49,12 @@ async fn three_mounts_share_one_node_one_cache_and_each_unmounts_on_its_own() {
     let mut a = Mount::start(&s, &url(), &a_mnt, &cache, &[]);
     // A node-wide setting unlike the node's: said, not silently dropped.
     let b = Mount::start(&s, &url(), &b_mnt, &cache, &["--part-size", "4MiB"]);
-    assert!(
+    // The command prints it once it hears the answer, a moment after the kernel has the mount.
+    let noted = wait_until(Duration::from_secs(20), || {
         b.log_text()
-            .contains("note: --part-size 4194304 was asked for, but the node serving this cache directory uses 8388608"),
-        "{}",
-        b.log_text()
-    );
+            .contains("note: --part-size 4194304 was asked for, but the node serving this cache directory uses 8388608")
+    });
+    assert!(noted, "{}", b.log_text());
     let c = Mount::start(&s, &format!("oss://{BUCKET}/pre/"), &c_mnt, &cache, &[]);
 
     // One node serves the three: the cache's lock holder, with three mounts in its status.

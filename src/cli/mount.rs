@@ -193,13 +193,16 @@ pub fn run(
         joined.mount_id,
         joined.node_pid
     );
+    let how_to_end = match ossmount::mount::fuse_fd(&opts.mountpoint) {
+        Some(_) => "unmounting the target ends it".to_string(),
+        None => format!("unmount with: umount {}", opts.mountpoint.display()),
+    };
     eprintln!(
-        "mounted {} at {} (served by ossmount node pid {}, cache {}); unmount with: umount {}",
+        "mounted {} at {} (served by ossmount node pid {}, cache {}); {how_to_end}",
         opts.url,
         opts.mountpoint.display(),
         joined.node_pid,
         opts.cache_dir.display(),
-        opts.mountpoint.display()
     );
     for note in &joined.notes {
         eprintln!("ossmount: note: {note}");

@@ -52,7 +52,14 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
     }
     let factory: MountFactory = Arc::new(|value| {
         Box::pin(async move {
-            let spec: MountSpec = serde_json::from_value(value).context("a bad mount spec")?;
+            // Not the serde error itself: it may quote a value, and values hold secrets.
+            let spec: MountSpec = serde_json::from_value(value).map_err(|_| {
+                anyhow::anyhow!(
+                    "the ossmount node serving this cache directory (pid {}, version {}) cannot read this mount's request: a different ossmount version? unmount its mounts, or use another --cache-dir",
+                    std::process::id(),
+                    env!("CARGO_PKG_VERSION")
+                )
+            })?;
             spec.build().await
         })
     });
@@ -68,11 +75,23 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let _ = tokio::time::timeout(FIRST_MOUNT_WAIT, node.asked_once()).await;
         tokio::select! {
-            _ = node.idle() => {}
-            _ = term.recv() => stop(&node).await,
-            _ = int.recv() => stop(&node).await,
+            _ = tokio::time::timeout(FIRST_MOUNT_WAIT, node.asked_once()) => {}
+            _ = term.recv() => return stop(&node).await,
+            _ = int.recv() => return stop(&node).await,
+        }
+        loop {
+            tokio::select! {
+                _ = node.idle() => {
+                    // A command may have asked for a mount since: then not idle after all.
+                    if node.close_if_idle() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = term.recv() => return stop(&node).await,
+                _ = int.recv() => return stop(&node).await,
+            }
         }
     });
     rt.block_on(node.shutdown());
@@ -84,8 +103,15 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
 /// handed-in descriptors end with the process).
 async fn stop(node: &Node) {
     tracing::info!("signal received: unmounting every mount of this node");
-    node.unmount_all();
-    let _ = tokio::time::timeout(Duration::from_secs(10), node.idle()).await;
+    node.unmount_all(false);
+    if tokio::time::timeout(Duration::from_secs(10), node.idle())
+        .await
+        .is_err()
+    {
+        // Busy ones are detached: gone from the namespace, not left dead behind the node.
+        node.unmount_all(true);
+    }
+    node.close_if_idle();
 }
 
 fn detach_stdio() {
@@ -109,19 +135,22 @@ pub async fn join_or_start(
     log: &NodeLog<'_>,
 ) -> Result<Joined> {
     let mut last = String::new();
-    for attempt in 0..4u32 {
+    for attempt in 0..10u32 {
         let conn = match join::connect(cache_dir).await {
-            Some(c) => c,
+            Some(c) => Some(c),
             None => start_node(cache_dir, spec, log).await?,
         };
-        match join::request_mount(conn, req).await {
-            Ok(j) => return Ok(j),
-            Err(JoinError::Refused(msg)) => bail!("{msg}"),
-            Err(JoinError::Gone(why)) => {
-                last = why;
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        // `None`: another node holds the cache and is ending; ask again in a moment.
+        if let Some(conn) = conn {
+            match join::request_mount(conn, req).await {
+                Ok(j) => return Ok(j),
+                Err(JoinError::Refused(msg)) => bail!("{msg}"),
+                Err(JoinError::Gone(why)) => last = why,
             }
+        } else {
+            last = "the node holding the cache directory was ending".into();
         }
+        tokio::time::sleep(Duration::from_millis((100u64 << attempt).min(2000))).await;
     }
     bail!(
         "the ossmount node of {} kept ending before it took the mount ({last}); try again",
@@ -136,7 +165,7 @@ async fn start_node(
     cache_dir: &Path,
     spec: &MountSpec,
     log: &NodeLog<'_>,
-) -> Result<tokio::net::UnixStream> {
+) -> Result<Option<tokio::net::UnixStream>> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the ossmount executable")?;
     let mut cmd = std::process::Command::new(exe);
@@ -160,21 +189,27 @@ async fn start_node(
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; the node must not share this command's session
     // (a terminal's Ctrl-C, or a supervisor killing the command's group, must not reach it).
+    // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): the node keeps none of this command's other
+    // descriptors (an orchestrator's /dev/fuse, a wrapper's lock, a supervisor's pipe).
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().context("cannot start the ossmount node")?;
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(&serde_json::to_vec(spec).expect("a spec serialises"))
-            .context("cannot hand the mount to the ossmount node")?;
+        // A node that died before reading it says why on stderr, read below.
+        let _ = stdin.write_all(&serde_json::to_vec(spec).expect("a spec serialises"));
     }
     let started = Instant::now();
     loop {
         if let Some(conn) = join::connect(cache_dir).await {
-            return Ok(conn);
+            return Ok(Some(conn));
         }
         if let Some(status) = child.try_wait()? {
             let mut err = String::new();
@@ -182,10 +217,9 @@ async fn start_node(
                 let _ = e.read_to_string(&mut err);
             }
             if err.contains("in use by another ossmount process") {
-                // Another command started a node first: it is about to take requests.
-                if let Some(conn) = wait_for_socket(cache_dir, started).await {
-                    return Ok(conn);
-                }
+                // Another node holds the cache: one just started (it takes requests in a
+                // moment), or one ending (asked again after it has).
+                return Ok(wait_for_socket(cache_dir, Instant::now()).await);
             }
             let err = err.trim().trim_start_matches("ossmount: error: ");
             bail!(
@@ -207,7 +241,7 @@ async fn start_node(
 }
 
 async fn wait_for_socket(cache_dir: &Path, since: Instant) -> Option<tokio::net::UnixStream> {
-    while since.elapsed() < NODE_START_WAIT {
+    while since.elapsed() < Duration::from_secs(5) {
         if let Some(conn) = join::connect(cache_dir).await {
             return Some(conn);
         }

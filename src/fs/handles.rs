@@ -141,7 +141,12 @@ impl OssFs {
                     tracing::warn!(key = %key, "HEAD failed, using the last known version: {e}");
                     return Ok((id, None));
                 }
-                if let Some(id) = self.cache.cached_identity(&self.cfg.bucket, &key) {
+                // Not when mounts of other principals share the cache: this mount has not
+                // shown it may read the object, and cannot now.
+                let entry = (!self.cache.shared_by_principals())
+                    .then(|| self.cache.cached_identity(&self.cfg.bucket, &key))
+                    .flatten();
+                if let Some(id) = entry {
                     if id.etag == listed_etag {
                         tracing::warn!(key = %key, "HEAD failed, using the cached version: {e}");
                         return Ok((id, None));

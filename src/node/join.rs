@@ -138,7 +138,10 @@ pub(super) async fn serve_mount(
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     mut w: OwnedWriteHalf,
 ) {
-    let starting = node.starting();
+    let Some(starting) = node.starting() else {
+        // Ending: no answer, so the command asks again (a new node if need be).
+        return;
+    };
     let Some(factory) = node.factory().cloned() else {
         send(
             &mut w,
@@ -154,6 +157,14 @@ pub(super) async fn serve_mount(
             return;
         }
     };
+    if crate::mount::fuse_fd(&opts.mountpoint).is_some() && fd.is_none() {
+        let msg = format!(
+            "{} names a descriptor, but none arrived with the request; the command must hold an open /dev/fuse descriptor N mounted with mount(2) -o fd=N",
+            opts.mountpoint.display()
+        );
+        send(&mut w, &Reply::Error(msg)).await;
+        return;
+    }
     let notes = node.differences(&opts);
     let n = node.clone();
     let session = match tokio::task::spawn_blocking(move || n.mount(opts, store, fd)).await {

@@ -50,6 +50,8 @@ pub struct Node {
     busy: watch::Sender<usize>,
     /// Mounts asked for since the node started, taken or not.
     asked: watch::Sender<u64>,
+    /// Set once the node has decided to end (idle): no mount starts after it.
+    closing: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     control: Mutex<Option<ControlServer>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -157,6 +159,7 @@ impl Node {
             sessions: Mutex::default(),
             busy: watch::channel(0).0,
             asked: watch::channel(0).0,
+            closing: Default::default(),
             next_id: AtomicU64::new(1),
             control: Mutex::new(None),
             tasks: Mutex::default(),
@@ -260,10 +263,37 @@ impl Node {
     }
 
     /// Counts a mount about to start as busy (see `Starting`).
-    pub fn starting(&self) -> Starting<'_> {
-        self.busy.send_modify(|n| *n += 1);
+    /// `None` once the node is ending (`close_if_idle`): the caller asks another node.
+    pub fn starting(&self) -> Option<Starting<'_>> {
+        let mut took = false;
+        // Under the watch's lock, as `close_if_idle` decides: a mount either starts before
+        // the node decides to end (and keeps it from ending), or not at all.
+        self.busy.send_if_modified(|n| {
+            if self.closing.load(Ordering::SeqCst) {
+                return false;
+            }
+            *n += 1;
+            took = true;
+            true
+        });
+        if !took {
+            return None;
+        }
         self.asked.send_modify(|n| *n += 1);
-        Starting(self)
+        Some(Starting(self))
+    }
+
+    /// Decides to end if nothing is live or starting; from then on no mount starts.
+    pub fn close_if_idle(&self) -> bool {
+        let mut closed = false;
+        self.busy.send_if_modified(|n| {
+            if *n == 0 {
+                self.closing.store(true, Ordering::SeqCst);
+                closed = true;
+            }
+            false
+        });
+        closed
     }
 
     /// Mounts one session over the node's cache with `store` (blocking: call it off the
@@ -275,7 +305,9 @@ impl Node {
         store: Arc<dyn ObjectStore>,
         handed_in: Option<std::os::fd::OwnedFd>,
     ) -> Result<Arc<MountSession>> {
-        let _starting = self.starting();
+        let _starting = self
+            .starting()
+            .ok_or_else(|| anyhow::anyhow!("the node serving this cache directory is ending"))?;
         crate::mount::check_mountpoint(&opts.mountpoint).or_else(|e| match &handed_in {
             Some(_) => Ok(()),
             None => Err(e),
@@ -358,10 +390,12 @@ impl Node {
         }
     }
 
-    /// Unmounts every session this process mounted (SIGTERM to the node).
-    pub fn unmount_all(&self) {
+    /// Unmounts every session this process mounted (SIGTERM to the node); `lazily`:
+    /// detaches the busy ones, so none stays behind dead when the node ends.
+    pub fn unmount_all(&self, lazily: bool) {
         for s in self.sessions() {
-            if let Err(e) = s.unmount() {
+            let done = if lazily { s.detach() } else { s.unmount() };
+            if let Err(e) = done {
                 tracing::warn!("unmount of {} failed: {e}", s.opts.mountpoint.display());
             }
         }
