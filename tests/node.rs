@@ -217,3 +217,48 @@ async fn a_mount_that_cannot_start_exits_non_zero_naming_the_cause_and_mounts_no
     });
     assert!(released, "the node that took no mount ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relative_paths_mean_what_they_mean_to_the_command_not_to_the_node() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("r.txt", b"relative");
+    let (first_mnt, cache) = dirs(&s, "rel");
+    let first = Mount::start(&s, &url(), &first_mnt, &cache, &[]);
+    // The node's working directory is the first command's; this one runs elsewhere and
+    // names its mount point and cache relative to its own.
+    let elsewhere = first_mnt.parent().unwrap().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("m")).unwrap();
+    let rel_cache = pathdiff(&cache, &elsewhere);
+    let mut child = Command::new(bin())
+        .current_dir(&elsewhere)
+        .args(["mount", &url(), "m", "--cache-dir"])
+        .arg(&rel_cache)
+        .arg("--foreground")
+        .envs(s.env())
+        .stderr(std::fs::File::create(elsewhere.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let target = elsewhere.join("m");
+    let up = wait_until(Duration::from_secs(30), || {
+        is_mounted(&target) || child.try_wait().unwrap().is_some()
+    });
+    let log = std::fs::read_to_string(elsewhere.join("log")).unwrap_or_default();
+    let guard = Mount {
+        child: Some(child),
+        mnt: target.clone(),
+        log: elsewhere.join("log"),
+        cache: cache.clone(),
+    };
+    assert!(up && is_mounted(&target), "{log}");
+    assert_eq!(guard.node_pid(), first.node_pid(), "joined the same node");
+    assert!(read(target.join("r.txt")).await == b"relative");
+    drop(guard);
+    drop(first);
+}
+
+/// `to` relative to `from` (both absolute, `to` under `from`'s parent).
+fn pathdiff(to: &Path, from: &Path) -> std::path::PathBuf {
+    let rel = to.strip_prefix(from.parent().unwrap()).unwrap();
+    Path::new("..").join(rel)
+}

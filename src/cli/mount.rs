@@ -173,6 +173,16 @@ pub fn run(
     rt: &tokio::runtime::Runtime,
     log: &super::node::NodeLog<'_>,
 ) -> Result<ExitCode> {
+    // Paths as this command means them: the node resolves nothing against its own
+    // working directory (another command's).
+    let mut m = m.clone();
+    if ossmount::mount::fuse_fd(&m.mountpoint).is_none() {
+        m.mountpoint = std::path::absolute(&m.mountpoint)?;
+    }
+    if let Some(dir) = &m.cache_dir {
+        m.cache_dir = Some(std::path::absolute(dir)?);
+    }
+    let m = &m;
     let opts = mount_options(conn, m)?;
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
     ossmount::cache::private_dir(&opts.cache_dir)?;
