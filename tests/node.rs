@@ -262,3 +262,115 @@ fn pathdiff(to: &Path, from: &Path) -> std::path::PathBuf {
     let rel = to.strip_prefix(from.parent().unwrap()).unwrap();
     Path::new("..").join(rel)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_a_busy_mount_says_so_and_a_second_one_detaches_it() {
+    require_fuse();
+    let s = Server::start().await;
+    let data = ossmount::sample::bytes(31, 100_000);
+    s.put("held.bin", &data);
+    let (mnt, cache) = dirs(&s, "busy");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    // A file held open keeps the mount busy.
+    let held = fs_op(Duration::from_secs(30), {
+        let p = m.path("held.bin");
+        move || std::fs::File::open(p).unwrap()
+    })
+    .await;
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let told = wait_until(Duration::from_secs(20), || m.log_text().contains("is busy"));
+    assert!(
+        told,
+        "the command says why it has not ended: {}",
+        m.log_text()
+    );
+    assert!(
+        m.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "still running: the mount is still there"
+    );
+    assert!(is_mounted(&mnt));
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let mut child = m.child.take().unwrap();
+    let ended = wait_until(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        ended && status.success(),
+        "exit {status:?}: {}",
+        m.log_text()
+    );
+    assert!(!is_mounted(&mnt), "detached from the namespace");
+    // The open file still reads: the node serves it until it is closed.
+    let got = fs_op(Duration::from_secs(30), move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; data.len()];
+        held.read_exact_at(&mut buf, 0).unwrap();
+        (buf == data, held)
+    })
+    .await;
+    assert!(got.0, "the held file reads its bytes after the detach");
+    drop(got.1);
+    m.wait_node_done();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unmount_never_takes_down_another_filesystem_mounted_in_its_place() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("held.bin", b"held open");
+    let (mnt, cache) = dirs(&s, "replaced");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    // Held open, the mount lives on after a lazy umount; then a tmpfs takes its place.
+    let held = fs_op(Duration::from_secs(30), {
+        let p = m.path("held.bin");
+        move || std::fs::File::open(p).unwrap()
+    })
+    .await;
+    let lazy = Command::new("umount").arg("-l").arg(&mnt).status().unwrap();
+    assert!(lazy.success());
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(mnt.clone());
+    std::fs::write(mnt.join("mine"), b"tmpfs").unwrap();
+    // The command's SIGTERM (twice: the first unmount, then the detach) leaves it alone.
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    for _ in 0..2 {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ended = wait_until(Duration::from_secs(20), || {
+        m.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    assert!(ended, "{}", m.log_text());
+    m.child = None;
+    assert_eq!(
+        std::fs::read(mnt.join("mine")).unwrap(),
+        b"tmpfs",
+        "the tmpfs mounted in its place is still there"
+    );
+    drop(held);
+}

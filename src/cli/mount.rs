@@ -173,6 +173,17 @@ pub fn run(
     rt: &tokio::runtime::Runtime,
     log: &super::node::NodeLog<'_>,
 ) -> Result<ExitCode> {
+    // SIGTERM and SIGINT are caught from the start: one that arrives while the node mounts
+    // (the mount may already serve before the command hears so) asks for the unmount once
+    // the mount is there, instead of killing the command.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     // Paths as this command means them: the node resolves nothing against its own
     // working directory (another command's).
     let mut m = m.clone();
@@ -220,7 +231,20 @@ pub fn run(
     if !m.foreground {
         return Ok(ExitCode::SUCCESS);
     }
-    rt.block_on(joined.wait(super::wait_for_signal()))
+    // Every SIGTERM/SIGINT, in order: the first asks for the unmount, the next to detach.
+    let (tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
+    rt.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rt.block_on(joined.wait(&mut signals))
         .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,10 @@ pub const FS_TYPE: &str = "fuse.ossmount";
 #[derive(Debug)]
 pub struct OwnMount {
     target: CString,
+    /// The kernel's id of this mount (`/proc/self/mountinfo`): an unmount goes ahead only
+    /// while the top mount at `target` is still this one, never another mounted over or in
+    /// its place after a lazy `umount -l`.
+    mount_id: Option<u64>,
     /// A duplicate of the session's descriptor, to ask the kernel whether the connection
     /// still lives.
     device: OwnedFd,
@@ -69,6 +73,7 @@ pub fn mount(
         }
     }
     let own = OwnMount {
+        mount_id: top_mount_id(&target),
         target: CString::new(target.as_os_str().as_bytes())?,
         device: device.try_clone()?,
         done: false,
@@ -77,9 +82,17 @@ pub fn mount(
 }
 
 impl OwnMount {
+    /// Whether there is nothing of ours left to unmount at the target.
+    fn gone(&self) -> bool {
+        let path = Path::new(std::ffi::OsStr::from_bytes(self.target.as_bytes()));
+        self.done
+            || !connected(&self.device)
+            || (self.mount_id.is_some() && top_mount_id(path) != self.mount_id)
+    }
+
     /// Unmounts (a plain umount: busy files make it fail, as `umount` does), once.
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        if self.done || !connected(&self.device) {
+        if self.gone() {
             self.done = true;
             return Ok(());
         }
@@ -92,7 +105,7 @@ impl OwnMount {
 impl OwnMount {
     /// Detaches (MNT_DETACH): gone from the namespace now, ended once its files close.
     pub fn detach(&mut self) -> std::io::Result<()> {
-        if self.done || !connected(&self.device) {
+        if self.gone() {
             self.done = true;
             return Ok(());
         }
@@ -104,7 +117,7 @@ impl OwnMount {
 
 impl Drop for OwnMount {
     fn drop(&mut self) {
-        if !self.done && connected(&self.device) {
+        if !self.gone() {
             // The process is ending without an unmount (an error after mounting): detach,
             // so no dead mount is left behind.
             let _ = nix::mount::umount2(self.target.as_c_str(), MntFlags::MNT_DETACH);
@@ -123,4 +136,16 @@ fn connected(device: &OwnedFd) -> bool {
             .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL)),
         Err(_) => true,
     }
+}
+
+/// The id of the top mount at `target` (the last line of `/proc/self/mountinfo` naming it).
+fn top_mount_id(target: &Path) -> Option<u64> {
+    let want = target.to_str()?;
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(want))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|id| id.parse().ok())
 }

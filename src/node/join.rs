@@ -94,17 +94,20 @@ pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joine
 }
 
 impl Joined {
-    /// Waits until the mount ends. When `stop` resolves (the command got SIGTERM or SIGINT)
-    /// asks the node to unmount, and goes on waiting for the end. `Err` when the mount failed
-    /// or the node went away.
-    pub async fn wait(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
-        tokio::pin!(stop);
-        let mut asked = false;
+    /// Waits until the mount ends. At the first of `signals` (the command got SIGTERM or
+    /// SIGINT) asks the node to unmount, at the second to detach, and goes on waiting for the
+    /// end. `Err` when the mount failed or the node went away.
+    pub async fn wait(
+        mut self,
+        signals: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) -> Result<(), String> {
+        let mut asked = 0;
         loop {
             tokio::select! {
-                _ = &mut stop, if !asked => {
-                    asked = true;
-                    if self.w.write_all(b"unmount\n").await.is_err() {
+                Some(()) = signals.recv() => {
+                    asked += 1;
+                    let line: &[u8] = if asked == 1 { b"unmount\n" } else { b"detach\n" };
+                    if self.w.write_all(line).await.is_err() {
                         return Err("the node serving the mount is gone".into());
                     }
                 }
@@ -112,6 +115,8 @@ impl Joined {
                     Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
                         Ok(Reply::Ended(None)) => return Ok(()),
                         Ok(Reply::Ended(Some(e))) => return Err(format!("the mount failed: {e}")),
+                        // Why the unmount has not happened yet (a busy mount).
+                        Ok(Reply::Error(msg)) => eprintln!("ossmount: {msg}"),
                         _ => continue,
                     },
                     Ok(None) | Err(_) => {
@@ -193,7 +198,9 @@ pub(super) async fn serve_mount(
     if !foreground {
         return;
     }
-    let mut asked = false;
+    // The command's lines, until it is gone: `unmount` (its first SIGTERM or Ctrl-C), then
+    // `detach` (its second: the mount leaves the namespace now, ends when its files close).
+    let mut gone = false;
     loop {
         tokio::select! {
             end = session.ended() => {
@@ -203,23 +210,38 @@ pub(super) async fn serve_mount(
                 send(&mut w, &Reply::Ended(end.err())).await;
                 return;
             }
-            line = lines.next_line(), if !asked => match line {
-                Ok(Some(l)) if l.trim() == "unmount" => {
-                    asked = true;
+            line = lines.next_line(), if !gone => match line {
+                Ok(Some(l)) if matches!(l.trim(), "unmount" | "detach") => {
                     if !session.owns_mount() {
                         // Only its orchestrator unmounts it; the command may end now.
                         unmount(&session, false);
                         send(&mut w, &Reply::Ended(None)).await;
                         return;
                     }
-                    unmount(&session, false);
+                    let lazily = l.trim() == "detach";
+                    let done = if lazily { session.detach() } else { session.unmount() };
+                    let mnt = session.opts.mountpoint.display();
+                    match done {
+                        Ok(()) if lazily => {
+                            tracing::info!("{mnt} detached: it ends when its last file is closed");
+                            send(&mut w, &Reply::Ended(None)).await;
+                            return;
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            let msg = format!(
+                                "{mnt} is busy ({e}): it is unmounted once its files are closed; a second SIGTERM or Ctrl-C detaches it now (as umount -l does)"
+                            );
+                            send(&mut w, &Reply::Error(msg)).await;
+                        }
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     // The command is gone (killed): its mount goes with it, as a mount's
                     // did with its process, but detached if busy so it never stays dead.
                     tracing::info!("the command of mount {} is gone: unmounting", session.id);
-                    asked = true;
+                    gone = true;
                     unmount(&session, true);
                 }
             },
