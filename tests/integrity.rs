@@ -424,3 +424,49 @@ async fn a_read_that_waits_past_its_deadline_fails_with_eio() {
     assert!(m.log_text().contains("read deadline"), "{}", m.log_text());
     s.emu.update_faults(|f| f.stalled.clear());
 }
+
+/// A handle open on a version keeps that version's size in the kernel, whatever a later
+/// listing or lookup says: a smaller new version on the server must not end the old handle's
+/// reads early (the soak run caught a read at 52.9 MB of a 53.2 MB version returning 0 bytes
+/// once a 50.6 MB version was listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_smaller_new_version_listed_never_cuts_short_a_handle_on_the_old_one() {
+    require_fuse();
+    let s = Server::start().await;
+    let v1 = ossmount::sample::bytes(46, (3 * MIB) as usize);
+    let v2 = ossmount::sample::bytes(47, MIB as usize);
+    s.put("dir/shrinks.bin", &v1);
+    let (mnt, cache) = dirs(&s, "shrinks");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--metadata-ttl", "1s"]);
+    let p = m.path("dir/shrinks.bin");
+    // Read whole first: the old version's bytes are cached, so only the size is at stake
+    // (bytes not cached could not be fetched once the server has the new version: EIO).
+    let (old, whole) = fs_op(T, move || {
+        let f = std::fs::File::open(p).unwrap();
+        let mut whole = vec![0u8; 3 * MIB as usize];
+        f.read_exact_at(&mut whole, 0).unwrap();
+        (f, whole)
+    })
+    .await;
+    assert!(whole == v1);
+    s.put("dir/shrinks.bin", &v2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The directory listed again and the name looked up again: they show the new size.
+    let (dir, p) = (m.path("dir"), m.path("dir/shrinks.bin"));
+    let listed = fs_op(T, move || {
+        let n = std::fs::read_dir(dir).unwrap().count();
+        (n, std::fs::metadata(p).map(|md| md.len()))
+    })
+    .await;
+    assert_eq!(listed.0, 1);
+    // The old handle reads its version to its end.
+    let got = fs_op(T, move || {
+        let mut buf = vec![0u8; 64 << 10];
+        let at = 2 * MIB + 4096;
+        old.read_exact_at(&mut buf, at).map(|()| buf)
+    })
+    .await;
+    let got = got.unwrap_or_else(|e| panic!("the old handle's read past the new size: {e}"));
+    let at = (2 * MIB + 4096) as usize;
+    assert!(got == v1[at..at + (64 << 10)], "the old version's bytes");
+}

@@ -225,6 +225,7 @@ impl OssFs {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
             n.size = id.size;
+            n.open_size = Some(id.size);
             n.etag = id.etag.clone();
             if let Ok(t) = httpdate::parse_http_date(&id.last_modified) {
                 n.mtime = t;
@@ -387,11 +388,27 @@ impl OssFs {
     }
 
     fn unreserve(&self, ino: u64) {
-        let mut versions = self.open_versions.lock().unwrap();
-        if let Some((_, count)) = versions.get_mut(&ino) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                versions.remove(&ino);
+        let last = {
+            let mut versions = self.open_versions.lock().unwrap();
+            match versions.get_mut(&ino) {
+                Some((_, count)) => {
+                    *count = count.saturating_sub(1);
+                    let last = *count == 0;
+                    if last {
+                        versions.remove(&ino);
+                    }
+                    last
+                }
+                None => false,
+            }
+        };
+        if last {
+            // Nothing reads the old version any more: the kernel may learn the new size.
+            // (An open racing this one sets it again under the same lock.)
+            if let Some(n) = self.ns.lock().unwrap().nodes.get_mut(&ino) {
+                if !self.open_versions.lock().unwrap().contains_key(&ino) {
+                    n.open_size = None;
+                }
             }
         }
     }

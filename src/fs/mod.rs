@@ -147,7 +147,7 @@ impl OssFs {
         Attr {
             ino,
             kind: n.kind,
-            size: n.size,
+            size: n.open_size.unwrap_or(n.size),
             mtime: if n.kind == Kind::Dir {
                 self.started
             } else {

@@ -32,6 +32,10 @@ pub(super) struct Node {
     pub(super) kernel_etag: Option<String>,
     /// References the kernel holds (lookups and readdirplus entries not yet forgotten).
     pub(super) lookups: u64,
+    /// The size of the version open handles read, while any is open: the kernel is told
+    /// that size whatever a newer listing says, or it would end their reads at the new
+    /// version's end (a new version is opened on a new inode).
+    pub(super) open_size: Option<u64>,
 }
 
 pub(super) struct Listing {
@@ -92,6 +96,7 @@ impl Namespace {
             listed: old.listed,
             kernel_etag: None,
             lookups: 0,
+            open_size: None,
         };
         self.nodes.insert(new_ino, node);
         self.names.insert((parent, name.clone(), false), new_ino);
@@ -145,6 +150,7 @@ impl Namespace {
                 listed: 0,
                 kernel_etag: None,
                 lookups: 0,
+                open_size: None,
             },
         );
         ino
@@ -169,6 +175,7 @@ impl Namespace {
                 listed: 0,
                 kernel_etag: None,
                 lookups: 1, // the kernel never forgets the root
+                open_size: None,
             },
         );
         ns

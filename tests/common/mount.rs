@@ -222,11 +222,21 @@ impl Mount {
 
     /// `umount`, and the process must then exit by itself, successfully.
     pub fn unmount(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("umount")
-            .arg(&self.mnt)
-            .status_within(Duration::from_secs(60), "umount")
-            .unwrap();
-        assert!(status.success(), "umount failed");
+        // A file closed a moment ago may still hold the mount for the kernel's last
+        // reference (EBUSY): asked again a few times before it counts as a failure.
+        let mut tries = 0;
+        let status = loop {
+            let status = Command::new("umount")
+                .arg(&self.mnt)
+                .status_within(Duration::from_secs(60), "umount")
+                .unwrap();
+            tries += 1;
+            if status.success() || tries == 20 {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "umount failed {tries} times");
         // The child stays in `self` until it has exited: if this fails, `Drop` kills it.
         let start = Instant::now();
         loop {
