@@ -131,8 +131,7 @@ impl OssFs {
                 // Gone on the server: the parent's listing is stale too.
                 let mut ns = self.ns.lock().unwrap();
                 if let Some(parent) = ns.nodes.get(&ino).map(|n| n.parent) {
-                    ns.listings.remove(&parent);
-                    ns.sweep_due = true;
+                    ns.drop_listing(parent);
                 }
                 Err(FsError::NotFound)
             }
@@ -418,7 +417,7 @@ impl OssFs {
         if let Some(f) = &file {
             self.unreserve(f.ino());
             // Its node may be needed no more.
-            self.ns.lock().unwrap().sweep_due = true;
+            self.ns.lock().unwrap().let_go(f.ino());
         }
         if let Some(OpenFile::Cached { hydration, .. }) = file {
             self.cache.close_entry(hydration.identity());

@@ -34,7 +34,7 @@ struct EntriesState {
 }
 
 impl Entries {
-    fn growing() -> Arc<Entries> {
+    pub(super) fn growing() -> Arc<Entries> {
         Arc::new(Entries {
             state: Mutex::new(EntriesState {
                 entries: Vec::new(),
@@ -144,7 +144,7 @@ impl Drop for Unfinished {
             in_flight.remove(&dir);
         }
         drop(in_flight);
-        fs.ns.lock().unwrap().sweep_due = true;
+        fs.ns.lock().unwrap().let_go_entries(dir, &self.entries);
         self.entries.end(Err((
             "listing".into(),
             StoreError::new(
@@ -254,16 +254,15 @@ impl OssFs {
                 let mut ns = fs.ns.lock().unwrap();
                 // A failed listing leaves nodes its pages made; a new one replaces the old
                 // listing's: either way a sweep has something to look at.
-                ns.sweep_due = true;
                 if outcome.is_ok() {
-                    let fetched = Instant::now();
-                    ns.fetched(fetched);
                     let listing = Listing {
-                        fetched,
+                        fetched: Instant::now(),
                         entries: e.clone(),
                         number,
                     };
-                    ns.listings.insert(dir, listing);
+                    ns.install_listing(dir, listing);
+                } else {
+                    ns.let_go_entries(dir, &e);
                 }
             }
             fs.listings_in_flight.lock().unwrap().remove(&dir);

@@ -21,6 +21,7 @@ mod listing;
 mod namespace;
 pub mod passthrough;
 mod probe;
+mod sweep;
 mod xattr;
 
 use std::collections::HashMap;

@@ -36,6 +36,10 @@ pub(super) struct Node {
     /// that size whatever a newer listing says, or it would end their reads at the new
     /// version's end (a new version is opened on a new inode).
     pub(super) open_size: Option<u64>,
+    /// Nodes whose parent this is: a directory stays while it has any.
+    pub(super) children: u32,
+    /// Live listings (`Namespace::listings`) whose entries show this node.
+    pub(super) in_listings: u32,
 }
 
 pub(super) struct Listing {
@@ -59,15 +63,8 @@ pub(super) struct Namespace {
     /// Names answered by a probe (HEAD + one-key listing) in a directory that was not
     /// listed, and when: the inode, or `None` for a name that does not exist.
     pub(super) probes: HashMap<(u64, String), (Instant, Option<u64>)>,
-    /// Something may have become unneeded since the last sweep (a forget, a closed handle,
-    /// a listing replaced, dropped or failed): the next sweep looks.
-    pub(super) sweep_due: bool,
-    /// When the oldest listing or probe a sweep may drop was fetched: the next sweep looks
-    /// once it is past the TTL. Until then a sweep costs nothing, however many nodes there
-    /// are (it used to walk every node and listed entry each second).
-    pub(super) oldest_fetch: Option<Instant>,
-    /// Nodes and listed entries sweeps looked at, for a test of what an idle sweep costs.
-    pub(super) swept: u64,
+    /// What a sweep looks at (see `sweep.rs`).
+    pub(super) sweep: super::sweep::Sweep,
 }
 
 impl Namespace {
@@ -97,18 +94,33 @@ impl Namespace {
             kernel_etag: None,
             lookups: 0,
             open_size: None,
+            children: 0,
+            in_listings: 0,
         };
         self.nodes.insert(new_ino, node);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
         self.names.insert((parent, name.clone(), false), new_ino);
         if let Some(l) = self.listings.get_mut(&parent) {
-            l.entries.with_entries(|entries| {
+            let moved = l.entries.with_entries(|entries| {
+                let mut moved = 0;
                 for e in entries
                     .iter_mut()
                     .filter(|e| e.name == name && e.ino == ino)
                 {
                     e.ino = new_ino;
+                    moved += 1;
                 }
+                moved
             });
+            // The listing now shows the new node, not the old one (which its handles keep).
+            if let Some(old) = self.nodes.get_mut(&ino) {
+                old.in_listings = old.in_listings.saturating_sub(moved);
+            }
+            if let Some(new) = self.nodes.get_mut(&new_ino) {
+                new.in_listings += moved;
+            }
         }
         if let Some((_, answer)) = self.probes.get_mut(&(parent, name)) {
             *answer = Some(new_ino);
@@ -133,6 +145,9 @@ impl Namespace {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.names.insert((parent, name.to_string(), is_dir), ino);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
         self.nodes.insert(
             ino,
             Node {
@@ -151,6 +166,8 @@ impl Namespace {
                 kernel_etag: None,
                 lookups: 0,
                 open_size: None,
+                children: 0,
+                in_listings: 0,
             },
         );
         ino
@@ -176,77 +193,21 @@ impl Namespace {
                 kernel_etag: None,
                 lookups: 1, // the kernel never forgets the root
                 open_size: None,
+                children: 0,
+                in_listings: 0,
             },
         );
         ns
-    }
-
-    /// A listing or probe fetched at `at` (it may be dropped from `at` + the TTL on).
-    pub(super) fn fetched(&mut self, at: Instant) {
-        self.oldest_fetch = Some(self.oldest_fetch.map_or(at, |t| t.min(at)));
-    }
-
-    /// Whether a sweep could drop anything: something was let go since the last one, or a
-    /// listing or probe is older than `keep`.
-    pub(super) fn sweep_wanted(&self, keep: std::time::Duration) -> bool {
-        self.sweep_due || self.oldest_fetch.is_some_and(|t| t.elapsed() >= keep)
     }
 
     /// The kernel dropped `n` references to `ino`: once it holds none, a sweep may drop it.
     pub(super) fn forget(&mut self, ino: u64, n: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
-            self.sweep_due |= node.lookups == 0;
+            if node.lookups == 0 {
+                self.let_go(ino);
+            }
         }
-    }
-
-    /// Drops what nobody uses any more: listings older than `keep` (unless a directory
-    /// handle reads them), then nodes the kernel forgot that no listing, handle or child
-    /// needs. Numbers stay stable while referenced; memory follows use, not history. Run
-    /// only when `sweep_wanted`: it looks at every node.
-    pub(super) fn sweep(
-        &mut self,
-        keep: std::time::Duration,
-        open_inos: &HashSet<u64>,
-        reading: &[Arc<Entries>],
-    ) {
-        self.listings
-            .retain(|dir, l| l.fetched.elapsed() < keep || open_inos.contains(dir));
-        self.probes.retain(|_, (at, _)| at.elapsed() < keep);
-        let mut needed: HashSet<u64> = self
-            .listings
-            .iter()
-            .flat_map(|(dir, l)| {
-                l.entries
-                    .with_entries(|v| v.iter().map(|e| e.ino).collect::<Vec<_>>())
-                    .into_iter()
-                    .chain([*dir])
-            })
-            .collect();
-        needed.extend(open_inos.iter().copied());
-        for entries in reading {
-            entries.with_entries(|v| needed.extend(v.iter().map(|e| e.ino)));
-        }
-        for n in self.nodes.values().filter(|n| n.lookups > 0) {
-            needed.insert(n.parent);
-        }
-        let before = self.nodes.len();
-        self.swept += (before + needed.len()) as u64;
-        self.nodes
-            .retain(|ino, n| *ino == ROOT_INO || n.lookups > 0 || needed.contains(ino));
-        if self.nodes.len() != before {
-            let nodes = &self.nodes;
-            self.names.retain(|_, ino| nodes.contains_key(ino));
-        }
-        // Listings a handle holds are looked at again when it is released (`sweep_due`).
-        self.sweep_due = false;
-        self.oldest_fetch = self
-            .listings
-            .iter()
-            .filter(|(dir, _)| !open_inos.contains(*dir))
-            .map(|(_, l)| l.fetched)
-            .chain(self.probes.values().map(|(at, _)| *at))
-            .min();
     }
 }
 
@@ -404,13 +365,13 @@ impl OssFs {
             .values()
             .map(|f| f.ino())
             .collect();
-        // Entries that open handles read and listings still arriving: their nodes stay.
-        let mut reading: Vec<Arc<Entries>> = Vec::new();
+        // Directories that open handles read and listings still arriving: their nodes stay.
+        let mut reading: HashSet<u64> = HashSet::new();
         for d in self.dirs.lock().unwrap().values() {
             open.insert(d.ino);
-            reading.push(d.entries.clone());
+            reading.insert(d.ino);
         }
-        reading.extend(self.listings_in_flight.lock().unwrap().values().cloned());
+        reading.extend(self.listings_in_flight.lock().unwrap().keys().copied());
         self.ns.lock().unwrap().sweep(keep, &open, &reading);
     }
 
@@ -491,8 +452,9 @@ impl OssFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        if self.dirs.lock().unwrap().remove(&fh).is_some() {
-            self.ns.lock().unwrap().sweep_due = true;
+        let closed = self.dirs.lock().unwrap().remove(&fh);
+        if let Some(d) = closed {
+            self.ns.lock().unwrap().let_go_entries(d.ino, &d.entries);
         }
     }
 }
@@ -554,42 +516,5 @@ pub(super) mod tests {
             },
         );
         assert!(c.is_empty() && s == vec![long]);
-    }
-
-    #[test]
-    fn idle_sweeps_look_at_no_node() {
-        let mut ns = Namespace::new("", SystemTime::now());
-        const N: u64 = 100_000;
-        for i in 0..N {
-            let ino = ns.child(ROOT_INO, &format!("f{i}"), Kind::File);
-            ns.nodes.get_mut(&ino).unwrap().lookups = 1;
-        }
-        let keep = std::time::Duration::from_secs(3600);
-        let sweep = |ns: &mut Namespace| {
-            if ns.sweep_wanted(keep) {
-                ns.sweep(keep, &HashSet::new(), &[]);
-            }
-        };
-        // A probe within the TTL, the kernel holding every node: nothing to drop.
-        ns.fetched(Instant::now());
-        for _ in 0..10 {
-            sweep(&mut ns);
-        }
-        assert_eq!(ns.swept, 0, "idle sweeps looked at nodes");
-        // The kernel forgets one: the next sweep looks (at every node, still) and drops it;
-        // the ones after look at nothing again.
-        ns.forget(ROOT_INO + 1, 1);
-        sweep(&mut ns);
-        let looked = ns.swept;
-        assert!(looked >= N, "the sweep after a forget looked at {looked}");
-        assert_eq!(ns.nodes.len() as u64, N, "the forgotten node went");
-        for _ in 0..10 {
-            sweep(&mut ns);
-        }
-        assert_eq!(ns.swept, looked, "idle sweeps after it looked at nodes");
-        // An expired listing or probe makes a sweep look too.
-        ns.fetched(Instant::now() - keep);
-        sweep(&mut ns);
-        assert!(ns.swept > looked);
     }
 }

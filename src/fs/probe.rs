@@ -127,7 +127,7 @@ impl OssFs {
             None
         };
         let at = Instant::now();
-        ns.fetched(at);
+        ns.probe_fetched(parent, name, at);
         ns.probes.insert((parent, name.to_string()), (at, answer));
         let ino = answer.ok_or(FsError::NotFound)?;
         let node = ns.nodes.get_mut(&ino).expect("just made");
