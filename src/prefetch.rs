@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::cache::Cache;
-use crate::hydrate::{Hydration, ObjectIdentity, Progress};
+use crate::cache::{Cache, OpenEntry};
+use crate::hydrate::{ObjectIdentity, Progress};
 use crate::store::{ObjectStore, StoreError};
 
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,7 +54,7 @@ pub async fn prefetch(
         planned.push(o);
     }
     let total: u64 = planned.iter().map(|o| o.size).sum();
-    let running: Arc<Mutex<HashMap<String, Hydration>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<String, OpenEntry>>> = Arc::default();
     let done_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fetched_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks = futures_util::stream::iter(planned.into_iter().map(|o| {
@@ -73,7 +73,7 @@ pub async fn prefetch(
                 running.lock().unwrap().insert(o.key.clone(), h.clone());
                 let r = h.wait_complete().await.map_err(|e| e.to_string());
                 running.lock().unwrap().remove(&o.key);
-                cache.close_entry(&id);
+                cache.close_entry(h.identity());
                 fetched_bytes.fetch_add(
                     h.progress().bytes_fetched,
                     std::sync::atomic::Ordering::Relaxed,
@@ -88,7 +88,7 @@ pub async fn prefetch(
     .buffer_unordered(concurrency.max(1));
     tokio::pin!(tasks);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let snapshot = |running: &Mutex<HashMap<String, Hydration>>| {
+    let snapshot = |running: &Mutex<HashMap<String, OpenEntry>>| {
         let partial: u64 = running
             .lock()
             .unwrap()

@@ -7,7 +7,9 @@
 //! (`supply`). GETs fail or are cut short; the object is replaced while reads are in flight.
 //! Runs end in one of three ways, then the next run resumes from the checkpoint: a kill at a
 //! random point while reads are in flight (a stop, or a crash: a `PowerCut` drops every write
-//! no sync covered, then the stop), a reap (the hydration stopped once idle, as the cache does
+//! no sync covered, then the stop; the cut falls at once or at a chosen one of the engine's
+//! next I/O operations, so between two of its steps: a write and its sync, a sync and the
+//! record it allows), a reap (the hydration stopped once idle, as the cache does
 //! after the last close), or a final whole read.
 //!
 //! Asserted for every run: every read ends within its bound with the exact bytes of the
@@ -63,6 +65,9 @@ struct Kill {
     after_us: u64,
     /// A crash: the power is cut (unsynced writes lost) before the stop.
     crash: bool,
+    /// For a crash: the cut falls at the engine's `at_op`th I/O operation (write, read or
+    /// sync) from the kill's moment, between two chosen steps of the engine; 0 = at once.
+    at_op: u64,
     /// How likely an unsynced write is to survive the crash anyway.
     survive: f64,
 }
@@ -133,12 +138,13 @@ fn case() -> impl Strategy<Value = Case> {
                     len,
                     delay_ms,
                 });
-            let kill = (0usize..3, 0u64..4000, any::<bool>(), 0usize..3).prop_map(
-                |(after_round, after_us, crash, s)| Kill {
+            let kill = (0usize..3, 0u64..4000, any::<bool>(), 0usize..3, 0u64..12).prop_map(
+                |(after_round, after_us, crash, s, at_op)| Kill {
                     after_round,
                     after_us: if after_us < 1000 { 0 } else { after_us },
                     crash,
                     survive: [0.0, 0.5, 1.0][s],
+                    at_op: if at_op < 4 { 0 } else { at_op - 3 },
                 },
             );
             (
@@ -191,6 +197,7 @@ struct Seen {
     supplied: AtomicU64,
     kills: AtomicU64,
     crashes: AtomicU64,
+    crashes_at_an_operation: AtomicU64,
     reaps: AtomicU64,
     replaced: AtomicU64,
     reads_ok: AtomicU64,
@@ -424,7 +431,21 @@ async fn run_case(c: Case, seen: Arc<Seen>) -> Result<(), String> {
                 count(&seen.replaced);
             }
             if let Some(k) = kill.as_ref().filter(|k| k.after_round == round) {
-                if k.after_us == 0 {
+                if k.crash && k.at_op > 0 {
+                    // The cut lands on one of the engine's own next steps, if it takes that
+                    // many before the round's readers are done; else now.
+                    power.cut_after(k.at_op);
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while !power.was_cut()
+                        && Instant::now() < until
+                        && !tasks.iter().all(|t| t.is_finished())
+                    {
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    }
+                    if power.was_cut() {
+                        count(&seen.crashes_at_an_operation);
+                    }
+                } else if k.after_us == 0 {
                     tokio::task::yield_now().await;
                 } else {
                     tokio::time::sleep(Duration::from_micros(k.after_us)).await;
@@ -519,6 +540,10 @@ fn reads_at_random_offsets_get_exact_bytes_or_an_error() {
         ("supplied bodies", &seen.supplied),
         ("kills", &seen.kills),
         ("crashes", &seen.crashes),
+        (
+            "crashes at an engine operation",
+            &seen.crashes_at_an_operation,
+        ),
         ("reaps", &seen.reaps),
         ("replacements", &seen.replaced),
         ("reads that got bytes", &seen.reads_ok),

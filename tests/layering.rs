@@ -18,6 +18,51 @@ const LAYERS: &[&str] = &[
 /// Modules that must reach object storage only through `store` (its trait, types, errors).
 const BEHIND_THE_STORE_SEAM: &[&str] = &["prefetch", "fs::fuse", "fs", "cache", "hydrate"];
 
+/// Modules that reach the engine only through `cache` (its `OpenEntry`): of `hydrate` they
+/// may name only these plain types, never drive a hydration themselves.
+const THROUGH_THE_CACHE: &[&str] = &["prefetch", "fs::fuse", "fs"];
+const ENGINE_TYPES_ABOVE_THE_CACHE: &[&str] = &[
+    "ObjectIdentity",
+    "HydrateError",
+    "Progress",
+    "FetchMode",
+    // Direct reads take their connections from the engine's one limiter.
+    "ConnectionLimiter",
+    "limiter::ConnectionPermit",
+];
+
+/// The names a line imports or uses from `crate::hydrate` (`{A, B}` groups opened).
+fn hydrate_names(code: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::hydrate") {
+        let tail = &rest[i + "crate::hydrate".len()..];
+        rest = tail;
+        let Some(tail) = tail.strip_prefix("::") else {
+            names.push(String::new()); // the module itself
+            continue;
+        };
+        if let Some(group) = tail.strip_prefix('{') {
+            let group = group.split('}').next().unwrap_or("");
+            names.extend(
+                group
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty()),
+            );
+        } else {
+            names.push(
+                tail.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                    .collect::<String>()
+                    .trim_end_matches(':')
+                    .to_string(),
+            );
+        }
+    }
+    names
+}
+
 /// The test server, kept out of `LAYERS`: nothing there may import it.
 const EMULATOR: &str = "emulator";
 
@@ -153,6 +198,21 @@ fn problems_in(rel: &Path, text: &str) -> (Vec<String>, usize) {
             ));
         }
     }
+    if THROUGH_THE_CACHE.contains(&me.as_str()) {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for name in hydrate_names(code) {
+                if !ENGINE_TYPES_ABOVE_THE_CACHE.contains(&name.as_str()) {
+                    problems.push(format!(
+                        "{}:{}: {me} reaches past the cache into the engine (crate::hydrate::{name}); use cache::OpenEntry: {}",
+                        rel.display(),
+                        n + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
     let speaks_fuser = text.lines().any(|l| {
         let code = l.split("//").next().unwrap_or("");
         code.contains("fuser::") || code.trim_start().starts_with("use fuser")
@@ -250,5 +310,35 @@ fn the_scan_sees_a_back_edge() {
     assert_eq!(
         layer_of(Path::new("emulator/router.rs")).as_deref(),
         Some(EMULATOR)
+    );
+}
+
+#[test]
+fn the_filesystem_reaches_the_engine_only_through_the_cache() {
+    // A guard for the guard: driving a hydration from above the cache is reported, in a
+    // group or on its own; the plain types stay allowed.
+    let fs = Path::new("fs/handles.rs");
+    let allowed = "use crate::hydrate::{HydrateError, ObjectIdentity};\n\
+                   use crate::hydrate::limiter::ConnectionPermit;\n";
+    assert_eq!(problems_in(fs, allowed).0, Vec::<String>::new());
+    for refused in [
+        "use crate::hydrate::{HydrateError, Hydration, ObjectIdentity};",
+        "let h: crate::hydrate::Hydration = todo!();",
+        "use crate::hydrate::scheduler;",
+        "use crate::hydrate;",
+    ] {
+        let (problems, _) = problems_in(fs, refused);
+        assert_eq!(problems.len(), 1, "{refused}: {problems:?}");
+        assert!(
+            problems[0].starts_with("fs/handles.rs:1: ") && problems[0].contains("OpenEntry"),
+            "{problems:?}"
+        );
+    }
+    let prefetch = Path::new("prefetch.rs");
+    assert_eq!(
+        problems_in(prefetch, "use crate::hydrate::Hydration;")
+            .0
+            .len(),
+        1
     );
 }

@@ -16,6 +16,7 @@
 mod capacity;
 mod claims;
 mod dir;
+mod entry;
 mod index;
 mod principals;
 
@@ -28,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 pub use capacity::{disk_space, CacheStats, Capacity, IndexEntry};
 pub use dir::{cache_base_dir, default_cache_dir, lock_is_held, private_dir};
+pub use entry::OpenEntry;
 
 use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 use crate::hydrate::{
@@ -197,7 +199,7 @@ impl Cache {
     }
 
     /// A handle opened this entry: it is not evicted until `close_entry`.
-    pub fn open_entry(&self, id: &ObjectIdentity) -> Result<Hydration, HydrateError> {
+    pub fn open_entry(&self, id: &ObjectIdentity) -> Result<OpenEntry, HydrateError> {
         self.open_entry_with(id, None)
     }
 
@@ -207,7 +209,7 @@ impl Cache {
         &self,
         id: &ObjectIdentity,
         body: Option<bytes::Bytes>,
-    ) -> Result<Hydration, HydrateError> {
+    ) -> Result<OpenEntry, HydrateError> {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.lock_unclaimed(&name);
         let running = idx
@@ -248,9 +250,10 @@ impl Cache {
         {
             let _ = f.set_modified(SystemTime::now());
         }
-        Ok(h)
+        Ok(OpenEntry { hydration: h })
     }
 
+    /// A handle let go of the entry of `id` (see `close`, which also stops its hydration).
     pub fn close_entry(&self, id: &ObjectIdentity) {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.index.lock().unwrap();

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use std::ops::Range;
 
-use crate::hydrate::{HydrateError, Hydration, ObjectIdentity};
+use crate::cache::OpenEntry;
+use crate::hydrate::{HydrateError, ObjectIdentity};
 
 use super::coverage::Coverage;
 use super::direct::{DirectReader, WINDOW};
@@ -19,7 +20,7 @@ pub(super) enum OpenFile {
     /// Served from the object's cache entry; `served` is what this handle has read.
     Cached {
         ino: u64,
-        hydration: Hydration,
+        entry: OpenEntry,
         served: Arc<Mutex<Coverage>>,
     },
     /// Larger than the whole cache: served by ranged reads with readahead, never kept.
@@ -205,17 +206,16 @@ impl OssFs {
         } else {
             // Opening an entry reads and may fsync its checkpoint: off the async workers.
             let (cache, entry_id) = (self.cache.clone(), id.clone());
-            let hydration =
-                tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
-                    .await
-                    .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
-                    .map_err(|e| {
-                        tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-                        FsError::Cache(e.to_string())
-                    })?;
+            let entry = tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
+                .await
+                .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
+                .map_err(|e| {
+                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                    FsError::Cache(e.to_string())
+                })?;
             OpenFile::Cached {
                 ino,
-                hydration,
+                entry,
                 served: Default::default(),
             }
         };
@@ -240,10 +240,10 @@ impl OssFs {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let complete_file = match &file {
-            OpenFile::Cached { hydration, .. } if hydration.is_complete() => {
+            OpenFile::Cached { entry, .. } if entry.is_complete() => {
                 // The kernel will read the file without asking us: check its bytes first.
-                match hydration.verify_cached(0..id_size).await {
-                    Ok(true) => hydration.file(),
+                match entry.verify_cached(0..id_size).await {
+                    Ok(true) => entry.file(),
                     _ => None,
                 }
             }
@@ -272,9 +272,7 @@ impl OssFs {
             .get(&fh)
             .ok_or(FsError::BadHandle)?
         {
-            OpenFile::Cached {
-                hydration, served, ..
-            } => Ok((hydration.clone(), served.clone())),
+            OpenFile::Cached { entry, served, .. } => Ok((entry.clone(), served.clone())),
             OpenFile::Direct { reader, .. } => Err(reader.clone()),
         };
         let (h, served) = match h {
@@ -347,7 +345,7 @@ impl OssFs {
     }
 
     /// Waits until `range` is readable and checked. True when it had to wait for parts.
-    async fn wait_for_bytes(&self, h: &Hydration, range: Range<u64>) -> Result<bool, FsError> {
+    async fn wait_for_bytes(&self, h: &OpenEntry, range: Range<u64>) -> Result<bool, FsError> {
         if let Some(e) = h.failure().filter(|e| e.is_corrupt()) {
             return Err(FsError::Hydrate(e));
         }
@@ -375,7 +373,7 @@ impl OssFs {
 
     /// A failure that ends a hydration also ends its cache entry and its known version: the
     /// next open asks the server again and starts afresh.
-    fn after_failure(&self, h: &Hydration, e: &HydrateError) {
+    fn after_failure(&self, h: &OpenEntry, e: &HydrateError) {
         let id = h.identity();
         if matches!(e, HydrateError::ObjectChanged { .. }) || e.is_corrupt() {
             self.cache.discard(id);
@@ -419,22 +417,8 @@ impl OssFs {
             // Its node may be needed no more.
             self.ns.lock().unwrap().let_go(f.ino());
         }
-        if let Some(OpenFile::Cached { hydration, .. }) = file {
-            self.cache.close_entry(hydration.identity());
-            // Reads can finish before the last record is written; a hydration still
-            // recording after its last close gives its files back as soon as it is done,
-            // not at the next periodic reap (thousands of small files a second would
-            // otherwise pile up descriptors).
-            if hydration.continues_after_close() {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let cache = self.cache.clone();
-                    rt.spawn(async move {
-                        let _ = hydration.wait_complete().await;
-                        // Stopping it syncs its records: off the async workers.
-                        let _ = tokio::task::spawn_blocking(move || cache.reap()).await;
-                    });
-                }
-            }
+        if let Some(OpenFile::Cached { entry, .. }) = file {
+            self.cache.close(entry);
         }
     }
 }

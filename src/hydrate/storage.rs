@@ -220,6 +220,13 @@ impl PowerCut {
         self.sim.lock().unwrap().ops
     }
 
+    /// Cuts the power at the `n`th I/O operation from now (the engine's next write, read or
+    /// sync counts 1): the cut falls between two chosen steps of the engine, not at a time.
+    pub fn cut_after(&self, n: u64) {
+        let mut sim = self.sim.lock().unwrap();
+        sim.cut_at = sim.ops + n.max(1);
+    }
+
     /// Cuts the power now, if it was not cut yet.
     pub fn cut_now(&self) {
         self.sim.lock().unwrap().cut();
