@@ -4,7 +4,9 @@
 //! lock, read the file outside it, verdict under the lock). Asserted: no reader is served a
 //! rotten byte, a cancelled check never strands a part, and every reader ends (shuttle fails
 //! a run that deadlocks). The protocol the engine used before is kept here as a control: the
-//! same checker must catch it serving rotten bytes, or the test proves nothing.
+//! same checker must catch it serving rotten bytes, or the test proves nothing. Splits too:
+//! readers far ahead cut a part's stream while its chunks arrive, and the segments' bytes
+//! must tile the part exactly (a segment that kept bytes past a split's cut is caught).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -196,6 +198,116 @@ fn the_protocol_before_claims_is_caught_serving_a_rotten_part() {
             for r in readers {
                 assert_good(&r.join().unwrap());
             }
+        },
+        iterations(),
+    );
+}
+
+/// A part streaming in chunks while readers far ahead split it, in every interleaving shuttle
+/// tries: a split moves the stream's end down while chunks arrive, and a new segment (itself
+/// split by a later reader) streams the rest. Asserted: the bytes every segment keeps tile
+/// the part exactly (none missing, none fetched into the file twice), the segments' ranges
+/// tile it as the fetch checks before combining CRCs, and the written runs cover the part.
+#[test]
+fn splits_racing_a_stream_tile_the_part_exactly() {
+    use super::segments::{tiles, SegmentControl, SegmentDone};
+    use std::time::Instant;
+
+    const MIB: u64 = 1 << 20;
+    const PART: std::ops::Range<u64> = 0..16 * MIB;
+    const CHUNK: u64 = 512 * 1024;
+
+    /// Streams `control`'s range in chunks, as a GET does, noting what it keeps.
+    fn stream(control: Arc<SegmentControl>, kept: Arc<Mutex<Vec<Range<u64>>>>) -> SegmentDone {
+        let mut offset = control.start();
+        loop {
+            let (keep, ended) = control.arrived(offset, CHUNK);
+            if keep > 0 {
+                kept.lock().unwrap().push(offset..offset + keep);
+            }
+            offset += keep;
+            thread::yield_now();
+            if ended {
+                break;
+            }
+        }
+        control.finish();
+        (control.start()..offset, 0)
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Schedules by how many splits they saw: the test proves nothing if none split twice.
+    static SPLITS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    shuttle::check_random(
+        || {
+            // Split decisions here depend only on distance (no elapsed time: `now` is
+            // before the first byte), so shuttle's schedules alone decide the outcome.
+            let before = Instant::now();
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let first = SegmentControl::new(PART);
+            let controls = Arc::new(Mutex::new(vec![first.clone()]));
+            let streams = Arc::new(Mutex::new(Vec::new()));
+            let k = kept.clone();
+            streams
+                .lock()
+                .unwrap()
+                .push(thread::spawn(move || stream(first, k)));
+            let readers: Vec<_> = [4 * MIB + 5000, 9 * MIB + 12_345, 13 * MIB + 70_000]
+                .into_iter()
+                .map(|at| {
+                    let (controls, streams, kept) =
+                        (controls.clone(), streams.clone(), kept.clone());
+                    thread::spawn(move || {
+                        let mut cs = controls.lock().unwrap();
+                        let Some(taken) = cs.iter().find_map(|c| c.split_for(at, before)) else {
+                            return;
+                        };
+                        let control = SegmentControl::new(taken);
+                        cs.push(control.clone());
+                        drop(cs);
+                        streams
+                            .lock()
+                            .unwrap()
+                            .push(thread::spawn(move || stream(control, kept)));
+                    })
+                })
+                .collect();
+            for r in readers {
+                r.join().unwrap();
+            }
+            let mut done = Vec::new();
+            loop {
+                let next = streams.lock().unwrap().pop();
+                let Some(s) = next else { break };
+                done.push(s.join().unwrap());
+            }
+            done.sort_by_key(|(r, _)| r.start);
+            assert!(
+                tiles(&done, &PART),
+                "segments do not tile the part: {done:?}"
+            );
+            let mut kept = kept.lock().unwrap().clone();
+            kept.sort_by_key(|r| r.start);
+            let mut at = PART.start;
+            for r in &kept {
+                assert_eq!(r.start, at, "a gap or an overlap at {at}: {kept:?}");
+                at = r.end;
+            }
+            assert_eq!(at, PART.end, "bytes missing at the end");
+            let layout = PartLayout::new(PART.end, PART.end);
+            let mut st = State::new(
+                1,
+                FixedBitSet::with_capacity(1),
+                vec![0],
+                FixedBitSet::with_capacity(1),
+            );
+            for r in kept {
+                st.note_written(0, r);
+            }
+            assert!(
+                st.covers(layout, PART),
+                "written runs do not cover the part"
+            );
         },
         iterations(),
     );

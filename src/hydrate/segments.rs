@@ -101,7 +101,7 @@ impl SegmentControl {
     /// Cuts this segment at the reader's page when a new GET would bring the bytes at `at`
     /// sooner than the stream: they lie far enough ahead, and at the stream's rate so far
     /// they are further off than its first byte took. Returns the range the new GET owns.
-    fn split_for(&self, at: u64, now: Instant) -> Option<Range<u64>> {
+    pub(super) fn split_for(&self, at: u64, now: Instant) -> Option<Range<u64>> {
         let mut p = self.progress.lock().unwrap();
         let k = at & !(SPLIT_ALIGN - 1);
         if p.finished || at >= p.end || k < p.received + SPLIT_MIN_AHEAD {
