@@ -236,7 +236,7 @@ fn splits_racing_a_stream_tile_the_part_exactly() {
     }
 
     use std::sync::atomic::{AtomicUsize, Ordering};
-    // Schedules by how many splits they saw: the test proves nothing if none split twice.
+    // Schedules by how many splits they made: the test proves nothing without both kinds.
     static SPLITS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
     shuttle::check_random(
         || {
@@ -281,6 +281,7 @@ fn splits_racing_a_stream_tile_the_part_exactly() {
                 let Some(s) = next else { break };
                 done.push(s.join().unwrap());
             }
+            SPLITS[done.len() - 1].fetch_add(1, Ordering::Relaxed);
             done.sort_by_key(|(r, _)| r.start);
             assert!(
                 tiles(&done, &PART),
@@ -310,5 +311,12 @@ fn splits_racing_a_stream_tile_the_part_exactly() {
             );
         },
         iterations(),
+    );
+    let seen: Vec<usize> = SPLITS.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    // Three splits (two of them of a segment a split made), and schedules where the
+    // stream got past a reader's page first (fewer splits).
+    assert!(
+        seen[3] > 0 && seen[1] + seen[2] > 0,
+        "schedules with 0, 1, 2, 3 splits: {seen:?}"
     );
 }
