@@ -14,6 +14,7 @@ use crate::hydrate::{HydrateError, ObjectIdentity};
 
 use super::coverage::Coverage;
 use super::direct::{DirectReader, WINDOW};
+use super::node::Etag;
 use super::{FsError, Kind, OssFs};
 
 pub(super) enum OpenFile {
@@ -81,9 +82,9 @@ impl OssFs {
                 return Err(FsError::IsADirectory);
             }
             (
-                n.key.clone(),
-                n.identity.as_deref().cloned(),
-                n.etag.clone(),
+                ns.key_of(ino).ok_or(FsError::NotFound)?,
+                n.identity().cloned(),
+                n.etag.to_string(),
                 n.size,
             )
         };
@@ -224,15 +225,16 @@ impl OssFs {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
             n.size = id.size;
-            n.open_size = Some(id.size);
-            n.etag = id.etag.clone();
+            n.etag = Etag::new(&id.etag);
             if let Ok(t) = httpdate::parse_http_date(&id.last_modified) {
                 n.mtime = t;
             }
-            let keep = n.kernel_etag.as_deref() == Some(id.etag.as_str());
-            let changed = n.kernel_etag.is_some() && !keep;
-            n.kernel_etag = Some(id.etag.clone());
-            n.identity = Some(Box::new((id, Instant::now())));
+            let opened = n.opened_mut();
+            opened.open_size = Some(id.size);
+            let keep = opened.kernel_etag.as_ref().is_some_and(|e| e.is(&id.etag));
+            let changed = opened.kernel_etag.is_some() && !keep;
+            opened.kernel_etag = Some(Etag::new(&id.etag));
+            opened.identity = Some((id, Instant::now()));
             (keep, changed)
         };
         if let (OpenFile::Cached { served, .. }, true) = (&file, keep_cache) {
@@ -378,9 +380,7 @@ impl OssFs {
         if matches!(e, HydrateError::ObjectChanged { .. }) || e.is_corrupt() {
             self.cache.discard(id);
             let mut ns = self.ns.lock().unwrap();
-            for n in ns.nodes.values_mut().filter(|n| n.key == id.key) {
-                n.identity = None;
-            }
+            ns.forget_identity(&id.key);
         }
     }
 
@@ -404,7 +404,9 @@ impl OssFs {
             // (An open racing this one sets it again under the same lock.)
             if let Some(n) = self.ns.lock().unwrap().nodes.get_mut(&ino) {
                 if !self.open_versions.lock().unwrap().contains_key(&ino) {
-                    n.open_size = None;
+                    if let Some(o) = n.opened.as_mut() {
+                        o.open_size = None;
+                    }
                 }
             }
         }

@@ -16,10 +16,18 @@ use tokio::sync::watch;
 use crate::store::{ListPage, ListRequest, ListedObject, StoreError, StoreErrorKind};
 
 use super::namespace::{children_from_listing, Listing};
-use super::{DirEntry, FsError, Kind, OssFs};
+use super::node::Etag;
+use super::{FsError, Kind, OssFs};
 
 /// Keys per listing page (the most OSS returns).
 pub(super) const LIST_PAGE: usize = 1000;
+
+/// One entry of a listing: its name is its node's (stored once, in the namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub(super) ino: u64,
+    pub(super) kind: Kind,
+}
 
 /// A directory's entries as they arrive, and how the listing ended.
 pub(super) struct Entries {
@@ -28,7 +36,7 @@ pub(super) struct Entries {
 }
 
 struct EntriesState {
-    entries: Vec<DirEntry>,
+    entries: Vec<Listed>,
     /// `None` while pages are still coming.
     ended: Option<Result<(), (String, StoreError)>>,
 }
@@ -44,7 +52,7 @@ impl Entries {
         })
     }
 
-    fn push(&self, more: Vec<DirEntry>) {
+    fn push(&self, more: Vec<Listed>) {
         self.state.lock().unwrap().entries.extend(more);
         self.changed.send_modify(|v| *v += 1);
     }
@@ -59,13 +67,13 @@ impl Entries {
     }
 
     /// Applies `f` to every entry (a new inode number for a renamed version, a sweep).
-    pub(super) fn with_entries<T>(&self, f: impl FnOnce(&mut Vec<DirEntry>) -> T) -> T {
+    pub(super) fn with_entries<T>(&self, f: impl FnOnce(&mut Vec<Listed>) -> T) -> T {
         f(&mut self.state.lock().unwrap().entries)
     }
 
     /// Up to `max` entries from index `from`, waiting for the pages that hold them; an
     /// empty answer is the end. A listing that failed fails the reads past what arrived.
-    pub(super) async fn read(&self, from: usize, max: usize) -> Result<Vec<DirEntry>, FsError> {
+    pub(super) async fn read(&self, from: usize, max: usize) -> Result<Vec<Listed>, FsError> {
         let mut rx = self.changed.subscribe();
         loop {
             {
@@ -215,7 +223,7 @@ impl OssFs {
         let prefix = {
             let ns = self.ns.lock().unwrap();
             match ns.nodes.get(&dir) {
-                Some(n) if n.kind == Kind::Dir => n.key.clone(),
+                Some(n) if n.kind == Kind::Dir => ns.key_of(dir).ok_or(FsError::NotFound)?,
                 Some(_) => return Err(FsError::NotADirectory),
                 None => return Err(FsError::NotFound),
             }
@@ -343,7 +351,7 @@ impl OssFs {
                 tracing::warn!(key = %key, "skipping a key that cannot be a file name here (empty, '.', '..' or over-long component, or hidden by a directory of the same name)");
             }
         }
-        let new: Vec<DirEntry> = children
+        let new: Vec<Listed> = children
             .into_iter()
             .map(|c| {
                 let ino = ns.child(dir, &c.name, c.kind);
@@ -352,13 +360,9 @@ impl OssFs {
                 if c.kind == Kind::File {
                     node.size = c.size;
                     node.mtime = c.mtime;
-                    node.etag = c.etag;
+                    node.etag = Etag::new(&c.etag);
                 }
-                DirEntry {
-                    ino,
-                    kind: c.kind,
-                    name: c.name,
-                }
+                Listed { ino, kind: c.kind }
             })
             .collect();
         entries.push(new);

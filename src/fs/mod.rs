@@ -19,6 +19,7 @@ mod handles;
 mod kernel;
 mod listing;
 mod namespace;
+mod node;
 pub mod passthrough;
 mod probe;
 mod sweep;
@@ -39,7 +40,8 @@ pub use handles::Opened;
 pub use namespace::{children_from_listing, ListedChild};
 
 use handles::OpenFile;
-use namespace::{Namespace, Node};
+use namespace::Namespace;
+use node::Node;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -148,7 +150,7 @@ impl OssFs {
         Attr {
             ino,
             kind: n.kind,
-            size: n.open_size.unwrap_or(n.size),
+            size: n.open_size().unwrap_or(n.size),
             mtime: if n.kind == Kind::Dir {
                 self.started
             } else {

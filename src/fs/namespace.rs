@@ -11,36 +11,8 @@ use crate::hydrate::ObjectIdentity;
 use crate::store::ListPage;
 
 use super::listing::{Entries, LIST_PAGE};
+use super::node::{Etag, Names, Node, Nodes};
 use super::{Attr, DirEntry, FsError, Kind, OssFs, ROOT_INO};
-
-#[derive(Debug)]
-pub(super) struct Node {
-    pub(super) parent: u64,
-    /// Full key for files; full prefix (ending in `/`, or empty for the bucket) for dirs.
-    pub(super) key: String,
-    pub(super) kind: Kind,
-    pub(super) size: u64,
-    pub(super) mtime: SystemTime,
-    pub(super) etag: String,
-    /// The identity last confirmed by HEAD (or listing) for opens, and when (boxed: most
-    /// nodes never have one, and a million nodes must stay small).
-    pub(super) identity: Option<Box<(ObjectIdentity, Instant)>>,
-    /// The listing (by its number) that last showed this name; lookups in a listed directory
-    /// find names whose listing is that one or newer.
-    pub(super) listed: u64,
-    /// The ETag of the content the kernel may hold in its page cache for this inode.
-    pub(super) kernel_etag: Option<String>,
-    /// References the kernel holds (lookups and readdirplus entries not yet forgotten).
-    pub(super) lookups: u64,
-    /// The size of the version open handles read, while any is open: the kernel is told
-    /// that size whatever a newer listing says, or it would end their reads at the new
-    /// version's end (a new version is opened on a new inode).
-    pub(super) open_size: Option<u64>,
-    /// Nodes whose parent this is: a directory stays while it has any.
-    pub(super) children: u32,
-    /// Live listings (`Namespace::listings`) whose entries show this node.
-    pub(super) in_listings: u32,
-}
 
 pub(super) struct Listing {
     pub(super) fetched: Instant,
@@ -53,8 +25,8 @@ pub(super) struct Listing {
 
 #[derive(Default)]
 pub(super) struct Namespace {
-    pub(super) nodes: HashMap<u64, Node>,
-    pub(super) names: HashMap<(u64, String, bool), u64>,
+    pub(super) nodes: Nodes,
+    pub(super) names: Names,
     pub(super) listings: HashMap<u64, Listing>,
     pub(super) next_ino: u64,
     /// The number the next listing gets (see `Node::listed`).
@@ -75,40 +47,28 @@ impl Namespace {
     /// now lead to the new one. Returns the new number.
     pub(super) fn renumber(&mut self, ino: u64, id: &ObjectIdentity) -> Option<u64> {
         let old = self.nodes.get(&ino)?;
-        let parent = old.parent;
-        let name = old
-            .key
-            .strip_prefix(self.nodes.get(&parent)?.key.as_str())?
-            .to_string();
+        let (parent, name) = (old.parent, old.name.clone());
+        let mut node = Node::new(
+            parent,
+            &name,
+            Kind::File,
+            httpdate::parse_http_date(&id.last_modified).unwrap_or(old.mtime),
+        );
+        node.size = id.size;
+        node.etag = Etag::new(&id.etag);
+        node.listed = old.listed;
+        node.opened_mut().identity = Some((id.clone(), Instant::now()));
         let new_ino = self.next_ino;
         self.next_ino += 1;
-        let node = Node {
-            parent,
-            key: old.key.clone(),
-            kind: Kind::File,
-            size: id.size,
-            mtime: httpdate::parse_http_date(&id.last_modified).unwrap_or(old.mtime),
-            etag: id.etag.clone(),
-            identity: Some(Box::new((id.clone(), Instant::now()))),
-            listed: old.listed,
-            kernel_etag: None,
-            lookups: 0,
-            open_size: None,
-            children: 0,
-            in_listings: 0,
-        };
-        self.nodes.insert(new_ino, node);
+        self.nodes.insert(new_ino, Box::new(node));
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
         }
-        self.names.insert((parent, name.clone(), false), new_ino);
+        self.names.set(&self.nodes, new_ino);
         if let Some(l) = self.listings.get_mut(&parent) {
             let moved = l.entries.with_entries(|entries| {
                 let mut moved = 0;
-                for e in entries
-                    .iter_mut()
-                    .filter(|e| e.name == name && e.ino == ino)
-                {
+                for e in entries.iter_mut().filter(|e| e.ino == ino) {
                     e.ino = new_ino;
                     moved += 1;
                 }
@@ -122,7 +82,7 @@ impl Namespace {
                 new.in_listings += moved;
             }
         }
-        if let Some((_, answer)) = self.probes.get_mut(&(parent, name)) {
+        if let Some((_, answer)) = self.probes.get_mut(&(parent, name.to_string())) {
             *answer = Some(new_ino);
         }
         Some(new_ino)
@@ -131,46 +91,68 @@ impl Namespace {
     /// The inode of `name` in `parent` as a file or a directory, created when new (numbers
     /// stay what a listing or an earlier probe gave them).
     pub(super) fn child(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
-        let is_dir = kind == Kind::Dir;
-        if let Some(&ino) = self.names.get(&(parent, name.to_string(), is_dir)) {
-            if self.nodes.contains_key(&ino) {
-                return ino;
-            }
+        if let Some(ino) = self.names.get(&self.nodes, parent, name, kind == Kind::Dir) {
+            return ino;
         }
-        let prefix = self
-            .nodes
-            .get(&parent)
-            .map(|n| n.key.clone())
-            .unwrap_or_default();
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.names.insert((parent, name.to_string(), is_dir), ino);
+        self.nodes.insert(
+            ino,
+            Box::new(Node::new(parent, name, kind, SystemTime::UNIX_EPOCH)),
+        );
+        self.names.set(&self.nodes, ino);
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
         }
-        self.nodes.insert(
-            ino,
-            Node {
-                parent,
-                key: if is_dir {
-                    format!("{prefix}{name}/")
-                } else {
-                    format!("{prefix}{name}")
-                },
-                kind,
-                size: 0,
-                mtime: SystemTime::UNIX_EPOCH,
-                etag: String::new(),
-                identity: None,
-                listed: 0,
-                kernel_etag: None,
-                lookups: 0,
-                open_size: None,
-                children: 0,
-                in_listings: 0,
-            },
-        );
         ino
+    }
+
+    /// The object key of a file, or the prefix of a directory (ending in `/`, or empty for
+    /// the bucket): its ancestors' names joined.
+    pub(super) fn key_of(&self, ino: u64) -> Option<String> {
+        let mut parts: Vec<(&str, Kind)> = Vec::new();
+        let mut at = ino;
+        loop {
+            let n = self.nodes.get(&at)?;
+            if at == ROOT_INO {
+                let mut key = n.name.to_string();
+                for &(name, kind) in parts.iter().rev() {
+                    key.push_str(name);
+                    if kind == Kind::Dir {
+                        key.push('/');
+                    }
+                }
+                return Some(key);
+            }
+            parts.push((&*n.name, n.kind));
+            at = n.parent;
+        }
+    }
+
+    /// The version known for `key` is not to be trusted (it changed, or its bytes failed
+    /// their check): the next open of any inode of that key asks the server. (A walk over
+    /// the nodes that know an identity, on a failure's path only.)
+    pub(super) fn forget_identity(&mut self, key: &str) {
+        let last = key
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        let same_key: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| *n.name == *last && n.identity().is_some())
+            .map(|(ino, _)| *ino)
+            .filter(|ino| self.key_of(*ino).as_deref() == Some(key))
+            .collect();
+        for ino in same_key {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                if let Some(o) = n.opened.as_mut() {
+                    o.identity = None;
+                }
+                n.tidy_opened();
+            }
+        }
     }
 
     /// A namespace holding only the root directory (the mount's prefix).
@@ -179,24 +161,9 @@ impl Namespace {
             next_ino: ROOT_INO + 1,
             ..Default::default()
         };
-        ns.nodes.insert(
-            ROOT_INO,
-            Node {
-                parent: ROOT_INO,
-                key: root_key.to_string(),
-                kind: Kind::Dir,
-                size: 0,
-                mtime: started,
-                etag: String::new(),
-                identity: None,
-                listed: 0,
-                kernel_etag: None,
-                lookups: 1, // the kernel never forgets the root
-                open_size: None,
-                children: 0,
-                in_listings: 0,
-            },
-        );
+        let mut root = Node::new(ROOT_INO, root_key, Kind::Dir, started);
+        root.lookups = 1; // the kernel never forgets the root
+        ns.nodes.insert(ROOT_INO, Box::new(root));
         ns
     }
 
@@ -329,7 +296,7 @@ impl OssFs {
         // A directory wins over a file of the same name, as in listings.
         let ino = [true, false]
             .into_iter()
-            .filter_map(|is_dir| ns.names.get(&(parent, name.to_string(), is_dir)).copied())
+            .filter_map(|is_dir| ns.names.get(&ns.nodes, parent, name, is_dir))
             .find(|ino| ns.nodes.get(ino).is_some_and(|n| n.listed >= number))
             .ok_or(FsError::NotFound)?;
         tracing::trace!(parent, name, ino, "lookup");
@@ -424,12 +391,17 @@ impl OssFs {
         }
         let from = offset.saturating_sub(2) as usize;
         let listed = entries.read(from, max - out.len()).await?;
-        out.extend(
-            listed
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| ((from + i) as u64 + 3, e)),
-        );
+        // Names live in the nodes (a listing or this handle keeps them).
+        let ns = self.ns.lock().unwrap();
+        out.extend(listed.into_iter().enumerate().filter_map(|(i, e)| {
+            let name = ns.nodes.get(&e.ino)?.name.to_string();
+            let entry = DirEntry {
+                ino: e.ino,
+                kind: e.kind,
+                name,
+            };
+            Some(((from + i) as u64 + 3, entry))
+        }));
         Ok(out)
     }
 

@@ -13,6 +13,7 @@ use crate::hydrate::ObjectIdentity;
 use crate::store::ListRequest;
 
 use super::namespace::{valid_name, Namespace};
+use super::node::Etag;
 use super::{Attr, FsError, Kind, OssFs};
 
 impl OssFs {
@@ -23,7 +24,7 @@ impl OssFs {
             if dir.kind != Kind::Dir {
                 return Err(FsError::NotADirectory);
             }
-            let prefix = dir.key.clone();
+            let prefix = ns.key_of(parent).ok_or(FsError::NotFound)?;
             let recent = ns
                 .probes
                 .get(&(parent, name.to_string()))
@@ -60,7 +61,7 @@ impl OssFs {
                         node.size = id.size;
                         node.mtime =
                             httpdate::parse_http_date(&id.last_modified).unwrap_or(node.mtime);
-                        node.etag = id.etag;
+                        node.etag = Etag::new(&id.etag);
                         node.lookups += 1;
                         let node = ns.nodes.get(&ino).expect("just made");
                         return Ok(self.attr_of(ino, node));
@@ -115,13 +116,13 @@ impl OssFs {
             let ino = ns.child(parent, name, Kind::File);
             let node = ns.nodes.get_mut(&ino).expect("just made");
             node.size = meta.size;
-            node.etag = meta.etag.clone();
+            node.etag = Etag::new(&meta.etag);
             node.mtime = meta.last_modified_time().unwrap_or(node.mtime);
             // The HEAD is fresh: an open within the TTL needs no other.
-            node.identity = Some(Box::new((
+            node.opened_mut().identity = Some((
                 ObjectIdentity::from_meta(&self.cfg.bucket, &key, &meta),
                 Instant::now(),
-            )));
+            ));
             Some(ino)
         } else {
             None

@@ -196,22 +196,17 @@ impl Namespace {
     }
 
     fn drop_node(&mut self, ino: u64) {
-        let Some(node) = self.nodes.remove(&ino) else {
+        if !self.nodes.contains_key(&ino) {
             return;
-        };
-        let Some(parent) = self.nodes.get_mut(&node.parent) else {
-            return;
-        };
-        parent.children = parent.children.saturating_sub(1);
-        if let Some(name) = node.key.strip_prefix(parent.key.as_str()) {
-            let is_dir = name.ends_with('/');
-            let key = (node.parent, name.trim_end_matches('/').to_string(), is_dir);
-            if self.names.get(&key) == Some(&ino) {
-                self.names.remove(&key);
-            }
         }
-        if parent.children == 0 {
-            self.sweep.candidates.push(node.parent);
+        // Its name stops leading to it (if it still did: a newer version may have it).
+        self.names.remove(&self.nodes, ino);
+        let node = self.nodes.remove(&ino).expect("just looked");
+        if let Some(parent) = self.nodes.get_mut(&node.parent) {
+            parent.children = parent.children.saturating_sub(1);
+            if parent.children == 0 {
+                self.sweep.candidates.push(node.parent);
+            }
         }
     }
 }
@@ -256,7 +251,7 @@ mod tests {
         let looked = ns.sweep.looked_at;
         assert!(looked <= 2, "the sweep after a forget looked at {looked}");
         assert_eq!(ns.nodes.len() as u64, N, "the forgotten node went");
-        assert!(!ns.names.contains_key(&(ROOT_INO, "f0".to_string(), false)));
+        assert_eq!(ns.names.get(&ns.nodes, ROOT_INO, "f0", false), None);
         for _ in 0..10 {
             sweep(&mut ns);
         }
@@ -295,10 +290,9 @@ mod tests {
                             let name = format!("n{}", rng.gen_range(0..8u8));
                             let ino = ns.child(dir, &name, Kind::File);
                             ns.nodes.get_mut(&ino).unwrap().listed = number;
-                            v.push(super::super::DirEntry {
+                            v.push(super::super::listing::Listed {
                                 ino,
                                 kind: Kind::File,
-                                name,
                             });
                         }
                         v.dedup_by_key(|e| e.ino);

@@ -10,7 +10,7 @@ impl OssFs {
         let (key, etag) = {
             let ns = self.ns.lock().unwrap();
             let n = ns.nodes.get(&ino).filter(|n| n.kind == Kind::File)?;
-            (n.key.clone(), n.etag.clone())
+            (ns.key_of(ino)?, n.etag.to_string())
         };
         let state = self.cache.entry_state(&self.cfg.bucket, &key);
         let value = match name {

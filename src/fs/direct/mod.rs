@@ -344,10 +344,7 @@ impl OssFs {
                     .crc_mismatches
                     .fetch_add(1, Ordering::Relaxed);
                 // The next open asks the server again rather than trusting this version.
-                let mut ns = self.ns.lock().unwrap();
-                for n in ns.nodes.values_mut().filter(|n| n.key == r.id.key) {
-                    n.identity = None;
-                }
+                self.ns.lock().unwrap().forget_identity(&r.id.key);
                 Err(mismatch_error(r, v))
             }
             Some(Verdict::Unverified) => {
