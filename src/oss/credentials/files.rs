@@ -89,20 +89,25 @@ impl CredentialFiles {
     /// Reads the keys. A read the files changed under (a rotation half done) is read again,
     /// a few times; the stamp returned is the one the keys were read under.
     pub fn read(&self) -> Result<(Held, Stamp), OssError> {
-        let mut last = String::new();
+        let failed = |why: String| {
+            OssError::Config(format!(
+                "cannot read credentials from {}: {why}",
+                self.source
+            ))
+        };
         for _ in 0..5 {
             let before = self.stamp();
-            match self.read_once() {
-                Ok(held) if self.stamp() == before => return Ok((held, before)),
-                Ok(_) => last = "the files changed while they were read".into(),
-                Err(e) => last = e,
+            let read = self.read_once();
+            if self.stamp() == before {
+                // The files held still: what was read (or what is wrong) is what they say.
+                return read.map(|held| (held, before)).map_err(failed);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Changed while being read: a rotation under way, over in a moment.
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Err(OssError::Config(format!(
-            "cannot read credentials from {}: {last}",
-            self.source
-        )))
+        Err(failed(
+            "the files kept changing while they were read".into(),
+        ))
     }
 
     fn read_once(&self) -> Result<Held, String> {
@@ -198,7 +203,8 @@ struct State {
     checked: Instant,
     /// Reloads so far (for the log and the tests).
     reloads: u64,
-    /// The stamp of files last found unreadable, so a broken rotation is warned about once.
+    /// The stamp of files last found unusable: not read again (nor warned about) until
+    /// they change again.
     warned: Option<Stamp>,
     /// Expired keys with no new files have been warned about.
     warned_expired: bool,
@@ -266,7 +272,8 @@ impl RotatingFiles {
     /// Reads the files again if they changed since they were last read.
     fn look(&self, state: &mut State) {
         let stamp = self.files.stamp();
-        if stamp == state.stamp {
+        // Unchanged since they were read, or since they were found unusable: nothing to do.
+        if stamp == state.stamp || state.warned.as_ref() == Some(&stamp) {
             return;
         }
         match self.files.read() {
@@ -284,11 +291,10 @@ impl RotatingFiles {
                 state.warned_expired = false;
             }
             Err(e) => {
-                // Half-written or removed: the current keys serve until the next look.
-                if state.warned.as_ref() != Some(&stamp) {
-                    tracing::warn!("the credential files changed but cannot be used yet; the current keys stay in use: {e}");
-                    state.warned = Some(stamp);
-                }
+                // Half-written or removed: the current keys serve until the files change
+                // again (warned once per state of the files).
+                tracing::warn!("the credential files changed but cannot be used yet; the current keys stay in use: {e}");
+                state.warned = Some(stamp);
             }
         }
     }
