@@ -3,7 +3,8 @@
 //! standing in for /etc/fluid/secrets), the emulator as the endpoint. One mount goes at
 //! targetPath itself, as type fuse.ossmount in mountinfo (what Fluid's check_mount.sh greps
 //! for); several go under targetPath/<name>. Reads are byte-exact, SIGTERM ends the command
-//! with exit 0 and nothing mounted, and no secret reaches the output.
+//! with exit 0 and nothing mounted, and no secret reaches the output. A Secret kubelet
+//! updates (its `..data` link swapped, the old STS keys revoked) reaches the running mount.
 
 mod common;
 
@@ -38,6 +39,19 @@ fn fluid_secret(dir: &Path, secret: &str, keys: &[(&str, &str)]) -> PathBuf {
         std::os::unix::fs::symlink(Path::new("..data").join(k), base.join(k)).unwrap();
     }
     base
+}
+
+/// Kubelet's update of a mounted Secret: the new keys in a new timestamped directory, then
+/// `..data` swapped to it in one step (a new link renamed over the old).
+fn kubelet_update(base: &Path, stamp: &str, keys: &[(&str, &str)]) {
+    let data = base.join(format!("..{stamp}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (k, v) in keys {
+        std::fs::write(data.join(k), v).unwrap();
+    }
+    let tmp = base.join("..data_tmp");
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, base.join("..data")).unwrap();
 }
 
 /// The running `ossmount fluid`; dropping it SIGTERMs, kills and detaches what is left.
@@ -313,4 +327,95 @@ async fn a_bad_fluid_config_is_refused_by_name_and_mounts_nothing() {
         !st.success() && out.contains("cannot read the Fluid config"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("train/early.txt", b"read with the first keys");
+    let base = s.scratch.path();
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let keys = s.emu.temporary_keys();
+    keys.issue(
+        "STS.first",
+        "first-secret-DO-NOT-PRINT",
+        "first-token-DO-NOT-PRINT",
+        expires,
+    );
+    let secrets = fluid_secret(
+        &base.join("secrets"),
+        "oss-sts",
+        &[
+            ("akId", "STS.first"),
+            ("akSecret", "first-secret-DO-NOT-PRINT"),
+            ("stsToken", "first-token-DO-NOT-PRINT"),
+        ],
+    );
+    let target = base.join("thin-fuse");
+    let cache = base.join("cache");
+    let config = serde_json::json!({
+        "mounts": [{
+            "mountPoint": format!("oss://{BUCKET}/train/"),
+            "name": "train",
+            "options": {
+                "url": s.emu.endpoint(), "region": "cn-hangzhou",
+                "akId": secrets.join("akId"), "akSecret": secrets.join("akSecret"),
+                "stsToken": secrets.join("stsToken"),
+            },
+        }],
+        "targetPath": target,
+        "runtimeOptions": {"cache-dir": cache, "metadata-ttl": "1s"},
+    });
+    let config_path = base.join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let mut fluid = Fluid::start(&config_path, &cache, vec![target.clone()]);
+    assert_eq!(
+        read_all(target.join("early.txt")).await,
+        b"read with the first keys"
+    );
+
+    // The Secret is updated: kubelet swaps the files, the old keys are revoked at once.
+    keys.issue(
+        "STS.second",
+        "second-secret-DO-NOT-PRINT",
+        "second-token-DO-NOT-PRINT",
+        expires,
+    );
+    kubelet_update(
+        &secrets,
+        "2026_12_04_01_00_00.000000002",
+        &[
+            ("akId", "STS.second"),
+            ("akSecret", "second-secret-DO-NOT-PRINT"),
+            ("stsToken", "second-token-DO-NOT-PRINT"),
+        ],
+    );
+    assert!(keys.revoke("STS.first"));
+    s.put("train/late.txt", b"read with the second keys");
+    // Past the metadata TTL: the listing that finds the new file is signed anew.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = fs_op(Duration::from_secs(60), {
+        let p = target.join("late.txt");
+        move || std::fs::read(p)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("read after the rotation failed: {e}: {}", fluid.log_text()));
+    assert_eq!(late, b"read with the second keys");
+
+    let st = fluid.terminate();
+    assert!(st.success(), "exit {st:?}: {}", fluid.log_text());
+    let log = fluid.log_text();
+    assert!(
+        log.contains("credential files changed") && log.contains("STS.second"),
+        "{log}"
+    );
+    for secret in [
+        "first-secret",
+        "first-token",
+        "second-secret",
+        "second-token",
+    ] {
+        assert!(!log.contains(secret), "{secret} reached the log");
+    }
 }
