@@ -3,12 +3,13 @@
 //! `ClientConfig`. Secrets come from the environment or flags and are never echoed. Only the
 //! command line lives here: the library's types know nothing of clap.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
-use ossmount::oss::credentials::{resolve_chain, ChainOptions};
+use ossmount::oss::credentials::{resolve_chain, ChainOptions, CredentialFiles};
 use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
 };
@@ -33,6 +34,25 @@ pub struct ConnectionArgs {
     /// STS security token for temporary credentials
     #[arg(long, env = "OSS_SESSION_TOKEN", global = true, hide_env_values = true)]
     pub session_token: Option<String>,
+    /// A directory of AccessKeyId, AccessKeySecret and (STS) SecurityToken and Expiration
+    /// files, re-read whenever they change (ACK and kubelet rotate them behind a symlink)
+    #[arg(
+        long,
+        env = "OSSMOUNT_CREDENTIALS_DIR",
+        global = true,
+        value_name = "DIR"
+    )]
+    pub credentials_dir: Option<PathBuf>,
+    /// A file holding the AccessKey id, re-read whenever it changes (with
+    /// --access-key-secret-file, and --session-token-file for STS keys)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub access_key_id_file: Option<PathBuf>,
+    /// A file holding the AccessKey secret, re-read whenever it changes
+    #[arg(long, global = true, value_name = "FILE")]
+    pub access_key_secret_file: Option<PathBuf>,
+    /// A file holding the STS security token, re-read whenever it changes
+    #[arg(long, global = true, value_name = "FILE")]
+    pub session_token_file: Option<PathBuf>,
     /// A profile of ~/.aliyun/config.json (the Alibaba Cloud CLI's) to take credentials from
     #[arg(long, global = true)]
     pub profile: Option<String>,
@@ -72,6 +92,8 @@ impl std::fmt::Debug for ConnectionArgs {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("credentials_dir", &self.credentials_dir)
+            .field("access_key_id_file", &self.access_key_id_file)
             .field("anonymous", &self.anonymous)
             .finish_non_exhaustive()
     }
@@ -126,12 +148,54 @@ impl ConnectionArgs {
             }
         };
         let chain = ChainOptions {
+            files: self.credential_files()?,
             flags,
             profile: self.profile.clone(),
             env,
         };
         cfg.credentials_provider = Some(resolve_chain(&chain).await?);
         Ok(cfg)
+    }
+
+    /// The rotating credential files asked for, if any.
+    pub fn credential_files(&self) -> Result<Option<CredentialFiles>, OssError> {
+        let explicit = (
+            &self.access_key_id_file,
+            &self.access_key_secret_file,
+            &self.session_token_file,
+        );
+        match (&self.credentials_dir, explicit) {
+            (None, (None, None, None)) => Ok(None),
+            (Some(dir), (None, None, None)) => Ok(Some(CredentialFiles::in_dir(dir))),
+            (None, (Some(id), Some(secret), token)) => Ok(Some(CredentialFiles::explicit(
+                id.clone(),
+                secret.clone(),
+                token.clone(),
+            ))),
+            (None, _) => Err(OssError::Config(
+                "--access-key-id-file and --access-key-secret-file go together (and --session-token-file with them for STS keys)".into(),
+            )),
+            (Some(_), _) => Err(OssError::Config(
+                "--credentials-dir (OSSMOUNT_CREDENTIALS_DIR) names a directory of the key files: give it or the --access-key-*-file flags, not both".into(),
+            )),
+        }
+    }
+
+    /// The credential files' paths made absolute, as this command means them (a node
+    /// resolves nothing against its own working directory).
+    pub fn make_paths_absolute(&mut self) -> std::io::Result<()> {
+        for path in [
+            &mut self.credentials_dir,
+            &mut self.access_key_id_file,
+            &mut self.access_key_secret_file,
+            &mut self.session_token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
     }
 
     pub async fn client(&self) -> Result<OssClient, OssError> {

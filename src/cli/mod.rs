@@ -5,6 +5,8 @@
 pub mod connection;
 pub mod demo;
 pub mod download;
+pub mod fluid;
+pub mod fluid_config;
 pub mod helper;
 pub mod listing;
 pub mod mount;
@@ -52,6 +54,9 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Mount a bucket (or a prefix) read-only; files are hydrated into the cache when opened
     Mount(mount::MountArgs),
+    /// The fuse container of a Fluid ThinRuntime: mounts what Fluid's config names (at its
+    /// targetPath, as fuse.ossmount) in the foreground, until SIGTERM
+    Fluid(fluid::FluidArgs),
     /// The node server of a cache directory (started by `ossmount mount`; not for direct use)
     #[command(hide = true)]
     Node(node::NodeArgs),
@@ -139,7 +144,7 @@ pub async fn run_async(cli: Cli) -> Result<ExitCode> {
         Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
         Command::Serve(a) => serve::run(&cli.conn, a).await,
         Command::Completions { .. } | Command::Manpage => print_generated(&cli.cmd),
-        Command::Mount(_) | Command::Demo(_) | Command::Node(_) => {
+        Command::Mount(_) | Command::Fluid(_) | Command::Demo(_) | Command::Node(_) => {
             unreachable!("run synchronously by main")
         }
     }

@@ -165,25 +165,54 @@ impl MountSpec {
     }
 }
 
-/// `ossmount mount`: asks the node serving the cache directory for the mount, starting one
-/// when none runs; returns once mounted, or with `--foreground` once the mount has ended.
-pub fn run(
+/// SIGTERM and SIGINT, caught from the command's start: one that arrives while the node
+/// mounts (the mount may already serve before the command hears so) asks for the unmount
+/// once the mount is there, instead of killing the command.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn catch(rt: &tokio::runtime::Runtime) -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Every signal from now on, in order, to each of `to` (one per foreground mount).
+    pub fn forward(
+        mut self,
+        rt: &tokio::runtime::Runtime,
+        to: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
+    ) {
+        rt.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => {}
+                    _ = self.int.recv() => {}
+                }
+                // Sent to every mount still waiting; none left: nobody listens any more.
+                let sent = to.iter().filter(|tx| tx.send(()).is_ok()).count();
+                if sent == 0 {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Asks the node serving the mount's cache directory for the mount, starting one when none
+/// runs, and says so on stderr; returns once mounted.
+pub fn join(
     conn: &ConnectionArgs,
     m: &MountArgs,
     rt: &tokio::runtime::Runtime,
     log: &super::node::NodeLog<'_>,
-) -> Result<ExitCode> {
-    // SIGTERM and SIGINT are caught from the start: one that arrives while the node mounts
-    // (the mount may already serve before the command hears so) asks for the unmount once
-    // the mount is there, instead of killing the command.
-    let (mut term, mut int) = {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _rt = rt.enter();
-        (
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        )
-    };
+) -> Result<join::Joined> {
     // Paths as this command means them: the node resolves nothing against its own
     // working directory (another command's).
     let mut m = m.clone();
@@ -194,6 +223,9 @@ pub fn run(
         m.cache_dir = Some(std::path::absolute(dir)?);
     }
     let m = &m;
+    let mut conn = conn.clone();
+    conn.make_paths_absolute()?;
+    let conn = &conn;
     let opts = mount_options(conn, m)?;
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
     ossmount::cache::private_dir(&opts.cache_dir)?;
@@ -228,23 +260,26 @@ pub fn run(
     for note in &joined.notes {
         eprintln!("ossmount: note: {note}");
     }
+    Ok(joined)
+}
+
+/// `ossmount mount`: asks the node serving the cache directory for the mount, starting one
+/// when none runs; returns once mounted, or with `--foreground` once the mount has ended.
+pub fn run(
+    conn: &ConnectionArgs,
+    m: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    log: &super::node::NodeLog<'_>,
+) -> Result<ExitCode> {
+    let signals = Signals::catch(rt)?;
+    let joined = join(conn, m, rt, log)?;
     if !m.foreground {
         return Ok(ExitCode::SUCCESS);
     }
     // Every SIGTERM/SIGINT, in order: the first asks for the unmount, the next to detach.
-    let (tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
-    rt.spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if tx.send(()).is_err() {
-                break;
-            }
-        }
-    });
-    rt.block_on(joined.wait(&mut signals))
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    signals.forward(rt, vec![tx]);
+    rt.block_on(joined.wait(&mut rx))
         .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }

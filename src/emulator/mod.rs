@@ -174,6 +174,16 @@ impl TemporaryKeys {
         });
     }
 
+    /// Withdraws a key before it expires (as a rotation that revokes the old STS keys would):
+    /// requests signed with it are then refused with `InvalidAccessKeyId`. Whether it was
+    /// issued.
+    pub fn revoke(&self, access_key_id: &str) -> bool {
+        let mut keys = self.0.lock().unwrap();
+        let before = keys.len();
+        keys.retain(|k| k.access_key_id != access_key_id);
+        keys.len() != before
+    }
+
     /// The secret and token of a temporary key id, with whether it has expired.
     fn lookup(&self, access_key_id: &str) -> Option<(String, String, bool)> {
         self.0

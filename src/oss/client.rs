@@ -12,9 +12,12 @@ use super::wire::{
     describe_reqwest_error, error_from_response, meta_from_headers, parse_list_page,
 };
 use super::{
-    endpoint, sign, time, ClientConfig, ListPage, ListRequest, ObjectMeta, OssError, RequestKind,
-    SignatureVersion,
+    endpoint, sign, time, ClientConfig, Credentials, ListPage, ListRequest, ObjectMeta, OssError,
+    RequestKind, SignatureVersion,
 };
+
+/// Requests sent again with rotated keys, at most, for one request.
+const MAX_KEY_ROTATIONS: u32 = 2;
 
 struct Inner {
     /// The connection pool.
@@ -77,7 +80,7 @@ impl OssClient {
         self.inner.cfg.endpoint.to_string()
     }
 
-    /// Builds, signs and sends one attempt.
+    /// Builds, signs (with `creds`, unless anonymous) and sends one attempt.
     async fn send_once(
         &self,
         method: &Method,
@@ -85,6 +88,7 @@ impl OssClient {
         key: Option<&str>,
         query: &[(String, String)],
         headers: &[(String, String)],
+        creds: Option<&Credentials>,
     ) -> Result<reqwest::Response, OssError> {
         let cfg = &self.inner.cfg;
         let mut url = endpoint::request_url(&cfg.endpoint, cfg.addressing, bucket, key);
@@ -94,11 +98,7 @@ impl OssClient {
         }
         let now = time::unix_now();
         let mut all_headers: Vec<(String, String)> = headers.to_vec();
-        let creds = match &cfg.credentials_provider {
-            Some(p) => Some(p.credentials().await?),
-            None => cfg.credentials.clone(),
-        };
-        match (&creds, cfg.signature_version) {
+        match (creds, cfg.signature_version) {
             (None, _) => {}
             (Some(c), SignatureVersion::V4) => {
                 let (region, product) = self.inner.region.as_ref().expect("region set for V4");
@@ -162,9 +162,25 @@ impl OssClient {
             (_, Some(_)) => RequestKind::Get,
             (_, None) => RequestKind::List,
         };
+        // Sends again at once, beside the attempts, when the service refused keys that
+        // have since been rotated (bounded: a source that keeps finding other keys the
+        // service refuses too gives up after this many).
+        let mut key_rotations = 0;
         loop {
             attempt += 1;
-            let sent = self.send_once(&method, bucket, key, query, headers).await;
+            let cfg = &self.inner.cfg;
+            let creds = match &cfg.credentials_provider {
+                Some(p) => p.credentials().await.map(Some),
+                None => Ok(cfg.credentials.clone()),
+            };
+            let (sent, creds) = match creds {
+                Ok(creds) => (
+                    self.send_once(&method, bucket, key, query, headers, creds.as_ref())
+                        .await,
+                    creds,
+                ),
+                Err(e) => (Err(e), None),
+            };
             if let Some(o) = &self.inner.cfg.observer {
                 let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
                 o.request(kind, status, attempt > 1);
@@ -177,6 +193,17 @@ impl OssClient {
                 Ok(resp) => error_from_response(resp, method == Method::HEAD).await,
                 Err(e) => e,
             };
+            if let (Some(provider), Some(used)) = (&cfg.credentials_provider, &creds) {
+                if err.is_refused_keys()
+                    && key_rotations < MAX_KEY_ROTATIONS
+                    && provider.refused(used).await
+                {
+                    key_rotations += 1;
+                    attempt -= 1;
+                    tracing::info!(%method, bucket, key, code = err.code(), "the service refused keys that have been rotated since: sending again with the new ones");
+                    continue;
+                }
+            }
             if !err.is_retryable() || attempt >= policy.max_attempts {
                 tracing::debug!(%method, bucket, key, attempt, error = %err, "request failed");
                 return Err(err);

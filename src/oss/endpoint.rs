@@ -140,8 +140,10 @@ pub fn request_url(
     }
 }
 
-/// Region and product for V4 from a standard OSS host (spec §1.1); `None` for hosts that do
-/// not say (CNAME, IP, acceleration endpoints): those need `--region`.
+/// Region and product for V4 from a standard OSS host (spec §1.1), or from an OSS
+/// accelerator host (`<zone>[-internal].oss-data-acc.aliyuncs.com`, whose zone names the
+/// region); `None` for hosts that do not say (CNAME, IP, the global transfer-acceleration
+/// endpoints): those need `--region`.
 pub fn derive_region(host: &str, bucket: Option<&str>) -> Option<(String, String)> {
     let mut host = host.to_ascii_lowercase();
     if let Some(b) = bucket {
@@ -165,10 +167,17 @@ pub fn derive_region(host: &str, bucket: Option<&str>) -> Option<(String, String
             && r.bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
     };
+    if let Some(zone) = host.strip_suffix(".oss-data-acc.aliyuncs.com") {
+        let zone = zone.strip_suffix("-internal").unwrap_or(zone);
+        return region_of_zone(zone)
+            .filter(|r| valid(r) && !r.contains('.'))
+            .map(|r| (r, "oss".into()));
+    }
     if let Some(name) = host.strip_suffix(".aliyuncs.com") {
         if let Some(r) = name.strip_prefix("oss-") {
             let r = r.strip_suffix("-internal").unwrap_or(r);
-            if r != "accelerate" && r != "accelerate-overseas" && valid(r) && !r.contains('.') {
+            let not_regions = ["accelerate", "accelerate-overseas", "data-acc"];
+            if !not_regions.contains(&r) && valid(r) && !r.contains('.') {
                 return Some((r.to_string(), "oss".into()));
             }
         }
@@ -179,6 +188,27 @@ pub fn derive_region(host: &str, bucket: Option<&str>) -> Option<(String, String
         }
     }
     None
+}
+
+/// The region of an availability zone (`cn-hangzhou-j` → `cn-hangzhou`, `ap-southeast-1c` →
+/// `ap-southeast-1`); a region name without a zone letter is itself.
+fn region_of_zone(zone: &str) -> Option<String> {
+    let (head, last) = zone.rsplit_once('-')?;
+    if head.is_empty() || last.is_empty() {
+        return None;
+    }
+    let letter = |c: u8| c.is_ascii_lowercase();
+    let region = match last.as_bytes() {
+        // `cn-hangzhou-j`: the zone is a letter of its own.
+        [c] if letter(*c) => head.to_string(),
+        // `ap-southeast-1c`: the zone letter follows the region's number.
+        [digits @ .., c] if letter(*c) && digits.iter().all(u8::is_ascii_digit) => {
+            zone[..zone.len() - 1].to_string()
+        }
+        // `cn-hangzhou`, `ap-southeast-1`: no zone given.
+        _ => zone.to_string(),
+    };
+    region.contains('-').then_some(region)
 }
 
 /// `oss://bucket/key` or `oss://bucket/prefix/`. The key is taken literally: no
@@ -268,8 +298,65 @@ mod tests {
             Some("cb-123abc/oss-cloudbox")
         );
         assert_eq!(r("oss-accelerate.aliyuncs.com"), None);
+        assert_eq!(r("oss-data-acc.aliyuncs.com"), None);
         assert_eq!(r("static.example.com"), None);
         assert_eq!(r("127.0.0.1"), None);
+    }
+
+    #[test]
+    fn regions_derive_from_oss_accelerator_hosts() {
+        let r = |h: &str| derive_region(h, Some("examplebucket")).map(|(r, p)| format!("{r}/{p}"));
+        for (host, region) in [
+            (
+                "cn-hangzhou-j-internal.oss-data-acc.aliyuncs.com",
+                "cn-hangzhou",
+            ),
+            ("cn-hangzhou-j.oss-data-acc.aliyuncs.com", "cn-hangzhou"),
+            (
+                "cn-hangzhou-internal.oss-data-acc.aliyuncs.com",
+                "cn-hangzhou",
+            ),
+            ("cn-hangzhou.oss-data-acc.aliyuncs.com", "cn-hangzhou"),
+            (
+                "cn-beijing-h-internal.oss-data-acc.aliyuncs.com",
+                "cn-beijing",
+            ),
+            (
+                "cn-wulanchabu-b-internal.oss-data-acc.aliyuncs.com",
+                "cn-wulanchabu",
+            ),
+            (
+                "ap-southeast-1c-internal.oss-data-acc.aliyuncs.com",
+                "ap-southeast-1",
+            ),
+            (
+                "ap-southeast-1-internal.oss-data-acc.aliyuncs.com",
+                "ap-southeast-1",
+            ),
+            // Virtual-hosted: the bucket's label goes first.
+            (
+                "examplebucket.cn-shanghai-g-internal.oss-data-acc.aliyuncs.com",
+                "cn-shanghai",
+            ),
+            (
+                "CN-Shenzhen-C-Internal.OSS-Data-Acc.aliyuncs.com",
+                "cn-shenzhen",
+            ),
+        ] {
+            assert_eq!(
+                r(host).as_deref(),
+                Some(&*format!("{region}/oss")),
+                "{host}"
+            );
+        }
+        for host in [
+            "j-internal.oss-data-acc.aliyuncs.com",
+            "-internal.oss-data-acc.aliyuncs.com",
+            "a.b-internal.oss-data-acc.aliyuncs.com",
+            "cn_hangzhou-j.oss-data-acc.aliyuncs.com",
+        ] {
+            assert_eq!(r(host), None, "{host}");
+        }
     }
 
     #[test]

@@ -89,6 +89,20 @@ impl OssError {
         self.service().is_some_and(|s| s.status == 412)
     }
 
+    /// The service refused the keys themselves (unknown, expired, or not matching their
+    /// token or secret): keys read from rotating files may have been replaced since.
+    pub fn is_refused_keys(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                "InvalidAccessKeyId"
+                    | "SecurityTokenExpired"
+                    | "InvalidSecurityToken"
+                    | "SignatureDoesNotMatch"
+            )
+        )
+    }
+
     /// Worth another attempt: 5xx, 408, 429 and transport failures. Never auth, not-found,
     /// precondition or range errors: those will not change by asking again.
     pub fn is_retryable(&self) -> bool {

@@ -4,9 +4,12 @@
 //! and temporary credentials refreshed before they expire: a margin ahead of expiry, one
 //! refresh at a time in the background while the old credentials still serve, retried and
 //! then backed off; a failed refresh while the old credentials are still valid is a warning,
-//! not an outage. Secrets never reach a log line or an error. Must not sign
-//! requests (that is `sign`) nor know about files other than the profile files it reads.
+//! not an outage; keys read from files that rotate (`files`) looked at again cheaply and
+//! when the service refuses them. Secrets never reach a log line or an error. Must not sign
+//! requests (that is `sign`) nor know about files other than the profile and credential
+//! files it reads.
 
+pub mod files;
 mod sources;
 
 use std::fmt;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+pub use files::{CredentialFiles, RotatingFiles};
 pub use sources::{chain_environment, resolve_chain, ChainOptions};
 
 use super::{Credentials, OssError};
@@ -29,6 +33,13 @@ pub trait ProvideCredentials: Send + Sync {
     /// cache can tell mounts of different principals apart. Never a secret.
     fn principal(&self) -> String {
         self.describe()
+    }
+    /// The service refused `rejected` (InvalidAccessKeyId, SecurityTokenExpired, ...): a
+    /// source that can look for newer keys does so now. `true` when it now hands out other
+    /// keys, so the refused request is worth sending again with them.
+    fn refused<'a>(&'a self, rejected: &'a Credentials) -> BoxFut<'a, bool> {
+        let _ = rejected;
+        Box::pin(async { false })
     }
 }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Expiring, Fetch, Fixed, ProvideCredentials, Refreshing};
+use super::{
+    CredentialFiles, Expiring, Fetch, Fixed, ProvideCredentials, Refreshing, RotatingFiles,
+};
 use crate::oss::{time, Credentials, OssError, Secret};
 use crate::store::BoxFut;
 
@@ -26,6 +28,8 @@ const STS: &str = "https://sts.aliyuncs.com";
 pub struct ChainOptions {
     /// `--access-key-id`/`--access-key-secret`/`--session-token` (or `OSS_*`).
     pub flags: Option<Credentials>,
+    /// `--credentials-dir` or the `--access-key-id-file` family: keys in files that rotate.
+    pub files: Option<CredentialFiles>,
     /// `--profile` (else `ALIBABA_CLOUD_PROFILE`, else the file's current profile).
     pub profile: Option<String>,
     /// The environment the chain reads: `None` for this process's. A node server resolves
@@ -101,6 +105,15 @@ fn fixed(id: String, secret: String, token: Option<String>) -> Credentials {
 /// asked once here, so a broken one fails now, not at the first read). Logs which source won.
 pub async fn resolve_chain(opts: &ChainOptions) -> Result<Arc<dyn ProvideCredentials>, OssError> {
     let mut tried: Vec<String> = Vec::new();
+    if let Some(files) = &opts.files {
+        if opts.flags.is_some() {
+            return Err(config_err(format!(
+                "keys were given twice: {} and --access-key-id/OSS_ACCESS_KEY_ID; give one of them",
+                files.source
+            )));
+        }
+        return Ok(found(Arc::new(RotatingFiles::open(files.clone())?)));
+    }
     if let Some(c) = &opts.flags {
         return Ok(found(Arc::new(Fixed::new(
             c.clone(),
