@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let default = match &cli.cmd {
-        Command::Node(_) | Command::Demo(_) => "info",
+        Command::Node(_) | Command::Demo(_) | Command::Csi(_) => "info",
         Command::Mount(m) if m.foreground => "info",
         _ => "warn",
     };
@@ -62,6 +62,13 @@ fn main() -> ExitCode {
                 file: cli.log_file.as_deref(),
             };
             cli::mount::run(&cli.conn, m, &rt, &log)
+        }
+        Command::Csi(ref c) => {
+            let log = cli::node::NodeLog {
+                level: cli.log_level.as_deref(),
+                file: cli.log_file.as_deref(),
+            };
+            cli::csi::run(&cli.conn, c, &rt, &log)
         }
         Command::Node(ref n) => cli::node::run(n, &rt),
         Command::Demo(ref d) => cli::demo::run(d, &rt),

@@ -146,14 +146,6 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
-    pub fn new(conn: &ConnectionArgs, m: &MountArgs) -> MountSpec {
-        MountSpec {
-            conn: conn.clone(),
-            mount: m.clone(),
-            env: ossmount::oss::credentials::chain_environment(),
-        }
-    }
-
     /// The mount's options and its store, as the node runs it.
     pub async fn build(self) -> Result<(MountOptions, Arc<dyn ObjectStore>)> {
         let opts = mount_options(&self.conn, &self.mount)?;
@@ -163,6 +155,41 @@ impl MountSpec {
         let client = ossmount::oss::OssClient::new(cfg)?;
         Ok((opts, Arc::new(client)))
     }
+}
+
+/// Asks the node serving the mount's cache directory for it, starting one when none runs,
+/// with `env` as the environment its credential chain reads (the command's, or the CSI
+/// plugin's with a volume's secrets). Returns once the node has mounted it.
+pub async fn ask_node(
+    conn: &ConnectionArgs,
+    m: &MountArgs,
+    env: std::collections::BTreeMap<String, String>,
+    log: &super::node::NodeLog<'_>,
+) -> Result<(MountOptions, join::Joined)> {
+    // Paths as this command means them: the node resolves nothing against its own
+    // working directory (another command's).
+    let mut m = m.clone();
+    if ossmount::mount::fuse_fd(&m.mountpoint).is_none() {
+        m.mountpoint = std::path::absolute(&m.mountpoint)?;
+    }
+    if let Some(dir) = &m.cache_dir {
+        m.cache_dir = Some(std::path::absolute(dir)?);
+    }
+    let opts = mount_options(conn, &m)?;
+    ossmount::mount::check_mountpoint(&opts.mountpoint)?;
+    ossmount::cache::private_dir(&opts.cache_dir)?;
+    let spec = MountSpec {
+        conn: conn.clone(),
+        mount: m.clone(),
+        env,
+    };
+    let req = join::MountRequest {
+        spec: serde_json::to_value(&spec).expect("a spec serialises"),
+        foreground: m.foreground,
+        fd: ossmount::mount::fuse_fd(&opts.mountpoint),
+    };
+    let joined = super::node::join_or_start(&opts.cache_dir, &spec, &req, log).await?;
+    Ok((opts, joined))
 }
 
 /// `ossmount mount`: asks the node serving the cache directory for the mount, starting one
@@ -184,31 +211,8 @@ pub fn run(
             signal(SignalKind::interrupt())?,
         )
     };
-    // Paths as this command means them: the node resolves nothing against its own
-    // working directory (another command's).
-    let mut m = m.clone();
-    if ossmount::mount::fuse_fd(&m.mountpoint).is_none() {
-        m.mountpoint = std::path::absolute(&m.mountpoint)?;
-    }
-    if let Some(dir) = &m.cache_dir {
-        m.cache_dir = Some(std::path::absolute(dir)?);
-    }
-    let m = &m;
-    let opts = mount_options(conn, m)?;
-    ossmount::mount::check_mountpoint(&opts.mountpoint)?;
-    ossmount::cache::private_dir(&opts.cache_dir)?;
-    let spec = MountSpec::new(conn, m);
-    let req = join::MountRequest {
-        spec: serde_json::to_value(&spec).expect("a spec serialises"),
-        foreground: m.foreground,
-        fd: ossmount::mount::fuse_fd(&opts.mountpoint),
-    };
-    let joined = rt.block_on(super::node::join_or_start(
-        &opts.cache_dir,
-        &spec,
-        &req,
-        log,
-    ))?;
+    let env = ossmount::oss::credentials::chain_environment();
+    let (opts, joined) = rt.block_on(ask_node(conn, m, env, log))?;
     tracing::debug!(
         "mount {} served by node {}",
         joined.mount_id,
