@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod control;
 pub mod crc64;
+pub mod csi;
 pub mod emulator;
 pub mod fs;
 pub mod hydrate;

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let default = match &cli.cmd {
-        Command::Node(_) | Command::Demo(_) | Command::Fluid(_) => "info",
+        Command::Node(_) | Command::Demo(_) | Command::Fluid(_) | Command::Csi(_) => "info",
         Command::Mount(m) if m.foreground => "info",
         _ => "warn",
     };
@@ -69,6 +69,13 @@ fn main() -> ExitCode {
                 file: cli.log_file.as_deref(),
             };
             cli::fluid::run(f, &rt, &log)
+        }
+        Command::Csi(ref c) => {
+            let log = cli::node::NodeLog {
+                level: cli.log_level.as_deref(),
+                file: cli.log_file.as_deref(),
+            };
+            cli::csi::run(&cli.conn, c, &rt, &log)
         }
         Command::Node(ref n) => cli::node::run(n, &rt),
         Command::Demo(ref d) => cli::demo::run(d, &rt),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Top first. A module may import any module after it, none before it.
 const LAYERS: &[&str] = &[
-    "node", "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache",
+    "csi", "node", "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache",
     "hydrate", "oss", "store", "crc64", "sample", "size", "net",
 ];
 

@@ -3,6 +3,7 @@
 //! testing on its own: parsing, validation messages and wiring only.
 
 pub mod connection;
+pub mod csi;
 pub mod demo;
 pub mod download;
 pub mod fluid;
@@ -60,6 +61,9 @@ pub enum Command {
     /// The node server of a cache directory (started by `ossmount mount`; not for direct use)
     #[command(hide = true)]
     Node(node::NodeArgs),
+    /// The Kubernetes CSI node plugin: serves CSI (spec v1) on --endpoint unix:///csi/csi.sock
+    /// and mounts each volume through the node server of --cache-dir
+    Csi(csi::CsiArgs),
     /// Start a local OSS-compatible server with sample data and mount it (Ctrl-C to stop)
     Demo(demo::DemoArgs),
     /// Show a cache directory: every entry's parts present, state and last use, totals
@@ -144,7 +148,11 @@ pub async fn run_async(cli: Cli) -> Result<ExitCode> {
         Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
         Command::Serve(a) => serve::run(&cli.conn, a).await,
         Command::Completions { .. } | Command::Manpage => print_generated(&cli.cmd),
-        Command::Mount(_) | Command::Fluid(_) | Command::Demo(_) | Command::Node(_) => {
+        Command::Mount(_)
+        | Command::Fluid(_)
+        | Command::Demo(_)
+        | Command::Node(_)
+        | Command::Csi(_) => {
             unreachable!("run synchronously by main")
         }
     }

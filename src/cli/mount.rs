@@ -146,14 +146,6 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
-    pub fn new(conn: &ConnectionArgs, m: &MountArgs) -> MountSpec {
-        MountSpec {
-            conn: conn.clone(),
-            mount: m.clone(),
-            env: ossmount::oss::credentials::chain_environment(),
-        }
-    }
-
     /// The mount's options and its store, as the node runs it.
     pub async fn build(self) -> Result<(MountOptions, Arc<dyn ObjectStore>)> {
         let opts = mount_options(&self.conn, &self.mount)?;
@@ -205,14 +197,15 @@ impl Signals {
     }
 }
 
-/// Asks the node serving the mount's cache directory for the mount, starting one when none
-/// runs, and says so on stderr; returns once mounted.
-pub fn join(
+/// Asks the node serving the mount's cache directory for it, starting one when none runs,
+/// with `env` as the environment its credential chain reads (the command's, or the CSI
+/// plugin's with a volume's secrets). Returns once the node has mounted it.
+pub async fn ask_node(
     conn: &ConnectionArgs,
     m: &MountArgs,
-    rt: &tokio::runtime::Runtime,
+    env: std::collections::BTreeMap<String, String>,
     log: &super::node::NodeLog<'_>,
-) -> Result<join::Joined> {
+) -> Result<(MountOptions, join::Joined)> {
     // Paths as this command means them: the node resolves nothing against its own
     // working directory (another command's).
     let mut m = m.clone();
@@ -222,25 +215,36 @@ pub fn join(
     if let Some(dir) = &m.cache_dir {
         m.cache_dir = Some(std::path::absolute(dir)?);
     }
-    let m = &m;
     let mut conn = conn.clone();
     conn.make_paths_absolute()?;
-    let conn = &conn;
-    let opts = mount_options(conn, m)?;
+    let opts = mount_options(&conn, &m)?;
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
     ossmount::cache::private_dir(&opts.cache_dir)?;
-    let spec = MountSpec::new(conn, m);
+    let spec = MountSpec {
+        conn,
+        mount: m.clone(),
+        env,
+    };
     let req = join::MountRequest {
         spec: serde_json::to_value(&spec).expect("a spec serialises"),
         foreground: m.foreground,
         fd: ossmount::mount::fuse_fd(&opts.mountpoint),
     };
-    let joined = rt.block_on(super::node::join_or_start(
-        &opts.cache_dir,
-        &spec,
-        &req,
-        log,
-    ))?;
+    let joined = super::node::join_or_start(&opts.cache_dir, &spec, &req, log).await?;
+    Ok((opts, joined))
+}
+
+/// Asks the node serving the mount's cache directory for the mount, in this command's
+/// credential environment, starting a node when none runs, and says so on stderr; returns
+/// once mounted.
+pub fn join(
+    conn: &ConnectionArgs,
+    m: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    log: &super::node::NodeLog<'_>,
+) -> Result<join::Joined> {
+    let env = ossmount::oss::credentials::chain_environment();
+    let (opts, joined) = rt.block_on(ask_node(conn, m, env, log))?;
     tracing::debug!(
         "mount {} served by node {}",
         joined.mount_id,
