@@ -56,6 +56,10 @@ impl Mounter for NodeMounter {
             for o in &req.volume.options {
                 call.extend(["-o".to_string(), o.clone()]);
             }
+            // Pods run as any uid (runAsNonRoot ones too): a volume is theirs, not root's.
+            if !req.volume.options.iter().any(|o| o == "allow_other") {
+                call.extend(["-o".to_string(), "allow_other".to_string()]);
+            }
             let argv = super::helper::translate(&call).map_err(MountRefusal::Invalid)?;
             let cli = Cli::try_parse_from(std::iter::once("ossmount".to_string()).chain(argv))
                 .map_err(|e| MountRefusal::Invalid(e.to_string().trim().to_string()))?;
@@ -78,10 +82,14 @@ impl Mounter for NodeMounter {
                 level: level.as_deref(),
                 file: file.as_deref(),
             };
-            super::mount::ask_node(&conn, &m, env, &log)
+            let (_, joined) = super::mount::ask_node(&conn, &m, env, &log)
                 .await
-                .map(|_| ())
-                .map_err(|e| MountRefusal::Failed(format!("{e:#}")))
+                .map_err(|e| MountRefusal::Failed(format!("{e:#}")))?;
+            // Node-wide settings this volume asked for otherwise than the node runs with.
+            for note in &joined.notes {
+                tracing::warn!("{}: {note}", req.target.display());
+            }
+            Ok(())
         })
     }
 }

@@ -209,6 +209,10 @@ async fn start_node(
     let started = Instant::now();
     loop {
         if let Some(conn) = join::connect(cache_dir).await {
+            // Reaped when it ends, so a long-lived starter (the CSI plugin, PID 1 of its
+            // container) keeps no zombie of each node that served and ended.
+            drop(child.stderr.take());
+            std::thread::spawn(move || child.wait());
             return Ok(Some(conn));
         }
         if let Some(status) = child.try_wait()? {

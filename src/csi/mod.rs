@@ -200,6 +200,12 @@ impl Plugin {
             return Err(Status::invalid_argument("target_path is missing"));
         }
         let target = PathBuf::from(&req.target_path);
+        if !target.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "target_path {} is not absolute",
+                req.target_path
+            )));
+        }
         let _one_at_a_time = self.changing.lock().await;
         // Only ossmount's mounts are taken down; a stacked one (an earlier publish) too.
         for _ in 0..8 {

@@ -76,7 +76,7 @@ pub fn volume_mount(
             "bucket" => bucket = Some(value.to_string()),
             "path" => path = value.to_string(),
             "url" if !value.is_empty() => options.push(format!("endpoint={}", endpoint(value)?)),
-            "region" if !value.is_empty() => options.push(format!("region={value}")),
+            "region" if !value.is_empty() => options.push(format!("region={}", region(value)?)),
             "sigversion" => match value {
                 "v1" | "v4" => options.push(format!("signature_version={value}")),
                 _ => {
@@ -115,7 +115,17 @@ pub fn volume_mount(
         .chain(mount_flags.iter().map(|f| f.trim().to_string()))
     {
         if let Some(o) = ossfs_option(&opt)? {
-            options.push(o);
+            // One option may map to two (umask: file and directory modes).
+            options.extend(o.split(',').map(str::to_string));
+        }
+    }
+    // Each option travels as one `-o name=value` of a mount helper call, split on commas:
+    // a value with a comma (or a region that is not a region) would smuggle in other flags.
+    for o in &options {
+        if o.contains(',') || o.chars().any(char::is_whitespace) {
+            return Err(InvalidVolume(format!(
+                "option {o:?} holds a comma or a space; each volume option takes one value"
+            )));
         }
     }
     let prefix = prefix_of(&path)?;
@@ -125,6 +135,21 @@ pub fn volume_mount(
         options,
         credentials_env: credentials_env(secrets)?,
     })
+}
+
+/// A region's name (`cn-hangzhou`): checked, since it travels as one helper option and a
+/// comma in it would pass other flags.
+fn region(value: &str) -> Result<&str, InvalidVolume> {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Ok(value)
+    } else {
+        Err(InvalidVolume(format!(
+            "region {value:?} is not a region such as cn-hangzhou"
+        )))
+    }
 }
 
 /// `url` as the CSI driver takes it: a host (`oss-cn-hangzhou-internal.aliyuncs.com`) or a
@@ -230,7 +255,7 @@ fn ossfs_option(opt: &str) -> Result<Option<String>, InvalidVolume> {
         ("connect_timeout", _) => format!("connect_timeout={}s", number("seconds")?),
         ("readwrite_timeout", _) => format!("read_timeout={}s", number("seconds")?),
         ("retries", _) => format!("max_attempts={}", number("retries")? + 1),
-        ("region", Some(v)) if !v.is_empty() => format!("region={v}"),
+        ("region", Some(v)) if !v.is_empty() => format!("region={}", region(v)?),
         _ => {
             return Err(InvalidVolume(format!(
                 "otherOpts option {name:?} has no ossmount meaning; accepted: {OSSFS_MAPPED}, and {} (already so)",
@@ -288,6 +313,38 @@ mod tests {
     }
 
     #[test]
+    fn no_value_smuggles_in_another_option() {
+        let secrets = map(&[("akId", "AK"), ("akSecret", "SK")]);
+        for (context, flags) in [
+            (
+                map(&[
+                    ("bucket", "bkt"),
+                    ("region", "cn-hangzhou,metrics_addr=0.0.0.0:9101"),
+                ]),
+                vec![],
+            ),
+            (
+                map(&[("bucket", "bkt")]),
+                vec!["region=cn-hangzhou,foreground".to_string()],
+            ),
+            (
+                map(&[("bucket", "bkt"), ("otherOpts", "-o region=Cn_Hangzhou")]),
+                vec![],
+            ),
+            (
+                map(&[("bucket", "bkt"), ("url", "oss.example.com,anonymous")]),
+                vec![],
+            ),
+        ] {
+            let e = volume_mount(&context, &flags, &secrets).unwrap_err();
+            assert!(
+                e.0.contains("region") || e.0.contains("url") || e.0.contains("comma"),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_csi_drivers_attributes_become_a_mount() {
         let v = volume_mount(
             &map(&[
@@ -314,7 +371,8 @@ mod tests {
                 "region=cn-hangzhou",
                 "endpoint=http://127.0.0.1:9000",
                 "allow_other",
-                "file_mode=0440,dir_mode=0550",
+                "file_mode=0440",
+                "dir_mode=0550",
                 "metadata_ttl=0s",
                 "threads=8",
                 "part_size=16MiB"
