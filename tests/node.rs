@@ -219,6 +219,43 @@ async fn a_mount_that_cannot_start_exits_non_zero_naming_the_cause_and_mounts_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_mount_at_a_mount_point_the_node_serves_is_refused_not_stacked() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("a", b"a");
+    let (mnt, cache) = dirs(&s, "stacked");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let first = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    // A retried request (a CSI publish whose first try timed out) asks for the same place.
+    let out = fs_op(Duration::from_secs(60), {
+        let (mnt, cache, env) = (mnt.clone(), cache.clone(), s.env());
+        move || {
+            Command::new(bin())
+                .args(["mount", &url()])
+                .arg(&mnt)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("already serves a mount at"), "{text}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = format!(" {} ", mnt.display());
+    assert_eq!(
+        mountinfo.lines().filter(|l| l.contains(&here)).count(),
+        1,
+        "one mount at {}",
+        mnt.display()
+    );
+    assert!(read(first.path("a")).await == b"a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relative_paths_mean_what_they_mean_to_the_command_not_to_the_node() {
     require_fuse();
     let s = Server::start().await;

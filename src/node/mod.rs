@@ -91,8 +91,21 @@ impl NodeSettings {
 #[derive(Default)]
 struct Sessions {
     live: Vec<Arc<MountSession>>,
+    /// Mount points of mounts being started (a second request for one waits for nothing:
+    /// it is refused, so a retried request never stacks a second mount on the first).
+    starting_at: Vec<PathBuf>,
     /// Final counters of the sessions that ended, for the status file's totals.
     ended: Vec<(String, String, MountCounters)>,
+}
+
+/// A mount point reserved by a mount being started.
+struct MountpointReserved<'a>(&'a Node, PathBuf);
+
+impl Drop for MountpointReserved<'_> {
+    fn drop(&mut self) {
+        let mut sessions = self.0.sessions.lock().unwrap();
+        sessions.starting_at.retain(|p| *p != self.1);
+    }
 }
 
 /// A mount being started: counted as busy until it is dropped, so the node does not end
@@ -312,6 +325,10 @@ impl Node {
             Some(_) => Ok(()),
             None => Err(e),
         })?;
+        let _place = match &handed_in {
+            Some(_) => None,
+            None => Some(self.reserve_mountpoint(&opts.mountpoint)?),
+        };
         opts.request_metrics
             .report_throttling_to(self.cache.limiter().clone());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +355,24 @@ impl Node {
         });
         self.write_status();
         Ok(session)
+    }
+
+    /// `at` for a mount about to start, refused when this node serves a mount there or is
+    /// starting one (given back when the guard drops).
+    fn reserve_mountpoint(&self, at: &Path) -> Result<MountpointReserved<'_>> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let served = sessions
+            .live
+            .iter()
+            .any(|s| !s.has_ended() && s.opts.mountpoint == at);
+        if served || sessions.starting_at.iter().any(|p| p == at) {
+            anyhow::bail!(
+                "this node already serves a mount at {} (unmount it first)",
+                at.display()
+            );
+        }
+        sessions.starting_at.push(at.to_path_buf());
+        Ok(MountpointReserved(self, at.to_path_buf()))
     }
 
     /// The live sessions.
