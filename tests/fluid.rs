@@ -419,3 +419,106 @@ async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
         assert!(!log.contains(secret), "{secret} reached the log");
     }
 }
+
+/// Kubelet sends one SIGTERM and, after the grace period, SIGKILL: a mount an application
+/// still holds a file of must not wait for a second signal. It is detached after a short
+/// wait, the command exits 0, mountinfo no longer lists it, and the open file still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_detaches_a_busy_fluid_mount_and_exits_0_with_the_open_file_still_reading() {
+    require_fuse();
+    let s = Server::start().await;
+    let data = ossmount::sample::bytes(11, 1 << 20);
+    s.put("busy/held.bin", &data);
+    let base = s.scratch.path();
+    let target = base.join("thin-fuse");
+    let cache = base.join("cache");
+    let config = serde_json::json!({
+        "mounts": [{
+            "mountPoint": format!("oss://{BUCKET}/busy/"),
+            "name": "busy",
+            "options": {"url": s.emu.endpoint(), "region": "cn-hangzhou", "akId": AK, "akSecret": SK},
+        }],
+        "targetPath": target,
+        "runtimeOptions": {"cache-dir": cache},
+    });
+    let config_path = base.join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let mut fluid = Fluid::start(&config_path, &cache, vec![target.clone()]);
+    let held = fs_op(Duration::from_secs(30), {
+        let p = target.join("held.bin");
+        move || std::fs::File::open(p).unwrap()
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let status = fluid.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "exit {status:?}: {}", fluid.log_text());
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM took {took:?} to end a busy mount"
+    );
+    assert_eq!(
+        mountinfo_fstype(&target),
+        None,
+        "the busy mount is still in mountinfo: {}",
+        fluid.log_text()
+    );
+    let read = fs_op(Duration::from_secs(30), move || {
+        use std::io::Read;
+        let mut held = held;
+        let mut got = Vec::new();
+        held.read_to_end(&mut got).map(|_| got)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the open file of a detached mount failed: {e}"));
+    assert!(read == data, "the open file read other bytes");
+}
+
+/// Fluid writes `mounts: []` for a Dataset mounted dynamically: the fuse container must
+/// stay up (not crash-loop), mount nothing, and end with exit 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_with_no_mounts_waits_for_sigterm_and_exits_0() {
+    let s = Server::start().await;
+    let base = s.scratch.path();
+    let target = base.join("thin-fuse");
+    let config_path = base.join("config.json");
+    let config = serde_json::json!({"mounts": [], "targetPath": target});
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let log = base.join("fluid.log");
+    let mut child = Command::new(bin())
+        .args(["fluid", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let waiting = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("no mounts")
+    });
+    let early = child.try_wait().unwrap();
+    if early.is_some() || !waiting {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        early.is_none(),
+        "it ended without SIGTERM: {early:?}: {text}"
+    );
+    assert!(waiting, "it never said it waits: {text}");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_within(
+        &mut child,
+        Duration::from_secs(20),
+        "ossmount fluid, no mounts",
+    );
+    assert!(status.success(), "exit {status:?}");
+    assert!(!target.exists(), "nothing mounted or made");
+}

@@ -21,9 +21,36 @@ use ossmount::oss::OssUrl;
 
 /// Where Fluid writes the config.
 pub const DEFAULT_CONFIG: &str = "/etc/fluid/config/config.json";
-/// The cache directory unless the options name one: one node and one cache for every
-/// mount of the fuse pod (the profile mounts a hostPath here so it outlives the pod).
+/// The root of the cache directories unless the options name one (the profile mounts a
+/// hostPath here so caches outlive their pods). Each runtime gets its own directory under
+/// it (`default_cache_dir`): a node server serves the mounts of one fuse pod only, since
+/// each fuse pod has its own mount namespace and sees only its own target path.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ossmount";
+/// The environment Fluid's thin runtime chart sets in the fuse container
+/// (`charts/thin/templates/fuse/daemonset.yaml`): the runtime's namespace and name.
+const RUNTIME_NS_ENV: &str = "FLUID_RUNTIME_NS";
+const RUNTIME_NAME_ENV: &str = "FLUID_RUNTIME_NAME";
+
+/// The cache directory of a fuse pod whose options name none:
+/// `/var/cache/ossmount/<runtime namespace>/<runtime name>` when Fluid said which runtime
+/// this is (one node, one cache per runtime), else `/var/cache/ossmount`.
+pub fn default_cache_dir(runtime_ns: Option<&str>, runtime_name: Option<&str>) -> PathBuf {
+    let plain =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+    match (runtime_ns, runtime_name) {
+        (Some(ns), Some(name)) if plain(ns) && plain(name) => {
+            Path::new(DEFAULT_CACHE_DIR).join(ns).join(name)
+        }
+        _ => PathBuf::from(DEFAULT_CACHE_DIR),
+    }
+}
+
+/// `default_cache_dir` from this process's environment.
+pub fn default_cache_dir_from_env() -> PathBuf {
+    let ns = std::env::var(RUNTIME_NS_ENV).ok();
+    let name = std::env::var(RUNTIME_NAME_ENV).ok();
+    default_cache_dir(ns.as_deref(), name.as_deref())
+}
 /// Where Fluid mounts Secrets named by `encryptOptions`; a value under it is a file path.
 const FLUID_SECRETS: &str = "/etc/fluid/secrets/";
 
@@ -101,7 +128,7 @@ pub fn load(path: &Path) -> Result<Vec<PlannedMount>, String> {
             path.display()
         )
     })?;
-    plan(&config)
+    plan(&config, &default_cache_dir_from_env())
 }
 
 /// The credential options, by the names alibaba-cloud-csi-driver uses for its Secrets.
@@ -150,10 +177,12 @@ fn flag_table() -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Plans every mount of `config`.
-pub fn plan(config: &FluidConfig) -> Result<Vec<PlannedMount>, String> {
+/// Plans every mount of `config`, in `default_cache` unless its options name a cache
+/// directory. No mounts (what Fluid writes for a Dataset whose mounts come later, by
+/// dynamic mounting) plans nothing.
+pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMount>, String> {
     if config.mounts.is_empty() {
-        return Err("the Fluid config has no mounts: the Dataset needs at least one mountPoint such as oss://bucket/prefix/".into());
+        return Ok(Vec::new());
     }
     if config.target_path.is_empty() || !config.target_path.starts_with('/') {
         return Err(format!(
@@ -200,8 +229,8 @@ pub fn plan(config: &FluidConfig) -> Result<Vec<PlannedMount>, String> {
         }
         let mut options = config.runtime_options.clone();
         options.extend(m.options.clone());
-        let (mount_flags, keys) =
-            options_to_flags(&options, &flags).map_err(|e| format!("{what}: {e}"))?;
+        let (mount_flags, keys) = options_to_flags(&options, &flags, default_cache)
+            .map_err(|e| format!("{what}: {e}"))?;
         planned.push(PlannedMount {
             name: m.name.clone(),
             url,
@@ -273,9 +302,13 @@ fn secret_option(value: &str) -> SecretOption {
 fn options_to_flags(
     options: &BTreeMap<String, String>,
     flags: &[(String, bool)],
+    default_cache: &Path,
 ) -> Result<(Vec<String>, Keys), String> {
     let mut out = Vec::new();
     let mut cache_dir = false;
+    // On unless an option turns it off: the fuse container mounts as root (no fuse.conf
+    // needed), and the applications reading the Dataset seldom run as root.
+    let mut allow_other = true;
     for (name, value) in options {
         // `ro`: what Fluid says of a ReadOnlyMany Dataset; ossmount is read-only anyway.
         if KEY_OPTIONS.contains(&name.as_str()) || name == "ro" {
@@ -294,6 +327,16 @@ fn options_to_flags(
             ));
         };
         cache_dir |= flag == "cache_dir";
+        if flag == "allow_other" {
+            allow_other = matches!(value.trim(), "" | "true");
+            if !matches!(value.trim(), "" | "true" | "false") {
+                return Err(format!(
+                    "option {name:?} is a switch: give it \"true\" or \"false\", not {:?}",
+                    value.trim()
+                ));
+            }
+            continue;
+        }
         let dashed = format!("--{}", flag.replace('_', "-"));
         match (takes_value, value.trim()) {
             (true, "") => return Err(format!("option {name:?} needs a value")),
@@ -307,8 +350,14 @@ fn options_to_flags(
             }
         }
     }
+    if allow_other {
+        out.push("--allow-other".to_string());
+    }
     if !cache_dir {
-        out.extend(["--cache-dir".to_string(), DEFAULT_CACHE_DIR.to_string()]);
+        out.extend([
+            "--cache-dir".to_string(),
+            default_cache.display().to_string(),
+        ]);
     }
     let get = |k: &str| options.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     let keys = match (get("akId"), get("akSecret"), get("stsToken")) {
@@ -363,7 +412,7 @@ mod tests {
 
     fn parse(json: &str) -> Result<Vec<PlannedMount>, String> {
         let config: FluidConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        plan(&config)
+        plan(&config, Path::new(DEFAULT_CACHE_DIR))
     }
 
     /// What Fluid's thin engine writes for a Dataset with one OSS mount whose keys come
@@ -387,6 +436,7 @@ mod tests {
                 "20GiB",
                 "--endpoint",
                 "oss-cn-hangzhou-internal.aliyuncs.com",
+                "--allow-other",
                 "--cache-dir",
                 DEFAULT_CACHE_DIR
             ]
@@ -422,7 +472,7 @@ mod tests {
         );
         assert_eq!(plan[0].url, "oss://bkt1/a/", "a prefix is a directory");
         assert_eq!(plan[2].url, "oss://bkt2/");
-        assert_eq!(plan[2].flags, ["--allow-other", "--cache-dir", "/cache"]);
+        assert_eq!(plan[2].flags, ["--cache-dir", "/cache", "--allow-other"]);
         assert_eq!(plan[2].keys, Keys::Chain);
     }
 
@@ -500,8 +550,6 @@ mod tests {
         let err =
             parse(r#"{"mounts":[{"mountPoint":"s3://bkt/"}],"targetPath":"/t"}"#).unwrap_err();
         assert!(err.contains("oss://bucket/"), "{err}");
-        let err = parse(r#"{"mounts":[],"targetPath":"/t"}"#).unwrap_err();
-        assert!(err.contains("no mounts"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/"}]}"#).unwrap_err();
         assert!(err.contains("targetPath"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/"}],"targetPath":"/t","accessModes":["ReadWriteMany"]}"#).unwrap_err();
@@ -512,5 +560,64 @@ mod tests {
         assert!(err.contains("plain directory"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt-a/","encryptOptions":[{"name":"akId","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}],"targetPath":"/t"}"#).unwrap_err();
         assert!(err.contains("encryptOptions"), "{err}");
+    }
+
+    #[test]
+    fn each_runtime_gets_its_own_cache_directory_by_default() {
+        assert_eq!(
+            default_cache_dir(Some("team-a"), Some("train")),
+            Path::new("/var/cache/ossmount/team-a/train")
+        );
+        for (ns, name) in [
+            (None, Some("train")),
+            (Some("team-a"), None),
+            (Some(".."), Some("train")),
+            (Some("a/b"), Some("train")),
+            (Some("team-a"), Some("")),
+        ] {
+            assert_eq!(
+                default_cache_dir(ns, name),
+                Path::new(DEFAULT_CACHE_DIR),
+                "{ns:?} {name:?}"
+            );
+        }
+        let config: FluidConfig =
+            serde_json::from_str(r#"{"mounts":[{"mountPoint":"oss://bkt/"}],"targetPath":"/t"}"#)
+                .unwrap();
+        let planned = plan(&config, Path::new("/var/cache/ossmount/ns/rt")).unwrap();
+        assert!(
+            planned[0]
+                .flags
+                .ends_with(&["--cache-dir".into(), "/var/cache/ossmount/ns/rt".into()]),
+            "{:?}",
+            planned[0].flags
+        );
+    }
+
+    #[test]
+    fn allow_other_is_on_unless_an_option_turns_it_off() {
+        let flags = |opts: &str| {
+            parse(&format!(
+                r#"{{"mounts":[{{"mountPoint":"oss://bkt/","options":{opts}}}],"targetPath":"/t"}}"#
+            ))
+            .map(|p| p[0].flags.clone())
+        };
+        assert!(flags("{}").unwrap().contains(&"--allow-other".into()));
+        assert!(flags(r#"{"allow-other":"true"}"#)
+            .unwrap()
+            .contains(&"--allow-other".into()));
+        assert!(!flags(r#"{"allow_other":"false"}"#)
+            .unwrap()
+            .contains(&"--allow-other".into()));
+        let err = flags(r#"{"allow-other":"no"}"#).unwrap_err();
+        assert!(err.contains("switch"), "{err}");
+    }
+
+    #[test]
+    fn a_config_with_no_mounts_plans_nothing() {
+        assert!(parse(r#"{"mounts":[],"targetPath":"/t"}"#)
+            .unwrap()
+            .is_empty());
+        assert!(parse(r#"{"mounts":[]}"#).unwrap().is_empty());
     }
 }
