@@ -227,6 +227,18 @@ pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMou
                 mountpoint.display()
             ));
         }
+        // One mount inside another would hide it, or be hidden (Path::starts_with compares
+        // whole components: /t/a does not contain /t/ab).
+        if let Some(other) = planned.iter().find(|p| {
+            p.mountpoint.starts_with(&mountpoint) || mountpoint.starts_with(&p.mountpoint)
+        }) {
+            return Err(format!(
+                "{what} at {} and mount {:?} at {} overlap (one is inside the other): give them paths side by side",
+                mountpoint.display(),
+                other.name,
+                other.mountpoint.display()
+            ));
+        }
         let mut options = config.runtime_options.clone();
         options.extend(m.options.clone());
         let (mount_flags, keys) = options_to_flags(&options, &flags, default_cache)
@@ -619,5 +631,19 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(parse(r#"{"mounts":[]}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn mount_points_inside_one_another_are_refused_by_name() {
+        let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/a/","name":"a"},{"mountPoint":"oss://bkt/b/","name":"inner","path":"/a/b"}],"targetPath":"/t"}"#).unwrap_err();
+        assert!(
+            err.contains("overlap") && err.contains("\"inner\"") && err.contains("\"a\""),
+            "{err}"
+        );
+        let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/b/","name":"inner","path":"/a/b"},{"mountPoint":"oss://bkt/a/","name":"a"}],"targetPath":"/t"}"#).unwrap_err();
+        assert!(err.contains("overlap"), "{err}");
+        // Sharing a leading part of a name is no overlap.
+        let ok = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/a/","name":"a"},{"mountPoint":"oss://bkt/b/","name":"ab"}],"targetPath":"/t"}"#).unwrap();
+        assert_eq!(ok.len(), 2);
     }
 }
