@@ -128,7 +128,9 @@ async fn a_mount_reads_on_while_its_key_files_are_swapped_and_the_old_keys_revok
     assert!(st.success());
     let log = m.log_text();
     assert!(
-        log.contains("credential files changed: new keys in use") && log.contains(&second_id),
+        log.contains("credential files changed: new keys in use")
+            && log.contains("STS.***")
+            && !log.contains(&second_id),
         "the rotation is logged: {log}"
     );
     for secret in first_secrets.iter().chain(&second_secrets) {

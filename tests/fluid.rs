@@ -407,7 +407,10 @@ async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
     assert!(st.success(), "exit {st:?}: {}", fluid.log_text());
     let log = fluid.log_text();
     assert!(
-        log.contains("credential files changed") && log.contains("STS.second"),
+        log.contains("credential files changed")
+            && log.contains("STS.***")
+            && !log.contains("STS.second")
+            && !log.contains("STS.first"),
         "{log}"
     );
     for secret in [

@@ -262,7 +262,7 @@ impl RotatingFiles {
             state.warned_expired = true;
             tracing::warn!(
                 source = %self.files.source,
-                access_key_id = %state.held.credentials.access_key_id,
+                access_key_id = %super::masked_key_id(&state.held.credentials.access_key_id),
                 "the credentials in the files have expired and no new ones were written; requests will be refused until they are"
             );
         }
@@ -281,7 +281,7 @@ impl RotatingFiles {
                 state.reloads += 1;
                 tracing::info!(
                     source = %self.files.source,
-                    access_key_id = %held.credentials.access_key_id,
+                    access_key_id = %super::masked_key_id(&held.credentials.access_key_id),
                     expires = ?held.expiration.map(time::iso8601_extended),
                     "credential files changed: new keys in use"
                 );
