@@ -195,6 +195,8 @@ pub struct RotatingFiles {
     files: CredentialFiles,
     check_interval: Duration,
     state: Mutex<State>,
+    /// The key id the files held when opened: who signs, as far as the cache can tell.
+    first_key_id: String,
 }
 
 struct State {
@@ -222,9 +224,11 @@ impl RotatingFiles {
         check_interval: Duration,
     ) -> Result<RotatingFiles, OssError> {
         let (held, stamp) = files.read()?;
+        let first_key_id = held.credentials.access_key_id.clone();
         Ok(RotatingFiles {
             files,
             check_interval,
+            first_key_id,
             state: Mutex::new(State {
                 held,
                 stamp,
@@ -321,8 +325,11 @@ impl ProvideCredentials for RotatingFiles {
     }
 
     fn principal(&self) -> String {
-        // The keys rotate; the files stay: one principal for every set they hold.
-        self.files.source.clone()
+        // The key id, not the files' path: two tenants whose Secrets are mounted at the
+        // same path are two principals. (Hashed by the cache, as every principal is.) An
+        // STS id changes at each rotation, so a later mount of the same files may count as
+        // another principal: the cache then asks the server more often, never less.
+        format!("key {} from {}", self.first_key_id, self.files.source)
     }
 }
 
@@ -420,6 +427,28 @@ mod tests {
             "not looked at within the interval"
         );
         assert_eq!(id(&p, true), "STS.id-2", "a forced look sees it");
+    }
+
+    #[test]
+    fn the_principal_is_the_key_id_not_only_the_path() {
+        // Two tenants, their Secrets mounted at the same path (in two pods): the same
+        // source, two principals.
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b) = (keys_dir(a.path(), 1, None), keys_dir(b.path(), 2, None));
+        let first = RotatingFiles::open(CredentialFiles::in_dir(&dir_a)).unwrap();
+        let mut second = RotatingFiles::open(CredentialFiles::in_dir(&dir_b)).unwrap();
+        second.files.source = first.files.source.clone();
+        assert_eq!(first.describe(), second.describe());
+        assert_ne!(first.principal(), second.principal());
+        assert!(
+            first.principal().contains("STS.id-1"),
+            "{}",
+            first.principal()
+        );
+        // The same keys at the same path: one principal.
+        let again = RotatingFiles::open(CredentialFiles::in_dir(&dir_a)).unwrap();
+        assert_eq!(first.principal(), again.principal());
     }
 
     #[test]
