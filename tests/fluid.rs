@@ -146,6 +146,31 @@ impl Drop for Fluid {
     }
 }
 
+/// Every regular file under `dir` (recursively) that holds one of `secrets`.
+fn files_holding(dir: &Path, secrets: &[&str]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let kind = e.file_type().unwrap();
+            if kind.is_dir() {
+                todo.push(e.path());
+            } else if kind.is_file() {
+                seen += 1;
+                let bytes = std::fs::read(e.path()).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                if secrets.iter().any(|s| text.contains(s)) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "no files under {} to look at", dir.display());
+    found
+}
+
 fn read_all(path: PathBuf) -> impl std::future::Future<Output = Vec<u8>> {
     fs_op(Duration::from_secs(60), move || {
         std::fs::read(path).unwrap()
@@ -226,6 +251,8 @@ async fn fluid_mounts_its_dataset_at_target_path_as_fuse_ossmount_and_ends_on_si
     assert!(!is_mounted(&target), "still mounted after SIGTERM");
     let log = fluid.log_text();
     assert!(!log.contains(SK), "the secret reached the log: {log}");
+    let holding = files_holding(&cache, &[SK]);
+    assert!(holding.is_empty(), "the secret in cache files: {holding:?}");
     assert!(
         log.contains("the credential files") && log.contains("akId"),
         "the log names where the keys came from: {log}"
@@ -421,6 +448,18 @@ async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
     ] {
         assert!(!log.contains(secret), "{secret} reached the log");
     }
+    // Nor any file the node wrote in the cache directory (its log, status, principals,
+    // entries, checkpoints).
+    let holding = files_holding(
+        &cache,
+        &[
+            "first-secret",
+            "first-token",
+            "second-secret",
+            "second-token",
+        ],
+    );
+    assert!(holding.is_empty(), "secrets in cache files: {holding:?}");
 }
 
 /// Kubelet sends one SIGTERM and, after the grace period, SIGKILL: a mount an application
