@@ -159,7 +159,45 @@ const REFUSED_FLAGS: &[(&str, &str)] = &[
         "session_token",
         "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
     ),
+    (
+        "credentials_dir",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "access_key_id_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "access_key_secret_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "session_token_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "profile",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "log_level",
+        "it sets the whole fuse container's log: put --log-level on the `ossmount fluid` command in the ThinRuntimeProfile",
+    ),
 ];
+
+/// An option's name as it is merged and reported: `url` is the endpoint (as
+/// alibaba-cloud-csi-driver calls it), and `cache_size` is `cache-size`, so the same option
+/// from `runtimeOptions` and a mount's `options` under two spellings is one option, the
+/// mount's.
+fn option_name(name: &str) -> String {
+    if KEY_OPTIONS.contains(&name) {
+        return name.to_string();
+    }
+    match name {
+        "url" => "endpoint".to_string(),
+        n => n.replace('_', "-"),
+    }
+}
 
 /// The mount flags (and global ones) by underscore name, with whether each takes a value.
 fn flag_table() -> Vec<(String, bool)> {
@@ -239,8 +277,13 @@ pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMou
                 other.mountpoint.display()
             ));
         }
-        let mut options = config.runtime_options.clone();
-        options.extend(m.options.clone());
+        // Normalised before they are merged, so the mount's value wins whatever its spelling.
+        let options: BTreeMap<String, String> = config
+            .runtime_options
+            .iter()
+            .chain(&m.options)
+            .map(|(k, v)| (option_name(k), v.clone()))
+            .collect();
         let (mount_flags, keys) = options_to_flags(&options, &flags, default_cache)
             .map_err(|e| format!("{what}: {e}"))?;
         planned.push(PlannedMount {
@@ -372,6 +415,16 @@ fn options_to_flags(
         ]);
     }
     let get = |k: &str| options.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let has_keys = KEY_OPTIONS.iter().any(|k| get(k).is_some());
+    if has_keys
+        && options
+            .get("anonymous")
+            .is_some_and(|v| v.trim() != "false")
+    {
+        return Err(
+            "option \"anonymous\" would drop the keys akId/akSecret/stsToken also given: use one or the other".into(),
+        );
+    }
     let keys = match (get("akId"), get("akSecret"), get("stsToken")) {
         (None, None, None) => Keys::Chain,
         (Some(id), Some(secret), token) => {
@@ -645,5 +698,57 @@ mod tests {
         // Sharing a leading part of a name is no overlap.
         let ok = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/a/","name":"a"},{"mountPoint":"oss://bkt/b/","name":"ab"}],"targetPath":"/t"}"#).unwrap();
         assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn one_option_under_two_spellings_is_the_mounts() {
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"cache_size":"2GiB","endpoint":"http://mount:1"}}],"runtimeOptions":{"cache-size":"1GiB","url":"http://runtime:1"},"targetPath":"/t"}"#).unwrap();
+        assert_eq!(
+            plan[0].flags[..4],
+            ["--cache-size", "2GiB", "--endpoint", "http://mount:1"]
+        );
+        assert_eq!(
+            plan[0]
+                .flags
+                .iter()
+                .filter(|f| *f == "--cache-size")
+                .count(),
+            1
+        );
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"url":"http://mount:1"}}],"runtimeOptions":{"endpoint":"http://runtime:1"},"targetPath":"/t"}"#).unwrap();
+        assert_eq!(plan[0].flags[..2], ["--endpoint", "http://mount:1"]);
+    }
+
+    #[test]
+    fn credential_and_global_flags_are_refused_as_options() {
+        let with = |opts: &str| {
+            parse(&format!(
+                r#"{{"mounts":[{{"mountPoint":"oss://bkt/","options":{opts}}}],"targetPath":"/t"}}"#
+            ))
+        };
+        for name in [
+            "credentials-dir",
+            "access-key-id-file",
+            "access_key_secret_file",
+            "session-token-file",
+            "profile",
+        ] {
+            let err = with(&format!(r#"{{"{name}":"/x"}}"#)).unwrap_err();
+            assert!(err.contains("encryptOptions"), "{name}: {err}");
+        }
+        let err = with(r#"{"log-level":"debug"}"#).unwrap_err();
+        assert!(
+            err.contains("--log-level") && err.contains("Profile"),
+            "{err}"
+        );
+        let err =
+            with(r#"{"anonymous":"true","akId":"LTAI5t","akSecret":"s3cr3t-x"}"#).unwrap_err();
+        assert!(
+            err.contains("anonymous") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        // Anonymous alone is a public bucket: fine.
+        let flags = &with(r#"{"anonymous":"true"}"#).unwrap()[0].flags;
+        assert!(flags.contains(&"--anonymous".to_string()), "{flags:?}");
     }
 }
