@@ -58,8 +58,8 @@ fn mount_command(
     match &p.keys {
         Keys::Values { id, secret, token } => {
             conn.access_key_id = Some(id.clone());
-            conn.access_key_secret = Some(secret.clone());
-            conn.session_token = token.clone();
+            conn.access_key_secret = Some(secret.expose().to_string());
+            conn.session_token = token.as_ref().map(|t| t.expose().to_string());
             conn.credentials_dir = None;
         }
         Keys::Files { .. } => {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde::Deserialize;
 
-use ossmount::oss::OssUrl;
+use ossmount::oss::{OssUrl, Secret};
 
 /// Where Fluid writes the config.
 pub const DEFAULT_CONFIG: &str = "/etc/fluid/config/config.json";
@@ -55,8 +55,9 @@ pub fn default_cache_dir_from_env() -> PathBuf {
 const FLUID_SECRETS: &str = "/etc/fluid/secrets/";
 
 /// The JSON Fluid writes (`pkg/ddc/thin` `Config`); fields ossmount has no use for
-/// (`persistentVolumeAttrs`, `persistentVolumeMountOptions`) are ignored.
-#[derive(Deserialize, Debug)]
+/// (`persistentVolumeAttrs`, `persistentVolumeMountOptions`) are ignored. No `Debug`: the
+/// options may hold the keys themselves.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluidConfig {
     #[serde(default)]
@@ -70,7 +71,8 @@ pub struct FluidConfig {
 }
 
 /// One of the Dataset's `mounts` (Fluid's `Mount`), its secret options already resolved.
-#[derive(Deserialize, Debug)]
+/// No `Debug`: its options may hold the keys themselves.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluidMount {
     pub mount_point: String,
@@ -100,8 +102,8 @@ pub enum Keys {
     /// The values themselves (Fluid's secret config storage). Never put on a command line.
     Values {
         id: String,
-        secret: String,
-        token: Option<String>,
+        secret: Secret,
+        token: Option<Secret>,
     },
 }
 
@@ -449,7 +451,7 @@ fn options_to_flags(
                 },
                 (SecretOption::Value(id), SecretOption::Value(secret), None) => Keys::Values {
                     id,
-                    secret,
+                    secret: Secret::new(secret),
                     token: None,
                 },
                 (
@@ -458,8 +460,8 @@ fn options_to_flags(
                     Some(SecretOption::Value(token)),
                 ) => Keys::Values {
                     id,
-                    secret,
-                    token: Some(token),
+                    secret: Secret::new(secret),
+                    token: Some(Secret::new(token)),
                 },
                 // Never quoted: one of them is a secret.
                 _ => return Err("akId, akSecret and stsToken must all be files Fluid mounted from Secrets (paths under /etc/fluid/secrets/), or all values; some of them are files and some are not (a file missing?)".into()),
@@ -568,7 +570,7 @@ mod tests {
             values[0].keys,
             Keys::Values {
                 id: "LTAI5t".into(),
-                secret: "s3cr3t/+x".into(),
+                secret: Secret::new("s3cr3t/+x"),
                 token: None
             }
         );
@@ -750,5 +752,17 @@ mod tests {
         // Anonymous alone is a public bucket: fine.
         let flags = &with(r#"{"anonymous":"true"}"#).unwrap()[0].flags;
         assert!(flags.contains(&"--anonymous".to_string()), "{flags:?}");
+    }
+
+    #[test]
+    fn a_planned_mount_prints_no_secret_value() {
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"akId":"LTAI5t","akSecret":"s3cr3t-x","stsToken":"t0ken-y"}}],"targetPath":"/t"}"#).unwrap();
+        let printed = format!("{:?}", plan[0]);
+        assert!(
+            printed.contains("LTAI5t")
+                && !printed.contains("s3cr3t-x")
+                && !printed.contains("t0ken-y"),
+            "{printed}"
+        );
     }
 }
