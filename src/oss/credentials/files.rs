@@ -281,6 +281,19 @@ impl RotatingFiles {
             return;
         }
         match self.files.read() {
+            Ok((held, _))
+                if self.files.optional_extras
+                    && state.held.credentials.security_token.is_some()
+                    && held.credentials.security_token.is_none() =>
+            {
+                // A directory that held STS keys lost its token: a rotation writing file by
+                // file, not long-term keys. The current keys stay until the token is back
+                // (the stamp is not taken, so the next look reads again).
+                tracing::info!(
+                    source = %self.files.source,
+                    "the credential files have no SecurityToken for the moment (a rotation in progress): the current keys stay in use"
+                );
+            }
             Ok((held, stamp)) => {
                 state.reloads += 1;
                 tracing::info!(
@@ -449,6 +462,33 @@ mod tests {
         // The same keys at the same path: one principal.
         let again = RotatingFiles::open(CredentialFiles::in_dir(&dir_a)).unwrap();
         assert_eq!(first.principal(), again.principal());
+    }
+
+    #[test]
+    fn a_token_missing_for_a_moment_is_a_rotation_not_long_term_keys() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = keys_dir(t.path(), 1, None);
+        let p = RotatingFiles::with_check_interval(CredentialFiles::in_dir(&dir), Duration::ZERO)
+            .unwrap();
+        assert_eq!(id(&p, false), "STS.id-1");
+        // A rotation writing file by file: the token removed, the new id written.
+        std::fs::remove_file(dir.join("SecurityToken")).unwrap();
+        std::fs::write(dir.join("AccessKeyId"), "STS.id-2").unwrap();
+        std::fs::write(dir.join("AccessKeySecret"), "secret-2").unwrap();
+        let held = p.current(true);
+        assert_eq!(held.access_key_id, "STS.id-1");
+        assert_eq!(
+            held.security_token.as_ref().map(Secret::expose),
+            Some("token-1")
+        );
+        // The token is back: the new set is taken.
+        std::fs::write(dir.join("SecurityToken"), "token-2").unwrap();
+        let held = p.current(true);
+        assert_eq!(held.access_key_id, "STS.id-2");
+        assert_eq!(
+            held.security_token.as_ref().map(Secret::expose),
+            Some("token-2")
+        );
     }
 
     #[test]
