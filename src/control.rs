@@ -148,14 +148,16 @@ fn serve_with_limits(
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let (stop, stopped) = oneshot::channel();
+    let cache_dir = Arc::new(cache_dir.to_path_buf());
     let task = tokio::spawn(async move {
         let mut requests = JoinSet::new();
         let on_connection = |(conn, _)| {
             // Forget the requests that have ended, so the set holds only running ones.
             while requests.try_join_next().is_some() {}
             let served = served.clone();
+            let cache_dir = cache_dir.clone();
             requests.spawn(async move {
-                if let Err(e) = handle(conn, served, limits).await {
+                if let Err(e) = handle(conn, served, limits, &cache_dir).await {
                     tracing::warn!("control connection: {e}");
                 }
             });
@@ -178,12 +180,33 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::R
     w.write_all(&line).await
 }
 
+/// Why a command on `conn` may not mount through this node: it runs in another mount
+/// namespace (another pod or container), where this node could neither see its mount point
+/// nor would it outlive this node's namespace. `None` when it shares this node's.
+fn foreign_mount_namespace(conn: &UnixStream, cache_dir: &Path) -> Option<String> {
+    let pid = conn.peer_cred().ok()?.pid()?;
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    // The peer's namespace unreadable (it is gone): nothing to mount for anyway.
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+    (theirs != ours).then(|| {
+        format!(
+            "the node serving the cache directory {} runs in another mount namespace (another pod or container) than this command, and could not mount there; give each mount namespace its own cache directory (--cache-dir; ossmount fluid uses one per runtime)",
+            cache_dir.display()
+        )
+    })
+}
+
 async fn handle(
     conn: UnixStream,
     served: Arc<dyn Served>,
     limits: RequestLimits,
+    cache_dir: &Path,
 ) -> std::io::Result<()> {
     let (req, fd, rest) = read_request(&conn, limits).await;
+    let foreign = match &req {
+        Ok(Request::Mount { .. }) => foreign_mount_namespace(&conn, cache_dir),
+        _ => None,
+    };
     let (r, mut w) = conn.into_split();
     let req = match req {
         Ok(req) => req,
@@ -191,6 +214,10 @@ async fn handle(
     };
     let (bucket, prefix, objects) = match req {
         Request::Mount { spec, foreground } => {
+            if let Some(why) = foreign {
+                tracing::warn!("a mount request refused: {why}");
+                return send(&mut w, &Reply::Error(why)).await;
+            }
             // A client sends nothing more before its mount is answered.
             if !rest.is_empty() {
                 let msg = "nothing may follow a mount request before its answer".to_string();

@@ -146,6 +146,31 @@ impl Drop for Fluid {
     }
 }
 
+/// Every regular file under `dir` (recursively) that holds one of `secrets`.
+fn files_holding(dir: &Path, secrets: &[&str]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let kind = e.file_type().unwrap();
+            if kind.is_dir() {
+                todo.push(e.path());
+            } else if kind.is_file() {
+                seen += 1;
+                let bytes = std::fs::read(e.path()).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                if secrets.iter().any(|s| text.contains(s)) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "no files under {} to look at", dir.display());
+    found
+}
+
 fn read_all(path: PathBuf) -> impl std::future::Future<Output = Vec<u8>> {
     fs_op(Duration::from_secs(60), move || {
         std::fs::read(path).unwrap()
@@ -226,6 +251,8 @@ async fn fluid_mounts_its_dataset_at_target_path_as_fuse_ossmount_and_ends_on_si
     assert!(!is_mounted(&target), "still mounted after SIGTERM");
     let log = fluid.log_text();
     assert!(!log.contains(SK), "the secret reached the log: {log}");
+    let holding = files_holding(&cache, &[SK]);
+    assert!(holding.is_empty(), "the secret in cache files: {holding:?}");
     assert!(
         log.contains("the credential files") && log.contains("akId"),
         "the log names where the keys came from: {log}"
@@ -407,7 +434,10 @@ async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
     assert!(st.success(), "exit {st:?}: {}", fluid.log_text());
     let log = fluid.log_text();
     assert!(
-        log.contains("credential files changed") && log.contains("STS.second"),
+        log.contains("credential files changed")
+            && log.contains("STS.***")
+            && !log.contains("STS.second")
+            && !log.contains("STS.first"),
         "{log}"
     );
     for secret in [
@@ -418,4 +448,119 @@ async fn a_secret_kubelet_rotates_reaches_the_running_fluid_mount() {
     ] {
         assert!(!log.contains(secret), "{secret} reached the log");
     }
+    // Nor any file the node wrote in the cache directory (its log, status, principals,
+    // entries, checkpoints).
+    let holding = files_holding(
+        &cache,
+        &[
+            "first-secret",
+            "first-token",
+            "second-secret",
+            "second-token",
+        ],
+    );
+    assert!(holding.is_empty(), "secrets in cache files: {holding:?}");
+}
+
+/// Kubelet sends one SIGTERM and, after the grace period, SIGKILL: a mount an application
+/// still holds a file of must not wait for a second signal. It is detached after a short
+/// wait, the command exits 0, mountinfo no longer lists it, and the open file still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_detaches_a_busy_fluid_mount_and_exits_0_with_the_open_file_still_reading() {
+    require_fuse();
+    let s = Server::start().await;
+    let data = ossmount::sample::bytes(11, 1 << 20);
+    s.put("busy/held.bin", &data);
+    let base = s.scratch.path();
+    let target = base.join("thin-fuse");
+    let cache = base.join("cache");
+    let config = serde_json::json!({
+        "mounts": [{
+            "mountPoint": format!("oss://{BUCKET}/busy/"),
+            "name": "busy",
+            "options": {"url": s.emu.endpoint(), "region": "cn-hangzhou", "akId": AK, "akSecret": SK},
+        }],
+        "targetPath": target,
+        "runtimeOptions": {"cache-dir": cache},
+    });
+    let config_path = base.join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let mut fluid = Fluid::start(&config_path, &cache, vec![target.clone()]);
+    let held = fs_op(Duration::from_secs(30), {
+        let p = target.join("held.bin");
+        move || std::fs::File::open(p).unwrap()
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let status = fluid.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "exit {status:?}: {}", fluid.log_text());
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM took {took:?} to end a busy mount"
+    );
+    assert_eq!(
+        mountinfo_fstype(&target),
+        None,
+        "the busy mount is still in mountinfo: {}",
+        fluid.log_text()
+    );
+    let read = fs_op(Duration::from_secs(30), move || {
+        use std::io::Read;
+        let mut held = held;
+        let mut got = Vec::new();
+        held.read_to_end(&mut got).map(|_| got)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the open file of a detached mount failed: {e}"));
+    assert!(read == data, "the open file read other bytes");
+}
+
+/// Fluid writes `mounts: []` for a Dataset mounted dynamically: the fuse container must
+/// stay up (not crash-loop), mount nothing, and end with exit 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_with_no_mounts_waits_for_sigterm_and_exits_0() {
+    let s = Server::start().await;
+    let base = s.scratch.path();
+    let target = base.join("thin-fuse");
+    let config_path = base.join("config.json");
+    let config = serde_json::json!({"mounts": [], "targetPath": target});
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let log = base.join("fluid.log");
+    let mut child = Command::new(bin())
+        .args(["fluid", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let waiting = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("no mounts")
+    });
+    let early = child.try_wait().unwrap();
+    if early.is_some() || !waiting {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        early.is_none(),
+        "it ended without SIGTERM: {early:?}: {text}"
+    );
+    assert!(waiting, "it never said it waits: {text}");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_within(
+        &mut child,
+        Duration::from_secs(20),
+        "ossmount fluid, no mounts",
+    );
+    assert!(status.success(), "exit {status:?}");
+    assert!(!target.exists(), "nothing mounted or made");
 }

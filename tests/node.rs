@@ -411,3 +411,47 @@ async fn an_unmount_never_takes_down_another_filesystem_mounted_in_its_place() {
     );
     drop(held);
 }
+
+/// A node serves the mount namespace it runs in: a command from another one (another pod
+/// or container sharing the cache directory by a hostPath) is refused with a message naming
+/// the cache directory, starts no second node (the cache lock stays the first node's),
+/// mounts nothing, and the node's own mount goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_in_another_mount_namespace_is_refused_and_the_node_goes_on() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("ns/a.txt", b"served in the node's namespace");
+    let (mnt, cache) = dirs(&s, "ns");
+    let first = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let node_pid = first.node_pid().expect("the node's pid");
+    let other = mnt.with_file_name("other-mnt");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = refused_mount(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private"])
+            .arg(bin())
+            .args(["mount", &url()])
+            .arg(&other)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--foreground")
+            .envs(s.env()),
+        &other,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another mount namespace") && err.contains(cache.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!is_mounted(&other), "mounted anyway");
+    assert_eq!(
+        first.node_pid(),
+        Some(node_pid),
+        "a second node took the cache"
+    );
+    assert_eq!(status_mounts(&cache), [mnt.display().to_string()]);
+    assert_eq!(
+        read(mnt.join("ns/a.txt")).await,
+        b"served in the node's namespace"
+    );
+}

@@ -1,7 +1,8 @@
 //! `ossmount fluid [--config /etc/fluid/config/config.json]`: the fuse container of a Fluid
 //! ThinRuntime. Reads the config Fluid writes (`fluid_config`), mounts each of its mounts
 //! in the foreground through the node of their cache directory (the same way as
-//! `ossmount mount --foreground`), and ends with exit 0, unmounted, on SIGTERM. Wiring
+//! `ossmount mount --foreground`), and ends with exit 0, unmounted, on SIGTERM (a busy
+//! mount detached after a few seconds, since kubelet sends no second signal). Wiring
 //! only: the parsing is `fluid_config`'s, the mounting `mount`'s.
 
 use std::path::PathBuf;
@@ -13,6 +14,9 @@ use clap::FromArgMatches;
 use super::fluid_config::{self, Keys, PlannedMount};
 use super::mount::{self, Signals};
 use super::{Cli, Command};
+
+/// How long a busy mount has after SIGTERM to be unmounted before it is detached.
+const DETACH_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(clap::Args)]
 pub struct FluidArgs {
@@ -54,8 +58,8 @@ fn mount_command(
     match &p.keys {
         Keys::Values { id, secret, token } => {
             conn.access_key_id = Some(id.clone());
-            conn.access_key_secret = Some(secret.clone());
-            conn.session_token = token.clone();
+            conn.access_key_secret = Some(secret.expose().to_string());
+            conn.session_token = token.as_ref().map(|t| t.expose().to_string());
             conn.credentials_dir = None;
         }
         Keys::Files { .. } => {
@@ -103,6 +107,19 @@ pub fn run(
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if planned.is_empty() {
+        // Fluid writes no mounts for a Dataset mounted dynamically later: this pod has
+        // nothing to serve, and must not crash-loop over it.
+        eprintln!(
+            "ossmount fluid: {} asks for no mounts; waiting for SIGTERM",
+            a.config.display()
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        signals.forward(rt, vec![tx]);
+        rt.block_on(rx.recv());
+        eprintln!("ossmount fluid: SIGTERM with no mounts: done");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut joined = Vec::new();
     for (p, (conn, m)) in planned.iter().zip(&commands) {
         let made = prepare_mountpoint(&p.mountpoint)
@@ -136,7 +153,10 @@ pub fn run(
             (tx, async move { j.wait(&mut rx).await })
         })
         .unzip();
-    signals.forward(rt, senders);
+    // Kubelet sends one SIGTERM, then SIGKILL after the grace period: a mount still busy
+    // (an application holds a file open) is detached after a short wait rather than left
+    // dead by the kill. The detached mount serves its open files while the node lives.
+    signals.forward_escalating(rt, senders, Some(DETACH_AFTER));
     let ended = rt.block_on(futures_util::future::join_all(waits));
     let failed: Vec<String> = ended.into_iter().filter_map(Result::err).collect();
     if !failed.is_empty() {

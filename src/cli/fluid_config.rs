@@ -17,19 +17,47 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde::Deserialize;
 
-use ossmount::oss::OssUrl;
+use ossmount::oss::{OssUrl, Secret};
 
 /// Where Fluid writes the config.
 pub const DEFAULT_CONFIG: &str = "/etc/fluid/config/config.json";
-/// The cache directory unless the options name one: one node and one cache for every
-/// mount of the fuse pod (the profile mounts a hostPath here so it outlives the pod).
+/// The root of the cache directories unless the options name one (the profile mounts a
+/// hostPath here so caches outlive their pods). Each runtime gets its own directory under
+/// it (`default_cache_dir`): a node server serves the mounts of one fuse pod only, since
+/// each fuse pod has its own mount namespace and sees only its own target path.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ossmount";
+/// The environment Fluid's thin runtime chart sets in the fuse container
+/// (`charts/thin/templates/fuse/daemonset.yaml`): the runtime's namespace and name.
+const RUNTIME_NS_ENV: &str = "FLUID_RUNTIME_NS";
+const RUNTIME_NAME_ENV: &str = "FLUID_RUNTIME_NAME";
+
+/// The cache directory of a fuse pod whose options name none:
+/// `/var/cache/ossmount/<runtime namespace>/<runtime name>` when Fluid said which runtime
+/// this is (one node, one cache per runtime), else `/var/cache/ossmount`.
+pub fn default_cache_dir(runtime_ns: Option<&str>, runtime_name: Option<&str>) -> PathBuf {
+    let plain =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+    match (runtime_ns, runtime_name) {
+        (Some(ns), Some(name)) if plain(ns) && plain(name) => {
+            Path::new(DEFAULT_CACHE_DIR).join(ns).join(name)
+        }
+        _ => PathBuf::from(DEFAULT_CACHE_DIR),
+    }
+}
+
+/// `default_cache_dir` from this process's environment.
+pub fn default_cache_dir_from_env() -> PathBuf {
+    let ns = std::env::var(RUNTIME_NS_ENV).ok();
+    let name = std::env::var(RUNTIME_NAME_ENV).ok();
+    default_cache_dir(ns.as_deref(), name.as_deref())
+}
 /// Where Fluid mounts Secrets named by `encryptOptions`; a value under it is a file path.
 const FLUID_SECRETS: &str = "/etc/fluid/secrets/";
 
 /// The JSON Fluid writes (`pkg/ddc/thin` `Config`); fields ossmount has no use for
-/// (`persistentVolumeAttrs`, `persistentVolumeMountOptions`) are ignored.
-#[derive(Deserialize, Debug)]
+/// (`persistentVolumeAttrs`, `persistentVolumeMountOptions`) are ignored. No `Debug`: the
+/// options may hold the keys themselves.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluidConfig {
     #[serde(default)]
@@ -43,7 +71,8 @@ pub struct FluidConfig {
 }
 
 /// One of the Dataset's `mounts` (Fluid's `Mount`), its secret options already resolved.
-#[derive(Deserialize, Debug)]
+/// No `Debug`: its options may hold the keys themselves.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluidMount {
     pub mount_point: String,
@@ -73,8 +102,8 @@ pub enum Keys {
     /// The values themselves (Fluid's secret config storage). Never put on a command line.
     Values {
         id: String,
-        secret: String,
-        token: Option<String>,
+        secret: Secret,
+        token: Option<Secret>,
     },
 }
 
@@ -101,7 +130,7 @@ pub fn load(path: &Path) -> Result<Vec<PlannedMount>, String> {
             path.display()
         )
     })?;
-    plan(&config)
+    plan(&config, &default_cache_dir_from_env())
 }
 
 /// The credential options, by the names alibaba-cloud-csi-driver uses for its Secrets.
@@ -132,7 +161,45 @@ const REFUSED_FLAGS: &[(&str, &str)] = &[
         "session_token",
         "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
     ),
+    (
+        "credentials_dir",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "access_key_id_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "access_key_secret_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "session_token_file",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "profile",
+        "keys come from a Secret: use akId/akSecret/stsToken in encryptOptions",
+    ),
+    (
+        "log_level",
+        "it sets the whole fuse container's log: put --log-level on the `ossmount fluid` command in the ThinRuntimeProfile",
+    ),
 ];
+
+/// An option's name as it is merged and reported: `url` is the endpoint (as
+/// alibaba-cloud-csi-driver calls it), and `cache_size` is `cache-size`, so the same option
+/// from `runtimeOptions` and a mount's `options` under two spellings is one option, the
+/// mount's.
+fn option_name(name: &str) -> String {
+    if KEY_OPTIONS.contains(&name) {
+        return name.to_string();
+    }
+    match name {
+        "url" => "endpoint".to_string(),
+        n => n.replace('_', "-"),
+    }
+}
 
 /// The mount flags (and global ones) by underscore name, with whether each takes a value.
 fn flag_table() -> Vec<(String, bool)> {
@@ -150,10 +217,12 @@ fn flag_table() -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Plans every mount of `config`.
-pub fn plan(config: &FluidConfig) -> Result<Vec<PlannedMount>, String> {
+/// Plans every mount of `config`, in `default_cache` unless its options name a cache
+/// directory. No mounts (what Fluid writes for a Dataset whose mounts come later, by
+/// dynamic mounting) plans nothing.
+pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMount>, String> {
     if config.mounts.is_empty() {
-        return Err("the Fluid config has no mounts: the Dataset needs at least one mountPoint such as oss://bucket/prefix/".into());
+        return Ok(Vec::new());
     }
     if config.target_path.is_empty() || !config.target_path.starts_with('/') {
         return Err(format!(
@@ -198,10 +267,27 @@ pub fn plan(config: &FluidConfig) -> Result<Vec<PlannedMount>, String> {
                 mountpoint.display()
             ));
         }
-        let mut options = config.runtime_options.clone();
-        options.extend(m.options.clone());
-        let (mount_flags, keys) =
-            options_to_flags(&options, &flags).map_err(|e| format!("{what}: {e}"))?;
+        // One mount inside another would hide it, or be hidden (Path::starts_with compares
+        // whole components: /t/a does not contain /t/ab).
+        if let Some(other) = planned.iter().find(|p| {
+            p.mountpoint.starts_with(&mountpoint) || mountpoint.starts_with(&p.mountpoint)
+        }) {
+            return Err(format!(
+                "{what} at {} and mount {:?} at {} overlap (one is inside the other): give them paths side by side",
+                mountpoint.display(),
+                other.name,
+                other.mountpoint.display()
+            ));
+        }
+        // Normalised before they are merged, so the mount's value wins whatever its spelling.
+        let options: BTreeMap<String, String> = config
+            .runtime_options
+            .iter()
+            .chain(&m.options)
+            .map(|(k, v)| (option_name(k), v.clone()))
+            .collect();
+        let (mount_flags, keys) = options_to_flags(&options, &flags, default_cache)
+            .map_err(|e| format!("{what}: {e}"))?;
         planned.push(PlannedMount {
             name: m.name.clone(),
             url,
@@ -273,9 +359,13 @@ fn secret_option(value: &str) -> SecretOption {
 fn options_to_flags(
     options: &BTreeMap<String, String>,
     flags: &[(String, bool)],
+    default_cache: &Path,
 ) -> Result<(Vec<String>, Keys), String> {
     let mut out = Vec::new();
     let mut cache_dir = false;
+    // On unless an option turns it off: the fuse container mounts as root (no fuse.conf
+    // needed), and the applications reading the Dataset seldom run as root.
+    let mut allow_other = true;
     for (name, value) in options {
         // `ro`: what Fluid says of a ReadOnlyMany Dataset; ossmount is read-only anyway.
         if KEY_OPTIONS.contains(&name.as_str()) || name == "ro" {
@@ -294,6 +384,16 @@ fn options_to_flags(
             ));
         };
         cache_dir |= flag == "cache_dir";
+        if flag == "allow_other" {
+            allow_other = matches!(value.trim(), "" | "true");
+            if !matches!(value.trim(), "" | "true" | "false") {
+                return Err(format!(
+                    "option {name:?} is a switch: give it \"true\" or \"false\", not {:?}",
+                    value.trim()
+                ));
+            }
+            continue;
+        }
         let dashed = format!("--{}", flag.replace('_', "-"));
         match (takes_value, value.trim()) {
             (true, "") => return Err(format!("option {name:?} needs a value")),
@@ -307,10 +407,26 @@ fn options_to_flags(
             }
         }
     }
+    if allow_other {
+        out.push("--allow-other".to_string());
+    }
     if !cache_dir {
-        out.extend(["--cache-dir".to_string(), DEFAULT_CACHE_DIR.to_string()]);
+        out.extend([
+            "--cache-dir".to_string(),
+            default_cache.display().to_string(),
+        ]);
     }
     let get = |k: &str| options.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let has_keys = KEY_OPTIONS.iter().any(|k| get(k).is_some());
+    if has_keys
+        && options
+            .get("anonymous")
+            .is_some_and(|v| v.trim() != "false")
+    {
+        return Err(
+            "option \"anonymous\" would drop the keys akId/akSecret/stsToken also given: use one or the other".into(),
+        );
+    }
     let keys = match (get("akId"), get("akSecret"), get("stsToken")) {
         (None, None, None) => Keys::Chain,
         (Some(id), Some(secret), token) => {
@@ -335,7 +451,7 @@ fn options_to_flags(
                 },
                 (SecretOption::Value(id), SecretOption::Value(secret), None) => Keys::Values {
                     id,
-                    secret,
+                    secret: Secret::new(secret),
                     token: None,
                 },
                 (
@@ -344,8 +460,8 @@ fn options_to_flags(
                     Some(SecretOption::Value(token)),
                 ) => Keys::Values {
                     id,
-                    secret,
-                    token: Some(token),
+                    secret: Secret::new(secret),
+                    token: Some(Secret::new(token)),
                 },
                 // Never quoted: one of them is a secret.
                 _ => return Err("akId, akSecret and stsToken must all be files Fluid mounted from Secrets (paths under /etc/fluid/secrets/), or all values; some of them are files and some are not (a file missing?)".into()),
@@ -363,7 +479,7 @@ mod tests {
 
     fn parse(json: &str) -> Result<Vec<PlannedMount>, String> {
         let config: FluidConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        plan(&config)
+        plan(&config, Path::new(DEFAULT_CACHE_DIR))
     }
 
     /// What Fluid's thin engine writes for a Dataset with one OSS mount whose keys come
@@ -387,6 +503,7 @@ mod tests {
                 "20GiB",
                 "--endpoint",
                 "oss-cn-hangzhou-internal.aliyuncs.com",
+                "--allow-other",
                 "--cache-dir",
                 DEFAULT_CACHE_DIR
             ]
@@ -422,7 +539,7 @@ mod tests {
         );
         assert_eq!(plan[0].url, "oss://bkt1/a/", "a prefix is a directory");
         assert_eq!(plan[2].url, "oss://bkt2/");
-        assert_eq!(plan[2].flags, ["--allow-other", "--cache-dir", "/cache"]);
+        assert_eq!(plan[2].flags, ["--cache-dir", "/cache", "--allow-other"]);
         assert_eq!(plan[2].keys, Keys::Chain);
     }
 
@@ -453,7 +570,7 @@ mod tests {
             values[0].keys,
             Keys::Values {
                 id: "LTAI5t".into(),
-                secret: "s3cr3t/+x".into(),
+                secret: Secret::new("s3cr3t/+x"),
                 token: None
             }
         );
@@ -500,8 +617,6 @@ mod tests {
         let err =
             parse(r#"{"mounts":[{"mountPoint":"s3://bkt/"}],"targetPath":"/t"}"#).unwrap_err();
         assert!(err.contains("oss://bucket/"), "{err}");
-        let err = parse(r#"{"mounts":[],"targetPath":"/t"}"#).unwrap_err();
-        assert!(err.contains("no mounts"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/"}]}"#).unwrap_err();
         assert!(err.contains("targetPath"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/"}],"targetPath":"/t","accessModes":["ReadWriteMany"]}"#).unwrap_err();
@@ -512,5 +627,142 @@ mod tests {
         assert!(err.contains("plain directory"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt-a/","encryptOptions":[{"name":"akId","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}],"targetPath":"/t"}"#).unwrap_err();
         assert!(err.contains("encryptOptions"), "{err}");
+    }
+
+    #[test]
+    fn each_runtime_gets_its_own_cache_directory_by_default() {
+        assert_eq!(
+            default_cache_dir(Some("team-a"), Some("train")),
+            Path::new("/var/cache/ossmount/team-a/train")
+        );
+        for (ns, name) in [
+            (None, Some("train")),
+            (Some("team-a"), None),
+            (Some(".."), Some("train")),
+            (Some("a/b"), Some("train")),
+            (Some("team-a"), Some("")),
+        ] {
+            assert_eq!(
+                default_cache_dir(ns, name),
+                Path::new(DEFAULT_CACHE_DIR),
+                "{ns:?} {name:?}"
+            );
+        }
+        let config: FluidConfig =
+            serde_json::from_str(r#"{"mounts":[{"mountPoint":"oss://bkt/"}],"targetPath":"/t"}"#)
+                .unwrap();
+        let planned = plan(&config, Path::new("/var/cache/ossmount/ns/rt")).unwrap();
+        assert!(
+            planned[0]
+                .flags
+                .ends_with(&["--cache-dir".into(), "/var/cache/ossmount/ns/rt".into()]),
+            "{:?}",
+            planned[0].flags
+        );
+    }
+
+    #[test]
+    fn allow_other_is_on_unless_an_option_turns_it_off() {
+        let flags = |opts: &str| {
+            parse(&format!(
+                r#"{{"mounts":[{{"mountPoint":"oss://bkt/","options":{opts}}}],"targetPath":"/t"}}"#
+            ))
+            .map(|p| p[0].flags.clone())
+        };
+        assert!(flags("{}").unwrap().contains(&"--allow-other".into()));
+        assert!(flags(r#"{"allow-other":"true"}"#)
+            .unwrap()
+            .contains(&"--allow-other".into()));
+        assert!(!flags(r#"{"allow_other":"false"}"#)
+            .unwrap()
+            .contains(&"--allow-other".into()));
+        let err = flags(r#"{"allow-other":"no"}"#).unwrap_err();
+        assert!(err.contains("switch"), "{err}");
+    }
+
+    #[test]
+    fn a_config_with_no_mounts_plans_nothing() {
+        assert!(parse(r#"{"mounts":[],"targetPath":"/t"}"#)
+            .unwrap()
+            .is_empty());
+        assert!(parse(r#"{"mounts":[]}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn mount_points_inside_one_another_are_refused_by_name() {
+        let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/a/","name":"a"},{"mountPoint":"oss://bkt/b/","name":"inner","path":"/a/b"}],"targetPath":"/t"}"#).unwrap_err();
+        assert!(
+            err.contains("overlap") && err.contains("\"inner\"") && err.contains("\"a\""),
+            "{err}"
+        );
+        let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/b/","name":"inner","path":"/a/b"},{"mountPoint":"oss://bkt/a/","name":"a"}],"targetPath":"/t"}"#).unwrap_err();
+        assert!(err.contains("overlap"), "{err}");
+        // Sharing a leading part of a name is no overlap.
+        let ok = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/a/","name":"a"},{"mountPoint":"oss://bkt/b/","name":"ab"}],"targetPath":"/t"}"#).unwrap();
+        assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn one_option_under_two_spellings_is_the_mounts() {
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"cache_size":"2GiB","endpoint":"http://mount:1"}}],"runtimeOptions":{"cache-size":"1GiB","url":"http://runtime:1"},"targetPath":"/t"}"#).unwrap();
+        assert_eq!(
+            plan[0].flags[..4],
+            ["--cache-size", "2GiB", "--endpoint", "http://mount:1"]
+        );
+        assert_eq!(
+            plan[0]
+                .flags
+                .iter()
+                .filter(|f| *f == "--cache-size")
+                .count(),
+            1
+        );
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"url":"http://mount:1"}}],"runtimeOptions":{"endpoint":"http://runtime:1"},"targetPath":"/t"}"#).unwrap();
+        assert_eq!(plan[0].flags[..2], ["--endpoint", "http://mount:1"]);
+    }
+
+    #[test]
+    fn credential_and_global_flags_are_refused_as_options() {
+        let with = |opts: &str| {
+            parse(&format!(
+                r#"{{"mounts":[{{"mountPoint":"oss://bkt/","options":{opts}}}],"targetPath":"/t"}}"#
+            ))
+        };
+        for name in [
+            "credentials-dir",
+            "access-key-id-file",
+            "access_key_secret_file",
+            "session-token-file",
+            "profile",
+        ] {
+            let err = with(&format!(r#"{{"{name}":"/x"}}"#)).unwrap_err();
+            assert!(err.contains("encryptOptions"), "{name}: {err}");
+        }
+        let err = with(r#"{"log-level":"debug"}"#).unwrap_err();
+        assert!(
+            err.contains("--log-level") && err.contains("Profile"),
+            "{err}"
+        );
+        let err =
+            with(r#"{"anonymous":"true","akId":"LTAI5t","akSecret":"s3cr3t-x"}"#).unwrap_err();
+        assert!(
+            err.contains("anonymous") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        // Anonymous alone is a public bucket: fine.
+        let flags = &with(r#"{"anonymous":"true"}"#).unwrap()[0].flags;
+        assert!(flags.contains(&"--anonymous".to_string()), "{flags:?}");
+    }
+
+    #[test]
+    fn a_planned_mount_prints_no_secret_value() {
+        let plan = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/","options":{"akId":"LTAI5t","akSecret":"s3cr3t-x","stsToken":"t0ken-y"}}],"targetPath":"/t"}"#).unwrap();
+        let printed = format!("{:?}", plan[0]);
+        assert!(
+            printed.contains("LTAI5t")
+                && !printed.contains("s3cr3t-x")
+                && !printed.contains("t0ken-y"),
+            "{printed}"
+        );
     }
 }

@@ -177,15 +177,41 @@ impl Signals {
 
     /// Every signal from now on, in order, to each of `to` (one per foreground mount).
     pub fn forward(
-        mut self,
+        self,
         rt: &tokio::runtime::Runtime,
         to: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
     ) {
+        self.forward_escalating(rt, to, None)
+    }
+
+    /// As `forward`, and with `detach_after`, a second notice to every mount still waiting
+    /// that long after the first signal, as if a second signal had come: a busy mount is
+    /// detached then. For a container runtime that sends one SIGTERM and then SIGKILL,
+    /// which would leave a dead mount behind.
+    pub fn forward_escalating(
+        mut self,
+        rt: &tokio::runtime::Runtime,
+        to: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
+        detach_after: Option<std::time::Duration>,
+    ) {
         rt.spawn(async move {
+            let mut first = true;
             loop {
                 tokio::select! {
                     _ = self.term.recv() => {}
                     _ = self.int.recv() => {}
+                }
+                if first {
+                    first = false;
+                    if let Some(after) = detach_after {
+                        let later = to.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            for tx in &later {
+                                let _ = tx.send(());
+                            }
+                        });
+                    }
                 }
                 // Sent to every mount still waiting; none left: nobody listens any more.
                 let sent = to.iter().filter(|tx| tx.send(()).is_ok()).count();

@@ -15,6 +15,9 @@ pub struct ServiceError {
     pub ec: String,
     /// The server's StringToSign on SignatureDoesNotMatch (safe: it holds no secret).
     pub string_to_sign: Option<String>,
+    /// `code` was made up from the status (a bodiless answer, such as HEAD's, without an
+    /// `x-oss-err` header): the service's own reason is unknown.
+    pub code_guessed: bool,
 }
 
 impl fmt::Display for ServiceError {
@@ -92,15 +95,22 @@ impl OssError {
     /// The service refused the keys themselves (unknown, expired, or not matching their
     /// token or secret): keys read from rotating files may have been replaced since.
     pub fn is_refused_keys(&self) -> bool {
-        matches!(
-            self.code(),
-            Some(
-                "InvalidAccessKeyId"
-                    | "SecurityTokenExpired"
-                    | "InvalidSecurityToken"
-                    | "SignatureDoesNotMatch"
+        // A HEAD 403 without its reason may be refused keys too: worth asking the
+        // credentials whether they changed (they answer yes only then, so a genuine denial
+        // still comes through).
+        let guessed_403 = self
+            .service()
+            .is_some_and(|s| s.status == 403 && s.code_guessed);
+        guessed_403
+            || matches!(
+                self.code(),
+                Some(
+                    "InvalidAccessKeyId"
+                        | "SecurityTokenExpired"
+                        | "InvalidSecurityToken"
+                        | "SignatureDoesNotMatch"
+                )
             )
-        )
     }
 
     /// Worth another attempt: 5xx, 408, 429 and transport failures. Never auth, not-found,
@@ -132,5 +142,21 @@ mod tests {
         let s = e.to_string();
         assert!(s.starts_with("Failed with error code: NoSuchKey; Error info: The specified key does not exist.. RequestID: 0123456789ABCDEF01234567 HostID: b.oss"), "{s}");
         assert!(s.contains("hint: the object was not found"));
+    }
+
+    #[test]
+    fn a_head_403_without_its_reason_may_be_refused_keys() {
+        let guessed = ServiceError {
+            status: 403,
+            code: "AccessDenied".into(),
+            code_guessed: true,
+            ..Default::default()
+        };
+        assert!(OssError::Service(Box::new(guessed.clone())).is_refused_keys());
+        let said = ServiceError {
+            code_guessed: false,
+            ..guessed
+        };
+        assert!(!OssError::Service(Box::new(said)).is_refused_keys());
     }
 }

@@ -112,6 +112,7 @@ pub(super) async fn error_from_response(resp: reqwest::Response, is_head: bool) 
                 code.to_string()
             };
             err.message = message.to_string();
+            err.code_guessed = matches!(status, 403 | 404 | 412 | 416);
         }
     }
     OssError::Service(Box::new(err))

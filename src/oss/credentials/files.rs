@@ -195,6 +195,8 @@ pub struct RotatingFiles {
     files: CredentialFiles,
     check_interval: Duration,
     state: Mutex<State>,
+    /// The key id the files held when opened: who signs, as far as the cache can tell.
+    first_key_id: String,
 }
 
 struct State {
@@ -222,9 +224,11 @@ impl RotatingFiles {
         check_interval: Duration,
     ) -> Result<RotatingFiles, OssError> {
         let (held, stamp) = files.read()?;
+        let first_key_id = held.credentials.access_key_id.clone();
         Ok(RotatingFiles {
             files,
             check_interval,
+            first_key_id,
             state: Mutex::new(State {
                 held,
                 stamp,
@@ -262,7 +266,7 @@ impl RotatingFiles {
             state.warned_expired = true;
             tracing::warn!(
                 source = %self.files.source,
-                access_key_id = %state.held.credentials.access_key_id,
+                access_key_id = %super::masked_key_id(&state.held.credentials.access_key_id),
                 "the credentials in the files have expired and no new ones were written; requests will be refused until they are"
             );
         }
@@ -277,11 +281,24 @@ impl RotatingFiles {
             return;
         }
         match self.files.read() {
+            Ok((held, _))
+                if self.files.optional_extras
+                    && state.held.credentials.security_token.is_some()
+                    && held.credentials.security_token.is_none() =>
+            {
+                // A directory that held STS keys lost its token: a rotation writing file by
+                // file, not long-term keys. The current keys stay until the token is back
+                // (the stamp is not taken, so the next look reads again).
+                tracing::info!(
+                    source = %self.files.source,
+                    "the credential files have no SecurityToken for the moment (a rotation in progress): the current keys stay in use"
+                );
+            }
             Ok((held, stamp)) => {
                 state.reloads += 1;
                 tracing::info!(
                     source = %self.files.source,
-                    access_key_id = %held.credentials.access_key_id,
+                    access_key_id = %super::masked_key_id(&held.credentials.access_key_id),
                     expires = ?held.expiration.map(time::iso8601_extended),
                     "credential files changed: new keys in use"
                 );
@@ -321,8 +338,11 @@ impl ProvideCredentials for RotatingFiles {
     }
 
     fn principal(&self) -> String {
-        // The keys rotate; the files stay: one principal for every set they hold.
-        self.files.source.clone()
+        // The key id, not the files' path: two tenants whose Secrets are mounted at the
+        // same path are two principals. (Hashed by the cache, as every principal is.) An
+        // STS id changes at each rotation, so a later mount of the same files may count as
+        // another principal: the cache then asks the server more often, never less.
+        format!("key {} from {}", self.first_key_id, self.files.source)
     }
 }
 
@@ -420,6 +440,55 @@ mod tests {
             "not looked at within the interval"
         );
         assert_eq!(id(&p, true), "STS.id-2", "a forced look sees it");
+    }
+
+    #[test]
+    fn the_principal_is_the_key_id_not_only_the_path() {
+        // Two tenants, their Secrets mounted at the same path (in two pods): the same
+        // source, two principals.
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b) = (keys_dir(a.path(), 1, None), keys_dir(b.path(), 2, None));
+        let first = RotatingFiles::open(CredentialFiles::in_dir(&dir_a)).unwrap();
+        let mut second = RotatingFiles::open(CredentialFiles::in_dir(&dir_b)).unwrap();
+        second.files.source = first.files.source.clone();
+        assert_eq!(first.describe(), second.describe());
+        assert_ne!(first.principal(), second.principal());
+        assert!(
+            first.principal().contains("STS.id-1"),
+            "{}",
+            first.principal()
+        );
+        // The same keys at the same path: one principal.
+        let again = RotatingFiles::open(CredentialFiles::in_dir(&dir_a)).unwrap();
+        assert_eq!(first.principal(), again.principal());
+    }
+
+    #[test]
+    fn a_token_missing_for_a_moment_is_a_rotation_not_long_term_keys() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = keys_dir(t.path(), 1, None);
+        let p = RotatingFiles::with_check_interval(CredentialFiles::in_dir(&dir), Duration::ZERO)
+            .unwrap();
+        assert_eq!(id(&p, false), "STS.id-1");
+        // A rotation writing file by file: the token removed, the new id written.
+        std::fs::remove_file(dir.join("SecurityToken")).unwrap();
+        std::fs::write(dir.join("AccessKeyId"), "STS.id-2").unwrap();
+        std::fs::write(dir.join("AccessKeySecret"), "secret-2").unwrap();
+        let held = p.current(true);
+        assert_eq!(held.access_key_id, "STS.id-1");
+        assert_eq!(
+            held.security_token.as_ref().map(Secret::expose),
+            Some("token-1")
+        );
+        // The token is back: the new set is taken.
+        std::fs::write(dir.join("SecurityToken"), "token-2").unwrap();
+        let held = p.current(true);
+        assert_eq!(held.access_key_id, "STS.id-2");
+        assert_eq!(
+            held.security_token.as_ref().map(Secret::expose),
+            Some("token-2")
+        );
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl<F: Fetch + 'static> Shared<F> {
             Ok(e) => {
                 tracing::info!(
                     source = %self.fetch.describe(),
-                    access_key_id = %e.credentials.access_key_id,
+                    access_key_id = %masked_key_id(&e.credentials.access_key_id),
                     expires = ?e.expiration.map(super::time::iso8601_extended),
                     "fetched temporary credentials"
                 );
@@ -361,3 +361,20 @@ impl<F: Fetch + 'static> ProvideCredentials for Refreshing<F> {
 
 /// A provider shared by clients.
 pub type SharedProvider = Arc<dyn ProvideCredentials>;
+
+/// An access key id as logs show it: its first 4 characters and `***`. Enough to tell a
+/// long-term key (`LTAI`) from an STS one (`STS.`), not enough to name the key.
+pub fn masked_key_id(id: &str) -> String {
+    let shown: String = id.chars().take(4).collect();
+    format!("{shown}***")
+}
+
+#[cfg(test)]
+mod masking_tests {
+    #[test]
+    fn a_logged_key_id_shows_four_characters_only() {
+        assert_eq!(super::masked_key_id("STS.second-key"), "STS.***");
+        assert_eq!(super::masked_key_id("LTAI5tAbCdEf"), "LTAI***");
+        assert_eq!(super::masked_key_id("ab"), "ab***");
+    }
+}
