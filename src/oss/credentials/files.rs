@@ -3,9 +3,10 @@
 //! such a directory behind a symlink; kubelet swaps a mounted Secret's `..data` symlink), or
 //! explicit paths of the three files (Fluid's secret options). The files are looked at again
 //! cheaply (each file's resolved path, inode, size and mtime) at most every few seconds,
-//! at every request once a known `Expiration` is near, and at once when the service refuses
-//! the keys; they are read again only when that look sees a change. Reading never stalls a
-//! request on anything but a few local `stat`s and reads, and a rotation caught half-way (the
+//! every tenth of a second once a known `Expiration` is near, and at once when the service
+//! refuses the keys; they are read again only when that look sees a change. One request
+//! looks while the others use the keys in use, so none waits on the files' I/O (but one
+//! whose keys were refused), and a rotation caught half-way (the
 //! files changed while being read, or a file missing or empty) keeps the current keys until
 //! the next look. Must not know where the files come from (flags, Fluid, CSI) nor log a
 //! secret.
@@ -187,14 +188,21 @@ pub struct Held {
 
 /// How often the files are looked at while the keys are far from expiry.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
-/// How long before a known expiry every request looks at the files.
+/// How long before a known expiry the files are looked at more often.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(180);
+/// How often they are looked at then (not at every request: a busy mount makes thousands).
+const NEAR_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The provider over rotating files.
 pub struct RotatingFiles {
     files: CredentialFiles,
     check_interval: Duration,
+    /// The keys in use and what is known of the files, locked only to read or replace
+    /// them, never across I/O.
     state: Mutex<State>,
+    /// Held by the one request looking at the files; the others meanwhile use the keys in
+    /// use (they are valid until a rotation is seen).
+    looking: Mutex<()>,
     /// The key id the files held when opened: who signs, as far as the cache can tell.
     first_key_id: String,
 }
@@ -229,6 +237,7 @@ impl RotatingFiles {
             files,
             check_interval,
             first_key_id,
+            looking: Mutex::new(()),
             state: Mutex::new(State {
                 held,
                 stamp,
@@ -245,18 +254,33 @@ impl RotatingFiles {
         self.state.lock().unwrap().reloads
     }
 
-    /// The keys to use now: looked at again when the interval has passed or expiry is near
-    /// (`force`: whatever the time).
+    /// The keys to use now. The files are looked at again when the interval has passed, a
+    /// tenth of a second apart once expiry is near, and whatever the time with `force` (the
+    /// service refused the keys). One request looks; the others use the keys in use
+    /// meanwhile, so no request waits on the files' I/O, except a forced one, which waits
+    /// for the look under way (its keys were refused: the look may have newer ones).
     fn current(&self, force: bool) -> Credentials {
-        let mut state = self.state.lock().unwrap();
         let now = Instant::now();
-        let near_expiry = state.held.expiration.is_some_and(|exp| {
-            exp.duration_since(SystemTime::now()).unwrap_or_default() <= EXPIRY_MARGIN
-        });
-        if force || near_expiry || now.duration_since(state.checked) >= self.check_interval {
-            state.checked = now;
-            self.look(&mut state);
+        let due = {
+            let state = self.state.lock().unwrap();
+            let near_expiry = state.held.expiration.is_some_and(|exp| {
+                exp.duration_since(SystemTime::now()).unwrap_or_default() <= EXPIRY_MARGIN
+            });
+            let interval = if near_expiry {
+                NEAR_EXPIRY_INTERVAL.min(self.check_interval)
+            } else {
+                self.check_interval
+            };
+            force || now.duration_since(state.checked) >= interval
+        };
+        if due {
+            match self.looking.try_lock() {
+                Ok(_looking) => self.look(now),
+                Err(_) if force => drop(self.looking.lock()),
+                Err(_) => {} // another request is looking: the keys in use serve this one
+            }
         }
+        let mut state = self.state.lock().unwrap();
         if state
             .held
             .expiration
@@ -273,14 +297,21 @@ impl RotatingFiles {
         state.held.credentials.clone()
     }
 
-    /// Reads the files again if they changed since they were last read.
-    fn look(&self, state: &mut State) {
+    /// Reads the files again if they changed since they were last read (the caller holds
+    /// `looking`; the state is locked only to compare and to replace, not while reading).
+    fn look(&self, now: Instant) {
         let stamp = self.files.stamp();
-        // Unchanged since they were read, or since they were found unusable: nothing to do.
-        if stamp == state.stamp || state.warned.as_ref() == Some(&stamp) {
-            return;
+        {
+            let mut state = self.state.lock().unwrap();
+            state.checked = now;
+            // Unchanged since they were read, or since they were found unusable.
+            if stamp == state.stamp || state.warned.as_ref() == Some(&stamp) {
+                return;
+            }
         }
-        match self.files.read() {
+        let read = self.files.read();
+        let mut state = self.state.lock().unwrap();
+        match read {
             Ok((held, _))
                 if self.files.optional_extras
                     && state.held.credentials.security_token.is_some()
@@ -519,7 +550,7 @@ mod tests {
     }
 
     #[test]
-    fn near_a_known_expiration_every_call_looks() {
+    fn near_a_known_expiration_looks_come_a_tenth_of_a_second_apart() {
         let t = tempfile::tempdir().unwrap();
         let link = t.path().join("creds");
         let soon = time::iso8601_extended(SystemTime::now() + Duration::from_secs(60));
@@ -531,6 +562,7 @@ mod tests {
         .unwrap();
         let later = time::iso8601_extended(SystemTime::now() + Duration::from_secs(3600));
         swap(&link, &keys_dir(t.path(), 2, Some(&later)));
+        std::thread::sleep(NEAR_EXPIRY_INTERVAL + Duration::from_millis(50));
         assert_eq!(
             id(&p, false),
             "STS.id-2",
@@ -542,6 +574,57 @@ mod tests {
             "STS.id-2",
             "an hour left: not looked at within the interval"
         );
+    }
+
+    /// A look that cannot finish (here a key file that is a FIFO nobody writes yet: its
+    /// read blocks) holds up no other request: they get the keys in use at once.
+    #[test]
+    fn a_slow_look_at_the_files_stalls_no_other_request() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = keys_dir(t.path(), 1, None);
+        let p = std::sync::Arc::new(
+            RotatingFiles::with_check_interval(
+                CredentialFiles::in_dir(&dir),
+                Duration::from_millis(10),
+            )
+            .unwrap(),
+        );
+        let fifo = dir.join("AccessKeyId");
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let looking = std::thread::spawn({
+            let p = p.clone();
+            move || id(&p, false)
+        });
+        // The look is blocked opening the FIFO; every other request answers now.
+        std::thread::sleep(Duration::from_millis(100));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let p = p.clone();
+            move || {
+                for _ in 0..100 {
+                    let _ = tx.send(id(&p, false));
+                }
+            }
+        });
+        for _ in 0..100 {
+            let got = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a request waited on the look at the files");
+            assert_eq!(got, "STS.id-1");
+        }
+        // The rotation completes: the FIFO's reader is given the new id, and a regular file
+        // with it takes the FIFO's place (the look reads again: the files changed under it).
+        use std::io::Write;
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let regular = dir.join("AccessKeyId.new");
+        std::fs::write(&regular, "STS.id-9\n").unwrap();
+        std::fs::rename(&regular, &fifo).unwrap();
+        writer.write_all(b"STS.id-9\n").unwrap();
+        drop(writer);
+        assert_eq!(looking.join().unwrap(), "STS.id-9");
+        assert_eq!(id(&p, false), "STS.id-9");
     }
 
     #[test]
