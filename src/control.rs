@@ -39,6 +39,9 @@ pub enum Request {
         spec: serde_json::Value,
         foreground: bool,
     },
+    /// A foreground command whose node was replaced (crash, upgrade) watches its mount
+    /// again: as after `Mount`, it hears `Mounted`, then `Ended`.
+    Attach { mount_id: u64 },
 }
 
 /// Not `Debug`: a mount's spec holds its secrets.
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Request {
                 write!(f, "Prefetch({bucket}/{prefix})")
             }
             Request::Mount { foreground, .. } => write!(f, "Mount(foreground: {foreground})"),
+            Request::Attach { mount_id } => write!(f, "Attach({mount_id})"),
         }
     }
 }
@@ -88,6 +92,19 @@ pub trait Served: Send + Sync + 'static {
         lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
         w: OwnedWriteHalf,
     ) -> crate::store::BoxFut<'static, ()>;
+
+    /// A foreground command watches mount `mount_id` again (its node was replaced).
+    fn attach(
+        self: Arc<Self>,
+        mount_id: u64,
+        _lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+        mut w: OwnedWriteHalf,
+    ) -> crate::store::BoxFut<'static, ()> {
+        Box::pin(async move {
+            let msg = format!("mount {mount_id} is not served here");
+            let _ = send(&mut w, &Reply::Error(msg)).await;
+        })
+    }
 }
 
 /// Where a mount's control socket lives.
@@ -204,7 +221,9 @@ async fn handle(
 ) -> std::io::Result<()> {
     let (req, fd, rest) = read_request(&conn, limits).await;
     let foreign = match &req {
-        Ok(Request::Mount { .. }) => foreign_mount_namespace(&conn, cache_dir),
+        Ok(Request::Mount { .. } | Request::Attach { .. }) => {
+            foreign_mount_namespace(&conn, cache_dir)
+        }
         _ => None,
     };
     let (r, mut w) = conn.into_split();
@@ -225,6 +244,14 @@ async fn handle(
             }
             let lines = BufReader::new(r).lines();
             served.mount(spec, foreground, fd, lines, w).await;
+            return Ok(());
+        }
+        Request::Attach { mount_id } => {
+            if let Some(why) = foreign {
+                return send(&mut w, &Reply::Error(why)).await;
+            }
+            let lines = BufReader::new(r).lines();
+            served.attach(mount_id, lines, w).await;
             return Ok(());
         }
         Request::Prefetch {

@@ -73,6 +73,12 @@ impl RequestObserver for RequestMetrics {
     }
 }
 
+/// Server processes that died and were replaced under live mounts, as
+/// the holder counts them (set by the node when it starts under a holder).
+pub static SERVER_RESTARTS: AtomicU64 = AtomicU64::new(0);
+/// Of those, replacements asked for by `ossmount upgrade`.
+pub static SERVER_UPGRADES: AtomicU64 = AtomicU64::new(0);
+
 fn counter(r: &mut Registry, name: &str, help: &str, v: &AtomicU64) {
     r.register(name, help, ConstCounter::new(v.load(Ordering::Relaxed)));
 }
@@ -93,6 +99,18 @@ pub fn render(requests: &RequestMetrics, fs: &OssFs) -> String {
         "request_retries",
         "Request attempts that repeated an earlier one, by kind",
         requests.retries.clone(),
+    );
+    counter(
+        &mut r,
+        "server_restarts",
+        "Times the serving process died and a new one took the mounts over without unmounting",
+        &SERVER_RESTARTS,
+    );
+    counter(
+        &mut r,
+        "server_upgrades",
+        "Times the serving process was replaced by ossmount upgrade without unmounting",
+        &SERVER_UPGRADES,
     );
     let cache = fs.cache();
     let engine = cache.engine_stats();

@@ -18,7 +18,23 @@ use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 /// Written by the node serving a cache directory into it (`pid` is the node's).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MountStatusFile {
+    /// The serving process (the same as `server_pid`; kept for older readers).
     pub pid: u32,
+    /// The process serving the mounts now (replaced when it dies; see `holder_pid`).
+    #[serde(default)]
+    pub server_pid: u32,
+    /// The process keeping the mounts' connections across the server's death, if any.
+    #[serde(default)]
+    pub holder_pid: Option<u32>,
+    /// How many times a server died and a new one took its mounts over.
+    #[serde(default)]
+    pub restarts: u64,
+    /// How many times the server was replaced by `ossmount upgrade`.
+    #[serde(default)]
+    pub upgrades: u64,
+    /// The version of the serving process.
+    #[serde(default)]
+    pub version: String,
     pub url: String,
     pub mountpoint: String,
     pub capacity_bytes: u64,
@@ -209,8 +225,15 @@ pub fn render(s: &CacheStatus) -> String {
     let mut out = format!("cache {}", s.cache_dir);
     match (&s.mounted, &s.last_mount) {
         (Some(m), _) => out.push_str(&format!(
-            " — in use by pid {} ({} at {}); {} of {} capacity used\n",
+            " — in use by pid {}{} ({} at {}); {} of {} capacity used\n",
             m.pid,
+            match m.holder_pid {
+                Some(h) => format!(
+                    " (holder pid {h}; {} restart(s), {} upgrade(s))",
+                    m.restarts, m.upgrades
+                ),
+                None => String::new(),
+            },
             m.url,
             m.mountpoint,
             human_bytes(m.used_bytes),

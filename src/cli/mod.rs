@@ -16,6 +16,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod serve;
 pub mod status;
+pub mod upgrade;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,9 @@ pub enum Command {
     /// Show a cache directory: every entry's parts present, state and last use, totals
     /// against capacity, and the mount's counters (works with or without a mount)
     Status(status::StatusArgs),
+    /// Replace a running node's server by the ossmount executable now on disk, without
+    /// unmounting (readers wait a moment, none fails)
+    Upgrade(upgrade::UpgradeArgs),
     /// Hydrate the objects under a prefix into a cache ahead of use (resumable); a later
     /// mount with the same --cache-dir serves them without requests
     Prefetch(prefetch::PrefetchArgs),
@@ -145,6 +149,7 @@ pub async fn run_async(cli: Cli) -> Result<ExitCode> {
         Command::Stat(a) => listing::stat(&cli.conn, a).await,
         Command::Download(a) => download::run(&cli.conn, a).await,
         Command::Status(a) => status::run(a),
+        Command::Upgrade(a) => upgrade::run(a),
         Command::Prefetch(a) => prefetch::run(&cli.conn, a).await,
         Command::Serve(a) => serve::run(&cli.conn, a).await,
         Command::Completions { .. } | Command::Manpage => print_generated(&cli.cmd),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use ossmount::node::holder::{run_holder, HandedOver, HolderConfig, HolderLink};
 use ossmount::node::join::{self, JoinError, Joined, MountRequest};
 use ossmount::node::{MountFactory, Node};
 
@@ -22,6 +23,9 @@ pub struct NodeArgs {
     /// The cache directory to serve
     #[arg(long)]
     pub cache_dir: PathBuf,
+    /// Serve without a holder process: the mounts end with this process
+    #[arg(long, env = "OSSMOUNT_NO_HOLDER")]
+    pub no_holder: bool,
 }
 
 /// How a node started by a mount command logs.
@@ -36,12 +40,28 @@ const FIRST_MOUNT_WAIT: Duration = Duration::from_secs(30);
 const NODE_START_WAIT: Duration = Duration::from_secs(30);
 
 pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
+    let link = HolderLink::from_env()?;
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
         .context("reading the first mount's spec on stdin")?;
     let spec: MountSpec = serde_json::from_str(&text)
         .context("stdin is not a mount spec (ossmount node is started by ossmount mount)")?;
+    if link.is_none() && !args.no_holder {
+        // This process is the holder; the server is its child (see node::holder).
+        let code = run_holder(
+            HolderConfig {
+                arg0: std::env::args_os()
+                    .next()
+                    .unwrap_or_else(|| "ossmount".into()),
+                server_args: std::env::args_os().skip(1).collect(),
+                spec: text.into_bytes(),
+                cache_dir: args.cache_dir.clone(),
+            },
+            rt,
+        )?;
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
     let (opts, store) = rt.block_on(spec.build())?;
     if opts.cache_dir != args.cache_dir {
         bail!(
@@ -63,14 +83,39 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
             spec.build().await
         })
     });
-    let node = Node::open(&opts, store, rt.handle().clone(), Some(factory))?;
+    let node = Node::open(&opts, store, rt.handle().clone(), Some(factory.clone()))?;
     tracing::info!(
-        "node serving {} (pid {})",
+        "node serving {} (pid {}{})",
         args.cache_dir.display(),
-        std::process::id()
+        std::process::id(),
+        match &link {
+            Some((l, _)) => format!(
+                ", holder pid {}, restarts {}",
+                l.info.holder_pid, l.info.restarts
+            ),
+            None => String::new(),
+        }
     );
     // From here everything goes to the log: nobody waits on this process's pipes.
     detach_stdio();
+    if let Some((link, handed)) = link {
+        let link = Arc::new(link);
+        node.set_holder(link.clone());
+        take_over(&node, &factory, &link, handed, rt);
+        std::thread::Builder::new()
+            .name("holder-wait".into())
+            .spawn(move || {
+                if link.wait_for_exit_request() {
+                    // A successor takes every connection over; what was read and not
+                    // answered is resent to it. Nothing is unmounted, nothing cleaned up.
+                    tracing::info!("exiting for a successor (upgrade)");
+                    // SAFETY: ends the process at once, running no destructor (they would
+                    // unmount).
+                    unsafe { libc::_exit(0) };
+                }
+                tracing::warn!("the holder is gone: the mounts now end with this process");
+            })?;
+    }
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -95,8 +140,45 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
         }
     });
     rt.block_on(node.shutdown());
+    node.tell_holder_ending();
     tracing::info!("node of {} ended", args.cache_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves every mount the holder handed over (blocking), then tells it how many it took.
+/// A mount that cannot be taken over is released: the holder lets its connection go, so
+/// its readers get an error instead of waiting for ever.
+fn take_over(
+    node: &Arc<Node>,
+    factory: &MountFactory,
+    link: &HolderLink,
+    handed: Vec<HandedOver>,
+    rt: &tokio::runtime::Runtime,
+) {
+    let (mut taken, mut failed) = (0, 0);
+    for HandedOver { mount, device } in handed {
+        let id = mount.mount_id;
+        let at = mount.mountpoint.clone();
+        let spec = mount.spec.clone();
+        let done = rt
+            .block_on(factory(spec.clone()))
+            .and_then(|(opts, store)| {
+                let held = mount.into_held(device)?;
+                node.take_over(id, opts, store, held, spec)
+            });
+        match done {
+            Ok(_) => taken += 1,
+            Err(e) => {
+                failed += 1;
+                tracing::error!(
+                    "mount {id} at {} could not be taken over: {e:#}",
+                    at.display()
+                );
+                link.release(id);
+            }
+        }
+    }
+    link.ready(taken, failed);
 }
 
 /// SIGTERM to the node: unmount every mount it made, and end (bounded: busy mounts and
@@ -143,7 +225,10 @@ pub async fn join_or_start(
         // `None`: another node holds the cache and is ending; ask again in a moment.
         if let Some(conn) = conn {
             match join::request_mount(conn, req).await {
-                Ok(j) => return Ok(j),
+                Ok(mut j) => {
+                    j.set_cache_dir(cache_dir);
+                    return Ok(j);
+                }
                 Err(JoinError::Refused(msg)) => bail!("{msg}"),
                 Err(JoinError::Gone(why)) => last = why,
             }

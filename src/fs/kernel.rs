@@ -82,6 +82,31 @@ pub fn mount(
 }
 
 impl OwnMount {
+    /// A mount a predecessor process made, taken over with its connection `device`: this
+    /// process unmounts it from now on.
+    pub fn adopt(
+        target: &Path,
+        mount_id: Option<u64>,
+        device: OwnedFd,
+    ) -> std::io::Result<OwnMount> {
+        Ok(OwnMount {
+            mount_id,
+            target: CString::new(target.as_os_str().as_bytes())?,
+            device,
+            done: false,
+        })
+    }
+
+    /// Where it is mounted (canonical).
+    pub fn target(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(self.target.as_bytes()))
+    }
+
+    /// The kernel's id of this mount, for a successor to adopt it by.
+    pub fn kernel_mount_id(&self) -> Option<u64> {
+        self.mount_id
+    }
+
     /// Whether there is nothing of ours left to unmount at the target.
     fn gone(&self) -> bool {
         let path = Path::new(std::ffi::OsStr::from_bytes(self.target.as_bytes()));

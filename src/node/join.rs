@@ -44,6 +44,8 @@ pub struct Joined {
     pub notes: Vec<String>,
     lines: Lines<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
+    /// Where to find the node again when it is replaced (see `wait`).
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The node serving `cache_dir`, if one answers on its socket.
@@ -83,6 +85,7 @@ pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joine
                 notes,
                 lines,
                 w,
+                cache_dir: None,
             }),
             Ok(Reply::Error(e)) => Err(JoinError::Refused(e)),
             Ok(other) => Err(JoinError::Refused(format!("unexpected answer: {other:?}"))),
@@ -94,6 +97,55 @@ pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joine
 }
 
 impl Joined {
+    /// The node's cache directory: a foreground `wait` finds the node there again when the
+    /// one that took the mount is replaced.
+    pub fn set_cache_dir(&mut self, dir: &Path) {
+        self.cache_dir = Some(dir.to_path_buf());
+    }
+
+    /// Watches the mount again through whichever server serves the cache directory now
+    /// (its holder started a new one): bounded, 60 s.
+    async fn reattach(&mut self, asked_unmount: bool) -> Result<(), String> {
+        let gone = || "the node serving the mount ended before the mount did".to_string();
+        let Some(dir) = self.cache_dir.clone() else {
+            return Err(gone());
+        };
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(60) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let Some(conn) = connect(&dir).await else {
+                continue;
+            };
+            let (r, mut w) = conn.into_split();
+            let mut line = serde_json::to_vec(&Request::Attach {
+                mount_id: self.mount_id,
+            })
+            .expect("requests serialise");
+            line.push(b'\n');
+            if w.write_all(&line).await.is_err() {
+                continue;
+            }
+            let mut lines = BufReader::new(r).lines();
+            match lines.next_line().await {
+                Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
+                    Ok(Reply::Mounted { node_pid, .. }) => {
+                        self.node_pid = node_pid;
+                        self.lines = lines;
+                        self.w = w;
+                        if asked_unmount {
+                            let _ = self.w.write_all(b"unmount\n").await;
+                        }
+                        return Ok(());
+                    }
+                    Ok(Reply::Error(e)) => return Err(format!("the mount ended: {e}")),
+                    _ => continue,
+                },
+                _ => continue,
+            }
+        }
+        Err(gone())
+    }
+
     /// Waits until the mount ends. At the first of `signals` (the command got SIGTERM or
     /// SIGINT) asks the node to unmount, at the second to detach, and goes on waiting for the
     /// end. `Err` when the mount failed or the node went away.
@@ -119,9 +171,7 @@ impl Joined {
                         Ok(Reply::Error(msg)) => eprintln!("ossmount: {msg}"),
                         _ => continue,
                     },
-                    Ok(None) | Err(_) => {
-                        return Err("the node serving the mount ended before the mount did".into())
-                    }
+                    Ok(None) | Err(_) => self.reattach(asked > 0).await?,
                 },
             }
         }
@@ -140,7 +190,7 @@ pub(super) async fn serve_mount(
     spec: serde_json::Value,
     foreground: bool,
     fd: Option<OwnedFd>,
-    mut lines: Lines<BufReader<OwnedReadHalf>>,
+    lines: Lines<BufReader<OwnedReadHalf>>,
     mut w: OwnedWriteHalf,
 ) {
     let Some(starting) = node.starting() else {
@@ -155,7 +205,7 @@ pub(super) async fn serve_mount(
         .await;
         return;
     };
-    let (opts, store) = match factory(spec).await {
+    let (opts, store) = match factory(spec.clone()).await {
         Ok(built) => built,
         Err(e) => {
             send(&mut w, &Reply::Error(format!("{e:#}"))).await;
@@ -172,18 +222,19 @@ pub(super) async fn serve_mount(
     }
     let notes = node.differences(&opts);
     let n = node.clone();
-    let session = match tokio::task::spawn_blocking(move || n.mount(opts, store, fd)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!("a mount asked over the control socket failed: {e:#}");
-            send(&mut w, &Reply::Error(format!("{e:#}"))).await;
-            return;
-        }
-        Err(e) => {
-            send(&mut w, &Reply::Error(format!("the mount panicked: {e}"))).await;
-            return;
-        }
-    };
+    let session =
+        match tokio::task::spawn_blocking(move || n.mount(opts, store, fd, Some(spec))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!("a mount asked over the control socket failed: {e:#}");
+                send(&mut w, &Reply::Error(format!("{e:#}"))).await;
+                return;
+            }
+            Err(e) => {
+                send(&mut w, &Reply::Error(format!("the mount panicked: {e}"))).await;
+                return;
+            }
+        };
     // `starting` is held until the command has heard the end: the node does not end (and
     // close this connection) between the session's end and the `Ended` that tells of it.
     let _told = starting;
@@ -198,8 +249,47 @@ pub(super) async fn serve_mount(
     if !foreground {
         return;
     }
-    // The command's lines, until it is gone: `unmount` (its first SIGTERM or Ctrl-C), then
-    // `detach` (its second: the mount leaves the namespace now, ends when its files close).
+    watch_for_command(&node, &session, lines, w).await;
+}
+
+/// A foreground command that watched mount `mount_id` through a server now gone watches it
+/// again through this one.
+pub(super) async fn serve_attach(
+    node: Arc<Node>,
+    mount_id: u64,
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    mut w: OwnedWriteHalf,
+) {
+    let Some(_told) = node.starting() else {
+        return;
+    };
+    let Some(session) = node
+        .sessions()
+        .into_iter()
+        .find(|s| s.id == mount_id && !s.has_ended())
+    else {
+        let msg = format!("mount {mount_id} is not served from this cache directory any more");
+        send(&mut w, &Reply::Error(msg)).await;
+        return;
+    };
+    let mounted = Reply::Mounted {
+        mount_id,
+        node_pid: std::process::id(),
+        notes: Vec::new(),
+    };
+    if send(&mut w, &mounted).await {
+        watch_for_command(&node, &session, lines, w).await;
+    }
+}
+
+/// The command's lines, until it is gone: `unmount` (its first SIGTERM or Ctrl-C), then
+/// `detach` (its second: the mount leaves the namespace now, ends when its files close).
+async fn watch_for_command(
+    node: &Arc<Node>,
+    session: &Arc<MountSession>,
+    mut lines: Lines<BufReader<OwnedReadHalf>>,
+    mut w: OwnedWriteHalf,
+) {
     let mut gone = false;
     loop {
         tokio::select! {
@@ -214,7 +304,7 @@ pub(super) async fn serve_mount(
                 Ok(Some(l)) if matches!(l.trim(), "unmount" | "detach") => {
                     if !session.owns_mount() {
                         // Only its orchestrator unmounts it; the command may end now.
-                        unmount(&session, false);
+                        unmount(session, false);
                         send(&mut w, &Reply::Ended(None)).await;
                         return;
                     }
@@ -242,7 +332,7 @@ pub(super) async fn serve_mount(
                     // did with its process, but detached if busy so it never stays dead.
                     tracing::info!("the command of mount {} is gone: unmounting", session.id);
                     gone = true;
-                    unmount(&session, true);
+                    unmount(session, true);
                 }
             },
         }

@@ -6,6 +6,7 @@
 //! `Node::open`, `Node::mount`, `Node::shutdown`. Must not speak HTTP or fuser itself (the
 //! stores and `fs::fuse` do).
 
+pub mod holder;
 pub mod join;
 mod session;
 mod single;
@@ -20,13 +21,14 @@ use tokio::sync::watch;
 
 use crate::cache::{Cache, Capacity};
 use crate::control::ControlServer;
+use crate::fs::fuse;
 use crate::fs::MountCounters;
 use crate::hydrate::{ConnectionLimiter, HydrationConfig};
 use crate::mount::MountOptions;
 use crate::status::{self, MountStatusFile, SessionStatus};
 use crate::store::ObjectStore;
 
-pub use session::{MountSession, SessionEnd};
+pub use session::{MountSession, SessionEnd, Source};
 pub use single::run_mount;
 
 /// Builds a mount's options and store from what a client sent (its command line and
@@ -59,6 +61,8 @@ pub struct Node {
     /// aborted, so a tick still running cannot write the status after the last write.
     ticker: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     factory: Option<MountFactory>,
+    /// The process that keeps this node's connections across its death (see `holder`).
+    holder: std::sync::OnceLock<Arc<holder::HolderLink>>,
 }
 
 /// What one node does for all its mounts, taken from its first.
@@ -178,6 +182,7 @@ impl Node {
             tasks: Mutex::default(),
             ticker: Mutex::default(),
             factory,
+            holder: Default::default(),
         });
         let control = {
             let _rt = rt.enter();
@@ -311,12 +316,14 @@ impl Node {
 
     /// Mounts one session over the node's cache with `store` (blocking: call it off the
     /// async runtime). `handed_in` is a `/dev/fuse` descriptor a client passed over the
-    /// control socket.
+    /// control socket. `spec` is what the holder needs to have the mount taken over by a
+    /// successor (`None`: the mount does not outlive this process).
     pub fn mount(
         &self,
         opts: MountOptions,
         store: Arc<dyn ObjectStore>,
         handed_in: Option<std::os::fd::OwnedFd>,
+        spec: Option<serde_json::Value>,
     ) -> Result<Arc<MountSession>> {
         let _starting = self
             .starting()
@@ -329,17 +336,45 @@ impl Node {
             Some(_) => None,
             None => Some(self.reserve_mountpoint(&opts.mountpoint)?),
         };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.start_session(id, opts, store, Source::New(handed_in), spec)
+    }
+
+    /// Takes over mount `id`, a live connection a predecessor served (handed over by the
+    /// holder), under the same number.
+    pub fn take_over(
+        &self,
+        id: u64,
+        opts: MountOptions,
+        store: Arc<dyn ObjectStore>,
+        held: fuse::Held,
+        spec: serde_json::Value,
+    ) -> Result<Arc<MountSession>> {
+        let _starting = self
+            .starting()
+            .ok_or_else(|| anyhow::anyhow!("the node serving this cache directory is ending"))?;
+        self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+        self.start_session(id, opts, store, Source::Held(held), Some(spec))
+    }
+
+    fn start_session(
+        &self,
+        id: u64,
+        opts: MountOptions,
+        store: Arc<dyn ObjectStore>,
+        source: Source,
+        spec: Option<serde_json::Value>,
+    ) -> Result<Arc<MountSession>> {
         opts.request_metrics
             .report_throttling_to(self.cache.limiter().clone());
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(MountSession::start(
-            id,
-            opts,
-            store,
-            &self.cache,
-            handed_in,
-            &self.rt,
-        )?);
+        let (session, held) = MountSession::start(id, opts, store, &self.cache, source, &self.rt)?;
+        let session = Arc::new(session);
+        let holder = self.holder.get().cloned();
+        if let (Some(holder), Some(held), Some(spec)) = (&holder, &held, spec) {
+            let record = holder::HeldMount::of(id, spec, &session.opts.mountpoint, held);
+            holder.hold(record, held);
+        }
+        drop(held);
         self.sessions.lock().unwrap().live.push(session.clone());
         self.busy.send_modify(|n| *n += 1);
         // Ends the session's bookkeeping when its FUSE session ends, however it ends.
@@ -350,11 +385,29 @@ impl Node {
                 if let Some(s) = weak.upgrade() {
                     let _ = s.ended().await;
                 }
+                if let Some(holder) = holder {
+                    holder.release(id);
+                }
                 busy.send_modify(|n| *n -= 1);
             }
         });
         self.write_status();
         Ok(session)
+    }
+
+    /// Tells the holder this node ends on purpose: nothing of it is to be taken over.
+    pub fn tell_holder_ending(&self) {
+        if let Some(h) = self.holder.get() {
+            h.ending();
+        }
+    }
+
+    /// From now on the mounts of this node are kept by `link`'s holder across this
+    /// process's death.
+    pub fn set_holder(&self, link: Arc<holder::HolderLink>) {
+        crate::metrics::SERVER_RESTARTS.store(link.info.restarts, Ordering::Relaxed);
+        crate::metrics::SERVER_UPGRADES.store(link.info.upgrades, Ordering::Relaxed);
+        let _ = self.holder.set(link);
     }
 
     /// `at` for a mount about to start, refused when this node serves a mount there or is
@@ -492,8 +545,14 @@ impl Node {
             mounts = all.iter().rev().take(1).cloned().collect();
         }
         let first = mounts.first();
+        let holder = self.holder.get().map(|h| h.info);
         let st = MountStatusFile {
             pid: std::process::id(),
+            server_pid: std::process::id(),
+            holder_pid: holder.map(|h| h.holder_pid),
+            restarts: holder.map(|h| h.restarts).unwrap_or(0),
+            upgrades: holder.map(|h| h.upgrades).unwrap_or(0),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             url: first.map(|m| m.url.clone()).unwrap_or_default(),
             mountpoint: first.map(|m| m.mountpoint.clone()).unwrap_or_default(),
             capacity_bytes: cache.capacity().max_bytes,
@@ -541,5 +600,14 @@ impl crate::control::Served for Node {
         w: tokio::net::unix::OwnedWriteHalf,
     ) -> crate::store::BoxFut<'static, ()> {
         Box::pin(join::serve_mount(self, spec, foreground, fd, lines, w))
+    }
+
+    fn attach(
+        self: Arc<Self>,
+        mount_id: u64,
+        lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+        w: tokio::net::unix::OwnedWriteHalf,
+    ) -> crate::store::BoxFut<'static, ()> {
+        Box::pin(join::serve_attach(self, mount_id, lines, w))
     }
 }

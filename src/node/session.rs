@@ -10,13 +10,21 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::cache::Cache;
-use crate::fs::fuse::{self, KernelMount, Target, Unmounter};
+use crate::fs::fuse::{self, Held, KernelMount, Target, Unmounter};
 use crate::fs::{FsConfig, OssFs};
 use crate::mount::{fuse_fd, preflight, MountOptions};
 use crate::store::ObjectStore;
 
 /// How a session ended: `Ok` when unmounted, else why it failed.
 pub type SessionEnd = Result<(), String>;
+
+/// Where a session's connection comes from.
+pub enum Source {
+    /// A new mount: made here, or on a `/dev/fuse` descriptor handed in.
+    New(Option<std::os::fd::OwnedFd>),
+    /// A live connection a predecessor served, handed over by the holder.
+    Held(Held),
+}
 
 pub struct MountSession {
     pub id: u64,
@@ -30,17 +38,23 @@ pub struct MountSession {
 
 impl MountSession {
     /// Proves the store can list the mount's prefix, mounts (or takes the handed-in
-    /// descriptor) and starts serving. Returns once the kernel's INIT has been answered.
+    /// descriptor, or the held connection) and starts serving. Returns once the kernel's
+    /// INIT has been answered, with the connection for a holder to keep.
     pub(super) fn start(
         id: u64,
         opts: MountOptions,
         store: Arc<dyn ObjectStore>,
         cache: &Cache,
-        handed_in: Option<std::os::fd::OwnedFd>,
+        source: Source,
         rt: &tokio::runtime::Handle,
-    ) -> Result<MountSession> {
+    ) -> Result<(MountSession, Option<Held>)> {
         let prefix = opts.prefix();
-        rt.block_on(preflight(&*store, &opts.url, &prefix))?;
+        let taking_over = matches!(source, Source::Held(_));
+        if !taking_over {
+            // A connection taken over is served whatever the store says now: its readers
+            // get each request's own error, not a dead mount.
+            rt.block_on(preflight(&*store, &opts.url, &prefix))?;
+        }
         let fs = Arc::new(OssFs::new(
             FsConfig {
                 bucket: opts.url.bucket.clone(),
@@ -59,15 +73,24 @@ impl MountSession {
         ));
         let metrics = match &opts.metrics_addr {
             Some(addr) => {
-                let (bound, task) = rt
+                let served = rt
                     .block_on(crate::metrics::serve(
                         addr,
                         opts.request_metrics.clone(),
                         fs.clone(),
                     ))
-                    .with_context(|| format!("cannot serve metrics on {addr}"))?;
-                tracing::info!("metrics at http://{bound}/metrics (of {})", opts.url);
-                Some(task)
+                    .with_context(|| format!("cannot serve metrics on {addr}"));
+                match served {
+                    Ok((bound, task)) => {
+                        tracing::info!("metrics at http://{bound}/metrics (of {})", opts.url);
+                        Some(task)
+                    }
+                    Err(e) if taking_over => {
+                        tracing::warn!("{e:#}; the mount is taken over without its metrics");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             None => None,
         };
@@ -77,12 +100,15 @@ impl MountSession {
             passthrough: opts.passthrough,
             tuning: opts.fuse,
         };
-        let target = match (handed_in, fuse_fd(&opts.mountpoint)) {
-            (Some(fd), _) => Target::Fd(fd),
+        let target = match (source, fuse_fd(&opts.mountpoint)) {
+            (Source::Held(held), _) => Target::Held(held),
+            (Source::New(Some(fd)), _) => Target::Fd(fd),
             // SAFETY: check_mountpoint proved it an open /dev/fuse descriptor handed to this
             // process to serve; nothing else here uses it.
-            (None, Some(n)) => Target::Fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) }),
-            (None, None) => Target::Path(&opts.mountpoint),
+            (Source::New(None), Some(n)) => {
+                Target::Fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) })
+            }
+            (Source::New(None), None) => Target::Path(&opts.mountpoint),
         };
         let mounted = fuse::mount(fs.clone(), rt.clone(), target, &kernel);
         let mut session = match mounted {
@@ -95,6 +121,7 @@ impl MountSession {
                     .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()));
             }
         };
+        let held = session.take_held();
         let owns_mount = session.owns_mount();
         let unmounter = Mutex::new(session.unmounter());
         let (tell_end, ended) = watch::channel(None);
@@ -106,11 +133,12 @@ impl MountSession {
             })
             .context("cannot start the FUSE session thread")?;
         tracing::info!(
-            "mounted {} at {} (mount {id})",
+            "{} {} at {} (mount {id})",
+            if taking_over { "took over" } else { "mounted" },
             opts.url,
             opts.mountpoint.display()
         );
-        Ok(MountSession {
+        let session = MountSession {
             id,
             opts,
             fs,
@@ -118,7 +146,8 @@ impl MountSession {
             owns_mount,
             ended,
             metrics,
-        })
+        };
+        Ok((session, held))
     }
 
     /// Asks the kernel to unmount (a plain umount: busy files make it fail, as `umount`

@@ -20,7 +20,7 @@ pub fn run_mount(
 ) -> Result<()> {
     check_mountpoint(&opts.mountpoint)?;
     let node = super::Node::open(opts, store.clone(), rt.clone(), None)?;
-    let session = match node.mount(opts.clone(), store, None) {
+    let session = match node.mount(opts.clone(), store, None, None) {
         Ok(s) => s,
         Err(e) => {
             rt.block_on(node.shutdown());

@@ -199,12 +199,16 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// SIGKILL of the node serving the mount, as a crash would, then of the command; the
-    /// dead mount is detached.
+    /// SIGKILL of the node serving the mount and of its holder, as a power cut would (the
+    /// server alone would be replaced: see tests/survive.rs), then of the command; the dead
+    /// mount is detached.
     pub fn kill9(&mut self) {
         if let Some(pid) = self.node_pid() {
             // SAFETY: signalling a process by pid.
             unsafe {
+                if let Some(holder) = holder_of(pid) {
+                    libc::kill(holder, libc::SIGKILL);
+                }
                 libc::kill(pid, libc::SIGKILL);
             }
             wait_until(Duration::from_secs(10), || {
@@ -328,6 +332,22 @@ pub fn refused_mount(cmd: &mut Command, mnt: &Path) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The holder keeping the connections of node server `pid` (its parent, `ossmount node`).
+pub fn holder_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, then the parent's pid.
+    let ppid: i32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.iter().any(|a| *a == b"node").then_some(ppid)
 }
 
 pub fn url() -> String {

@@ -22,8 +22,9 @@ use super::{Attr, FsError, Kind, OssFs};
 use crate::store::StoreErrorKind;
 
 mod session;
+pub mod takeover;
 
-pub use session::{mount, FuseTuning, KernelMount, MountedSession, Target, Unmounter};
+pub use session::{mount, FuseTuning, Held, KernelMount, MountedSession, Target, Unmounter};
 
 pub struct FuseAdapter {
     fs: Arc<OssFs>,

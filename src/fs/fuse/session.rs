@@ -3,10 +3,12 @@
 //! handed in), the session that serves it, and how it is ended. The requests themselves are
 //! the adapter's (`fs::fuse`). No policy here.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::super::OssFs;
+use super::takeover::{self, Handshake, Init, Stand};
 use super::FuseAdapter;
 
 /// How the kernel is to see a mount.
@@ -51,12 +53,27 @@ pub enum Target<'a> {
     /// (the CSI drivers' contract): this process only serves it; it never mounts or
     /// unmounts anything, and the session ends when the orchestrator unmounts.
     Fd(std::os::fd::OwnedFd),
+    /// A connection a predecessor process served, handed over by the holder: its INIT is
+    /// replayed, not answered again (see `takeover`).
+    Held(Held),
+}
+
+/// A live connection as a holder keeps it, and as a successor takes it over.
+pub struct Held {
+    pub device: OwnedFd,
+    pub handshake: Handshake,
+    /// Where a predecessor mounted it itself (and so this process unmounts it): the
+    /// canonical mount point and the kernel's mount id. `None` for a handed-in descriptor.
+    pub own_mount: Option<(PathBuf, Option<u64>)>,
 }
 
 /// A mounted FUSE session: `run` serves requests until the filesystem is unmounted.
 pub struct MountedSession {
     session: fuser::Session<FuseAdapter>,
     mounted_by: MountedBy,
+    /// The connection and its INIT, for a holder to keep (`None` when fuser mounted it
+    /// through fusermount3 and kept the exchange to itself).
+    held: Option<Held>,
 }
 
 /// Who made the kernel mount, and so how it is unmounted.
@@ -104,6 +121,12 @@ impl MountedSession {
         }
     }
 
+    /// The connection and its INIT exchange, for a holder to keep while this process serves
+    /// it (once; `None` for a mount fuser made through fusermount3).
+    pub fn take_held(&mut self) -> Option<Held> {
+        self.held.take()
+    }
+
     /// Whether an `Unmounter` can end the session (false for a handed-in descriptor: only
     /// whoever mounted it can unmount it).
     pub fn owns_mount(&self) -> bool {
@@ -116,7 +139,9 @@ impl MountedSession {
         let MountedSession {
             session,
             mounted_by,
+            held,
         } = self;
+        drop(held);
         let result = session.run();
         drop(mounted_by);
         result
@@ -152,29 +177,99 @@ pub fn mount(
     adapter.tuning = kernel.tuning;
     let notifier = adapter.notifier.clone();
     let acl = config.acl;
-    let (session, mounted_by) = match target {
+    let (session, mounted_by, held) = match target {
         Target::Path(mountpoint) => {
             match super::super::kernel::mount(mountpoint, &kernel.fs_name, kernel.allow_other)? {
                 Some((fd, own)) => {
+                    let mount = Some((own.target().to_path_buf(), own.kernel_mount_id()));
                     // Unmounted (detached) if the kernel's INIT cannot be answered.
                     let own = Arc::new(Mutex::new(own));
-                    let session = fuser::Session::from_fd(adapter, fd, acl, config)?;
-                    (session, MountedBy::Own(own))
+                    let (session, held) =
+                        serve_replayable(adapter, fd, acl, config, Init::Fresh, mount)?;
+                    (session, MountedBy::Own(own), Some(held))
                 }
                 None => (
                     fuser::Session::new(adapter, mountpoint, &config)?,
                     MountedBy::Fuser,
+                    None,
                 ),
             }
         }
-        Target::Fd(fd) => (
-            fuser::Session::from_fd(adapter, fd, acl, config)?,
-            MountedBy::HandedIn,
-        ),
+        Target::Fd(fd) => {
+            let (session, held) = serve_replayable(adapter, fd, acl, config, Init::Fresh, None)?;
+            (session, MountedBy::HandedIn, Some(held))
+        }
+        Target::Held(held) => {
+            let Held {
+                device,
+                handshake,
+                own_mount,
+            } = held;
+            let (session, held) = serve_replayable(
+                adapter,
+                device,
+                acl,
+                config,
+                Init::TakeOver(handshake),
+                own_mount.clone(),
+            )?;
+            let mounted_by = match own_mount {
+                Some((target, id)) => MountedBy::Own(Arc::new(Mutex::new(
+                    super::super::kernel::OwnMount::adopt(&target, id, held.device.try_clone()?)?,
+                ))),
+                None => MountedBy::HandedIn,
+            };
+            // Whatever the predecessor had read and not answered comes again, to us.
+            match takeover::request_resend(&held.device) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "the connection ended (unmounted) before it was taken over",
+                    ))
+                }
+                Err(e) => tracing::warn!(
+                    "the kernel did not take FUSE_NOTIFY_RESEND ({e}): requests the previous server had read are not answered"
+                ),
+            }
+            (session, mounted_by, Some(held))
+        }
     };
     let _ = notifier.set(session.notifier());
     Ok(MountedSession {
         session,
         mounted_by,
+        held,
     })
+}
+
+/// Starts fuser on `device` through a stand-in socket (see `takeover`), so the INIT
+/// exchange is known and can be replayed by a successor. Returns the session and what a
+/// holder keeps: a duplicate of `device` with the exchange.
+fn serve_replayable(
+    adapter: FuseAdapter,
+    device: OwnedFd,
+    acl: fuser::SessionACL,
+    config: fuser::Config,
+    init: Init,
+    own_mount: Option<(PathBuf, Option<u64>)>,
+) -> std::io::Result<(fuser::Session<FuseAdapter>, Held)> {
+    let request = match &init {
+        Init::Fresh => takeover::read_init(&device)?,
+        Init::TakeOver(h) => h.request.clone(),
+    };
+    let (stand, stand_in) = Stand::new(request)?;
+    let session = fuser::Session::from_fd(adapter, stand_in, acl, config)?;
+    let handshake = stand.connect(&init, &device).map_err(|e| match e {
+        takeover::TakeOverError::Io(e) => e,
+        other => std::io::Error::new(std::io::ErrorKind::Unsupported, other.to_string()),
+    })?;
+    Ok((
+        session,
+        Held {
+            device,
+            handshake,
+            own_mount,
+        },
+    ))
 }
