@@ -62,7 +62,8 @@ const NODES: &str = "nodes";
 const HANDLES: &str = "handles";
 const GENERATION: &str = "generation";
 const NODES_MAGIC: &[u8; 8] = b"OSSMJNL1";
-/// The `nodes` header: the magic and 8 reserved bytes. Node numbers start here.
+/// The `nodes` header: the magic and when the mount started (seconds since the epoch:
+/// directories show it as their time, the same in every generation). Node numbers start here.
 pub(super) const HEADER_LEN: u64 = 16;
 /// Bits of a file handle that count within one generation.
 const FH_GENERATION_SHIFT: u32 = 44;
@@ -176,6 +177,7 @@ pub(super) struct Journal {
     handles: Mutex<HandleLog>,
     generation: u64,
     resumed: bool,
+    started: SystemTime,
     dir: PathBuf,
 }
 
@@ -232,12 +234,21 @@ impl Journal {
             resumed = true;
         }
         let previous = if resumed { read_generation(dir) } else { 0 };
-        if !resumed {
+        let started = if resumed {
+            let mut secs = [0u8; 8];
+            nodes.read_exact_at(&mut secs, 8)?;
+            UNIX_EPOCH + Duration::from_secs(u64::from_le_bytes(secs))
+        } else {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
             nodes.set_len(0)?;
             let mut header = NODES_MAGIC.to_vec();
-            header.extend_from_slice(&[0u8; 8]);
+            header.extend_from_slice(&secs.to_le_bytes());
             nodes.write_all_at(&header, 0)?;
-        }
+            UNIX_EPOCH + Duration::from_secs(secs)
+        };
         let generation = previous + 1;
         write_generation(dir, generation)?;
         // Past any torn tail and any hole: no number handed out before is handed out again.
@@ -291,6 +302,7 @@ impl Journal {
             }),
             generation,
             resumed,
+            started,
             dir: dir.clone(),
         };
         Ok((journal, log, inherited))
@@ -299,6 +311,11 @@ impl Journal {
     /// Whether this journal took over an earlier generation's.
     pub(super) fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// When the mount (its first generation) started, to the second.
+    pub(super) fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// This server process's generation (1 for a new journal).

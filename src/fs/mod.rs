@@ -146,11 +146,17 @@ impl OssFs {
         store: Arc<dyn ObjectStore>,
         cache: Arc<Cache>,
     ) -> std::io::Result<OssFs> {
-        let started = SystemTime::now();
+        let opened = match &cfg.journal {
+            Some(jc) => Some(journal::Journal::open(jc)?),
+            None => None,
+        };
+        // Directories show when the mount started: the same to every server generation.
+        let started = opened
+            .as_ref()
+            .map_or_else(SystemTime::now, |(j, _, _)| j.started());
         let mut ns = Namespace::new(&cfg.prefix, started);
-        let (journal, inherited) = match &cfg.journal {
-            Some(jc) => {
-                let (journal, log, inherited) = journal::Journal::open(jc)?;
+        let (journal, inherited) = match opened {
+            Some((journal, log, inherited)) => {
                 tracing::info!(
                     dir = %journal.dir().display(),
                     generation = journal.generation(),
