@@ -142,7 +142,10 @@ fn a_new_server_process_honours_the_inodes_and_handles_of_the_one_that_died() {
         }
         // The open handle continues byte-exact.
         let next = fs.read(held.fh, 300_000, 300_000).await.unwrap();
-        assert!(next == old[300_000..600_000], "the old handle read wrong bytes");
+        assert!(
+            next == old[300_000..600_000],
+            "the old handle read wrong bytes"
+        );
         // The directory handle continues where the kernel was.
         let rest = fs
             .readdirplus_in(held.b.ino, held.dir_fh, 3, 100)
@@ -187,7 +190,10 @@ fn a_new_server_process_honours_the_inodes_and_handles_of_the_one_that_died() {
                 Err(other) => panic!("unexpected error at {offset}: {other}"),
             }
         }
-        assert!(changed > 0, "a part never fetched cannot be the old version's");
+        assert!(
+            changed > 0,
+            "a part never fetched cannot be the old version's"
+        );
         fs.release(held.fh);
         // No handle open: the handle journal is empty.
         assert_eq!(
@@ -233,9 +239,6 @@ fn a_journal_of_another_connection_is_not_resumed_by_a_fresh_mount() {
     let rt = runtime();
     let (fs, _cache) = generation(&server, &scratch, false);
     assert_eq!(fs.server_generation(), Some(1));
-    assert!(matches!(
-        fs.getattr(y.ino),
-        Err(FsError::UnknownInode(_))
-    ));
+    assert!(matches!(fs.getattr(y.ino), Err(FsError::UnknownInode(_))));
     drop(rt);
 }

@@ -569,13 +569,7 @@ fn checked(bytes: &[u8]) -> Option<(u8, Fields<'_>, usize)> {
     if crc64::checksum(body).to_le_bytes() != crc {
         return None;
     }
-    Some((
-        body[4],
-        Fields {
-            rest: &body[5..],
-        },
-        len,
-    ))
+    Some((body[4], Fields { rest: &body[5..] }, len))
 }
 
 fn decode_node(bytes: &[u8]) -> Option<NodeRecord> {
@@ -713,7 +707,10 @@ mod tests {
         let (j, _log, inherited) = Journal::open(&cfg(tmp.path(), true)).unwrap();
         assert!(j.resumed());
         assert_eq!(j.generation(), generation + 1);
-        assert!(j.first_fh() > fh + 1, "handle numbers continue past the old ones");
+        assert!(
+            j.first_fh() > fh + 1,
+            "handle numbers continue past the old ones"
+        );
         let rec = j.node(c).unwrap();
         assert_eq!(
             (rec.parent, rec.kind, rec.name.as_str(), rec.size, rec.mtime),
@@ -748,14 +745,25 @@ mod tests {
         drop((j, log));
         let dir = tmp.path().join("j");
         // `b`'s record torn in the middle, then garbage after it.
-        let nodes = OpenOptions::new().write(true).open(dir.join(NODES)).unwrap();
+        let nodes = OpenOptions::new()
+            .write(true)
+            .open(dir.join(NODES))
+            .unwrap();
         nodes.set_len(end - 5).unwrap();
         nodes.write_all_at(&[0xAB; 37], end - 5).unwrap();
         let handles_len = std::fs::metadata(dir.join(HANDLES)).unwrap().len();
-        let handles = OpenOptions::new().write(true).open(dir.join(HANDLES)).unwrap();
+        let handles = OpenOptions::new()
+            .write(true)
+            .open(dir.join(HANDLES))
+            .unwrap();
         handles.set_len(handles_len - 3).unwrap();
-        let mut garbage = OpenOptions::new().append(true).open(dir.join(HANDLES)).unwrap();
-        garbage.write_all(b"\x30\0\0\0\x03garbage that is not a record").unwrap();
+        let mut garbage = OpenOptions::new()
+            .append(true)
+            .open(dir.join(HANDLES))
+            .unwrap();
+        garbage
+            .write_all(b"\x30\0\0\0\x03garbage that is not a record")
+            .unwrap();
 
         let (j, mut log, inherited) = Journal::open(&cfg(tmp.path(), true)).unwrap();
         assert_eq!(j.node(a).unwrap().name, "a");

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::store::{ListPage, ListRequest, ListedObject, StoreError, StoreErrorKind};
 
-use super::namespace::{children_from_listing, Listing};
 use super::journal::Seen;
+use super::namespace::{children_from_listing, Listing};
 use super::node::Etag;
 use super::{FsError, Kind, OssFs};
 

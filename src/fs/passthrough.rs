@@ -217,7 +217,10 @@ mod tests {
         t.inherit(102, 6, None);
         assert!(matches!(t.plan(5, true), OpenPlan::Adopt(9)));
         assert!(matches!(t.plan(5, false), OpenPlan::ServeDirect));
-        assert!(matches!(t.plan(6, true), OpenPlan::Serve), "served opens forbid passthrough");
+        assert!(
+            matches!(t.plan(6, true), OpenPlan::Serve),
+            "served opens forbid passthrough"
+        );
         let id = Arc::new(9);
         t.adopt(5, id.clone());
         t.record_passthrough(1, 5, id);

@@ -48,7 +48,11 @@ impl OssFs {
         let mut inherited = HashMap::new();
         for h in handles {
             if let Err(e) = self.resolve(h.ino) {
-                tracing::warn!(fh = h.fh, ino = h.ino, "an open handle's inode is not in the journal: {e}");
+                tracing::warn!(
+                    fh = h.fh,
+                    ino = h.ino,
+                    "an open handle's inode is not in the journal: {e}"
+                );
             }
             {
                 let mut versions = self.open_versions.lock().unwrap();
