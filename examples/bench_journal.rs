@@ -27,6 +27,10 @@ use ossmount::store::ObjectStore;
 
 const BUCKET: &str = "bench";
 
+/// One variant's round: find's seconds, the mount's peak RSS (MiB), paths found, journal
+/// bytes, and the mount's (system calls, writes, reads).
+type Measured = (f64, f64, usize, u64, (u64, u64, u64));
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--mount-child") {
@@ -49,8 +53,7 @@ fn main() {
     });
     let rounds = bench::arg_number("--rounds", 3) as usize;
     println!("find over {keys} keys, a cold mount each time, {rounds} rounds (median, min-max)");
-    let mut results: Vec<(&str, Vec<(f64, f64, usize, u64, (u64, u64, u64))>)> =
-        vec![("off", Vec::new()), ("on", Vec::new())];
+    let mut results: Vec<(&str, Vec<Measured>)> = vec![("off", Vec::new()), ("on", Vec::new())];
     for _ in 0..rounds {
         for (journal, runs) in results.iter_mut() {
             let (secs, rss, found, bytes) = run(&emu.endpoint(), work.path(), journal);
@@ -59,7 +62,7 @@ fn main() {
         }
     }
     for (journal, runs) in &results {
-        let stat = |f: &dyn Fn(&(f64, f64, usize, u64, (u64, u64, u64))) -> f64| {
+        let stat = |f: &dyn Fn(&Measured) -> f64| {
             let mut v: Vec<f64> = runs.iter().map(f).collect();
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
             format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])

@@ -430,16 +430,11 @@ impl OssFs {
         };
         let mut dirs = self.dirs.lock().unwrap();
         // A concurrent first readdir of an earlier process's handle may have opened it.
-        if !dirs.contains_key(&fh) {
-            dirs.insert(
-                fh,
-                DirHandle {
-                    ino,
-                    parent,
-                    entries,
-                },
-            );
-        }
+        dirs.entry(fh).or_insert(DirHandle {
+            ino,
+            parent,
+            entries,
+        });
         Ok(())
     }
 
