@@ -704,7 +704,7 @@ mod tests {
         // The process dies: its descriptors close (the journal has no cleanup to skip).
         drop((j, log));
 
-        let (j, _log, inherited) = Journal::open(&cfg(tmp.path(), true)).unwrap();
+        let (j, log, inherited) = Journal::open(&cfg(tmp.path(), true)).unwrap();
         assert!(j.resumed());
         assert_eq!(j.generation(), generation + 1);
         assert!(
@@ -721,6 +721,10 @@ mod tests {
         assert_eq!(j.node(b).unwrap().parent, a);
         assert_eq!(j.node(a + 1), None, "not a record's start");
         assert_eq!(j.node(1), None);
+        let mut log = log;
+        let next = log.append(1, Kind::Dir, "new", None);
+        assert!(next > c, "a number of the new generation ({next}) reuses an old one");
+        assert_eq!(j.node(next).unwrap().name, "new");
         assert_eq!(
             inherited,
             vec![HandleRecord {

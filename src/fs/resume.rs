@@ -8,7 +8,8 @@
 //! a remount does; if that version is gone from the server, its reads fail as a live
 //! handle's do when its object changes, never with another version's bytes. Directory
 //! handles are not journaled: `readdir` of one this process never opened lists the
-//! directory again (see `readdir_in` for what offsets mean). Must not write the journal's
+//! directory again (see `readdir_in` for what offsets mean). A `forget` of a number this
+//! process does not know is ignored: nothing here holds it. Must not write the journal's
 //! records itself, nor know the kernel.
 
 use std::collections::HashMap;
