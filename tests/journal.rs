@@ -29,6 +29,15 @@ fn version(seed: u8) -> Vec<u8> {
 
 /// One server generation: a cache opened on `scratch/cache` and an `OssFs` on the journal.
 fn generation(server: &Server, scratch: &Path, resume: bool) -> (Arc<OssFs>, Arc<Cache>) {
+    generation_with_ttl(server, scratch, resume, Duration::from_secs(60))
+}
+
+fn generation_with_ttl(
+    server: &Server,
+    scratch: &Path,
+    resume: bool,
+    metadata_ttl: Duration,
+) -> (Arc<OssFs>, Arc<Cache>) {
     let store: Arc<dyn ObjectStore> = Arc::new(server.client());
     let hydration = HydrationConfig {
         part_size: PART,
@@ -49,7 +58,7 @@ fn generation(server: &Server, scratch: &Path, resume: bool) -> (Arc<OssFs>, Arc
     let cfg = FsConfig {
         bucket: BUCKET.into(),
         prefix: String::new(),
-        metadata_ttl: Duration::from_secs(60),
+        metadata_ttl,
         uid: 0,
         gid: 0,
         file_mode: 0o444,
@@ -102,6 +111,8 @@ fn a_new_server_process_honours_the_inodes_and_handles_of_the_one_that_died() {
         let b = fs.lookup(a.ino, "b").await.unwrap();
         let c = fs.lookup(b.ino, "c.bin").await.unwrap();
         let opened = fs.open(c.ino).await.unwrap();
+        // As the adapter does for a passthrough open (the kernel's id is kept).
+        fs.note_passthrough(opened.fh, 7);
         let first = fs.read(opened.fh, 0, 300_000).await.unwrap();
         assert!(first == old[..300_000], "generation 1 read wrong bytes");
         let dir_fh = fs.opendir(b.ino).await.unwrap();
@@ -126,6 +137,12 @@ fn a_new_server_process_honours_the_inodes_and_handles_of_the_one_that_died() {
     let (fs, cache) = generation(&server, &scratch, true);
     rt.block_on(within(BOUND, "generation 2", async {
         assert_eq!(fs.server_generation(), Some(2));
+        let inherited = fs.inherited_handles();
+        assert_eq!(inherited.len(), 1);
+        assert_eq!(
+            (inherited[0].fh, inherited[0].ino, inherited[0].backing),
+            (held.fh, held.c.ino, Some(7))
+        );
         // The kernel's numbers mean what they meant.
         assert_eq!(fs.getattr(held.c.ino).unwrap(), held.c);
         assert_eq!(fs.getattr(held.a.ino).unwrap(), held.a);
@@ -240,5 +257,62 @@ fn a_journal_of_another_connection_is_not_resumed_by_a_fresh_mount() {
     let (fs, _cache) = generation(&server, &scratch, false);
     assert_eq!(fs.server_generation(), Some(1));
     assert!(matches!(fs.getattr(y.ino), Err(FsError::UnknownInode(_))));
+    drop(rt);
+}
+
+/// A new version opened beside an open handle of the old one gets a new inode number
+/// (`renumber`): both numbers, and both handles, survive the server.
+#[test]
+fn both_versions_of_a_renumbered_file_survive_the_server() {
+    let server_rt = runtime();
+    let server = server_rt.block_on(Server::start());
+    let (old, new) = (version(1), version(2));
+    server.put("v.bin", &old);
+    let scratch = server.scratch.path().to_path_buf();
+    let rt = runtime();
+    // No metadata TTL: every open asks the server for the version.
+    let (fs, cache) = generation_with_ttl(&server, &scratch, false, Duration::ZERO);
+    let (old_ino, old_fh, new_ino, new_fh) = rt.block_on(within(BOUND, "generation 1", async {
+        let v = fs.lookup(ROOT_INO, "v.bin").await.unwrap();
+        let old_fh = fs.open(v.ino).await.unwrap().fh;
+        assert!(fs.read(old_fh, 0, 1000).await.unwrap() == old[..1000]);
+        server.put("v.bin", &new);
+        assert!(matches!(fs.open(v.ino).await, Err(FsError::Stale)));
+        let v2 = fs.lookup(ROOT_INO, "v.bin").await.unwrap();
+        assert_ne!(v2.ino, v.ino, "the new version has a number of its own");
+        let new_fh = fs.open(v2.ino).await.unwrap().fh;
+        assert!(fs.read(new_fh, 0, 1000).await.unwrap() == new[..1000]);
+        (v.ino, old_fh, v2.ino, new_fh)
+    }));
+    drop(rt);
+    drop((fs, cache));
+
+    let rt = runtime();
+    let (fs, _cache) = generation_with_ttl(&server, &scratch, true, Duration::ZERO);
+    rt.block_on(within(BOUND, "generation 2", async {
+        assert_eq!(fs.getattr(old_ino).unwrap().ino, old_ino);
+        assert_eq!(fs.getattr(new_ino).unwrap().ino, new_ino);
+        let more = fs.read(new_fh, 1000, 1000).await.unwrap();
+        assert!(
+            more == new[1000..2000],
+            "the new version's handle continues"
+        );
+        match fs.read(old_fh, 1000, 1000).await {
+            Ok(bytes) => assert!(
+                bytes == old[1000..2000],
+                "the old handle read the new version"
+            ),
+            Err(FsError::Hydrate(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("changed on the server") || e.contains("was stopped"),
+                    "{e}"
+                );
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+        fs.release(old_fh);
+        fs.release(new_fh);
+    }));
     drop(rt);
 }

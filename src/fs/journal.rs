@@ -723,7 +723,10 @@ mod tests {
         assert_eq!(j.node(1), None);
         let mut log = log;
         let next = log.append(1, Kind::Dir, "new", None);
-        assert!(next > c, "a number of the new generation ({next}) reuses an old one");
+        assert!(
+            next > c,
+            "a number of the new generation ({next}) reuses an old one"
+        );
         assert_eq!(j.node(next).unwrap().name, "new");
         assert_eq!(
             inherited,
