@@ -413,6 +413,7 @@ async fn a_listing_whose_task_panics_fails_once_and_the_next_one_lists() {
         require_crc: false,
         read_deadline: Duration::from_secs(10),
         direct_memory: ossmount::fs::DEFAULT_DIRECT_MEMORY,
+        journal: None,
     };
     let fs = Arc::new(OssFs::new(cfg, store, Arc::new(cache)));
     let bound = Duration::from_secs(5);

@@ -38,6 +38,10 @@ pub enum FsError {
     /// The file has a new version under a new inode number: the kernel looks it up again.
     #[error("the object has a new version; look it up again")]
     Stale,
+    /// An inode number neither this server process nor the mount's journal knows (the
+    /// kernel holds it from an earlier process whose journal did not keep it).
+    #[error("inode {0} is unknown to this server and to the mount's journal; look it up again")]
+    UnknownInode(u64),
     /// `--require-crc` and the server announced no CRC-64 for the object.
     #[error("oss://{bucket}/{key}: the server sends no CRC-64 (x-oss-hash-crc64ecma) for it, and --require-crc refuses objects that cannot be verified")]
     NoCrc { bucket: String, key: String },

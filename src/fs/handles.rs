@@ -163,6 +163,7 @@ impl OssFs {
     /// kernel may keep its page cache (same version as last time) and, for a complete entry,
     /// which file the kernel could read directly.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
+        self.resolve(ino)?;
         let (id, body) = self.identity_for_open(ino).await?;
         if id.crc64.is_none() && self.cfg.require_crc {
             tracing::warn!(key = %id.key, "refusing an object without a CRC-64 (--require-crc)");
@@ -190,37 +191,9 @@ impl OssFs {
                 kept: false,
             }
         };
-        let file = if id.size > self.cache.capacity().max_bytes {
-            if self
-                .ns
-                .lock()
-                .unwrap()
-                .logged_skips
-                .insert(format!("direct:{}", id.key))
-            {
-                tracing::warn!(key = %id.key, size = id.size, "larger than the whole cache: served by ranged reads, not kept");
-            }
-            OpenFile::Direct {
-                ino,
-                reader: Arc::new(DirectReader::new(self.direct.clone(), id.clone(), WINDOW)),
-            }
-        } else {
-            // Opening an entry reads and may fsync its checkpoint: off the async workers.
-            let (cache, entry_id) = (self.cache.clone(), id.clone());
-            let entry = tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
-                .await
-                .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
-                .map_err(|e| {
-                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-                    FsError::Cache(e.to_string())
-                })?;
-            OpenFile::Cached {
-                ino,
-                entry,
-                served: Default::default(),
-            }
-        };
+        let file = self.open_file(ino, &id, body).await?;
         let id_size = id.size;
+        let journaled_id = self.journal.as_ref().map(|_| id.clone());
         let (keep_cache, version_changed) = {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
@@ -251,6 +224,10 @@ impl OssFs {
             }
             _ => None,
         };
+        // Journaled before the reply gives the handle to the kernel.
+        if let (Some(j), Some(id)) = (&self.journal, &journaled_id) {
+            j.opened(fh, ino, id);
+        }
         self.files.lock().unwrap().insert(fh, file);
         reservation.kept = true; // given back by `release`
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
@@ -262,11 +239,55 @@ impl OssFs {
         })
     }
 
+    /// The reader of version `id` of `ino`: its cache entry (joining or starting its
+    /// hydration), or a direct reader for objects larger than the whole cache.
+    pub(super) async fn open_file(
+        &self,
+        ino: u64,
+        id: &ObjectIdentity,
+        body: Option<bytes::Bytes>,
+    ) -> Result<OpenFile, FsError> {
+        let file = if id.size > self.cache.capacity().max_bytes {
+            if self
+                .ns
+                .lock()
+                .unwrap()
+                .logged_skips
+                .insert(format!("direct:{}", id.key))
+            {
+                tracing::warn!(key = %id.key, size = id.size, "larger than the whole cache: served by ranged reads, not kept");
+            }
+            OpenFile::Direct {
+                ino,
+                reader: Arc::new(DirectReader::new(self.direct.clone(), id.clone(), WINDOW)),
+            }
+        } else {
+            // Opening an entry reads and may fsync its checkpoint: off the async workers.
+            let (cache, entry_id) = (self.cache.clone(), id.clone());
+            let entry = tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
+                .await
+                .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
+                .map_err(|e| {
+                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                    FsError::Cache(e.to_string())
+                })?;
+            OpenFile::Cached {
+                ino,
+                entry,
+                served: Default::default(),
+            }
+        };
+        Ok(file)
+    }
+
     /// Reads `[offset, offset + size)`, waiting only for the parts that hold it, within the
     /// read deadline. Cached bytes from an earlier run are checked against their CRC-64 before
     /// they are served, and the read that reaches the end of the object waits for the
     /// whole-object CRC-64 check, so no reader finishes with success on corrupt bytes.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        if self.journal.is_some() && !self.files.lock().unwrap().contains_key(&fh) {
+            self.adopt(fh).await?;
+        }
         let h = match self
             .files
             .lock()
@@ -384,7 +405,7 @@ impl OssFs {
         }
     }
 
-    fn unreserve(&self, ino: u64) {
+    pub(super) fn unreserve(&self, ino: u64) {
         let last = {
             let mut versions = self.open_versions.lock().unwrap();
             match versions.get_mut(&ino) {
@@ -413,6 +434,12 @@ impl OssFs {
     }
 
     pub fn release(&self, fh: u64) {
+        if let Some(j) = &self.journal {
+            j.closed(fh);
+        }
+        if self.release_inherited(fh) {
+            return;
+        }
         let file = self.files.lock().unwrap().remove(&fh);
         if let Some(f) = &file {
             self.unreserve(f.ino());

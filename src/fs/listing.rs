@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::store::{ListPage, ListRequest, ListedObject, StoreError, StoreErrorKind};
 
+use super::journal::Seen;
 use super::namespace::{children_from_listing, Listing};
 use super::node::Etag;
 use super::{FsError, Kind, OssFs};
@@ -351,10 +352,20 @@ impl OssFs {
                 tracing::warn!(key = %key, "skipping a key that cannot be a file name here (empty, '.', '..' or over-long component, or hidden by a directory of the same name)");
             }
         }
+        // The page's new nodes are journaled in one write, before the lock is let go.
+        if let Some(log) = ns.log.as_mut() {
+            log.begin_batch();
+        }
         let new: Vec<Listed> = children
             .into_iter()
             .map(|c| {
-                let ino = ns.child(dir, &c.name, c.kind);
+                let seen = Seen {
+                    size: c.size,
+                    mtime: c.mtime,
+                    etag: &c.etag,
+                };
+                let seen = (c.kind == Kind::File).then_some(&seen);
+                let ino = ns.child_seen(dir, &c.name, c.kind, seen);
                 let node = ns.nodes.get_mut(&ino).expect("child() made it");
                 node.listed = number;
                 if c.kind == Kind::File {
@@ -365,6 +376,7 @@ impl OssFs {
                 Listed { ino, kind: c.kind }
             })
             .collect();
+        ns.flush_journal();
         entries.push(new);
         drop(ns);
     }

@@ -16,12 +16,14 @@ mod direct;
 mod error;
 pub mod fuse;
 mod handles;
+mod journal;
 mod kernel;
 mod listing;
 mod namespace;
 mod node;
 pub mod passthrough;
 mod probe;
+mod resume;
 mod sweep;
 mod xattr;
 
@@ -37,6 +39,7 @@ pub use counters::{FsStats, MountCounters};
 pub use direct::DEFAULT_DIRECT_MEMORY;
 pub use error::FsError;
 pub use handles::Opened;
+pub use journal::JournalConfig;
 pub use namespace::{children_from_listing, ListedChild};
 
 use handles::OpenFile;
@@ -62,6 +65,10 @@ pub struct FsConfig {
     /// The most bytes the windows of every reader of objects larger than the cache hold
     /// together (`DEFAULT_DIRECT_MEMORY` unless set); readahead stops at it.
     pub direct_memory: u64,
+    /// Where this mount writes what the kernel holds (inode numbers, open handles), so a
+    /// new server process taking over the same kernel connection can honour them (see
+    /// `journal`). `None`: nothing is written, and the mount ends with its process.
+    pub journal: Option<JournalConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,20 +111,70 @@ pub struct OssFs {
     /// limiter and the window memory budget.
     direct: Arc<direct::Shared>,
     next_fh: AtomicU64,
+    /// What the kernel holds from this and earlier server processes of the connection.
+    journal: Option<Arc<journal::Journal>>,
+    /// Handles an earlier server process opened and the kernel has not released: opened
+    /// here at their first read (see `resume.rs`).
+    inherited: Mutex<HashMap<u64, resume::Inherited>>,
     started: SystemTime,
     pub stats: FsStats,
 }
 
 impl OssFs {
+    /// A filesystem over `store` and `cache`. With `cfg.journal`, a journal that cannot be
+    /// opened is logged and the mount runs without one (it then ends with its process); use
+    /// `try_new` to fail instead.
     pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, cache: Arc<Cache>) -> OssFs {
-        let started = SystemTime::now();
-        let ns = Namespace::new(&cfg.prefix, started);
+        match OssFs::try_new(cfg.clone(), store.clone(), cache.clone()) {
+            Ok(fs) => fs,
+            Err(e) => {
+                tracing::error!("{e}: this mount runs without a journal and will not survive a restart of its server");
+                let cfg = FsConfig {
+                    journal: None,
+                    ..cfg
+                };
+                OssFs::try_new(cfg, store, cache).expect("nothing to fail without a journal")
+            }
+        }
+    }
+
+    /// A filesystem over `store` and `cache`, with the journal of `cfg.journal` opened (and,
+    /// with `resume`, the previous server process's inode numbers and open handles taken
+    /// over). Fails only when the journal cannot be opened.
+    pub fn try_new(
+        cfg: FsConfig,
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<Cache>,
+    ) -> std::io::Result<OssFs> {
+        let opened = match &cfg.journal {
+            Some(jc) => Some(journal::Journal::open(jc)?),
+            None => None,
+        };
+        // Directories show when the mount started: the same to every server generation.
+        let started = opened
+            .as_ref()
+            .map_or_else(SystemTime::now, |(j, _, _)| j.started());
+        let mut ns = Namespace::new(&cfg.prefix, started);
+        let (journal, inherited) = match opened {
+            Some((journal, log, inherited)) => {
+                tracing::info!(
+                    dir = %journal.dir().display(),
+                    generation = journal.generation(),
+                    resumed = journal.resumed(),
+                    "the mount's journal"
+                );
+                ns.log = Some(log);
+                (Some(Arc::new(journal)), inherited)
+            }
+            None => (None, Vec::new()),
+        };
+        let first_fh = journal.as_ref().map_or(1, |j| j.first_fh());
         let direct = Arc::new(direct::Shared {
             store: store.clone(),
             limiter: cache.limiter().clone(),
             budget: direct::WindowBudget::new(cfg.direct_memory, direct::WINDOW),
         });
-        OssFs {
+        let fs = OssFs {
             cfg,
             store,
             cache,
@@ -127,10 +184,20 @@ impl OssFs {
             dirs: Mutex::new(HashMap::new()),
             listings_in_flight: Default::default(),
             direct,
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh),
+            journal,
+            inherited: Mutex::new(HashMap::new()),
             started,
             stats: FsStats::default(),
-        }
+        };
+        fs.inherit(inherited);
+        Ok(fs)
+    }
+
+    /// Which server process of this mount's kernel connection this is, counted by its
+    /// journal (1 for the first; a takeover adds one), or `None` without a journal.
+    pub fn server_generation(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| j.generation())
     }
 
     pub fn config(&self) -> &FsConfig {

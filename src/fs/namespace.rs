@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use crate::hydrate::ObjectIdentity;
 use crate::store::ListPage;
 
+use super::journal::{NodeLog, NodeRecord, Seen};
 use super::listing::{Entries, LIST_PAGE};
 use super::node::{Etag, Names, Node, Nodes};
 use super::{Attr, DirEntry, FsError, Kind, OssFs, ROOT_INO};
@@ -37,7 +38,15 @@ pub(super) struct Namespace {
     pub(super) probes: HashMap<(u64, String), (Instant, Option<u64>)>,
     /// What a sweep looks at (see `sweep.rs`).
     pub(super) sweep: super::sweep::Sweep,
+    /// The mount's journal, when it keeps one: new nodes are numbered by it (see
+    /// `journal.rs`), so their numbers are written down before anything can show them.
+    pub(super) log: Option<NodeLog>,
 }
+
+/// The kernel references of a node taken over from an earlier server process: how many it
+/// holds is unknown, so the node is never swept (it costs its node until the unmount; only
+/// numbers the kernel asks about after a takeover are taken over).
+pub(super) const PINNED: u64 = 1 << 62;
 
 impl Namespace {
     /// Gives the file `ino` a new inode number carrying `id`, for a new version opened while
@@ -58,8 +67,12 @@ impl Namespace {
         node.etag = Etag::new(&id.etag);
         node.listed = old.listed;
         node.opened_mut().identity = Some((id.clone(), Instant::now()));
-        let new_ino = self.next_ino;
-        self.next_ino += 1;
+        let seen = Seen {
+            size: id.size,
+            mtime: node.mtime,
+            etag: &id.etag,
+        };
+        let new_ino = self.number(parent, Kind::File, &name, Some(&seen));
         self.nodes.insert(new_ino, Box::new(node));
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
@@ -91,11 +104,22 @@ impl Namespace {
     /// The inode of `name` in `parent` as a file or a directory, created when new (numbers
     /// stay what a listing or an earlier probe gave them).
     pub(super) fn child(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
+        self.child_seen(parent, name, kind, None)
+    }
+
+    /// `child`, with the version a listing or HEAD showed for a file (the journal records
+    /// it with a new node; the caller sets it on the node either way).
+    pub(super) fn child_seen(
+        &mut self,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        seen: Option<&Seen<'_>>,
+    ) -> u64 {
         if let Some(ino) = self.names.get(&self.nodes, parent, name, kind == Kind::Dir) {
             return ino;
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let ino = self.number(parent, kind, name, seen);
         self.nodes.insert(
             ino,
             Box::new(Node::new(parent, name, kind, SystemTime::UNIX_EPOCH)),
@@ -105,6 +129,49 @@ impl Namespace {
             p.children += 1;
         }
         ino
+    }
+
+    /// A number for a new node: its journal record's place, or the next of this process.
+    fn number(&mut self, parent: u64, kind: Kind, name: &str, seen: Option<&Seen<'_>>) -> u64 {
+        match self.log.as_mut() {
+            Some(log) => log.append(parent, kind, name, seen),
+            None => {
+                let ino = self.next_ino;
+                self.next_ino += 1;
+                ino
+            }
+        }
+    }
+
+    /// Writes the journal records a batch of new nodes placed (see `NodeLog::begin_batch`).
+    pub(super) fn flush_journal(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            log.flush();
+        }
+    }
+
+    /// Takes over node `rec` that an earlier server process numbered (its parent is here
+    /// already), pinned (see `PINNED`). Its name leads to it unless a node of this process
+    /// has that name already (then both stay, each reachable by its number).
+    pub(super) fn take_over(&mut self, rec: &NodeRecord) {
+        if self.nodes.contains_key(&rec.ino) || !self.nodes.contains_key(&rec.parent) {
+            return;
+        }
+        let mut node = Node::new(rec.parent, &rec.name, rec.kind, rec.mtime);
+        node.size = rec.size;
+        node.etag = Etag::new(&rec.etag);
+        node.lookups = PINNED;
+        self.nodes.insert(rec.ino, Box::new(node));
+        if self
+            .names
+            .get(&self.nodes, rec.parent, &rec.name, rec.kind == Kind::Dir)
+            .is_none()
+        {
+            self.names.set(&self.nodes, rec.ino);
+        }
+        if let Some(p) = self.nodes.get_mut(&rec.parent) {
+            p.children += 1;
+        }
     }
 
     /// The object key of a file, or the prefix of a directory (ending in `/`, or empty for
@@ -251,6 +318,7 @@ pub fn children_from_listing(prefix: &str, page: &ListPage) -> (Vec<ListedChild>
 
 impl OssFs {
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.resolve(ino)?;
         let ns = self.ns.lock().unwrap();
         ns.nodes
             .get(&ino)
@@ -261,6 +329,7 @@ impl OssFs {
     /// A name in a directory, in constant time; the kernel holds a reference to what it
     /// returns until it forgets it.
     pub async fn lookup(self: &Arc<Self>, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.resolve(parent)?;
         let listed = self
             .ns
             .lock()
@@ -332,6 +401,7 @@ impl OssFs {
             .values()
             .map(|f| f.ino())
             .collect();
+        open.extend(self.inherited_inos());
         // Directories that open handles read and listings still arriving: their nodes stay.
         let mut reading: HashSet<u64> = HashSet::new();
         for d in self.dirs.lock().unwrap().values() {
@@ -345,21 +415,27 @@ impl OssFs {
     /// Opens a directory for reading once the first page of its listing is in (later pages
     /// keep arriving while the kernel reads the first).
     pub async fn opendir(self: &Arc<Self>, ino: u64) -> Result<u64, FsError> {
+        self.resolve(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open_dir_as(ino, fh).await?;
+        Ok(fh)
+    }
+
+    /// Opens directory `ino` as handle `fh` (a new one, or one an earlier process opened).
+    pub(super) async fn open_dir_as(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), FsError> {
         let entries = self.dir_entries(ino).await?;
         let parent = {
             let ns = self.ns.lock().unwrap();
             ns.nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT_INO)
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(
-            fh,
-            DirHandle {
-                ino,
-                parent,
-                entries,
-            },
-        );
-        Ok(fh)
+        let mut dirs = self.dirs.lock().unwrap();
+        // A concurrent first readdir of an earlier process's handle may have opened it.
+        dirs.entry(fh).or_insert(DirHandle {
+            ino,
+            parent,
+            entries,
+        });
+        Ok(())
     }
 
     /// Up to `max` entries from `offset` on, each with the offset of the entry after it,

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::hydrate::ObjectIdentity;
 use crate::store::ListRequest;
 
+use super::journal::Seen;
 use super::namespace::{valid_name, Namespace};
 use super::node::Etag;
 use super::{Attr, FsError, Kind, OssFs};
@@ -56,7 +57,14 @@ impl OssFs {
                         tracing::warn!(
                             "{context} failed, using the complete cache entry: {source}"
                         );
-                        let ino = ns.child(parent, name, Kind::File);
+                        let mtime = httpdate::parse_http_date(&id.last_modified)
+                            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                        let seen = Seen {
+                            size: id.size,
+                            mtime,
+                            etag: &id.etag,
+                        };
+                        let ino = ns.child_seen(parent, name, Kind::File, Some(&seen));
                         let node = ns.nodes.get_mut(&ino).expect("just made");
                         node.size = id.size;
                         node.mtime =
@@ -113,7 +121,14 @@ impl OssFs {
         let answer = if is_dir {
             Some(ns.child(parent, name, Kind::Dir))
         } else if let Some(meta) = meta {
-            let ino = ns.child(parent, name, Kind::File);
+            let seen = Seen {
+                size: meta.size,
+                mtime: meta
+                    .last_modified_time()
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                etag: &meta.etag,
+            };
+            let ino = ns.child_seen(parent, name, Kind::File, Some(&seen));
             let node = ns.nodes.get_mut(&ino).expect("just made");
             node.size = meta.size;
             node.etag = Etag::new(&meta.etag);

@@ -7,6 +7,7 @@ impl OssFs {
     /// Extended attributes of a file: `user.ossmount.hydration` ("37/128 parts"),
     /// `user.ossmount.cached` (complete, unverified, partial, none) and `user.ossmount.etag`.
     pub fn xattr(&self, ino: u64, name: &str) -> Option<Vec<u8>> {
+        self.resolve(ino).ok()?;
         let (key, etag) = {
             let ns = self.ns.lock().unwrap();
             let n = ns.nodes.get(&ino).filter(|n| n.kind == Kind::File)?;
@@ -32,6 +33,7 @@ impl OssFs {
     }
 
     pub fn xattr_names(&self, ino: u64) -> Vec<&'static str> {
+        let _ = self.resolve(ino);
         let is_file = self
             .ns
             .lock()

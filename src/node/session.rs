@@ -67,6 +67,7 @@ impl MountSession {
                 require_crc: opts.require_crc,
                 read_deadline: opts.read_deadline,
                 direct_memory: opts.direct_memory,
+                journal: None,
             },
             store.clone(),
             Arc::new(cache.for_store(store)),

@@ -41,13 +41,19 @@ pub struct FuseAdapter {
 impl FuseAdapter {
     pub fn new(fs: Arc<OssFs>, rt: tokio::runtime::Handle, passthrough: bool) -> FuseAdapter {
         let ttl = fs.config().metadata_ttl;
+        // Handles an earlier server process of this connection opened (a takeover): the
+        // kernel's passthrough rules count them (see `passthrough`).
+        let mut table = PassthroughTable::default();
+        for h in fs.inherited_handles() {
+            table.inherit(h.fh, h.ino, h.backing);
+        }
         FuseAdapter {
             fs,
             rt,
             ttl,
             passthrough_wanted: passthrough,
             passthrough: Arc::new(AtomicBool::new(false)),
-            backing: Arc::default(),
+            backing: Arc::new(Mutex::new(table)),
             tuning: FuseTuning::default(),
             notifier: Arc::default(),
         }
@@ -88,7 +94,7 @@ fn errno(e: &FsError) -> Errno {
         FsError::IsADirectory => Errno::EISDIR,
         FsError::BadHandle => Errno::EBADF,
         FsError::PassthroughBusy => Errno::EBUSY,
-        FsError::Stale => Errno::ESTALE,
+        FsError::Stale | FsError::UnknownInode(_) => Errno::ESTALE,
         FsError::Store { source, .. } => match source.kind {
             StoreErrorKind::NotFound => Errno::ENOENT,
             StoreErrorKind::AccessDenied => Errno::EACCES,
@@ -185,10 +191,25 @@ impl Filesystem for FuseAdapter {
                 }
             }
             let mut table = backing.lock().unwrap();
+            // Backing ids of an earlier server process nothing uses now: closed (a
+            // `BackingId` closes its id when dropped).
+            for raw in table.take_unadopted() {
+                // SAFETY: the id was registered on this connection by the earlier process,
+                // is closed nowhere else, and nothing holds it any more.
+                drop(unsafe { reply.wrap_backing(raw) });
+            }
             let file = o.complete_file.as_ref().filter(|_| passthrough);
             let mut plan = table.plan(ino.0, file.is_some());
+            let mut created = None;
             if let (OpenPlan::CreateBacking, Some(file)) = (&plan, file) {
                 plan = match reply.open_backing(&**file) {
+                    Ok(id) if fs.journaling() => {
+                        // Its number is journaled: a later process must reuse it.
+                        let raw = id.into_raw();
+                        created = Some(raw);
+                        // SAFETY: just registered on this connection; owned from here on.
+                        OpenPlan::Share(Arc::new(unsafe { reply.wrap_backing(raw) }))
+                    }
                     Ok(id) => OpenPlan::Share(Arc::new(id)),
                     Err(e) => {
                         tracing::debug!("passthrough refused, serving reads: {e}");
@@ -196,8 +217,23 @@ impl Filesystem for FuseAdapter {
                     }
                 };
             }
+            if let OpenPlan::Adopt(raw) = plan {
+                // SAFETY: registered on this connection by the earlier process for this
+                // inode; the table owns it from here on and closes it once, when the last
+                // handle of the inode is released.
+                let id = Arc::new(unsafe { reply.wrap_backing(raw) });
+                table.adopt(ino.0, id.clone());
+                created = Some(raw);
+                plan = OpenPlan::Share(id);
+            }
             match plan {
                 OpenPlan::Share(id) => {
+                    if let Some(raw) = created {
+                        table.set_raw(ino.0, raw);
+                    }
+                    if let Some(raw) = table.raw_of(ino.0) {
+                        fs.note_passthrough(o.fh, raw);
+                    }
                     table.record_passthrough(o.fh, ino.0, id.clone());
                     drop(table);
                     fs.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +246,16 @@ impl Filesystem for FuseAdapter {
                     fs.release(o.fh);
                     return reply.error(errno(&FsError::PassthroughBusy));
                 }
-                OpenPlan::Serve | OpenPlan::CreateBacking => table.record_served(o.fh, ino.0),
+                OpenPlan::ServeDirect => {
+                    // Beside an earlier process's passthrough open: the kernel allows only
+                    // direct I/O (no page cache) next to it.
+                    table.record_served_direct(o.fh);
+                    drop(table);
+                    return reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                OpenPlan::Serve | OpenPlan::CreateBacking | OpenPlan::Adopt(_) => {
+                    table.record_served(o.fh, ino.0)
+                }
             }
             drop(table);
             let flags = if o.keep_cache {
@@ -282,7 +327,7 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -290,7 +335,7 @@ impl Filesystem for FuseAdapter {
         // Waits for the listing's pages: off the FUSE thread.
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.readdir(fh.0, offset, READDIR_BATCH).await {
+            match fs.readdir_in(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for (next, e) in entries {
                         let kind = match e.kind {
@@ -311,14 +356,14 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
-            match fs.readdirplus(fh.0, offset, READDIR_BATCH).await {
+            match fs.readdirplus_in(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for (next, e, attr) in entries {
                         if reply.add(
