@@ -83,13 +83,23 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
             spec.build().await
         })
     });
-    let node = Node::open(&opts, store, rt.handle().clone(), Some(factory.clone()))?;
+    let (link, handed) = match link {
+        Some((link, handed)) => (Some(Arc::new(link)), Some(handed)),
+        None => (None, None),
+    };
+    let node = Node::open(
+        &opts,
+        store,
+        rt.handle().clone(),
+        Some(factory.clone()),
+        link.clone(),
+    )?;
     tracing::info!(
         "node serving {} (pid {}{})",
         args.cache_dir.display(),
         std::process::id(),
         match &link {
-            Some((l, _)) => format!(
+            Some(l) => format!(
                 ", holder pid {}, restarts {}",
                 l.info.holder_pid, l.info.restarts
             ),
@@ -98,9 +108,7 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
     );
     // From here everything goes to the log: nobody waits on this process's pipes.
     detach_stdio();
-    if let Some((link, handed)) = link {
-        let link = Arc::new(link);
-        node.set_holder(link.clone());
+    if let (Some(link), Some(handed)) = (link, handed) {
         take_over(&node, &factory, &link, handed, rt);
         std::thread::Builder::new()
             .name("holder-wait".into())

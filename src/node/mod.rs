@@ -131,6 +131,7 @@ impl Node {
         store: Arc<dyn ObjectStore>,
         rt: tokio::runtime::Handle,
         factory: Option<MountFactory>,
+        holder: Option<Arc<holder::HolderLink>>,
     ) -> Result<Arc<Node>> {
         raise_open_file_limit();
         let opts = first;
@@ -184,6 +185,10 @@ impl Node {
             factory,
             holder: Default::default(),
         });
+        // Before the control socket takes a first mount: every mount is held.
+        if let Some(link) = holder {
+            node.set_holder(link);
+        }
         let control = {
             let _rt = rt.enter();
             crate::control::serve(&opts.cache_dir, node.clone()).with_context(|| {
@@ -367,9 +372,19 @@ impl Node {
     ) -> Result<Arc<MountSession>> {
         opts.request_metrics
             .report_throttling_to(self.cache.limiter().clone());
-        let (session, held) = MountSession::start(id, opts, store, &self.cache, source, &self.rt)?;
-        let session = Arc::new(session);
         let holder = self.holder.get().cloned();
+        // Only a mount a successor can take over needs what it must honour written down.
+        let journal = holder.as_ref().map(|_| self.journal_dir(id));
+        let (session, held) = MountSession::start(
+            id,
+            opts,
+            store,
+            &self.cache,
+            source,
+            journal.clone(),
+            &self.rt,
+        )?;
+        let session = Arc::new(session);
         if let (Some(holder), Some(held), Some(spec)) = (&holder, &held, spec) {
             let record = holder::HeldMount::of(id, spec, &session.opts.mountpoint, held);
             holder.hold(record, held);
@@ -388,11 +403,20 @@ impl Node {
                 if let Some(holder) = holder {
                     holder.release(id);
                 }
+                if let Some(dir) = journal {
+                    // The connection is gone: nobody can ask for what it recorded.
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 busy.send_modify(|n| *n -= 1);
             }
         });
         self.write_status();
         Ok(session)
+    }
+
+    /// Where mount `id` records the inode numbers and handles a successor must honour.
+    fn journal_dir(&self, id: u64) -> PathBuf {
+        self.cache_dir.join("journal").join(id.to_string())
     }
 
     /// Tells the holder this node ends on purpose: nothing of it is to be taken over.
@@ -404,7 +428,7 @@ impl Node {
 
     /// From now on the mounts of this node are kept by `link`'s holder across this
     /// process's death.
-    pub fn set_holder(&self, link: Arc<holder::HolderLink>) {
+    fn set_holder(&self, link: Arc<holder::HolderLink>) {
         crate::metrics::SERVER_RESTARTS.store(link.info.restarts, Ordering::Relaxed);
         crate::metrics::SERVER_UPGRADES.store(link.info.upgrades, Ordering::Relaxed);
         let _ = self.holder.set(link);

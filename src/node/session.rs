@@ -46,6 +46,7 @@ impl MountSession {
         store: Arc<dyn ObjectStore>,
         cache: &Cache,
         source: Source,
+        journal: Option<std::path::PathBuf>,
         rt: &tokio::runtime::Handle,
     ) -> Result<(MountSession, Option<Held>)> {
         let prefix = opts.prefix();
@@ -55,7 +56,11 @@ impl MountSession {
             // get each request's own error, not a dead mount.
             rt.block_on(preflight(&*store, &opts.url, &prefix))?;
         }
-        let fs = Arc::new(OssFs::new(
+        let journal = journal.map(|dir| crate::fs::JournalConfig {
+            dir,
+            resume: taking_over,
+        });
+        let fs = Arc::new(OssFs::try_new(
             FsConfig {
                 bucket: opts.url.bucket.clone(),
                 prefix,
@@ -67,11 +72,12 @@ impl MountSession {
                 require_crc: opts.require_crc,
                 read_deadline: opts.read_deadline,
                 direct_memory: opts.direct_memory,
-                journal: None,
+                journal,
             },
             store.clone(),
             Arc::new(cache.for_store(store)),
-        ));
+        )
+        .context("cannot open the mount's journal (the inode numbers and handles a successor must honour)")?);
         let metrics = match &opts.metrics_addr {
             Some(addr) => {
                 let served = rt

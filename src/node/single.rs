@@ -19,7 +19,7 @@ pub fn run_mount(
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(&opts.mountpoint)?;
-    let node = super::Node::open(opts, store.clone(), rt.clone(), None)?;
+    let node = super::Node::open(opts, store.clone(), rt.clone(), None, None)?;
     let session = match node.mount(opts.clone(), store, None, None) {
         Ok(s) => s,
         Err(e) => {
