@@ -20,8 +20,9 @@ use tokio::sync::watch;
 
 use crate::cache::{Cache, Capacity};
 use crate::control::ControlServer;
-use crate::fs::MountCounters;
+use crate::fs::{ListingShare, MountCounters};
 use crate::hydrate::{ConnectionLimiter, HydrationConfig};
+use crate::memory::MemoryTarget;
 use crate::mount::MountOptions;
 use crate::status::{self, MountStatusFile, SessionStatus};
 use crate::store::ObjectStore;
@@ -59,6 +60,12 @@ pub struct Node {
     /// aborted, so a tick still running cannot write the status after the last write.
     ticker: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     factory: Option<MountFactory>,
+    /// What memory the node aims to stay under (from its first mount, or its cgroup).
+    memory: MemoryTarget,
+    /// Every mount's cached listings count against it (with a memory target).
+    listing_share: Option<Arc<ListingShare>>,
+    /// When the allocator last gave free memory back (see `tick`).
+    last_trim: Mutex<std::time::Instant>,
 }
 
 /// What one node does for all its mounts, taken from its first.
@@ -72,6 +79,8 @@ struct NodeSettings {
     threads: Option<usize>,
     mode: crate::hydrate::FetchMode,
     readahead: u64,
+    /// `--memory-limit` as asked (`None`: the default, from the cgroup).
+    memory_limit: Option<u64>,
 }
 
 impl NodeSettings {
@@ -84,6 +93,7 @@ impl NodeSettings {
             threads: (!o.adaptive).then_some(o.threads),
             mode: o.mode,
             readahead: o.readahead,
+            memory_limit: o.memory_limit,
         }
     }
 }
@@ -152,6 +162,9 @@ impl Node {
             ..HydrationConfig::default()
         };
         crate::cache::private_dir(&opts.cache_dir)?;
+        let memory = MemoryTarget::resolve(opts.memory_limit);
+        tracing::info!("{}", memory.describe());
+        let listing_share = memory.listed_entries_max().map(ListingShare::new);
         let defaults = Capacity::default_for(&opts.cache_dir);
         let capacity = Capacity {
             max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
@@ -178,6 +191,9 @@ impl Node {
             tasks: Mutex::default(),
             ticker: Mutex::default(),
             factory,
+            memory,
+            listing_share,
+            last_trim: Mutex::new(std::time::Instant::now()),
         });
         let control = {
             let _rt = rt.enter();
@@ -264,6 +280,12 @@ impl Node {
             want.readahead.to_string(),
             have.readahead.to_string(),
         );
+        let target = |t: Option<u64>| t.map_or("the default".to_string(), crate::size::human_bytes);
+        note(
+            "--memory-limit",
+            target(want.memory_limit),
+            target(have.memory_limit),
+        );
         notes
     }
 
@@ -314,7 +336,7 @@ impl Node {
     /// control socket.
     pub fn mount(
         &self,
-        opts: MountOptions,
+        mut opts: MountOptions,
         store: Arc<dyn ObjectStore>,
         handed_in: Option<std::os::fd::OwnedFd>,
     ) -> Result<Arc<MountSession>> {
@@ -331,6 +353,8 @@ impl Node {
         };
         opts.request_metrics
             .report_throttling_to(self.cache.limiter().clone());
+        // Read windows take their share of the node's memory target (per mount).
+        opts.direct_memory = self.memory.direct_memory(opts.direct_memory);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(MountSession::start(
             id,
@@ -340,6 +364,9 @@ impl Node {
             handed_in,
             &self.rt,
         )?);
+        if let Some(share) = &self.listing_share {
+            session.fs.share_listings(share.clone());
+        }
         self.sessions.lock().unwrap().live.push(session.clone());
         self.busy.send_modify(|n| *n += 1);
         // Ends the session's bookkeeping when its FUSE session ends, however it ends.
@@ -408,7 +435,24 @@ impl Node {
         for s in self.sessions() {
             s.fs.sweep_namespace();
         }
+        self.give_back_memory();
         self.write_status();
+    }
+
+    /// Over half its memory target, the node has the allocator give its free memory back to
+    /// the kernel (glibc keeps what dropped listings and nodes freed, so the resident set
+    /// would not shrink with them), at most every 5 s: a trim walks the allocator's free
+    /// lists.
+    fn give_back_memory(&self) {
+        let Some(limit) = self.memory.limit else {
+            return;
+        };
+        let mut last = self.last_trim.lock().unwrap();
+        if last.elapsed() < Duration::from_secs(5) || crate::memory::resident_bytes() < limit / 2 {
+            return;
+        }
+        *last = std::time::Instant::now();
+        crate::memory::give_back_free_memory();
     }
 
     fn retire_ended(&self) {
@@ -502,6 +546,9 @@ impl Node {
             hydrating,
             counters: MountCounters::total(all.iter().map(|m| &m.counters)),
             mounts,
+            memory_limit: self.memory.limit,
+            rss_bytes: crate::memory::resident_bytes(),
+            peak_rss_bytes: crate::memory::peak_resident_bytes(),
             updated_unix: status::unix_now(),
         };
         status::write_status_file(cache.dir(), &st);
