@@ -40,6 +40,9 @@ pub struct MountStatusFile {
     pub rss_bytes: u64,
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Entries every mount's cached listings show (counted against the memory target).
+    #[serde(default)]
+    pub listed_entries: u64,
     pub updated_unix: u64,
 }
 

@@ -66,7 +66,8 @@ pub(super) struct Sweep {
     /// `listed_entries` it was last told.
     share: Option<Arc<ListingShare>>,
     told_share: AtomicU64,
-    /// Listings dropped before their time to stay within the share.
+    /// Listings let go before their time to stay within the share (dropped at once, or when
+    /// the directory handle reading one closes).
     pub(super) dropped_for_memory: u64,
 }
 
@@ -260,11 +261,10 @@ impl Namespace {
             self.sweep.looked_at += 1;
             match what {
                 Expiring::Listing { dir, number } => {
-                    let before = self.sweep.listed_entries;
-                    self.expire_listing(dir, number, open_inos);
-                    if self.sweep.listed_entries < before {
+                    if self.listings.get(&dir).is_some_and(|l| l.number == number) {
                         self.sweep.dropped_for_memory += 1;
                     }
+                    self.expire_listing(dir, number, open_inos);
                     self.sweep.tell_share();
                 }
                 probe => probes.push((at, probe)),

@@ -549,6 +549,7 @@ impl Node {
             memory_limit: self.memory.limit,
             rss_bytes: crate::memory::resident_bytes(),
             peak_rss_bytes: crate::memory::peak_resident_bytes(),
+            listed_entries: self.listing_share.as_ref().map_or(0, |s| s.entries()),
             updated_unix: status::unix_now(),
         };
         status::write_status_file(cache.dir(), &st);
