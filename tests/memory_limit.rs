@@ -188,6 +188,18 @@ async fn readers_of_objects_larger_than_the_cache_keep_within_the_target() {
         ],
     );
     let pid = m.node_pid().expect("the node's pid");
+    // The target is node-wide: a mount joining the node with another is told so.
+    let other = mnt.parent().unwrap().join("other");
+    let joined = Mount::start(&s, &url(), &other, &cache, &["--memory-limit", "1GiB"]);
+    let noted = wait_until(Duration::from_secs(20), || {
+        joined.log_text().contains(&format!(
+            "note: --memory-limit 1.0 GiB was asked for, but the node serving this cache directory uses {} for every mount",
+            ossmount::size::human_bytes(limit)
+        ))
+    });
+    assert!(noted, "{}", joined.log_text());
+    assert_eq!(joined.node_pid(), Some(pid));
+    drop(joined);
     let readers: Vec<_> = (0..READERS)
         .map(|i| {
             let p = m.path(&format!("wide{i}.bin"));
