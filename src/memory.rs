@@ -32,8 +32,8 @@ pub enum TargetSource {
 }
 
 impl MemoryTarget {
-    /// `--memory-limit` when given, else half of this process's cgroup `memory.max`, else
-    /// none. Half, because the cgroup charges more than the node's own memory: the page
+    /// `--memory-limit` when given, else half of this process's cgroup memory limit
+    /// (`cgroup_memory_max`), else none. Half, because the cgroup charges more than the node's own memory: the page
     /// cache of every cache file the node writes (dirty until each part's fdatasync, so not
     /// reclaimable at once) and the kernel's memory for the FUSE connection count against
     /// the same `memory.max`, and an OOM kill takes the whole node with every mount.
@@ -87,19 +87,42 @@ impl MemoryTarget {
     }
 }
 
-/// The `memory.max` of the cgroup v2 this process is in, `None` when there is none (the
-/// file says `max`, cgroup v1, or no cgroup filesystem). `proc_cgroup` is
-/// `/proc/self/cgroup`, `cgroup_root` where cgroup2 is mounted.
+/// The memory limit of the cgroup this process is in: cgroup v2's `memory.max`, else
+/// cgroup v1's `memory.limit_in_bytes` (nodes of older Kubernetes clusters); `None` when
+/// there is none (`max`, v1's "unlimited" of about 2^63, or no cgroup filesystem).
+/// `proc_cgroup` is `/proc/self/cgroup`, `cgroup_root` `/sys/fs/cgroup`. A container without
+/// a cgroup namespace sees its host's path in `/proc/self/cgroup` but its own group mounted
+/// at the root, so the root is looked at when the path is not there.
 pub fn cgroup_memory_max(proc_cgroup: &Path, cgroup_root: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(proc_cgroup).ok()?;
-    // cgroup v2: the one line `0::/path`.
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = cgroup_root.join(path.trim().trim_start_matches('/'));
-    let max = std::fs::read_to_string(dir.join("memory.max")).ok()?;
-    match max.trim() {
-        "max" => None,
-        n => n.parse().ok(),
+    let read_in = |base: &Path, path: &str, file: &str| {
+        [
+            base.join(path.trim().trim_start_matches('/')),
+            base.to_path_buf(),
+        ]
+        .iter()
+        .find_map(|dir| std::fs::read_to_string(dir.join(file)).ok())
+    };
+    // v2: the line `0::/path`.
+    if let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) {
+        if let Some(max) = read_in(cgroup_root, path, "memory.max") {
+            return max.trim().parse().ok(); // "max": none
+        }
     }
+    // v1: a line `N:memory:/path` (or `N:memory,other:/path`).
+    let path = text.lines().find_map(|l| {
+        let mut fields = l.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    })?;
+    let limit: u64 = read_in(&cgroup_root.join("memory"), path, "memory.limit_in_bytes")?
+        .trim()
+        .parse()
+        .ok()?;
+    (limit < 1 << 60).then_some(limit)
 }
 
 /// This process's resident set in bytes (`VmRSS`), 0 if `/proc` cannot tell.
@@ -140,31 +163,59 @@ mod tests {
     use super::*;
 
     /// `cgroup_memory_max` of a process whose `/proc/self/cgroup` says `line`, in a cgroup
-    /// tree where `system.slice/ossmount.service` has `memory.max` = `max`.
-    fn cgroup_fixture(line: &str, max: Option<&str>) -> Option<u64> {
+    /// tree where the file `file` (relative to the cgroup root) says `value`.
+    fn cgroup_fixture(line: &str, file: &str, value: Option<&str>) -> Option<u64> {
         let d = tempfile::tempdir().unwrap();
         let proc_cgroup = d.path().join("cgroup");
         std::fs::write(&proc_cgroup, line).unwrap();
         let root = d.path().join("fs");
-        let group = root.join("system.slice/ossmount.service");
-        std::fs::create_dir_all(&group).unwrap();
-        if let Some(m) = max {
-            std::fs::write(group.join("memory.max"), m).unwrap();
+        let file = root.join(file);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        if let Some(v) = value {
+            std::fs::write(file, v).unwrap();
         }
         cgroup_memory_max(&proc_cgroup, &root)
     }
 
     #[test]
     fn the_cgroup_limit_is_read_and_max_means_none() {
-        let got = cgroup_fixture("0::/system.slice/ossmount.service\n", Some("536870912\n"));
+        const V2: &str = "0::/system.slice/ossmount.service\n";
+        const V2_FILE: &str = "system.slice/ossmount.service/memory.max";
+        let got = cgroup_fixture(V2, V2_FILE, Some("536870912\n"));
         assert_eq!(got, Some(512 << 20));
-        let got = cgroup_fixture("0::/system.slice/ossmount.service\n", Some("max\n"));
-        assert_eq!(got, None);
-        // cgroup v1 lines only, or a group without the memory controller: none.
-        let got = cgroup_fixture("4:memory:/system.slice/ossmount.service\n", Some("1"));
-        assert_eq!(got, None);
-        let got = cgroup_fixture("0::/system.slice/ossmount.service\n", None);
-        assert_eq!(got, None);
+        assert_eq!(cgroup_fixture(V2, V2_FILE, Some("max\n")), None);
+        assert_eq!(
+            cgroup_fixture(V2, V2_FILE, None),
+            None,
+            "no memory controller"
+        );
+        // In a container without a cgroup namespace: its own group is the root.
+        assert_eq!(
+            cgroup_fixture(V2, "memory.max", Some("1073741824")),
+            Some(1 << 30)
+        );
+        // cgroup v1 (the memory controller's own hierarchy; a hybrid host has `0::/` too).
+        const V1: &str = "4:memory:/kubepods/pod1/c1\n0::/\n";
+        const V1_FILE: &str = "memory/kubepods/pod1/c1/memory.limit_in_bytes";
+        assert_eq!(
+            cgroup_fixture(V1, V1_FILE, Some("268435456\n")),
+            Some(256 << 20)
+        );
+        assert_eq!(
+            cgroup_fixture(V1, V1_FILE, Some("9223372036854771712\n")),
+            None,
+            "v1's unlimited"
+        );
+        let got = cgroup_fixture(
+            "5:cpuacct,memory:/kubepods/pod1/c1\n",
+            "memory/memory.limit_in_bytes",
+            Some("268435456"),
+        );
+        assert_eq!(got, Some(256 << 20), "a container's own group at the root");
+        assert_eq!(
+            cgroup_fixture("4:cpu:/x\n", "memory/memory.limit_in_bytes", Some("1")),
+            None
+        );
     }
 
     #[test]
