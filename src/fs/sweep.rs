@@ -130,6 +130,13 @@ impl Namespace {
         entries.with_entries(|v| candidates.extend(v.iter().map(|e| e.ino)));
     }
 
+    /// Whether the node's cached listings are over its share and some of this namespace's
+    /// could go (which this tells the share first).
+    pub(super) fn listings_over_share(&self) -> bool {
+        self.sweep.tell_share();
+        self.sweep.over_share()
+    }
+
     /// A listing was fetched and becomes `dir`'s: the nodes it shows count it, and those of
     /// the listing it replaces may be needed no more.
     pub(super) fn install_listing(&mut self, dir: u64, listing: Listing) {
