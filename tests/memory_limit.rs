@@ -6,6 +6,10 @@
 //! objects are empty (or sparse) files made at test time, so 200,000 keys cost inodes, not
 //! disk or time. Every mount is owned by a guard that unmounts even when an assertion fails;
 //! every filesystem operation has a timeout.
+//!
+//! `MEMORY_LIMIT_TEST_MIB=N` runs both with another target, to see them fail: with 32, the
+//! 200,000 keys' nodes (about 60 MiB of RSS) are over 32 + 16 MiB; with 4096 (shares as large
+//! as no target's), the listing is kept and six readers' windows reach about 220 MiB.
 
 mod common;
 
