@@ -9,7 +9,10 @@
 //! - `cat` of `--small` 4 KiB files one after another, beside one GET's round trip, on
 //!   loopback and with `--latency` ms added to every request (an emulated distant link).
 //!
-//! Medians of `--rounds` (each a fresh mount process), cases interleaved.
+//! Medians of `--rounds` (each a fresh mount process), cases interleaved. `--memory-limit
+//! MIB` mounts with that memory target (default: none given, so the node's own default);
+//! `--only-find` runs the `find` case alone (`--walk 'ls -lR'` walks the tree with another
+//! command).
 //!
 //! `cargo build --release --bin ossmount && cargo run --release --example bench_datasets`
 //! (defaults: 100,000 keys, 1,000,000 in the huge directory, 1,000 × 1,000 for find, 1,000
@@ -71,15 +74,21 @@ fn peak_rss_mib(m: &Mount) -> f64 {
 }
 
 /// A fresh mount of the bucket on its own cache, with the metadata TTL long enough for
-/// "warm" to mean warm.
+/// "warm" to mean warm (and `--memory-limit` when asked for).
 fn mount(s: &Server, round: usize, name: &str) -> Mount {
     let base = s.scratch.path().join(format!("{name}-{round}"));
+    let limit = arg("--memory-limit", 0);
+    let limit = format!("{}", limit << 20);
+    let mut extra = vec!["--metadata-ttl", "600s"];
+    if limit != "0" {
+        extra.extend(["--memory-limit", &limit]);
+    }
     Mount::start(
         s,
         &format!("oss://{BUCKET}/"),
         &base.join("mnt"),
         &base.join("cache"),
-        &["--metadata-ttl", "600s"],
+        &extra,
     )
 }
 
@@ -117,6 +126,7 @@ async fn main() {
     let small = arg("--small", 1000);
     let latency = arg("--latency", 20);
     let rounds = arg("--rounds", 3) as usize;
+    let only_find = std::env::args().any(|a| a == "--only-find");
     let bin = common::bin();
     assert!(
         bin.exists(),
@@ -126,12 +136,14 @@ async fn main() {
     let s = Server::start().await;
     let t = Instant::now();
     eprintln!("making {keys} + {huge} + {tree_dirs}×{tree_files} keys and {small} small files…");
-    make_keys(&s, "big", keys, 4096);
-    make_keys(&s, "huge", huge, 4096);
+    if !only_find {
+        make_keys(&s, "big", keys, 4096);
+        make_keys(&s, "huge", huge, 4096);
+    }
     for d in 0..tree_dirs {
         make_keys(&s, &format!("tree/d{d:04}"), tree_files, 4096);
     }
-    for i in 0..small {
+    for i in 0..small * (!only_find as u64) {
         s.put_sample(&format!("small/s{i:04}"), i, 4096);
     }
     eprintln!("made in {:.0} s", t.elapsed().as_secs_f64());
@@ -148,6 +160,24 @@ async fn main() {
     let mut small_gets = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
+        if only_find {
+            let m = mount(&s, round, "find");
+            let walk = bench::arg("--walk", "find");
+            let (out, secs) = timed_sh(&format!("{walk} {} | wc -l", m.path("tree").display()));
+            if walk == "find" {
+                assert_eq!(
+                    out.trim().parse::<u64>().unwrap(),
+                    1 + tree_dirs * (1 + tree_files),
+                    "find sees every key"
+                );
+            }
+            println!(
+                "{walk} over {} keys in {tree_dirs} dirs: {secs:.2} s, the node's peak RSS {:.0} MiB",
+                tree_dirs * tree_files,
+                peak_rss_mib(&m)
+            );
+            continue;
+        }
         let (n, secs) = ossmount_ls(&s, "big/");
         assert_eq!(n as u64, keys, "ossmount ls lists every key");
         client_ls.push(secs);
@@ -205,6 +235,10 @@ async fn main() {
         s.emu.update_faults(|f| f.latency_ms = 0);
     }
 
+    if only_find {
+        s.emu.shutdown().await;
+        return;
+    }
     let ls_client = median(&mut client_ls);
     let ls_cold = median(&mut cold);
     let ls_warm = median(&mut warm);

@@ -6,7 +6,8 @@
 //! a cache directory), [`prefetch`], [`fs`] with `fs::fuse` (the namespace and reads; only
 //! `fs::fuse` speaks fuser), [`cache`] (the cache directory), [`hydrate`] (the resumable
 //! engine), [`oss`] (the client, which implements `store`), [`store`] (the `ObjectStore`
-//! seam, its types and errors), and leaf helpers such as [`net`] (accepting connections).
+//! seam, its types and errors), and leaf helpers such as [`net`] (accepting connections) and
+//! [`memory`] (the memory target and its shares).
 //! Apart from them stands [`emulator`] (an OSS-compatible server for tests, demos and
 //! benchmarks): no layer imports it, and it shares only `oss::sign` and formatting helpers
 //! with the client.
@@ -18,6 +19,7 @@ pub mod csi;
 pub mod emulator;
 pub mod fs;
 pub mod hydrate;
+pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod net;

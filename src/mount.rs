@@ -47,6 +47,9 @@ pub struct MountOptions {
     pub read_deadline: Duration,
     /// Memory for the windows of objects larger than the cache, all readers together.
     pub direct_memory: u64,
+    /// `--memory-limit`: the node's memory target (node-wide; `None`: half the cgroup's
+    /// `memory.max`, if any, see `memory::MemoryTarget`).
+    pub memory_limit: Option<u64>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<String>,
     /// The request counters the client reports to (set as its observer by the caller).
@@ -81,6 +84,7 @@ impl MountOptions {
             require_crc: false,
             read_deadline: Duration::from_secs(60),
             direct_memory: crate::fs::DEFAULT_DIRECT_MEMORY,
+            memory_limit: None,
             metrics_addr: None,
             request_metrics: Arc::default(),
             fuse: Default::default(),

@@ -47,6 +47,18 @@ pub struct MountStatusFile {
     /// Each mount the node serves now (the last one when none is left).
     #[serde(default)]
     pub mounts: Vec<SessionStatus>,
+    /// The node's memory target in bytes (`--memory-limit`, or half the cgroup's
+    /// `memory.max`); `None`: none.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    /// The node's resident set now (`VmRSS`) and at its peak (`VmHWM`), in bytes.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+    /// Entries every mount's cached listings show (counted against the memory target).
+    #[serde(default)]
+    pub listed_entries: u64,
     pub updated_unix: u64,
 }
 
@@ -225,7 +237,7 @@ pub fn render(s: &CacheStatus) -> String {
     let mut out = format!("cache {}", s.cache_dir);
     match (&s.mounted, &s.last_mount) {
         (Some(m), _) => out.push_str(&format!(
-            " — in use by pid {}{} ({} at {}); {} of {} capacity used\n",
+            " — in use by pid {}{} ({} at {}); {} of {} capacity used; memory {} (target {})\n",
             m.pid,
             match m.holder_pid {
                 Some(h) => format!(
@@ -237,7 +249,9 @@ pub fn render(s: &CacheStatus) -> String {
             m.url,
             m.mountpoint,
             human_bytes(m.used_bytes),
-            human_bytes(m.capacity_bytes)
+            human_bytes(m.capacity_bytes),
+            human_bytes(m.rss_bytes),
+            m.memory_limit.map_or("none".to_string(), human_bytes),
         )),
         (None, Some(m)) => out.push_str(&format!(
             " — not mounted (last: {} at {}, capacity {})\n",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Top first. A module may import any module after it, none before it.
 const LAYERS: &[&str] = &[
     "csi", "node", "mount", "control", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache",
-    "hydrate", "oss", "store", "crc64", "sample", "size", "net",
+    "hydrate", "oss", "store", "crc64", "sample", "memory", "size", "net",
 ];
 
 /// Modules that must reach object storage only through `store` (its trait, types, errors).

@@ -144,6 +144,11 @@ mod tests {
                 "--allow-other"
             ])
         );
+        // The memory target, as every mount flag, has its -o spelling.
+        assert_eq!(
+            translate(&s(&["oss://b/", "/m", "-o", "memory_limit=256MiB"])).unwrap(),
+            s(&["mount", "oss://b/", "/m", "--memory-limit", "256MiB"])
+        );
         let err = translate(&s(&["oss://b/", "/m", "-o", "cache_sise=1"])).unwrap_err();
         assert!(err.contains("\"cache_sise\""), "{err}");
         assert!(translate(&s(&["oss://b/", "/m", "-o", "cache_dir"])).is_err());

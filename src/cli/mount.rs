@@ -82,6 +82,11 @@ pub struct MountArgs {
     /// it they are served and shown as unverified
     #[arg(long)]
     require_crc: bool,
+    /// Memory the node aims to stay under, e.g. 512MiB: read windows take a quarter of it,
+    /// cached directory listings a quarter (the oldest are dropped beyond it) [default: half
+    /// of the cgroup's memory.max; none without one]
+    #[arg(long, value_parser = parse_memory_limit)]
+    memory_limit: Option<u64>,
     /// The longest a read waits for its bytes before it fails with EIO, e.g. 60s
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     read_deadline: std::time::Duration,
@@ -98,6 +103,18 @@ fn parse_mode(s: &str) -> Result<u16, String> {
         .ok()
         .filter(|m| *m <= 0o7777)
         .ok_or_else(|| format!("{s:?} is not an octal mode such as 0444"))
+}
+
+/// A memory target: a size of at least 32 MiB (below that the node's own runtime, about
+/// 13 MiB, and one 8 MiB read window leave nothing to share out).
+fn parse_memory_limit(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 32 << 20 {
+        return Err(format!(
+            "{s} is too small for a memory target: give at least 32MiB (e.g. 256MiB)"
+        ));
+    }
+    Ok(n)
 }
 
 fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
@@ -131,6 +148,7 @@ fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
     o.passthrough = !m.no_passthrough;
     o.require_crc = m.require_crc;
     o.read_deadline = m.read_deadline;
+    o.memory_limit = m.memory_limit;
     o.metrics_addr = m.metrics_addr.clone();
     Ok(o)
 }

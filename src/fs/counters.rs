@@ -85,6 +85,9 @@ pub struct MountCounters {
     /// Cached parts read back against their CRC-64 (once per entry and mount life).
     #[serde(default)]
     pub parts_checked: u64,
+    /// Cached listings let go before their TTL to keep within the node's memory target.
+    #[serde(default)]
+    pub listings_dropped_for_memory: u64,
 }
 
 impl MountCounters {
@@ -108,6 +111,7 @@ impl MountCounters {
             t.direct_reads += c.direct_reads;
             t.passthrough_opens += c.passthrough_opens;
             t.read_errors += c.read_errors;
+            t.listings_dropped_for_memory += c.listings_dropped_for_memory;
             // The engine's (parts, bytes fetched, CRC checks) and the cache's (evictions)
             // grow over the node's life: the latest snapshot holds the most.
             t.part_requests = t.part_requests.max(c.part_requests);
@@ -157,6 +161,7 @@ impl OssFs {
             crc_mismatches: l(&e.crc_mismatches),
             parts_failed_check: l(&e.parts_failed_check),
             parts_checked: l(&e.parts_checked),
+            listings_dropped_for_memory: self.listings_dropped_for_memory(),
         }
     }
 }

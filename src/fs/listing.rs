@@ -276,6 +276,12 @@ impl OssFs {
             }
             fs.listings_in_flight.lock().unwrap().remove(&dir);
             e.end(outcome);
+            // Over the node's share for listings (a memory target), the oldest go now, not
+            // at the next once-a-second sweep: a `find` lists tens of thousands of keys a
+            // second.
+            if fs.ns.lock().unwrap().listings_over_share() {
+                fs.sweep_namespace();
+            }
         });
         Ok((entries, old))
     }

@@ -41,6 +41,7 @@ pub use error::FsError;
 pub use handles::Opened;
 pub use journal::JournalConfig;
 pub use namespace::{children_from_listing, ListedChild};
+pub use sweep::ListingShare;
 
 use handles::OpenFile;
 use namespace::Namespace;
@@ -211,6 +212,18 @@ impl OssFs {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// Counts this mount's cached listings against the node's share of its memory target:
+    /// while every mount's listings together show more entries than the share allows, the
+    /// oldest go before their TTL (the next `sweep_namespace` does it).
+    pub fn share_listings(&self, share: Arc<ListingShare>) {
+        self.ns.lock().unwrap().sweep.share_listings(share);
+    }
+
+    /// Listings this mount dropped before their time to stay within the node's share.
+    pub fn listings_dropped_for_memory(&self) -> u64 {
+        self.ns.lock().unwrap().sweep.dropped_for_memory
     }
 
     fn attr_of(&self, ino: u64, n: &Node) -> Attr {

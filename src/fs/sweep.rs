@@ -4,10 +4,13 @@
 //! child went). Each node counts what holds it for good (kernel references, children, the
 //! live listings that show it), so whether it is needed is answered without a walk over the
 //! namespace: a sweep costs what was let go, not how many nodes there are. Nodes held only
-//! by an open handle or a listing being read are looked at again at the next sweep. Owns no
-//! I/O and must not decide what a listing holds; it only counts.
+//! by an open handle or a listing being read are looked at again at the next sweep. Under a
+//! memory target (`ListingShare`), listings also go before their time, oldest fetched first,
+//! while the entries that every mount's cached listings show together are over the share.
+//! Owns no I/O and must not decide what a listing holds; it only counts.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,32 @@ enum Expiring {
     Probe { parent: u64, name: String },
 }
 
+/// The node's share of memory for cached listings, shared by every mount's namespace: how
+/// many entries their cached listings show together, and the most before the oldest go.
+#[derive(Debug)]
+pub struct ListingShare {
+    max_entries: u64,
+    entries: AtomicU64,
+}
+
+impl ListingShare {
+    pub fn new(max_entries: u64) -> Arc<ListingShare> {
+        Arc::new(ListingShare {
+            max_entries,
+            entries: AtomicU64::new(0),
+        })
+    }
+
+    /// Entries every mount's cached listings show now (as of each one's last sweep).
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.entries() > self.max_entries
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Sweep {
     /// Nodes that may have become unneeded since the last sweep.
@@ -31,6 +60,51 @@ pub(super) struct Sweep {
     held: Vec<(u64, u64)>,
     /// Nodes, queue entries and held listings sweeps looked at: what a sweep cost.
     pub(super) looked_at: u64,
+    /// Entries the cached listings of this namespace show (`Namespace::listings`).
+    listed_entries: u64,
+    /// The node's share for listings, if it has a memory target, and what of
+    /// `listed_entries` it was last told.
+    share: Option<Arc<ListingShare>>,
+    told_share: AtomicU64,
+    /// Listings let go before their time to stay within the share (dropped at once, or when
+    /// the directory handle reading one closes).
+    pub(super) dropped_for_memory: u64,
+}
+
+impl Sweep {
+    /// From now on this namespace's listings count against `share`.
+    pub(super) fn share_listings(&mut self, share: Arc<ListingShare>) {
+        self.share = Some(share);
+        self.tell_share();
+    }
+
+    /// Tells the share what this namespace's listings show now (the change since last told).
+    fn tell_share(&self) {
+        let Some(share) = &self.share else { return };
+        let before = self.told_share.swap(self.listed_entries, Ordering::Relaxed);
+        if self.listed_entries >= before {
+            share
+                .entries
+                .fetch_add(self.listed_entries - before, Ordering::Relaxed);
+        } else {
+            share
+                .entries
+                .fetch_sub(before - self.listed_entries, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether listings of this namespace must go to bring the node within its share.
+    fn over_share(&self) -> bool {
+        self.listed_entries > 0 && self.share.as_ref().is_some_and(|s| s.over())
+    }
+}
+
+impl Drop for Sweep {
+    /// A namespace that ends (its mount ended) gives its listings' count back.
+    fn drop(&mut self) {
+        self.listed_entries = 0;
+        self.tell_share();
+    }
 }
 
 /// Why a node stays, or does not.
@@ -54,6 +128,13 @@ impl Namespace {
         let candidates = &mut self.sweep.candidates;
         candidates.push(dir);
         entries.with_entries(|v| candidates.extend(v.iter().map(|e| e.ino)));
+    }
+
+    /// Whether the node's cached listings are over its share and some of this namespace's
+    /// could go (which this tells the share first).
+    pub(super) fn listings_over_share(&self) -> bool {
+        self.sweep.tell_share();
+        self.sweep.over_share()
     }
 
     /// A listing was fetched and becomes `dir`'s: the nodes it shows count it, and those of
@@ -92,7 +173,14 @@ impl Namespace {
 
     fn count_listing(&mut self, entries: &Arc<Entries>, by: i32) {
         let nodes = &mut self.nodes;
+        let listed = &mut self.sweep.listed_entries;
         entries.with_entries(|v| {
+            let len = v.len() as u64;
+            *listed = if by > 0 {
+                *listed + len
+            } else {
+                listed.saturating_sub(len)
+            };
             for e in v.iter() {
                 if let Some(n) = nodes.get_mut(&e.ino) {
                     n.in_listings = n.in_listings.saturating_add_signed(by);
@@ -107,10 +195,13 @@ impl Namespace {
     }
 
     /// Whether a sweep has anything to do: something was let go, a listing or probe is
-    /// older than `keep`, or an expired listing waits for its handles.
+    /// older than `keep`, an expired listing waits for its handles, or listings are over the
+    /// node's share (which this tells the share first).
     pub(super) fn sweep_wanted(&self, keep: Duration) -> bool {
         let s = &self.sweep;
-        !s.candidates.is_empty()
+        s.tell_share();
+        s.over_share()
+            || !s.candidates.is_empty()
             || !s.held.is_empty()
             || s.expiring
                 .front()
@@ -148,6 +239,7 @@ impl Namespace {
                 }
             }
         }
+        self.drop_listings_over_share(open_inos);
         let mut for_now = Vec::new();
         // Dropping a node lets go of its parent, which this same loop then looks at.
         while let Some(ino) = self.sweep.candidates.pop() {
@@ -161,6 +253,33 @@ impl Namespace {
         for_now.sort_unstable();
         for_now.dedup();
         self.sweep.candidates = for_now;
+    }
+
+    /// While the node's listings are over its share, drops this namespace's listings before
+    /// their time, oldest fetched first (one a directory handle reads goes when it closes).
+    /// Probes met on the way stay in the queue, in their order.
+    fn drop_listings_over_share(&mut self, open_inos: &HashSet<u64>) {
+        self.sweep.tell_share();
+        let mut probes = Vec::new();
+        while self.sweep.over_share() {
+            let Some((at, what)) = self.sweep.expiring.pop_front() else {
+                break;
+            };
+            self.sweep.looked_at += 1;
+            match what {
+                Expiring::Listing { dir, number } => {
+                    if self.listings.get(&dir).is_some_and(|l| l.number == number) {
+                        self.sweep.dropped_for_memory += 1;
+                    }
+                    self.expire_listing(dir, number, open_inos);
+                    self.sweep.tell_share();
+                }
+                probe => probes.push((at, probe)),
+            }
+        }
+        for p in probes.into_iter().rev() {
+            self.sweep.expiring.push_front(p);
+        }
     }
 
     fn expire_listing(&mut self, dir: u64, number: u64, open_inos: &HashSet<u64>) {
@@ -394,5 +513,95 @@ mod tests {
             );
             assert_eq!(ns.names.len(), 0, "names leaked");
         }
+    }
+
+    /// A listing of `n` new files in a new directory `name`, fetched now, installed.
+    fn install_dir_listing(ns: &mut Namespace, name: &str, n: usize) -> u64 {
+        let dir = ns.child(ROOT_INO, name, Kind::Dir);
+        ns.nodes.get_mut(&dir).unwrap().lookups = 1;
+        ns.next_listing += 1;
+        let number = ns.next_listing;
+        let entries = Entries::growing();
+        let v = (0..n)
+            .map(|i| {
+                let ino = ns.child(dir, &format!("f{i}"), Kind::File);
+                ns.nodes.get_mut(&ino).unwrap().listed = number;
+                super::super::listing::Listed {
+                    ino,
+                    kind: Kind::File,
+                }
+            })
+            .collect();
+        entries.with_entries(|e| *e = v);
+        let listing = Listing {
+            fetched: Instant::now(),
+            entries,
+            number,
+        };
+        ns.install_listing(dir, listing);
+        dir
+    }
+
+    #[test]
+    fn over_the_share_the_oldest_listings_go_first_and_a_read_one_when_closed() {
+        let share = super::ListingShare::new(250);
+        let mut ns = Namespace::new("", SystemTime::now());
+        ns.sweep.share_listings(share.clone());
+        let a = install_dir_listing(&mut ns, "a", 100);
+        ns.probe_fetched(ROOT_INO, "probed", Instant::now());
+        let b = install_dir_listing(&mut ns, "b", 100);
+        sweep(&mut ns);
+        assert_eq!(share.entries(), 200, "within the share: nothing goes");
+        assert!(ns.listings.contains_key(&a) && ns.listings.contains_key(&b));
+        // A third listing brings the node over: the oldest (a) goes, with its nodes.
+        let c = install_dir_listing(&mut ns, "c", 100);
+        assert!(ns.sweep_wanted(KEEP), "over the share, a sweep is wanted");
+        sweep(&mut ns);
+        assert!(!ns.listings.contains_key(&a), "the oldest listing stayed");
+        assert!(ns.listings.contains_key(&b) && ns.listings.contains_key(&c));
+        assert_eq!(share.entries(), 200);
+        assert_eq!(
+            ns.names.get(&ns.nodes, a, "f0", false),
+            None,
+            "a's nodes stayed"
+        );
+        assert_eq!(ns.sweep.dropped_for_memory, 1);
+        // The probe met on the way is still queued, before the listings.
+        assert!(matches!(
+            ns.sweep.expiring.front(),
+            Some((_, super::Expiring::Probe { .. }))
+        ));
+        // A listing larger than the whole share is kept while a handle reads it, and goes
+        // when the handle closes.
+        let huge = install_dir_listing(&mut ns, "huge", 300);
+        let reading: HashSet<u64> = [huge].into();
+        ns.sweep(KEEP, &reading, &reading);
+        assert!(ns.listings.contains_key(&huge), "a listing being read went");
+        assert!(!ns.listings.contains_key(&b) && !ns.listings.contains_key(&c));
+        assert!(ns.sweep_wanted(KEEP));
+        ns.sweep(KEEP, &HashSet::new(), &HashSet::new());
+        assert!(!ns.listings.contains_key(&huge));
+        assert_eq!(share.entries(), 0);
+        // Another namespace's listings count against the same share; a namespace that
+        // ends gives its count back.
+        let mut other = Namespace::new("", SystemTime::now());
+        other.sweep.share_listings(share.clone());
+        install_dir_listing(&mut other, "x", 200);
+        assert!(!other.sweep_wanted(KEEP));
+        install_dir_listing(&mut ns, "d", 100);
+        assert!(ns.sweep_wanted(KEEP), "the node's total is over the share");
+        drop(other);
+        assert_eq!(share.entries(), 100);
+    }
+
+    #[test]
+    fn without_a_share_listings_go_only_by_age() {
+        let mut ns = Namespace::new("", SystemTime::now());
+        let dirs: Vec<u64> = (0..5)
+            .map(|i| install_dir_listing(&mut ns, &format!("d{i}"), 1000))
+            .collect();
+        sweep(&mut ns);
+        assert!(dirs.iter().all(|d| ns.listings.contains_key(d)));
+        assert_eq!(ns.sweep.dropped_for_memory, 0);
     }
 }

@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use crate::cache::{Cache, Capacity};
 use crate::control::ControlServer;
 use crate::fs::fuse;
-use crate::fs::MountCounters;
+use crate::fs::{ListingShare, MountCounters};
 use crate::hydrate::{ConnectionLimiter, HydrationConfig};
+use crate::memory::MemoryTarget;
 use crate::mount::MountOptions;
 use crate::status::{self, MountStatusFile, SessionStatus};
 use crate::store::ObjectStore;
@@ -63,6 +64,12 @@ pub struct Node {
     factory: Option<MountFactory>,
     /// The process that keeps this node's connections across its death (see `holder`).
     holder: std::sync::OnceLock<Arc<holder::HolderLink>>,
+    /// What memory the node aims to stay under (from its first mount, or its cgroup).
+    memory: MemoryTarget,
+    /// Every mount's cached listings count against it (with a memory target).
+    listing_share: Option<Arc<ListingShare>>,
+    /// When the allocator last gave free memory back (see `tick`).
+    last_trim: Mutex<std::time::Instant>,
 }
 
 /// What one node does for all its mounts, taken from its first.
@@ -76,6 +83,8 @@ struct NodeSettings {
     threads: Option<usize>,
     mode: crate::hydrate::FetchMode,
     readahead: u64,
+    /// `--memory-limit` as asked (`None`: the default, from the cgroup).
+    memory_limit: Option<u64>,
 }
 
 impl NodeSettings {
@@ -88,6 +97,7 @@ impl NodeSettings {
             threads: (!o.adaptive).then_some(o.threads),
             mode: o.mode,
             readahead: o.readahead,
+            memory_limit: o.memory_limit,
         }
     }
 }
@@ -157,6 +167,9 @@ impl Node {
             ..HydrationConfig::default()
         };
         crate::cache::private_dir(&opts.cache_dir)?;
+        let memory = MemoryTarget::resolve(opts.memory_limit);
+        tracing::info!("{}", memory.describe());
+        let listing_share = memory.listed_entries_max().map(ListingShare::new);
         let defaults = Capacity::default_for(&opts.cache_dir);
         let capacity = Capacity {
             max_bytes: opts.cache_size.unwrap_or(defaults.max_bytes),
@@ -184,6 +197,9 @@ impl Node {
             ticker: Mutex::default(),
             factory,
             holder: Default::default(),
+            memory,
+            listing_share,
+            last_trim: Mutex::new(std::time::Instant::now()),
         });
         // Before the control socket takes a first mount: every mount is held.
         if let Some(link) = holder {
@@ -273,6 +289,12 @@ impl Node {
             "--readahead",
             want.readahead.to_string(),
             have.readahead.to_string(),
+        );
+        let target = |t: Option<u64>| t.map_or("the default".to_string(), crate::size::human_bytes);
+        note(
+            "--memory-limit",
+            target(want.memory_limit),
+            target(have.memory_limit),
         );
         notes
     }
@@ -365,13 +387,15 @@ impl Node {
     fn start_session(
         &self,
         id: u64,
-        opts: MountOptions,
+        mut opts: MountOptions,
         store: Arc<dyn ObjectStore>,
         source: Source,
         spec: Option<serde_json::Value>,
     ) -> Result<Arc<MountSession>> {
         opts.request_metrics
             .report_throttling_to(self.cache.limiter().clone());
+        // Read windows take their share of the node's memory target (per mount).
+        opts.direct_memory = self.memory.direct_memory(opts.direct_memory);
         let holder = self.holder.get().cloned();
         // Only a mount a successor can take over needs what it must honour written down.
         let journal = holder.as_ref().map(|_| self.journal_dir(id));
@@ -385,6 +409,9 @@ impl Node {
             &self.rt,
         )?;
         let session = Arc::new(session);
+        if let Some(share) = &self.listing_share {
+            session.fs.share_listings(share.clone());
+        }
         if let (Some(holder), Some(held), Some(spec)) = (&holder, &held, spec) {
             let record = holder::HeldMount::of(id, spec, &session.opts.mountpoint, held);
             holder.hold(record, held);
@@ -485,7 +512,24 @@ impl Node {
         for s in self.sessions() {
             s.fs.sweep_namespace();
         }
+        self.give_back_memory();
         self.write_status();
+    }
+
+    /// Over half its memory target, the node has the allocator give its free memory back to
+    /// the kernel (glibc keeps what dropped listings and nodes freed, so the resident set
+    /// would not shrink with them), at most every 5 s: a trim walks the allocator's free
+    /// lists.
+    fn give_back_memory(&self) {
+        let Some(limit) = self.memory.limit else {
+            return;
+        };
+        let mut last = self.last_trim.lock().unwrap();
+        if last.elapsed() < Duration::from_secs(5) || crate::memory::resident_bytes() < limit / 2 {
+            return;
+        }
+        *last = std::time::Instant::now();
+        crate::memory::give_back_free_memory();
     }
 
     fn retire_ended(&self) {
@@ -585,6 +629,10 @@ impl Node {
             hydrating,
             counters: MountCounters::total(all.iter().map(|m| &m.counters)),
             mounts,
+            memory_limit: self.memory.limit,
+            rss_bytes: crate::memory::resident_bytes(),
+            peak_rss_bytes: crate::memory::peak_resident_bytes(),
+            listed_entries: self.listing_share.as_ref().map_or(0, |s| s.entries()),
             updated_unix: status::unix_now(),
         };
         status::write_status_file(cache.dir(), &st);
