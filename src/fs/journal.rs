@@ -118,6 +118,65 @@ pub(super) struct NodeLog {
     /// Numbers placed in `pending` are written by `flush` (a batch), else at once.
     batching: bool,
     warned: bool,
+    /// The names earlier generations numbered (see `Earlier`): a name the kernel may know
+    /// keeps its number in this one.
+    earlier: Earlier,
+}
+
+/// The nodes earlier server processes of this connection numbered, by name: 16 bytes a
+/// node (a hash of parent, kind and name, and the number), sorted; a match is confirmed by
+/// reading its record. Without it a name listed again after a takeover would get a new
+/// number, and the kernel would see the file it holds replaced (its cached pages dropped,
+/// `stat` showing another inode).
+#[derive(Default)]
+struct Earlier {
+    by_name: Vec<(u64, u64)>,
+}
+
+fn name_hash(parent: u64, kind: Kind, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (parent, kind == Kind::Dir, name).hash(&mut h);
+    h.finish()
+}
+
+impl Earlier {
+    /// Reads every whole record of `nodes` up to the first that fails its check.
+    fn read(nodes: &File, len: u64) -> Earlier {
+        let mut by_name = Vec::new();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, nodes);
+        let mut at = HEADER_LEN;
+        if std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(at)).is_err() {
+            return Earlier::default();
+        }
+        let mut buf = Vec::new();
+        while at + 4 <= len {
+            let mut head = [0u8; 4];
+            if std::io::Read::read_exact(&mut reader, &mut head).is_err() {
+                break;
+            }
+            let n = u32::from_le_bytes(head) as usize;
+            if !(4 + 1 + 16 + 8..=MAX_RECORD).contains(&n) {
+                break;
+            }
+            buf.clear();
+            buf.extend_from_slice(&head);
+            buf.resize(n, 0);
+            if std::io::Read::read_exact(&mut reader, &mut buf[4..]).is_err() {
+                break;
+            }
+            match decode_node(&buf) {
+                Some(rec) if rec.ino == at => {
+                    by_name.push((name_hash(rec.parent, rec.kind, &rec.name), rec.ino))
+                }
+                _ => break,
+            }
+            at += n as u64;
+        }
+        by_name.sort_unstable();
+        by_name.shrink_to_fit();
+        Earlier { by_name }
+    }
 }
 
 impl NodeLog {
@@ -162,6 +221,22 @@ impl NodeLog {
         }
         self.end = new_end;
         self.pending.clear();
+    }
+
+    /// The newest number an earlier generation gave `name` in `parent` as `kind`, if any.
+    pub(super) fn earlier(&self, parent: u64, kind: Kind, name: &str) -> Option<u64> {
+        let h = name_hash(parent, kind, name);
+        let by_name = &self.earlier.by_name;
+        let from = by_name.partition_point(|&(k, _)| k < h);
+        let to = by_name.partition_point(|&(k, _)| k <= h);
+        by_name[from..to]
+            .iter()
+            .rev()
+            .map(|&(_, ino)| ino)
+            .find(|&ino| {
+                read_node(&self.file, ino)
+                    .is_some_and(|r| r.parent == parent && r.kind == kind && r.name == name)
+            })
     }
 
     #[cfg(test)]
@@ -286,12 +361,18 @@ impl Journal {
             .append(true)
             .open(dir.join(HANDLES))
             .map_err(|e| annotate(&dir.join(HANDLES), "cannot open", e))?;
+        let earlier = if resumed {
+            Earlier::read(&nodes, end)
+        } else {
+            Earlier::default()
+        };
         let log = NodeLog {
             file: nodes.try_clone()?,
             end,
             pending: Vec::new(),
             batching: false,
             warned: false,
+            earlier,
         };
         let journal = Journal {
             nodes,
@@ -334,19 +415,7 @@ impl Journal {
 
     /// The record of node `ino`, if one was written there whole.
     pub(super) fn node(&self, ino: u64) -> Option<NodeRecord> {
-        if ino < HEADER_LEN {
-            return None;
-        }
-        let mut len = [0u8; 4];
-        self.nodes.read_exact_at(&mut len, ino).ok()?;
-        let len = u32::from_le_bytes(len) as usize;
-        if !(4 + 1 + 16 + 8..=MAX_RECORD).contains(&len) {
-            return None;
-        }
-        let mut buf = vec![0u8; len];
-        self.nodes.read_exact_at(&mut buf, ino).ok()?;
-        let rec = decode_node(&buf)?;
-        (rec.ino == ino).then_some(rec)
+        read_node(&self.nodes, ino)
     }
 
     /// A handle was opened (before the reply that gives it to the kernel).
@@ -399,6 +468,23 @@ impl HandleLog {
             }
         }
     }
+}
+
+/// The record of node `ino` in `nodes`, if one was written there whole.
+fn read_node(nodes: &File, ino: u64) -> Option<NodeRecord> {
+    if ino < HEADER_LEN {
+        return None;
+    }
+    let mut len = [0u8; 4];
+    nodes.read_exact_at(&mut len, ino).ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    if !(4 + 1 + 16 + 8..=MAX_RECORD).contains(&len) {
+        return None;
+    }
+    let mut buf = vec![0u8; len];
+    nodes.read_exact_at(&mut buf, ino).ok()?;
+    let rec = decode_node(&buf)?;
+    (rec.ino == ino).then_some(rec)
 }
 
 fn annotate(path: &Path, what: &str, e: std::io::Error) -> std::io::Error {

@@ -119,7 +119,17 @@ impl Namespace {
         if let Some(ino) = self.names.get(&self.nodes, parent, name, kind == Kind::Dir) {
             return ino;
         }
-        let ino = self.number(parent, kind, name, seen);
+        // A name an earlier server process numbered keeps its number (the kernel may hold
+        // it); not pinned: if it is swept and asked for again, the journal resolves it.
+        let earlier = self
+            .log
+            .as_ref()
+            .and_then(|log| log.earlier(parent, kind, name))
+            .filter(|ino| !self.nodes.contains_key(ino));
+        let ino = match earlier {
+            Some(ino) => ino,
+            None => self.number(parent, kind, name, seen),
+        };
         self.nodes.insert(
             ino,
             Box::new(Node::new(parent, name, kind, SystemTime::UNIX_EPOCH)),

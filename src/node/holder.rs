@@ -377,7 +377,7 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
     let kept = Arc::new(Mutex::new(Kept::default()));
     let mut restarts = 0u64;
     let mut upgrades = 0u64;
-    let mut quick_deaths = 0u32;
+    let mut failed_takeovers = 0u32;
     let mut first = true;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -438,23 +438,27 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
                 return Ok(status.code().unwrap_or(1));
             }
             tracing::error!(
-                "server pid {} ended ({why}) with {held} mount(s) held: starting a new server to take them over",
-                server.pid
+                "server pid {} ended after {:.1} s ({why}) with {held} mount(s) held: starting a new server to take them over",
+                server.pid,
+                server.started.elapsed().as_secs_f64()
             );
-            if server.started.elapsed() < Duration::from_secs(10) {
-                quick_deaths += 1;
+            // A server that died before it took the mounts over is a crash loop in the
+            // making (a takeover that cannot succeed): restarted with a growing pause, and
+            // given up after a few. One that served is restarted at once, however often.
+            if server.ready.borrow().is_none() {
+                failed_takeovers += 1;
             } else {
-                quick_deaths = 0;
+                failed_takeovers = 0;
             }
-            if quick_deaths > 8 {
+            if failed_takeovers > 8 {
                 tracing::error!(
-                    "the server died {quick_deaths} times within seconds of starting; giving the mounts up (their readers get errors) instead of restarting it for ever"
+                    "{failed_takeovers} servers in a row died before taking the mounts over; giving the mounts up (their readers get errors) instead of restarting for ever"
                 );
                 kept.lock().unwrap().mounts.clear();
                 return Ok(1);
             }
-            if quick_deaths > 1 {
-                tokio::time::sleep(Duration::from_millis(100 << quick_deaths.min(6))).await;
+            if failed_takeovers > 1 {
+                tokio::time::sleep(Duration::from_millis(100 << failed_takeovers.min(6))).await;
             }
             restarts += 1;
             server = start_server(&cfg, &server_exe, holder_pid, &kept, restarts, upgrades, false)?;
