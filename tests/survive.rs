@@ -345,7 +345,7 @@ async fn ten_kills_at_random_moments_fail_no_read_and_corrupt_no_byte() {
     let seed: u64 = std::env::var("SURVIVE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     eprintln!("seed {seed} (SURVIVE_SEED={seed} repeats this run)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let sizes = [
@@ -516,4 +516,76 @@ async fn upgrade_under_a_running_cat_runs_the_new_executable_and_fails_no_read()
         want,
         "cat's bytes differ across the upgrade"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_leaves_the_server_serving_and_unmount_ends_it() {
+    let s = Server::start().await;
+    let data = ossmount::sample::bytes(31, (3 * MIB) as usize);
+    s.put("a.bin", &data);
+    let m = Survivor::start(&s, "holderless", &[]);
+    let (holder, server) = (m.holder_pid(), m.server_pid());
+    // SAFETY: signalling a process by pid.
+    unsafe { libc::kill(holder, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(10), || m
+            .log()
+            .contains("the holder is gone")),
+        "the server did not notice: {}",
+        m.log()
+    );
+    let path = m.mnt.join("a.bin");
+    let got = fs_op(Duration::from_secs(30), move || {
+        std::fs::read(path).unwrap()
+    })
+    .await;
+    assert!(got == data, "bytes differ with the holder gone");
+    assert_eq!(m.server_pid(), server, "the same server serves on");
+    let st = Command::new("umount")
+        .arg(&m.mnt)
+        .status_within(Duration::from_secs(30), "umount")
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        wait_until(Duration::from_secs(15), || !Path::new(&format!(
+            "/proc/{server}"
+        ))
+        .exists()
+            || std::fs::read_to_string(format!("/proc/{server}/status"))
+                .is_ok_and(|s| s.contains("State:\tZ"))),
+        "the server did not end after its last unmount: {}",
+        m.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_mount_command_follows_its_mount_to_the_new_server() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("f.txt", b"foreground");
+    let (mnt, cache) = dirs(&s, "foreground");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    let old = m.node_pid().expect("a server");
+    // SAFETY: signalling a process by pid.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(30), || m
+            .node_pid()
+            .is_some_and(|p| p != old)
+            && m.log_text().contains("took over")),
+        "no new server: {}",
+        m.log_text()
+    );
+    assert_eq!(std::fs::read(mnt.join("f.txt")).unwrap(), b"foreground");
+    // The command is still there, watching through the new server.
+    std::thread::sleep(Duration::from_millis(500));
+    let running = m.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(
+        running.is_none(),
+        "the command ended: {running:?}\n{}",
+        m.log_text()
+    );
+    // umount ends the mount, and the command hears it from the new server: exit 0.
+    let st = m.unmount();
+    assert!(st.success(), "{st}: {}", m.log_text());
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use ossmount::node::holder::{run_holder, HandedOver, HolderConfig, HolderLink};
+use ossmount::node::holder::{detach_stdio, run_holder, HandedOver, HolderConfig, HolderLink};
 use ossmount::node::join::{self, JoinError, Joined, MountRequest};
 use ossmount::node::{MountFactory, Node};
 
@@ -202,18 +202,6 @@ async fn stop(node: &Node) {
         node.unmount_all(true);
     }
     node.close_if_idle();
-}
-
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        let _ = nix::unistd::dup2_stdin(&null);
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
 }
 
 /// Asks the node serving `cache_dir` for the mount, starting a node when none answers. A

@@ -152,7 +152,7 @@ impl Drop for OwnMount {
 
 /// Whether the kernel still serves the connection: after an unmount `/dev/fuse` reports an
 /// error on poll.
-fn connected(device: &OwnedFd) -> bool {
+pub(crate) fn connected(device: &OwnedFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(device.as_fd(), PollFlags::empty())];
     match poll(&mut fds, PollTimeout::ZERO) {

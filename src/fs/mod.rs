@@ -18,6 +18,7 @@ pub mod fuse;
 mod handles;
 mod journal;
 mod kernel;
+pub(crate) use kernel::connected;
 mod listing;
 mod namespace;
 mod node;

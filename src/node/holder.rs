@@ -428,7 +428,7 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
                         );
                         return false;
                     }
-                    connected(device)
+                    crate::fs::connected(device)
                 });
                 (k.ending, k.mounts.len())
             };
@@ -665,19 +665,6 @@ async fn upgrade(
     }
 }
 
-/// Whether the kernel still serves the connection (after an unmount `/dev/fuse` polls with
-/// an error).
-fn connected(device: &OwnedFd) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(device.as_fd(), PollFlags::empty())];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => !fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL)),
-        Err(_) => true,
-    }
-}
-
 fn forward(pid: u32, sig: libc::c_int) {
     if pid != 0 {
         // SAFETY: a signal to our own child.
@@ -729,7 +716,8 @@ fn set_oom_score_adj(value: &str) {
     }
 }
 
-fn detach_stdio() {
+/// Points stdin, stdout and stderr at /dev/null: nobody reads this process's pipes any more.
+pub fn detach_stdio() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
