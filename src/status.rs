@@ -35,6 +35,9 @@ pub struct MountStatusFile {
     /// The version of the serving process.
     #[serde(default)]
     pub version: String,
+    /// The server is still taking over the mounts its holder handed it.
+    #[serde(default)]
+    pub taking_over: bool,
     pub url: String,
     pub mountpoint: String,
     pub capacity_bytes: u64,

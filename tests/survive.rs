@@ -589,3 +589,63 @@ async fn a_foreground_mount_command_follows_its_mount_to_the_new_server() {
     let st = m.unmount();
     assert!(st.success(), "{st}: {}", m.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_an_executable_that_cannot_take_over_falls_back_and_fails_no_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start().await;
+    let size = 24 * MIB;
+    s.put_sample("obj.bin", 37, size);
+    let want = sha256_file(&s.object_path("obj.bin"));
+    s.emu.update_faults(|f| f.bandwidth_total = 8 * MIB);
+    let exe = s.scratch.path().join("ossmount-installed");
+    std::fs::copy(bin(), &exe).unwrap();
+    let m = Survivor::start_with(&exe, &s, "bad-upgrade", &[]);
+    let (mut cat, copied, hasher) = spawn_cat(&m.mnt.join("obj.bin"));
+    assert!(wait_until(Duration::from_secs(60), || copied
+        .load(Ordering::Relaxed)
+        >= 4 * MIB));
+    // What is installed now cannot take the mounts over (as a version with another
+    // handover format would refuse them: exit code 75).
+    let staged = s.scratch.path().join("ossmount-installed.new");
+    std::fs::write(&staged, "#!/bin/sh\nexit 75\n").unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let old = m.server_pid();
+    let out = Command::new(bin())
+        .args(["upgrade", "--cache-dir"])
+        .arg(&m.cache)
+        .output_within(Duration::from_secs(120), "ossmount upgrade")
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "an upgrade that failed said it succeeded: {said}"
+    );
+    assert!(said.contains("could not take the mounts over"), "{said}");
+    let st = m.status();
+    let now = st["server_pid"].as_i64().unwrap() as i32;
+    assert_ne!(now, old, "the old server exited for the upgrade");
+    assert_eq!(st["upgrades"].as_u64(), Some(0), "{st}");
+    // The version before it serves again: the one the holder kept open, not the file now
+    // at the path (a shell script).
+    let running = std::fs::read_link(format!("/proc/{now}/exe")).unwrap();
+    assert!(
+        running.to_string_lossy().contains("(deleted)"),
+        "{}",
+        running.display()
+    );
+    let status = wait_within(
+        &mut cat,
+        Duration::from_secs(120),
+        "cat across a failed upgrade",
+    );
+    let err = cat_stderr(&mut cat);
+    assert!(
+        status.success(),
+        "cat failed ({status}): {err}\n{}",
+        m.log()
+    );
+    assert_eq!(hasher.join().unwrap(), want);
+    assert!(m.log().contains("upgrade failed"), "{}", m.log());
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use ossmount::node::holder::{detach_stdio, run_holder, HandedOver, HolderConfig, HolderLink};
+use ossmount::node::holder::{
+    detach_stdio, run_holder, HandedOver, HolderConfig, HolderLink, EXIT_CANNOT_TAKE_OVER,
+};
 use ossmount::node::join::{self, JoinError, Joined, MountRequest};
 use ossmount::node::{MountFactory, Node};
 
@@ -154,8 +156,11 @@ pub fn run(args: &NodeArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
 }
 
 /// Serves every mount the holder handed over (blocking), then tells it how many it took.
-/// A mount that cannot be taken over is released: the holder lets its connection go, so
-/// its readers get an error instead of waiting for ever.
+/// A mount that cannot be taken over in an upgrade ends this process (code
+/// `EXIT_CANNOT_TAKE_OVER`, nothing released): the holder goes back to the server before it.
+/// After a crash it is tried again (a credential lookup may fail for a moment), then
+/// released: the holder lets its connection go, so its readers get an error instead of
+/// waiting for ever.
 fn take_over(
     node: &Arc<Node>,
     factory: &MountFactory,
@@ -167,15 +172,35 @@ fn take_over(
     for HandedOver { mount, device } in handed {
         let id = mount.mount_id;
         let at = mount.mountpoint.clone();
-        let spec = mount.spec.clone();
-        let done = rt
-            .block_on(factory(spec.clone()))
-            .and_then(|(opts, store)| {
-                let held = mount.into_held(device)?;
-                node.take_over(id, opts, store, held, spec)
-            });
+        let mut tries = 0;
+        let done = loop {
+            tries += 1;
+            let spec = mount.spec.clone();
+            let attempt = rt
+                .block_on(factory(spec.clone()))
+                .and_then(|(opts, store)| {
+                    let held = mount.clone().into_held(device.try_clone()?)?;
+                    node.take_over(id, opts, store, held, spec)
+                });
+            match attempt {
+                Err(e) if !link.info.upgrade && tries < 3 => {
+                    tracing::warn!("mount {id}: taking over failed ({e:#}); trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => break other,
+            }
+        };
         match done {
             Ok(_) => taken += 1,
+            Err(e) if link.info.upgrade => {
+                tracing::error!(
+                    "mount {id} at {} cannot be taken over by this version: {e:#}; the version before it serves on",
+                    at.display()
+                );
+                // SAFETY: ends the process at once, running no destructor (they would
+                // unmount what this process has taken over).
+                unsafe { libc::_exit(EXIT_CANNOT_TAKE_OVER) };
+            }
             Err(e) => {
                 failed += 1;
                 tracing::error!(
@@ -186,6 +211,7 @@ fn take_over(
             }
         }
     }
+    node.took_over();
     link.ready(taken, failed);
 }
 

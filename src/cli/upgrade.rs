@@ -60,6 +60,21 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether `pid` is a holder (not another process that took a dead holder's number).
+fn is_holder(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ossmount-hold")
+}
+
+/// Whether this kernel resends requests on a server's request (Linux 6.9+): without it, an
+/// upgrade would leave the old server's last requests unanswered, so it is refused.
+fn kernel_resends() -> Option<bool> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= (6, 9))
+}
+
 fn upgrade_one(dir: &Path, timeout: Duration) -> Result<String> {
     if !ossmount::cache::lock_is_held(dir) {
         bail!("no ossmount node serves this cache directory (nothing to upgrade)");
@@ -67,12 +82,17 @@ fn upgrade_one(dir: &Path, timeout: Duration) -> Result<String> {
     let Some(before) = read_status(dir) else {
         bail!("the node has not written its status yet; try again in a second");
     };
-    let Some(holder) = before.holder_pid.filter(|p| alive(*p)) else {
+    let Some(holder) = before.holder_pid.filter(|p| is_holder(*p)) else {
         bail!(
             "the node (pid {}) runs without a holder, so its mounts cannot outlive it; unmount and mount again to run the new version",
             before.server_pid.max(before.pid)
         );
     };
+    if kernel_resends() == Some(false) {
+        bail!(
+            "this kernel cannot resend a server's unanswered requests (FUSE_NOTIFY_RESEND, Linux 6.9+), so an upgrade could leave reads waiting; unmount and mount again to run the new version"
+        );
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(holder as i32),
         nix::sys::signal::Signal::SIGUSR2,
@@ -83,7 +103,8 @@ fn upgrade_one(dir: &Path, timeout: Duration) -> Result<String> {
         let Some(now) = read_status(dir) else {
             continue;
         };
-        if now.upgrades > before.upgrades && now.server_pid != before.server_pid {
+        if now.upgrades > before.upgrades && now.server_pid != before.server_pid && !now.taking_over
+        {
             return Ok(format!(
                 "{}: server pid {} (version {}) replaced by pid {} (version {}); {} mount(s) served, none unmounted",
                 dir.display(),

@@ -48,7 +48,8 @@ pub const EXIT_CANNOT_TAKE_OVER: i32 = 75;
 const MAX_MESSAGE: usize = 1 << 20;
 
 /// A mount as the holder keeps it between servers (its descriptor travels beside it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Not `Debug`: its spec holds credentials.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct HeldMount {
     pub mount_id: u64,
     /// The mount's spec, as its command sent it: holds credentials; memory only.
@@ -100,7 +101,7 @@ impl HeldMount {
 }
 
 /// Server to holder.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(tag = "type")]
 enum ToHolder {
     /// A mount now served (its connection attached).
@@ -114,7 +115,7 @@ enum ToHolder {
 }
 
 /// Holder to server.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(tag = "type")]
 enum ToServer {
     /// First message to every server: who holds it, and how many `Mount`s follow.
@@ -124,6 +125,11 @@ enum ToServer {
         restarts: u64,
         upgrades: u64,
         mounts: usize,
+        /// An upgrade: a mount this server cannot take over must make it exit (code
+        /// `EXIT_CANNOT_TAKE_OVER`) so the holder goes back to the server before it, rather
+        /// than be let go.
+        #[serde(default)]
+        upgrade: bool,
     },
     /// One mount to take over (its connection attached).
     Mount { mount: HeldMount },
@@ -189,8 +195,13 @@ fn recv<T: for<'de> Deserialize<'de>>(
     if n == 0 {
         return Ok(None);
     }
-    let msg = serde_json::from_slice(&buf[..n])
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    // Not serde's message: it may quote a value, and a spec's values hold credentials.
+    let msg = serde_json::from_slice(&buf[..n]).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a message on the holder's link that this version cannot read",
+        )
+    })?;
     Ok(Some((msg, fd)))
 }
 
@@ -203,12 +214,17 @@ pub struct HolderInfo {
     pub holder_pid: u32,
     pub restarts: u64,
     pub upgrades: u64,
+    /// This server was started by an upgrade.
+    pub upgrade: bool,
 }
 
 /// A server's link to its holder.
 pub struct HolderLink {
     sock: OwnedFd,
     pub info: HolderInfo,
+    /// The largest mount number handed over: new mounts are numbered past it (a new mount
+    /// must never take a handed-over mount's number, journal or place in the holder).
+    pub largest_handed_id: u64,
     /// Serialises sends: one message is one `sendmsg`, but a `Hold` must not pass the
     /// `Release` of the same mount.
     sending: Mutex<()>,
@@ -261,8 +277,10 @@ impl HolderLink {
             restarts,
             upgrades,
             mounts,
+            upgrade,
             ..
-        } = serde_json::from_value(first).context("a handover that is not one")?
+        } = serde_json::from_value(first)
+            .map_err(|_| anyhow::anyhow!("a handover that is not one"))?
         else {
             anyhow::bail!("the holder's first message was not a handover");
         };
@@ -277,10 +295,12 @@ impl HolderLink {
         }
         let link = HolderLink {
             sock,
+            largest_handed_id: handed.iter().map(|h| h.mount.mount_id).max().unwrap_or(0),
             info: HolderInfo {
                 holder_pid,
                 restarts,
                 upgrades,
+                upgrade,
             },
             sending: Mutex::new(()),
         };
@@ -362,6 +382,80 @@ struct Kept {
     ending: bool,
 }
 
+/// Deaths within `DEATH_WINDOW` after which a new server waits `RESTART_PAUSE` before
+/// starting, and after which the holder gives the mounts up: a request that kills every
+/// server (it is resent to each successor) must not restart servers for ever.
+const DEATH_WINDOW: Duration = Duration::from_secs(60);
+const DEATHS_BEFORE_PAUSE: usize = 10;
+const DEATHS_BEFORE_GIVING_UP: usize = 30;
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
+
+/// What the holder knows between servers.
+struct Holder<'a> {
+    cfg: &'a HolderConfig,
+    pid: u32,
+    kept: Arc<Mutex<Kept>>,
+    restarts: u64,
+    upgrades: u64,
+    /// When recent servers died (see `DEATH_WINDOW`).
+    deaths: std::collections::VecDeque<Instant>,
+}
+
+impl Holder<'_> {
+    /// Starts a server from `exe` to take over what is kept, again and again while it cannot
+    /// be started (no memory, no process slot), with the same pause and limit as deaths.
+    /// `None`: given up (every mount let go).
+    async fn start(&mut self, exe: &std::fs::File, upgrade: bool) -> Option<Server> {
+        loop {
+            match start_server(
+                self.cfg,
+                exe,
+                self.pid,
+                &self.kept,
+                self.restarts,
+                self.upgrades,
+                false,
+                upgrade,
+            ) {
+                Ok(server) => return Some(server),
+                Err(e) => {
+                    tracing::error!("cannot start a server: {e:#}");
+                    if !self.count_death().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a server's death (or a start that failed): pauses once they come fast, and
+    /// returns `false` (the mounts given up) once they come too fast for too long.
+    async fn count_death(&mut self) -> bool {
+        let now = Instant::now();
+        self.deaths.push_back(now);
+        while self
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW)
+        {
+            self.deaths.pop_front();
+        }
+        if self.deaths.len() >= DEATHS_BEFORE_GIVING_UP {
+            tracing::error!(
+                "{} servers died within {} s; giving the mounts up (their readers get errors) instead of restarting servers for ever",
+                self.deaths.len(),
+                DEATH_WINDOW.as_secs()
+            );
+            self.kept.lock().unwrap().mounts.clear();
+            return false;
+        }
+        if self.deaths.len() >= DEATHS_BEFORE_PAUSE {
+            tokio::time::sleep(RESTART_PAUSE).await;
+        }
+        true
+    }
+}
+
 /// Runs the holder until its server ends on purpose or holds nothing; returns the exit code.
 pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32> {
     set_oom_score_adj("-1000");
@@ -374,38 +468,60 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
     let mut server_exe =
         std::fs::File::open("/proc/self/exe").context("opening this executable")?;
     let exe_path = std::env::current_exe().context("finding this executable")?;
-    let kept = Arc::new(Mutex::new(Kept::default()));
-    let mut restarts = 0u64;
-    let mut upgrades = 0u64;
-    let mut failed_takeovers = 0u32;
-    let mut first = true;
+    let mut h = Holder {
+        cfg: &cfg,
+        pid: holder_pid,
+        kept: Arc::new(Mutex::new(Kept::default())),
+        restarts: 0,
+        upgrades: 0,
+        deaths: Default::default(),
+    };
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
-        let mut server = start_server(&cfg, &server_exe, holder_pid, &kept, restarts, upgrades, first)?;
-        if first {
-            first = false;
-            detach_stdio();
-        }
+        // The first server's errors go to whoever started the node (it reads our stderr).
+        let mut server = start_server(&cfg, &server_exe, holder_pid, &h.kept, 0, 0, true, false)?;
+        detach_stdio();
         loop {
             let status = tokio::select! {
                 status = server.child.wait() => status?,
                 _ = term.recv() => { forward(server.pid, libc::SIGTERM); continue; }
                 _ = int.recv() => { forward(server.pid, libc::SIGTERM); continue; }
                 _ = usr2.recv() => {
-                    match upgrade(&cfg, &exe_path, &mut server, holder_pid, &kept, restarts, upgrades + 1).await {
+                    if h.kept.lock().unwrap().ending {
+                        tracing::info!("upgrade asked for while the node ends: ignored");
+                        continue;
+                    }
+                    if let Some(why) = h.cannot_upgrade() {
+                        tracing::error!("upgrade refused: {why}");
+                        continue;
+                    }
+                    // Opened before the server is asked to exit: a file that cannot be
+                    // run changes nothing.
+                    let exe = match std::fs::File::open(&exe_path) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::error!("upgrade refused: cannot open {}: {e}", exe_path.display());
+                            continue;
+                        }
+                    };
+                    h.upgrades += 1;
+                    match upgrade(&mut h, exe, &mut server).await {
                         Ok(Some((next, exe))) => {
-                            upgrades += 1;
                             server = next;
                             server_exe = exe;
                         }
-                        Ok(None) => {}
+                        Ok(None) => return Ok(0),
                         Err(e) => {
+                            h.upgrades -= 1;
                             tracing::error!("upgrade failed: {e:#}; the server before it is started again");
-                            restarts += 1;
-                            server = start_server(&cfg, &server_exe, holder_pid, &kept, restarts, upgrades, false)?;
+                            h.restarts += 1;
+                            match h.start(&server_exe, false).await {
+                                Some(next) => server = next,
+                                None => return Ok(1),
+                            }
                         }
                     }
                     continue;
@@ -414,7 +530,7 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
             let _ = server.reader.join();
             let why = describe_end(&status);
             let (ending, held) = {
-                let mut k = kept.lock().unwrap();
+                let mut k = h.kept.lock().unwrap();
                 // Connections unmounted meanwhile are not handed over; nor are those of a
                 // kernel that cannot resend what the dead server had read (before Linux
                 // 6.9): those readers would wait for ever. Letting go of the last descriptor
@@ -434,7 +550,7 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
             };
             if ending || held == 0 {
                 tracing::info!("server pid {} ended ({why}); the holder ends with it", server.pid);
-                kept.lock().unwrap().mounts.clear();
+                h.kept.lock().unwrap().mounts.clear();
                 return Ok(status.code().unwrap_or(1));
             }
             tracing::error!(
@@ -442,28 +558,34 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
                 server.pid,
                 server.started.elapsed().as_secs_f64()
             );
-            // A server that died before it took the mounts over is a crash loop in the
-            // making (a takeover that cannot succeed): restarted with a growing pause, and
-            // given up after a few. One that served is restarted at once, however often.
-            if server.ready.borrow().is_none() {
-                failed_takeovers += 1;
-            } else {
-                failed_takeovers = 0;
-            }
-            if failed_takeovers > 8 {
-                tracing::error!(
-                    "{failed_takeovers} servers in a row died before taking the mounts over; giving the mounts up (their readers get errors) instead of restarting for ever"
-                );
-                kept.lock().unwrap().mounts.clear();
+            if !h.count_death().await {
                 return Ok(1);
             }
-            if failed_takeovers > 1 {
-                tokio::time::sleep(Duration::from_millis(100 << failed_takeovers.min(6))).await;
+            h.restarts += 1;
+            match h.start(&server_exe, false).await {
+                Some(next) => server = next,
+                None => return Ok(1),
             }
-            restarts += 1;
-            server = start_server(&cfg, &server_exe, holder_pid, &kept, restarts, upgrades, false)?;
         }
     })
+}
+
+impl Holder<'_> {
+    /// Why the kept mounts cannot be handed to a new server on purpose, if they cannot: a
+    /// kernel that cannot resend would leave the old server's last requests unanswered.
+    fn cannot_upgrade(&self) -> Option<String> {
+        let k = self.kept.lock().unwrap();
+        k.mounts
+            .values()
+            .find(|(m, _)| !m.kernel_resends())
+            .map(|(m, _)| {
+                format!(
+                    "mount {} at {} is on a kernel without FUSE_NOTIFY_RESEND (Linux 6.9+); unmount and mount again to run the new version",
+                    m.mount_id,
+                    m.mountpoint.display()
+                )
+            })
+    }
 }
 
 /// Starts a server from `exe` and hands it what is kept.
@@ -475,6 +597,7 @@ fn start_server(
     restarts: u64,
     upgrades: u64,
     first: bool,
+    upgrade: bool,
 ) -> Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::process::Stdio;
@@ -534,6 +657,7 @@ fn start_server(
             restarts,
             upgrades,
             mounts: k.mounts.len(),
+            upgrade,
         };
         send(&*link, &hello, None)?;
         for (mount, device) in k.mounts.values() {
@@ -598,26 +722,20 @@ fn start_server(
     })
 }
 
-/// Replaces the server by the executable now at `exe_path`: the old one exits without
+/// Replaces the server by `exe` (the executable now on disk): the old one exits without
 /// unmounting (the kernel resends what it had read and not answered), the new one takes
-/// every mount over. Returns the new server, or `None` when there was nothing to hand over
-/// (the old one ended). A new server that cannot take over is stopped, and an error returned
-/// (the caller starts the previous executable again).
+/// every mount over and says so (`Ready`). Returns the new server, or `None` when there was
+/// nothing to hand over (the old one ended). A new server that cannot take every mount over
+/// exits before `Ready` (or is stopped), and an error is returned: the caller starts the
+/// previous executable again.
 async fn upgrade(
-    cfg: &HolderConfig,
-    exe_path: &Path,
+    h: &mut Holder<'_>,
+    exe: std::fs::File,
     server: &mut Server,
-    holder_pid: u32,
-    kept: &Arc<Mutex<Kept>>,
-    restarts: u64,
-    upgrades: u64,
 ) -> Result<Option<(Server, std::fs::File)>> {
-    let exe = std::fs::File::open(exe_path)
-        .with_context(|| format!("cannot open {} to upgrade to", exe_path.display()))?;
     tracing::info!(
-        "upgrade: asking server pid {} to exit for {}",
-        server.pid,
-        exe_path.display()
+        "upgrade: asking server pid {} to exit for its successor",
+        server.pid
     );
     let _ = send(&*server.link, &ToServer::Exit, None);
     if tokio::time::timeout(Duration::from_secs(10), server.child.wait())
@@ -630,10 +748,12 @@ async fn upgrade(
     }
     let old = std::mem::replace(&mut server.reader, std::thread::spawn(|| {}));
     let _ = old.join();
-    if kept.lock().unwrap().mounts.is_empty() {
+    if h.kept.lock().unwrap().mounts.is_empty() {
         return Ok(None);
     }
-    let mut next = start_server(cfg, &exe, holder_pid, kept, restarts, upgrades, false)?;
+    let mut next = start_server(
+        h.cfg, &exe, h.pid, &h.kept, h.restarts, h.upgrades, false, true,
+    )?;
     let outcome = tokio::select! {
         r = next.ready.wait_for(Option::is_some) => r.ok().and_then(|r| *r),
         status = next.child.wait() => {
@@ -644,23 +764,23 @@ async fn upgrade(
         _ = tokio::time::sleep(Duration::from_secs(60)) => None,
     };
     match outcome {
-        Some((taken, failed)) => {
+        Some((taken, 0)) => {
             tracing::info!(
-                "upgrade: server pid {} ({}) took over {taken} mount(s){}",
-                next.pid,
-                exe_path.display(),
-                if failed > 0 {
-                    format!(", {failed} could not be")
-                } else {
-                    String::new()
-                }
+                "upgrade: server pid {} took over {taken} mount(s)",
+                next.pid
             );
             Ok(Some((next, exe)))
         }
-        None => {
+        other => {
             forward(next.pid, libc::SIGKILL);
             let _ = next.child.wait().await;
-            anyhow::bail!("the new server did not take over within 60 s")
+            let _ = std::mem::replace(&mut next.reader, std::thread::spawn(|| {})).join();
+            match other {
+                Some((_, failed)) => {
+                    anyhow::bail!("the new server could not take {failed} mount(s) over")
+                }
+                None => anyhow::bail!("the new server did not take over within 60 s"),
+            }
         }
     }
 }

@@ -263,11 +263,22 @@ pub(super) async fn serve_attach(
     let Some(_told) = node.starting() else {
         return;
     };
-    let Some(session) = node
-        .sessions()
-        .into_iter()
-        .find(|s| s.id == mount_id && !s.has_ended())
-    else {
+    // A mount handed over may not be taken over yet: waited for (bounded).
+    let find = || {
+        node.sessions()
+            .into_iter()
+            .find(|s| s.id == mount_id && !s.has_ended())
+    };
+    let start = std::time::Instant::now();
+    let mut found = find();
+    while found.is_none()
+        && node.taking_over()
+        && start.elapsed() < std::time::Duration::from_secs(60)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        found = find();
+    }
+    let Some(session) = found else {
         let msg = format!("mount {mount_id} is not served from this cache directory any more");
         send(&mut w, &Reply::Error(msg)).await;
         return;

@@ -64,6 +64,8 @@ pub struct Node {
     factory: Option<MountFactory>,
     /// The process that keeps this node's connections across its death (see `holder`).
     holder: std::sync::OnceLock<Arc<holder::HolderLink>>,
+    /// Mounts handed over are still being taken over (`Attach` waits for them).
+    taking_over: std::sync::atomic::AtomicBool,
     /// What memory the node aims to stay under (from its first mount, or its cgroup).
     memory: MemoryTarget,
     /// Every mount's cached listings count against it (with a memory target).
@@ -197,12 +199,19 @@ impl Node {
             ticker: Mutex::default(),
             factory,
             holder: Default::default(),
+            taking_over: Default::default(),
             memory,
             listing_share,
             last_trim: Mutex::new(std::time::Instant::now()),
         });
-        // Before the control socket takes a first mount: every mount is held.
+        // Before the control socket takes a first mount: every mount is held, and numbered
+        // past those handed over (their journals and places in the holder are theirs).
         if let Some(link) = holder {
+            node.next_id
+                .fetch_max(link.largest_handed_id + 1, Ordering::Relaxed);
+            if link.largest_handed_id > 0 {
+                node.taking_over.store(true, Ordering::SeqCst);
+            }
             node.set_holder(link);
         }
         let control = {
@@ -399,24 +408,23 @@ impl Node {
         let holder = self.holder.get().cloned();
         // Only a mount a successor can take over needs what it must honour written down.
         let journal = holder.as_ref().map(|_| self.journal_dir(id));
-        let (session, held) = MountSession::start(
+        let hold = match (&holder, spec) {
+            (Some(h), Some(spec)) => Some((&**h, spec)),
+            _ => None,
+        };
+        let session = Arc::new(MountSession::start(
             id,
             opts,
             store,
             &self.cache,
             source,
             journal.clone(),
+            hold,
             &self.rt,
-        )?;
-        let session = Arc::new(session);
+        )?);
         if let Some(share) = &self.listing_share {
             session.fs.share_listings(share.clone());
         }
-        if let (Some(holder), Some(held), Some(spec)) = (&holder, &held, spec) {
-            let record = holder::HeldMount::of(id, spec, &session.opts.mountpoint, held);
-            holder.hold(record, held);
-        }
-        drop(held);
         self.sessions.lock().unwrap().live.push(session.clone());
         self.busy.send_modify(|n| *n += 1);
         // Ends the session's bookkeeping when its FUSE session ends, however it ends.
@@ -444,6 +452,17 @@ impl Node {
     /// Where mount `id` records the inode numbers and handles a successor must honour.
     fn journal_dir(&self, id: u64) -> PathBuf {
         self.cache_dir.join("journal").join(id.to_string())
+    }
+
+    /// Every mount handed over has been taken over (or given up).
+    pub fn took_over(&self) {
+        self.taking_over.store(false, Ordering::SeqCst);
+        self.write_status();
+    }
+
+    /// Whether mounts handed over are still being taken over.
+    pub fn taking_over(&self) -> bool {
+        self.taking_over.load(Ordering::SeqCst)
     }
 
     /// Tells the holder this node ends on purpose: nothing of it is to be taken over.
@@ -621,6 +640,7 @@ impl Node {
             restarts: holder.map(|h| h.restarts).unwrap_or(0),
             upgrades: holder.map(|h| h.upgrades).unwrap_or(0),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            taking_over: self.taking_over(),
             url: first.map(|m| m.url.clone()).unwrap_or_default(),
             mountpoint: first.map(|m| m.mountpoint.clone()).unwrap_or_default(),
             capacity_bytes: cache.capacity().max_bytes,

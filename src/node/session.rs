@@ -39,7 +39,7 @@ pub struct MountSession {
 impl MountSession {
     /// Proves the store can list the mount's prefix, mounts (or takes the handed-in
     /// descriptor, or the held connection) and starts serving. Returns once the kernel's
-    /// INIT has been answered, with the connection for a holder to keep.
+    /// INIT has been answered; the connection is given to the holder (`hold`) first.
     pub(super) fn start(
         id: u64,
         opts: MountOptions,
@@ -47,8 +47,9 @@ impl MountSession {
         cache: &Cache,
         source: Source,
         journal: Option<std::path::PathBuf>,
+        hold: Option<(&super::holder::HolderLink, serde_json::Value)>,
         rt: &tokio::runtime::Handle,
-    ) -> Result<(MountSession, Option<Held>)> {
+    ) -> Result<MountSession> {
         let prefix = opts.prefix();
         let taking_over = matches!(source, Source::Held(_));
         if !taking_over {
@@ -128,7 +129,12 @@ impl MountSession {
                     .with_context(|| format!("cannot mount on {}", opts.mountpoint.display()));
             }
         };
-        let held = session.take_held();
+        // The holder has the connection before anything is served on it: a death from now
+        // on is survived.
+        if let (Some(held), Some((holder, spec))) = (session.take_held(), hold) {
+            let record = super::holder::HeldMount::of(id, spec, &opts.mountpoint, &held);
+            holder.hold(record, &held);
+        }
         let owns_mount = session.owns_mount();
         let unmounter = Mutex::new(session.unmounter());
         let (tell_end, ended) = watch::channel(None);
@@ -154,7 +160,7 @@ impl MountSession {
             ended,
             metrics,
         };
-        Ok((session, held))
+        Ok(session)
     }
 
     /// Asks the kernel to unmount (a plain umount: busy files make it fail, as `umount`

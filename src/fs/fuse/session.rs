@@ -173,6 +173,10 @@ pub fn mount(
         fuser::SessionACL::Owner
     };
     config.n_threads = Some(kernel.tuning.threads.max(1));
+    // Every reader thread on the one descriptor: a cloned descriptor (FUSE_DEV_IOC_CLONE)
+    // has its own queue of requests being answered, which the kernel fails when its last
+    // holder (this process) dies, so a successor could not have them resent.
+    config.clone_fd = false;
     let mut adapter = FuseAdapter::new(fs, rt, kernel.passthrough);
     adapter.tuning = kernel.tuning;
     let notifier = adapter.notifier.clone();
