@@ -138,6 +138,23 @@ impl Drop for Survivor {
     }
 }
 
+/// The metrics text at `addr` (bounded: the new server binds it again after a takeover).
+fn scrape_metrics(addr: &str) -> String {
+    use std::io::Write;
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        text.clear();
+        conn.read_to_string(&mut text).is_ok() && text.contains("ossmount_")
+    });
+    assert!(ok, "no metrics at {addr}: {text}");
+    text
+}
+
 /// Watches `/proc/mounts` until stopped: how many looks found the mount missing.
 fn watch_mounted(mnt: &Path) -> (Arc<AtomicBool>, std::thread::JoinHandle<(u64, u64)>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -279,7 +296,13 @@ async fn a_server_killed_while_idle_answers_ls_and_keeps_an_open_file_reading() 
     s.put("dir/held.bin", &data);
     s.put("dir/other.txt", b"other");
     s.emu.update_faults(|f| f.bandwidth_total = 16 * MIB);
-    let m = Survivor::start(&s, "idle", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let m = Survivor::start(&s, "idle", &["--metrics-addr", &metrics_addr]);
     let held_path = m.mnt.join("dir/held.bin");
     let (mut file, first) = fs_op(Duration::from_secs(30), move || {
         let mut f = std::fs::File::open(held_path).unwrap();
@@ -297,6 +320,32 @@ async fn a_server_killed_while_idle_answers_ls_and_keeps_an_open_file_reading() 
     let new = m.kill_server();
     assert_ne!(old, new);
     assert_eq!(m.holder_pid(), holder, "the holder stays");
+    // What a user sees: status and metrics name the new server and count the restart.
+    let shown = status_json(&m.cache);
+    assert_eq!(
+        shown["mounted"]["server_pid"].as_i64(),
+        Some(new as i64),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["mounted"]["holder_pid"].as_i64(),
+        Some(holder as i64),
+        "{shown}"
+    );
+    assert_eq!(shown["mounted"]["restarts"].as_u64(), Some(1), "{shown}");
+    let scraped = scrape_metrics(&metrics_addr);
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l == "ossmount_server_restarts_total 1"),
+        "{scraped}"
+    );
+    assert!(
+        m.log().contains(&format!("server pid {old} ended"))
+            && m.log().contains("killed by signal 9 (SIGKILL)"),
+        "the log does not say why the server ended:\n{}",
+        m.log()
+    );
 
     let dir = m.mnt.join("dir");
     let ls = Command::new("ls")
