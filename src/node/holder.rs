@@ -407,16 +407,7 @@ impl Holder<'_> {
     /// `None`: given up (every mount let go).
     async fn start(&mut self, exe: &std::fs::File, upgrade: bool) -> Option<Server> {
         loop {
-            match start_server(
-                self.cfg,
-                exe,
-                self.pid,
-                &self.kept,
-                self.restarts,
-                self.upgrades,
-                false,
-                upgrade,
-            ) {
+            match start_server(self, exe, Start::Later { upgrade }) {
                 Ok(server) => return Some(server),
                 Err(e) => {
                     tracing::error!("cannot start a server: {e:#}");
@@ -482,7 +473,7 @@ pub fn run_holder(cfg: HolderConfig, rt: &tokio::runtime::Runtime) -> Result<i32
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         // The first server's errors go to whoever started the node (it reads our stderr).
-        let mut server = start_server(&cfg, &server_exe, holder_pid, &h.kept, 0, 0, true, false)?;
+        let mut server = start_server(&h, &server_exe, Start::First)?;
         detach_stdio();
         loop {
             let status = tokio::select! {
@@ -589,16 +580,20 @@ impl Holder<'_> {
 }
 
 /// Starts a server from `exe` and hands it what is kept.
-fn start_server(
-    cfg: &HolderConfig,
-    exe: &std::fs::File,
-    holder_pid: u32,
-    kept: &Arc<Mutex<Kept>>,
-    restarts: u64,
-    upgrades: u64,
-    first: bool,
-    upgrade: bool,
-) -> Result<Server> {
+/// Which server `start_server` starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// The node's first: its errors go to whoever started the node (our stderr).
+    First,
+    /// A successor, for a crash (`upgrade: false`) or an upgrade.
+    Later { upgrade: bool },
+}
+
+fn start_server(h: &Holder<'_>, exe: &std::fs::File, start: Start) -> Result<Server> {
+    let (cfg, holder_pid, kept) = (h.cfg, h.pid, &h.kept);
+    let (restarts, upgrades) = (h.restarts, h.upgrades);
+    let first = matches!(start, Start::First);
+    let upgrade = matches!(start, Start::Later { upgrade: true });
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::process::Stdio;
     let (ours, theirs) = socketpair(
@@ -751,9 +746,7 @@ async fn upgrade(
     if h.kept.lock().unwrap().mounts.is_empty() {
         return Ok(None);
     }
-    let mut next = start_server(
-        h.cfg, &exe, h.pid, &h.kept, h.restarts, h.upgrades, false, true,
-    )?;
+    let mut next = start_server(h, &exe, Start::Later { upgrade: true })?;
     let outcome = tokio::select! {
         r = next.ready.wait_for(Option::is_some) => r.ok().and_then(|r| *r),
         status = next.child.wait() => {
@@ -876,7 +869,7 @@ mod tests {
         drop(w);
         let (msg, fd) = recv::<ToServer>(&b).unwrap().unwrap();
         let ToServer::Mount { mount } = msg else {
-            panic!("{msg:?}")
+            panic!("not a Mount")
         };
         let held = mount.into_held(fd.expect("a descriptor")).unwrap();
         assert_eq!(held.handshake.request, [0, 1, 2]);

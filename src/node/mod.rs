@@ -407,9 +407,16 @@ impl Node {
         opts.direct_memory = self.memory.direct_memory(opts.direct_memory);
         let holder = self.holder.get().cloned();
         // Only a mount a successor can take over needs what it must honour written down.
-        let journal = holder.as_ref().map(|_| self.journal_dir(id));
-        let hold = match (&holder, spec) {
-            (Some(h), Some(spec)) => Some((&**h, spec)),
+        let journal = holder
+            .as_ref()
+            .filter(|_| spec.is_some())
+            .map(|_| self.journal_dir(id));
+        let survival = match (&holder, spec, &journal) {
+            (Some(h), Some(spec), Some(journal)) => Some(session::Survival {
+                holder: h,
+                spec,
+                journal: journal.clone(),
+            }),
             _ => None,
         };
         let session = Arc::new(MountSession::start(
@@ -418,8 +425,7 @@ impl Node {
             store,
             &self.cache,
             source,
-            journal.clone(),
-            hold,
+            survival,
             &self.rt,
         )?);
         if let Some(share) = &self.listing_share {

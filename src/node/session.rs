@@ -18,6 +18,15 @@ use crate::store::ObjectStore;
 /// How a session ended: `Ok` when unmounted, else why it failed.
 pub type SessionEnd = Result<(), String>;
 
+/// What a mount needs to outlive this process: the holder that keeps its connection, the
+/// spec a successor builds it from, and the journal of what the kernel was told.
+pub struct Survival<'a> {
+    pub holder: &'a super::holder::HolderLink,
+    /// Holds credentials: memory and the holder only.
+    pub spec: serde_json::Value,
+    pub journal: std::path::PathBuf,
+}
+
 /// Where a session's connection comes from.
 pub enum Source {
     /// A new mount: made here, or on a `/dev/fuse` descriptor handed in.
@@ -46,8 +55,7 @@ impl MountSession {
         store: Arc<dyn ObjectStore>,
         cache: &Cache,
         source: Source,
-        journal: Option<std::path::PathBuf>,
-        hold: Option<(&super::holder::HolderLink, serde_json::Value)>,
+        survival: Option<Survival<'_>>,
         rt: &tokio::runtime::Handle,
     ) -> Result<MountSession> {
         let prefix = opts.prefix();
@@ -57,8 +65,8 @@ impl MountSession {
             // get each request's own error, not a dead mount.
             rt.block_on(preflight(&*store, &opts.url, &prefix))?;
         }
-        let journal = journal.map(|dir| crate::fs::JournalConfig {
-            dir,
+        let journal = survival.as_ref().map(|s| crate::fs::JournalConfig {
+            dir: s.journal.clone(),
             resume: taking_over,
         });
         let fs = Arc::new(OssFs::try_new(
@@ -131,9 +139,9 @@ impl MountSession {
         };
         // The holder has the connection before anything is served on it: a death from now
         // on is survived.
-        if let (Some(held), Some((holder, spec))) = (session.take_held(), hold) {
-            let record = super::holder::HeldMount::of(id, spec, &opts.mountpoint, &held);
-            holder.hold(record, &held);
+        if let (Some(held), Some(s)) = (session.take_held(), survival) {
+            let record = super::holder::HeldMount::of(id, s.spec, &opts.mountpoint, &held);
+            s.holder.hold(record, &held);
         }
         let owns_mount = session.owns_mount();
         let unmounter = Mutex::new(session.unmounter());
