@@ -470,3 +470,33 @@ async fn a_smaller_new_version_listed_never_cuts_short_a_handle_on_the_old_one()
     let at = (2 * MIB + 4096) as usize;
     assert!(got == v1[at..at + (64 << 10)], "the old version's bytes");
 }
+
+/// An object that grows between the listing that showed it and its first open is read
+/// whole: the kernel was shown the listed size, and a first open of another size must drop
+/// it (before, `cat` copied 3,158,073 of 5,255,225 bytes, exit 0: a silently short copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_grown_since_its_listing_reads_whole_at_its_first_open() {
+    require_fuse();
+    let s = Server::start().await;
+    let v1 = ossmount::sample::bytes(48, 3_158_073);
+    let v2 = ossmount::sample::bytes(49, 5_255_225);
+    s.put("dir/grows.bin", &v1);
+    let (mnt, cache) = dirs(&s, "grows");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
+    let (dir, p) = (m.path("dir"), m.path("dir/grows.bin"));
+    let shown = fs_op(T, move || {
+        std::fs::read_dir(dir).unwrap().for_each(drop);
+        std::fs::metadata(p).unwrap().len()
+    })
+    .await;
+    assert_eq!(shown, v1.len() as u64);
+    s.put("dir/grows.bin", &v2);
+    let p = m.path("dir/grows.bin");
+    let got = fs_op(T, move || std::fs::read(p).unwrap()).await;
+    assert_eq!(
+        got.len(),
+        v2.len(),
+        "the first open after the change read short"
+    );
+    assert!(got == v2, "the new version's bytes");
+}

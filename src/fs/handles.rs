@@ -197,6 +197,8 @@ impl OssFs {
         let (keep_cache, version_changed) = {
             let mut ns = self.ns.lock().unwrap();
             let n = ns.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            // The size the kernel was last shown (a listing's, or an earlier open's).
+            let shown_size = n.open_size().unwrap_or(n.size);
             n.size = id.size;
             n.etag = Etag::new(&id.etag);
             if let Ok(t) = httpdate::parse_http_date(&id.last_modified) {
@@ -205,7 +207,10 @@ impl OssFs {
             let opened = n.opened_mut();
             opened.open_size = Some(id.size);
             let keep = opened.kernel_etag.as_ref().is_some_and(|e| e.is(&id.etag));
-            let changed = opened.kernel_etag.is_some() && !keep;
+            // A version the kernel has not seen, or a size other than the one it was shown
+            // (the object changed between the listing and this first open): either way its
+            // cached size is stale, and a larger object would read short.
+            let changed = (opened.kernel_etag.is_some() && !keep) || shown_size != id.size;
             opened.kernel_etag = Some(Etag::new(&id.etag));
             opened.identity = Some((id, Instant::now()));
             (keep, changed)
