@@ -346,17 +346,7 @@ impl Journal {
                 encode_backing(&mut fresh, h.fh, id);
             }
         }
-        let tmp = dir.join(format!("{HANDLES}.tmp"));
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&fresh)?;
-        }
-        std::fs::rename(&tmp, dir.join(HANDLES))?;
+        replace_file(dir, HANDLES, &fresh)?;
         let handles = OpenOptions::new()
             .append(true)
             .open(dir.join(HANDLES))
@@ -509,7 +499,13 @@ fn read_generation(dir: &Path) -> u64 {
 fn write_generation(dir: &Path, generation: u64) -> std::io::Result<()> {
     let mut bytes = generation.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc64::checksum(&generation.to_le_bytes()).to_le_bytes());
-    let tmp = dir.join(format!("{GENERATION}.tmp"));
+    replace_file(dir, GENERATION, &bytes)
+}
+
+/// Replaces `dir/name` with `bytes` (0600): written whole to a temporary file, then renamed,
+/// so a death leaves the old file or the new one, never half of one.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -517,9 +513,9 @@ fn write_generation(dir: &Path, generation: u64) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
     }
-    std::fs::rename(&tmp, dir.join(GENERATION))
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 // Records: u32 length (of the whole record), u8 tag, the fields, and a CRC-64 of everything
