@@ -29,6 +29,8 @@ const ENGINE_TYPES_ABOVE_THE_CACHE: &[&str] = &[
     // Direct reads take their connections from the engine's one limiter.
     "ConnectionLimiter",
     "limiter::ConnectionPermit",
+    // Bytes asked for with the identity at open, handed to the entry (not a fetch of its own).
+    "Prefetched",
 ];
 
 /// The names a line imports or uses from `crate::hydrate` (`{A, B}` groups opened).

@@ -34,6 +34,7 @@ pub use entry::OpenEntry;
 use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 use crate::hydrate::{
     ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
+    Prefetched,
 };
 use crate::store::ObjectStore;
 use capacity::{build_index, clean_strays, entry_files, Budget, Removal, Shared, FIXED_OVERHEAD};
@@ -203,12 +204,13 @@ impl Cache {
         self.open_entry_with(id, None)
     }
 
-    /// `open_entry` with the whole object's bytes already fetched (a small object's one GET
-    /// that also told `id`): the entry is filled from them rather than fetched again.
+    /// `open_entry` with bytes already asked for when `id` was learned (a small object's one
+    /// GET, or a listed file's first part's GET): the entry is filled from them rather than
+    /// fetched again.
     pub fn open_entry_with(
         &self,
         id: &ObjectIdentity,
-        body: Option<bytes::Bytes>,
+        prefetched: Option<Prefetched>,
     ) -> Result<OpenEntry, HydrateError> {
         let name = Cache::entry_name(&self.location, &id.bucket, &id.key);
         let mut idx = self.shared.lock_unclaimed(&name);
@@ -221,7 +223,8 @@ impl Cache {
             // One critical section: no eviction can come between taking the hydration and
             // counting the open.
             Some(h) => {
-                if let Some(body) = body {
+                // (A part's answered GET is dropped: this hydration fetches its parts.)
+                if let Some(Prefetched::Whole(body)) = prefetched {
                     h.supply(body);
                 }
                 idx.opened(&name);
@@ -235,7 +238,7 @@ impl Cache {
                 let old = idx.active.remove(&name);
                 let earlier_checks = idx.checked.remove(&name).filter(|(v, _)| v == id);
                 drop(idx);
-                let h = self.start_hydration(id, &name, old, earlier_checks, body)?;
+                let h = self.start_hydration(id, &name, old, earlier_checks, prefetched)?;
                 claim.release_with(|idx| {
                     idx.active.insert(name.clone(), h.clone());
                     idx.opened(&name);
@@ -358,7 +361,7 @@ impl Cache {
         name: &str,
         old: Option<Hydration>,
         earlier_checks: Option<(ObjectIdentity, fixedbitset::FixedBitSet)>,
-        body: Option<bytes::Bytes>,
+        prefetched: Option<Prefetched>,
     ) -> Result<Hydration, HydrateError> {
         let mut start_fresh = false;
         if let Some(h) = old {
@@ -402,14 +405,14 @@ impl Cache {
             };
             self.shared.finish_removal(removed);
         }
-        let h = Hydration::start_with(
+        let h = Hydration::start_prefetched(
             self.store.clone(),
             id.clone(),
             files,
             self.cfg.clone(),
             self.limiter.clone(),
             resume.as_ref(),
-            body,
+            prefetched,
         )?;
         if let (Some((_, checked)), Some(_)) = (earlier_checks, &resume) {
             h.trust_checked(&checked);

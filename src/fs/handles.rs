@@ -1,5 +1,6 @@
-//! Open handles: confirming the version to open (HEAD after the TTL, or a complete cache
-//! entry while the server is unreachable), binding the handle to the object's hydration (or a
+//! Open handles: confirming the version to open (HEAD after the TTL; for a freshly listed
+//! file, the first part's GET pinned to the listed ETag, so no request comes before the
+//! first byte; or a complete cache entry while the server is unreachable), binding the handle to the object's hydration (or a
 //! direct reader for objects larger than the cache), and reads that wait only for the parts
 //! they need. Must not decide what the kernel does with a handle (see `passthrough`).
 
@@ -10,7 +11,7 @@ use std::time::Instant;
 use std::ops::Range;
 
 use crate::cache::OpenEntry;
-use crate::hydrate::{HydrateError, ObjectIdentity};
+use crate::hydrate::{HydrateError, ObjectIdentity, Prefetched};
 
 use super::coverage::Coverage;
 use super::direct::{DirectReader, WINDOW};
@@ -74,18 +75,23 @@ impl OssFs {
     async fn identity_for_open(
         &self,
         ino: u64,
-    ) -> Result<(ObjectIdentity, Option<bytes::Bytes>), FsError> {
-        let (key, cached, listed_etag, listed_size) = {
+    ) -> Result<(ObjectIdentity, Option<Prefetched>), FsError> {
+        let (key, cached, listed_etag, listed_size, listing_fresh) = {
             let ns = self.ns.lock().unwrap();
             let n = ns.nodes.get(&ino).ok_or(FsError::NotFound)?;
             if n.kind == Kind::Dir {
                 return Err(FsError::IsADirectory);
             }
+            // Shown by its parent's listing, and that listing is within the TTL.
+            let listing_fresh = ns.listings.get(&n.parent).is_some_and(|l| {
+                l.number == n.listed && l.fetched.elapsed() < self.cfg.metadata_ttl
+            });
             (
                 ns.key_of(ino).ok_or(FsError::NotFound)?,
                 n.identity().cloned(),
                 n.etag.to_string(),
                 n.size,
+                listing_fresh && !n.etag.to_string().is_empty(),
             )
         };
         if let Some((id, at)) = &cached {
@@ -117,6 +123,46 @@ impl OssFs {
             self.store
                 .get_small(&self.cfg.bucket, &key, small_limit)
                 .await
+                .map(|(meta, body)| (meta, body.map(Prefetched::Whole)))
+        } else if listing_fresh
+            && complete_entry.is_none()
+            && !self.cache.shared_by_principals()
+            && listed_size <= self.cache.capacity().max_bytes
+        {
+            // A listed file (size and ETag known): no HEAD before the first byte. The first
+            // part's GET, pinned to the listed ETag, tells the identity by its headers (the
+            // whole object's CRC-64 among them) and its body becomes that part's fetch.
+            // The identity is thus whole before the entry starts: nothing is recorded,
+            // verified or served against a guessed one.
+            let first_part = 0..listed_size.min(small_limit);
+            match self
+                .store
+                .get_range_with_meta(
+                    &self.cfg.bucket,
+                    &key,
+                    first_part.clone(),
+                    listed_etag.clone(),
+                )
+                .await
+            {
+                Ok((meta, stream)) => Ok((
+                    meta,
+                    Some(Prefetched::Part {
+                        range: first_part,
+                        stream,
+                    }),
+                )),
+                Err(e) if e.is_precondition_failed() => {
+                    // Changed since the listing: one HEAD tells the new version.
+                    tracing::info!(key = %key, "changed since it was listed; asking for its new version");
+                    self.stats.heads.fetch_add(1, Ordering::Relaxed);
+                    self.store
+                        .head(&self.cfg.bucket, &key)
+                        .await
+                        .map(|meta| (meta, None))
+                }
+                Err(e) => Err(e),
+            }
         } else {
             self.stats.heads.fetch_add(1, Ordering::Relaxed);
             self.store
@@ -125,9 +171,9 @@ impl OssFs {
                 .map(|meta| (meta, None))
         };
         match answer {
-            Ok((meta, body)) => Ok((
+            Ok((meta, prefetched)) => Ok((
                 ObjectIdentity::from_meta(&self.cfg.bucket, &key, &meta),
-                body,
+                prefetched,
             )),
             Err(e) if e.is_not_found() => {
                 // Gone on the server: the parent's listing is stale too.
@@ -164,7 +210,7 @@ impl OssFs {
     /// which file the kernel could read directly.
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
         self.resolve(ino)?;
-        let (id, body) = self.identity_for_open(ino).await?;
+        let (id, prefetched) = self.identity_for_open(ino).await?;
         if id.crc64.is_none() && self.cfg.require_crc {
             tracing::warn!(key = %id.key, "refusing an object without a CRC-64 (--require-crc)");
             return Err(FsError::NoCrc {
@@ -191,7 +237,7 @@ impl OssFs {
                 kept: false,
             }
         };
-        let file = self.open_file(ino, &id, body).await?;
+        let file = self.open_file(ino, &id, prefetched).await?;
         let id_size = id.size;
         let journaled_id = self.journal.as_ref().map(|_| id.clone());
         let (keep_cache, version_changed) = {
@@ -250,7 +296,7 @@ impl OssFs {
         &self,
         ino: u64,
         id: &ObjectIdentity,
-        body: Option<bytes::Bytes>,
+        prefetched: Option<Prefetched>,
     ) -> Result<OpenFile, FsError> {
         let file = if id.size > self.cache.capacity().max_bytes {
             if self
@@ -269,13 +315,14 @@ impl OssFs {
         } else {
             // Opening an entry reads and may fsync its checkpoint: off the async workers.
             let (cache, entry_id) = (self.cache.clone(), id.clone());
-            let entry = tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, body))
-                .await
-                .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
-                .map_err(|e| {
-                    tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
-                    FsError::Cache(e.to_string())
-                })?;
+            let entry =
+                tokio::task::spawn_blocking(move || cache.open_entry_with(&entry_id, prefetched))
+                    .await
+                    .map_err(|e| FsError::Cache(format!("opening the entry failed: {e}")))?
+                    .map_err(|e| {
+                        tracing::warn!(key = %id.key, "cannot open the cache entry: {e}");
+                        FsError::Cache(e.to_string())
+                    })?;
             OpenFile::Cached {
                 ino,
                 entry,

@@ -57,6 +57,20 @@ pub enum FetchMode {
     Auto,
 }
 
+/// Bytes of the object already asked for when its identity was learned, handed to the
+/// hydration so no part is asked for twice.
+pub enum Prefetched {
+    /// The whole object (a small object's one GET).
+    Whole(bytes::Bytes),
+    /// A GET of `range` (one part's, from its start) whose headers told the identity and
+    /// whose body is not read yet: the first fetch of that part reads it instead of sending
+    /// its own GET. Pinned to the identity's ETag like every part GET.
+    Part {
+        range: Range<u64>,
+        stream: crate::store::ByteStream,
+    },
+}
+
 /// Objects of at most this many parts are fetched whole at once in `FetchMode::Auto`.
 pub const SMALL_OBJECT_PARTS: usize = 4;
 
@@ -169,6 +183,9 @@ struct Inner {
     bytes_fetched: AtomicU64,
     bytes_resumed: u64,
     part_requests: AtomicU64,
+    /// A part's GET already answered (`Prefetched::Part`), taken by the first fetch of
+    /// exactly that range; dropped (its connection closed) with the hydration otherwise.
+    opened_part: Mutex<Option<(Range<u64>, crate::store::ByteStream)>>,
     /// Background workers and demand fetches; aborted together by `stop`.
     tasks: Mutex<JoinSet<()>>,
     /// Background workers running now.
@@ -232,6 +249,33 @@ impl Hydration {
         resume: Option<&Checkpoint>,
         body: Option<bytes::Bytes>,
     ) -> Result<Hydration, HydrateError> {
+        Hydration::start_prefetched(
+            store,
+            id,
+            files,
+            cfg,
+            limiter,
+            resume,
+            body.map(Prefetched::Whole),
+        )
+    }
+
+    /// `start`, with bytes of the object already asked for (`Prefetched`): the whole object
+    /// is written from them, or a part's answered GET is read by that part's first fetch.
+    pub fn start_prefetched(
+        store: Arc<dyn ObjectStore>,
+        id: ObjectIdentity,
+        files: HydrationFiles,
+        cfg: HydrationConfig,
+        limiter: Arc<ConnectionLimiter>,
+        resume: Option<&Checkpoint>,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Hydration, HydrateError> {
+        let (body, opened_part) = match prefetched {
+            Some(Prefetched::Whole(body)) => (Some(body), None),
+            Some(Prefetched::Part { range, stream }) => (None, Some((range, stream))),
+            None => (None, None),
+        };
         let io_err = |source| HydrateError::Io {
             path: files.data.clone(),
             source,
@@ -247,6 +291,11 @@ impl Hydration {
             Some(c) => (c.present.clone(), c.part_crc64.clone()),
             None => (FixedBitSet::with_capacity(n), vec![0; n]),
         };
+        // A part already here from an earlier run needs no GET: its answered one is dropped.
+        let opened_part = opened_part.filter(|(r, _)| {
+            let first = layout.parts_for(r.clone()).start;
+            first >= n || !present.contains(first)
+        });
         let bytes_resumed = layout.bytes_of(&present);
         let complete = present.is_full();
         let (changed, _) = watch::channel(0);
@@ -281,6 +330,7 @@ impl Hydration {
             bytes_fetched: AtomicU64::new(0),
             bytes_resumed,
             part_requests: AtomicU64::new(0),
+            opened_part: Mutex::new(opened_part),
             tasks: Mutex::new(JoinSet::new()),
             workers: Default::default(),
             fetch_all: std::sync::atomic::AtomicBool::new(

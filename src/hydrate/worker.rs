@@ -350,12 +350,26 @@ impl Inner {
         demand: bool,
     ) -> Result<SegmentDone, PartFailure> {
         let _finished = FinishOnDrop(control);
-        let mut stream = self.store.get_range(
-            &self.id.bucket,
-            &self.id.key,
-            range.clone(),
-            Some(self.id.etag.clone()),
-        );
+        // The GET that told the identity at open, when it asked for exactly this range.
+        let opened = {
+            let mut opened = self.opened_part.lock().unwrap();
+            match opened.take() {
+                Some((r, stream)) if r == range => Some(stream),
+                other => {
+                    *opened = other;
+                    None
+                }
+            }
+        };
+        let mut stream = match opened {
+            Some(stream) => stream,
+            None => self.store.get_range(
+                &self.id.bucket,
+                &self.id.key,
+                range.clone(),
+                Some(self.id.etag.clone()),
+            ),
+        };
         // Computed with each write, off the async workers.
         let mut crc = Some(crate::crc64::Digest::default());
         let mut offset = range.start;

@@ -149,6 +149,16 @@ impl RangeReader {
         Ok(())
     }
 
+    /// Sends the GET and waits for its headers (then `meta` answers), without reading the
+    /// body; `next_chunk` reads it. Like the first `next_chunk`, its failure is final (the
+    /// request itself was already retried).
+    pub async fn start(&mut self) -> Result<(), OssError> {
+        if self.resp.is_none() && !self.end.is_some_and(|e| self.next >= e) {
+            self.open().await?;
+        }
+        Ok(())
+    }
+
     /// The next chunk of the range, `None` at its end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, OssError> {
         loop {

@@ -32,6 +32,18 @@ impl From<OssError> for StoreError {
     }
 }
 
+/// A range reader as the store's byte stream.
+fn chunks(reader: super::RangeReader) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(reader, |mut r| async move {
+        match r.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), r)),
+            Ok(None) => None,
+            // After an error the reader is spent: end the stream behind it.
+            Err(e) => Some((Err(e.into()), r.finished())),
+        }
+    }))
+}
+
 impl ObjectStore for OssClient {
     fn head<'a>(
         &'a self,
@@ -48,15 +60,26 @@ impl ObjectStore for OssClient {
         range: Range<u64>,
         if_match: Option<String>,
     ) -> ByteStream {
-        let reader = self.get_object(bucket, key, Some(range), if_match);
-        Box::pin(futures_util::stream::unfold(reader, |mut r| async move {
-            match r.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), r)),
-                Ok(None) => None,
-                // After an error the reader is spent: end the stream behind it.
-                Err(e) => Some((Err(e.into()), r.finished())),
-            }
-        }))
+        chunks(self.get_object(bucket, key, Some(range), if_match))
+    }
+
+    /// One ranged GET: its headers are the HEAD (the whole object's CRC-64 comes with a
+    /// ranged answer too), its body the range.
+    fn get_range_with_meta<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        range: Range<u64>,
+        if_match: String,
+    ) -> BoxFut<'a, Result<(ObjectMeta, ByteStream), StoreError>> {
+        Box::pin(async move {
+            let mut reader = self.get_object(bucket, key, Some(range), Some(if_match));
+            reader.start().await?;
+            let meta = reader.meta().cloned().ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Transient, "a GET ended without an answer")
+            })?;
+            Ok((meta, chunks(reader)))
+        })
     }
 
     fn list_page<'a>(

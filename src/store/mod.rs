@@ -137,6 +137,32 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<String>,
     ) -> ByteStream;
 
+    /// The bytes `[range.start, range.end)` pinned to `if_match`, with the object's metadata
+    /// from the same answer (a GET's headers are a HEAD's, the whole object's CRC-64
+    /// included): what opening a listed file needs, in one round trip. An object that is no
+    /// longer `if_match` fails with `PreconditionFailed`. A store that can answer both with
+    /// one GET should (the OSS client does); this default asks twice (HEAD, then the GET
+    /// pinned to the HEAD's ETag).
+    fn get_range_with_meta<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        range: Range<u64>,
+        if_match: String,
+    ) -> BoxFut<'a, Result<(ObjectMeta, ByteStream), StoreError>> {
+        Box::pin(async move {
+            let meta = self.head(bucket, key).await?;
+            if meta.etag.trim_matches('"') != if_match.trim_matches('"') {
+                return Err(StoreError::new(
+                    StoreErrorKind::PreconditionFailed,
+                    format!("{key} changed: its ETag is no longer {if_match}"),
+                ));
+            }
+            let stream = self.get_range(bucket, key, range, Some(if_match));
+            Ok((meta, stream))
+        })
+    }
+
     fn list_page<'a>(
         &'a self,
         bucket: &'a str,
