@@ -41,7 +41,10 @@ async fn read_all(m: &Mount, rel: &str) -> std::io::Result<Vec<u8>> {
     fs_op(Duration::from_secs(60), move || std::fs::read(path)).await
 }
 
-fn requests_for(s: &Server, key: &str, from: usize) -> Vec<(String, Option<(u64, u64)>, u16)> {
+/// A request as the emulator saw it: method, byte range, status.
+type Request = (String, Option<(u64, u64)>, u16);
+
+fn requests_for(s: &Server, key: &str, from: usize) -> Vec<Request> {
     s.emu.request_log()[from..]
         .iter()
         .filter(|r| r.key == key)

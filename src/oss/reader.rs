@@ -153,7 +153,7 @@ impl RangeReader {
     /// body; `next_chunk` reads it. Like the first `next_chunk`, its failure is final (the
     /// request itself was already retried).
     pub async fn start(&mut self) -> Result<(), OssError> {
-        if self.resp.is_none() && !self.end.is_some_and(|e| self.next >= e) {
+        if self.resp.is_none() && self.end.is_none_or(|e| self.next < e) {
             self.open().await?;
         }
         Ok(())
