@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::mount::*;
@@ -141,47 +140,66 @@ async fn a_file_never_listed_opens_by_its_lookup() {
     m.unmount();
 }
 
-/// First-byte latency of a cold open of a listed file with 20 ms added to every answer:
-/// `ls`, then open and read 4 KiB, timed; the median of several files is printed (run with
-/// `--nocapture` to see it). Bounded loosely, so a loaded machine does not fail it: with a
-/// HEAD before the GET the time is two answers' latency, without it one.
+/// (d) A listed file opened for its footer only (`--hydrate read`: no worker comes to the
+/// first part): the open's GET of the first part, answered and unread, is dropped within its
+/// grace while the file is still open, so it holds no connection for the handle's life. The
+/// footer's bytes are exact and no HEAD was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn first_byte_latency_of_a_cold_listed_open() {
+async fn an_unread_first_part_get_is_dropped_while_the_file_stays_open() {
     require_fuse();
     let s = Server::start().await;
-    const FILES: usize = 7;
-    for i in 0..FILES {
-        s.put_sample(&format!("lat/f{i}.bin"), 100 + i as u64, SIZE);
+    let key = "data/footer.bin";
+    // Two 4 MiB parts and a short last one: the footer is all in the last part.
+    let size = 8 * MIB + 12345;
+    s.put_sample(key, 4, size);
+    let want = std::fs::read(s.object_path(key)).unwrap();
+    let (mnt, cache) = dirs(&s, "footer");
+    let mut m = Mount::start(
+        &s,
+        &url(),
+        &mnt,
+        &cache,
+        &["--part-size", "4MiB", "--hydrate", "read"],
+    );
+    assert_eq!(ls(&m, "data").await, vec!["footer.bin"]);
+    // Slow enough that the first part's 4 MiB cannot have been sent whole in the wait below.
+    s.emu
+        .update_faults(|f| f.bandwidth_per_connection = 256 * 1024);
+    let from = s.emu.request_log().len();
+    let path = m.path(key);
+    let (file, footer) = fs_op(Duration::from_secs(30), move || {
+        let f = std::fs::File::open(path).unwrap();
+        let mut footer = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut footer, size - 4096).unwrap();
+        (f, footer)
+    })
+    .await;
+    assert!(
+        footer[..] == want[(size - 4096) as usize..],
+        "the footer's bytes differ from the object's"
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while s.emu.bodies_streaming(BUCKET, key) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (mnt, cache) = dirs(&s, "latency");
-    let mut m = Mount::start(&s, &url(), &mnt, &cache, &mount_args());
-    assert_eq!(ls(&m, "lat").await.len(), FILES);
-    s.emu.update_faults(|f| f.latency_ms = 20);
-    let mut times = Vec::new();
-    for i in 0..FILES {
-        let path = m.path(&format!("lat/f{i}.bin"));
-        let t = fs_op(Duration::from_secs(30), move || {
-            let start = Instant::now();
-            let mut f = std::fs::File::open(path).unwrap();
-            let mut buf = vec![0u8; 4096];
-            f.read_exact(&mut buf).unwrap();
-            start.elapsed()
-        })
-        .await;
-        times.push(t);
-    }
-    s.emu.update_faults(|f| f.latency_ms = 0);
-    times.sort();
-    let median = times[FILES / 2];
-    println!(
-        "first byte of a cold listed open, +20 ms per answer: median {:.1} ms (min {:.1}, max {:.1}, {FILES} files)",
-        median.as_secs_f64() * 1e3,
-        times[0].as_secs_f64() * 1e3,
-        times[FILES - 1].as_secs_f64() * 1e3
+    let dropped = s.emu.bodies_streaming(BUCKET, key) == 0;
+    let seen = requests_for(&s, key, from);
+    s.emu.update_faults(|f| f.bandwidth_per_connection = 0);
+    assert!(
+        dropped,
+        "a GET of {key} still streams with the file open and idle (the open's unread GET \
+         held): {seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|(m, _, _)| m == "HEAD").count(),
+        0,
+        "{seen:?}"
     );
     assert!(
-        median < Duration::from_millis(2000),
-        "first byte took {median:?}"
+        seen.iter()
+            .any(|(m, r, _)| m == "GET" && r.is_some_and(|(start, _)| start == 0)),
+        "the open asked for the first part: {seen:?}"
     );
+    drop(file);
     m.unmount();
 }

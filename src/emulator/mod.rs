@@ -327,6 +327,17 @@ impl Emulator {
             .unwrap_or_default()
     }
 
+    /// GET bodies of `bucket/key` streaming now (a request answered and not yet sent whole
+    /// nor dropped by the client).
+    pub fn bodies_streaming(&self, bucket: &str, key: &str) -> u64 {
+        let streaming = self.state.streaming.lock().unwrap();
+        streaming
+            .1
+            .get(&format!("{bucket}/{key}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn request_log(&self) -> Vec<LoggedRequest> {
         self.state.stats.lock().unwrap().log.clone()
     }

@@ -124,16 +124,22 @@ impl OssFs {
                 .get_small(&self.cfg.bucket, &key, small_limit)
                 .await
                 .map(|(meta, body)| (meta, body.map(Prefetched::Whole)))
-        } else if listing_fresh
+        } else if let Some(connection) = (listing_fresh
             && complete_entry.is_none()
             && !self.cache.shared_by_principals()
             && listed_size <= self.cache.capacity().max_bytes
+            // With part of it cached (a remount finishing a fetch), the first part may be
+            // there already: its GET would be bytes billed for nothing.
+            && self.cache.entry_state(&self.cfg.bucket, &key).is_none())
+        .then(|| self.cache.limiter().try_acquire(true))
+        .flatten()
         {
             // A listed file (size and ETag known): no HEAD before the first byte. The first
             // part's GET, pinned to the listed ETag, tells the identity by its headers (the
             // whole object's CRC-64 among them) and its body becomes that part's fetch.
             // The identity is thus whole before the entry starts: nothing is recorded,
-            // verified or served against a guessed one.
+            // verified or served against a guessed one. The GET is counted on a demand
+            // connection taken now (none free: the HEAD below, as before, and no wait).
             let first_part = 0..listed_size.min(small_limit);
             match self
                 .store
@@ -150,6 +156,7 @@ impl OssFs {
                     Some(Prefetched::Part {
                         range: first_part,
                         stream,
+                        connection,
                     }),
                 )),
                 Err(e) if e.is_precondition_failed() => {

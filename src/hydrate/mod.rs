@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 pub use checkpoint::Checkpoint;
 pub use error::HydrateError;
 pub use layout::{validate_part_size, validate_threads, ObjectIdentity, PartLayout, MAX_PART_SIZE};
-pub use limiter::ConnectionLimiter;
+pub use limiter::{ConnectionLimiter, ConnectionPermit};
 pub use state::Progress;
 
 use crate::store::ObjectStore;
@@ -68,7 +68,25 @@ pub enum Prefetched {
     Part {
         range: Range<u64>,
         stream: crate::store::ByteStream,
+        /// The connection the GET was counted on (a demand one: someone opened the file to
+        /// read it). It stays counted until the GET is read or dropped, so an answered GET
+        /// waiting for its reader is never a connection outside the limiter's budget.
+        connection: ConnectionPermit,
     },
+}
+
+/// How long an answered first-part GET waits for the fetch of its part before it is dropped
+/// (its connection closed and given back): long enough for the workers that start with the
+/// hydration, short enough that a file opened for its footer does not hold a connection.
+const OPENED_PART_GRACE: Duration = Duration::from_secs(2);
+
+/// An answered GET of one part (`Prefetched::Part`), kept for the first fetch of that part.
+struct OpenedPart {
+    range: Range<u64>,
+    stream: crate::store::ByteStream,
+    /// Taken by the fetch that will read `stream` (it needs no other connection), else
+    /// given back with the rest.
+    connection: Option<ConnectionPermit>,
 }
 
 /// Objects of at most this many parts are fetched whole at once in `FetchMode::Auto`.
@@ -185,7 +203,7 @@ struct Inner {
     part_requests: AtomicU64,
     /// A part's GET already answered (`Prefetched::Part`), taken by the first fetch of
     /// exactly that range; dropped (its connection closed) with the hydration otherwise.
-    opened_part: Mutex<Option<(Range<u64>, crate::store::ByteStream)>>,
+    opened_part: Mutex<Option<OpenedPart>>,
     /// Background workers and demand fetches; aborted together by `stop`.
     tasks: Mutex<JoinSet<()>>,
     /// Background workers running now.
@@ -273,7 +291,18 @@ impl Hydration {
     ) -> Result<Hydration, HydrateError> {
         let (body, opened_part) = match prefetched {
             Some(Prefetched::Whole(body)) => (Some(body), None),
-            Some(Prefetched::Part { range, stream }) => (None, Some((range, stream))),
+            Some(Prefetched::Part {
+                range,
+                stream,
+                connection,
+            }) => (
+                None,
+                Some(OpenedPart {
+                    range,
+                    stream,
+                    connection: Some(connection),
+                }),
+            ),
             None => (None, None),
         };
         let io_err = |source| HydrateError::Io {
@@ -292,8 +321,8 @@ impl Hydration {
             None => (FixedBitSet::with_capacity(n), vec![0; n]),
         };
         // A part already here from an earlier run needs no GET: its answered one is dropped.
-        let opened_part = opened_part.filter(|(r, _)| {
-            let first = layout.parts_for(r.clone()).start;
+        let opened_part = opened_part.filter(|o| {
+            let first = layout.parts_for(o.range.clone()).start;
             first >= n || !present.contains(first)
         });
         let bytes_resumed = layout.bytes_of(&present);
@@ -350,6 +379,17 @@ impl Hydration {
             // Claimed before any worker starts, so none of them asks for these parts again.
             if let Some(body) = body {
                 h.supply(body);
+            }
+            if h.inner.opened_part.lock().unwrap().is_some() {
+                // Unread (the first read was elsewhere and no worker came to that part):
+                // its connection goes back rather than waiting for the hydration's end.
+                let inner = Arc::downgrade(&h.inner);
+                h.inner.spawn(async move {
+                    tokio::time::sleep(OPENED_PART_GRACE).await;
+                    if let Some(inner) = inner.upgrade() {
+                        inner.opened_part.lock().unwrap().take();
+                    }
+                });
             }
             h.inner.restart_workers();
         }

@@ -224,7 +224,7 @@ impl Inner {
         loop {
             attempt += 1;
             let err = {
-                let _permit = match connection.take() {
+                let _permit = match connection.take().or_else(|| self.opened_connection(&range)) {
                     Some(p) => p,
                     None => self.limiter.acquire(demand).await,
                 };
@@ -269,6 +269,16 @@ impl Inner {
     /// durable. A demanded part whose reader is inside it is fetched from the reader's
     /// offset first and its head after; a read landing far ahead of a stream splits it
     /// (`segments`). Either way the segments' CRCs are combined in order.
+    /// The connection the answered first-part GET is counted on, for the fetch of exactly
+    /// its range: that fetch reads the GET (in `fetch_segment`) and needs no other.
+    fn opened_connection(&self, range: &Range<u64>) -> Option<ConnectionPermit> {
+        let mut opened = self.opened_part.lock().unwrap();
+        opened
+            .as_mut()
+            .filter(|o| o.range == *range)
+            .and_then(|o| o.connection.take())
+    }
+
     pub(super) async fn fetch_part_once(
         &self,
         part: usize,
@@ -354,7 +364,8 @@ impl Inner {
         let opened = {
             let mut opened = self.opened_part.lock().unwrap();
             match opened.take() {
-                Some((r, stream)) if r == range => Some(stream),
+                // Its connection (if still there) goes with it: this fetch holds its own.
+                Some(o) if o.range == range => Some(o.stream),
                 other => {
                     *opened = other;
                     None
