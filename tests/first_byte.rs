@@ -113,7 +113,7 @@ async fn a_file_changed_since_its_listing_is_read_whole_in_its_new_version() {
     assert_eq!(
         got.len() as u64,
         new_size,
-        "read at the size the listing showed"
+        "read at the size the listing showed, not the new version's"
     );
     assert!(got == new, "the bytes are not the new version's");
     m.unmount();
@@ -201,5 +201,43 @@ async fn an_unread_first_part_get_is_dropped_while_the_file_stays_open() {
         "the open asked for the first part: {seen:?}"
     );
     drop(file);
+    m.unmount();
+}
+
+/// (e) An answer to the open's ranged GET without the whole object's CRC-64 (OSS sends it on
+/// 206s; a proxy may drop it): one HEAD tells the identity, so a file is never opened as
+/// unverified, nor as another version than a HEAD would name, for want of a header. The
+/// GET's body is still the first part's fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ranged_answer_without_a_crc_is_completed_by_one_head() {
+    require_fuse();
+    let s = Server::start().await;
+    let key = "data/proxied.bin";
+    s.put_sample(key, 5, SIZE);
+    let want = std::fs::read(s.object_path(key)).unwrap();
+    let (mnt, cache) = dirs(&s, "proxied");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &mount_args());
+    assert_eq!(ls(&m, "data").await, vec!["proxied.bin"]);
+    s.emu
+        .update_faults(|f| f.no_crc_on_ranges = vec![format!("{BUCKET}/{key}")]);
+    let from = s.emu.request_log().len();
+    let got = read_all(&m, key).await.unwrap();
+    assert!(got == want, "the bytes read differ from the object's");
+    let seen = requests_for(&s, key, from);
+    assert_eq!(
+        seen.iter().filter(|(m, _, _)| m == "HEAD").count(),
+        1,
+        "{seen:?}"
+    );
+    let first_part = seen
+        .iter()
+        .filter(|(m, r, _)| m == "GET" && r.is_some_and(|(start, _)| start == 0))
+        .count();
+    assert_eq!(first_part, 1, "the first part asked for twice: {seen:?}");
+    assert_eq!(
+        getxattr(&m.path(key), "user.ossmount.cached").as_deref(),
+        Some("complete"),
+        "the HEAD's CRC-64 verifies the object"
+    );
     m.unmount();
 }

@@ -21,7 +21,7 @@ use ossmount::fs::{FsConfig, FsError, OssFs, ROOT_INO};
 use ossmount::hydrate::storage::PowerCut;
 use ossmount::hydrate::{
     Checkpoint, ConnectionLimiter, DurabilityProbe, FetchMode, Hydration, HydrationConfig,
-    HydrationFiles, ObjectIdentity, PartLayout,
+    HydrationFiles, ObjectIdentity, PartLayout, Prefetched,
 };
 use ossmount::store::memory::{MemoryFaults, MemoryStore};
 use ossmount::store::StoreError;
@@ -435,4 +435,93 @@ async fn a_listing_whose_task_panics_fails_once_and_the_next_one_lists() {
     let mut names: Vec<String> = listed.into_iter().map(|(_, e)| e.name).collect();
     names.sort();
     assert_eq!(names, vec![".", "..", "a.txt", "sub"]);
+}
+
+/// Found by the review of the no-HEAD open (issue 21): an answered first-part GET that no
+/// fetch reads (the first read is a footer) kept its connection until its 2 s grace ran out,
+/// so with every connection taken a footer read waited the grace out; and a stopped
+/// hydration (the object replaced, an eviction) aborted that grace's timer, keeping the
+/// connection for the handle's life. Both without timing luck: one connection in all, the
+/// GET holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_first_part_get_yields_its_connection_to_a_footer_read_and_to_a_stop() {
+    let part = 16u64 << 10;
+    let store = MemoryStore::new("mem://opened");
+    let want = ossmount::sample::bytes(13, 4 * part as usize + 100);
+    store.put("b", "k", want.clone());
+    let start = |dir: &Path, limiter: &Arc<ConnectionLimiter>| {
+        let (store, limiter, dir) = (store.clone(), limiter.clone(), dir.to_path_buf());
+        async move {
+            let listed = store.head("b", "k").await.unwrap();
+            let connection = limiter.try_acquire(true).expect("a free connection");
+            let (meta, stream) = store
+                .get_range_with_meta("b", "k", 0..part, listed.etag.clone())
+                .await
+                .unwrap();
+            let files = HydrationFiles {
+                data: dir.join("obj.data"),
+                checkpoint: Some(dir.join("obj.ckpt")),
+                data_mode: 0o600,
+            };
+            let cfg = HydrationConfig {
+                part_size: part,
+                threads: 1,
+                mode: FetchMode::OnDemand,
+                ..Default::default()
+            };
+            Hydration::start_prefetched(
+                store.clone(),
+                ObjectIdentity::from_meta("b", "k", &meta),
+                files,
+                cfg,
+                limiter,
+                None,
+                Some(Prefetched::Part {
+                    range: 0..part,
+                    stream,
+                    connection,
+                }),
+            )
+            .unwrap()
+        }
+    };
+
+    // A footer read with the only connection held by the unread GET.
+    let dir = tempfile::tempdir().unwrap();
+    let limiter = ConnectionLimiter::new(1, 0);
+    let h = start(dir.path(), &limiter).await;
+    let footer = want.len() as u64 - 100..want.len() as u64;
+    let t0 = Instant::now();
+    h.want(footer.clone());
+    tokio::time::timeout(Duration::from_secs(10), h.wait_range(footer.clone()))
+        .await
+        .expect("the footer read ended")
+        .unwrap();
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the footer read waited {waited:?}: the unread GET's 2 s grace, not a connection"
+    );
+    assert_eq!(
+        h.read_at(footer.start, 100).unwrap(),
+        want[footer.start as usize..]
+    );
+    h.shutdown().await;
+
+    // A stop within the grace gives the connection back at once.
+    let dir = tempfile::tempdir().unwrap();
+    let limiter = ConnectionLimiter::new(1, 0);
+    let h = start(dir.path(), &limiter).await;
+    assert_eq!(
+        limiter.in_flight(),
+        1,
+        "the unread GET holds the connection"
+    );
+    h.stop();
+    assert_eq!(
+        limiter.in_flight(),
+        0,
+        "a stopped hydration still holds its unread GET's connection"
+    );
+    drop(h);
 }

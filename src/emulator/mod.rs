@@ -57,6 +57,9 @@ pub struct Faults {
     pub wrong_crc: Vec<String>,
     /// `bucket/key` names whose answers carry no CRC-64 header.
     pub no_crc: Vec<String>,
+    /// `bucket/key` names whose ranged GETs' answers carry no CRC-64 header (a proxy that
+    /// drops it); HEADs and whole GETs keep it.
+    pub no_crc_on_ranges: Vec<String>,
 }
 
 /// Requests and body bytes for one object, or for the whole server.

@@ -469,6 +469,9 @@ impl Hydration {
     pub fn stop(&self) {
         self.inner.state.lock().unwrap().stopped = true;
         self.inner.tasks.lock().unwrap().abort_all();
+        // Its grace timer was aborted with the rest: an answered GET nobody read goes now,
+        // not with the last handle.
+        self.inner.opened_part.lock().unwrap().take();
         self.inner.notify();
         let mut records = self.inner.checkpoint_lock.lock().unwrap();
         // Parts that became durable but whose record no task wrote yet (it was aborted just

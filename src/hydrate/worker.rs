@@ -224,7 +224,12 @@ impl Inner {
         loop {
             attempt += 1;
             let err = {
-                let _permit = match connection.take().or_else(|| self.opened_connection(&range)) {
+                let ready = connection
+                    .take()
+                    .or_else(|| self.opened_connection(&range))
+                    .or_else(|| self.limiter.try_acquire(demand))
+                    .or_else(|| self.reclaim_opened_connection());
+                let _permit = match ready {
                     Some(p) => p,
                     None => self.limiter.acquire(demand).await,
                 };
@@ -265,10 +270,6 @@ impl Inner {
         }
     }
 
-    /// The part's bytes, streamed to the data file; returns the part's CRC-64 after they are
-    /// durable. A demanded part whose reader is inside it is fetched from the reader's
-    /// offset first and its head after; a read landing far ahead of a stream splits it
-    /// (`segments`). Either way the segments' CRCs are combined in order.
     /// The connection the answered first-part GET is counted on, for the fetch of exactly
     /// its range: that fetch reads the GET (in `fetch_segment`) and needs no other.
     fn opened_connection(&self, range: &Range<u64>) -> Option<ConnectionPermit> {
@@ -279,6 +280,21 @@ impl Inner {
             .and_then(|o| o.connection.take())
     }
 
+    /// The connection of an answered first-part GET that nobody has come to read, its GET
+    /// dropped: a fetch of another part that finds the limiter full takes it rather than
+    /// waiting out the GET's grace (a footer read at `--max-connections 1`).
+    fn reclaim_opened_connection(&self) -> Option<ConnectionPermit> {
+        let mut opened = self.opened_part.lock().unwrap();
+        if opened.as_ref().is_some_and(|o| o.connection.is_some()) {
+            return opened.take().and_then(|o| o.connection);
+        }
+        None
+    }
+
+    /// The part's bytes, streamed to the data file; returns the part's CRC-64 after they are
+    /// durable. A demanded part whose reader is inside it is fetched from the reader's
+    /// offset first and its head after; a read landing far ahead of a stream splits it
+    /// (`segments`). Either way the segments' CRCs are combined in order.
     pub(super) async fn fetch_part_once(
         &self,
         part: usize,
@@ -287,7 +303,15 @@ impl Inner {
     ) -> Result<u64, PartFailure> {
         let start_at = self.state.lock().unwrap().start_at.remove(&part);
         let inline = match start_at.filter(|k| range.start < *k && *k < range.end) {
-            Some(k) => vec![(k..range.end, demand), (range.start..k, false)],
+            Some(k) => {
+                // Neither segment is the answered first-part GET's range: it is dropped
+                // now, not left streaming beside them.
+                let mut opened = self.opened_part.lock().unwrap();
+                if opened.as_ref().is_some_and(|o| o.range == range) {
+                    opened.take();
+                }
+                vec![(k..range.end, demand), (range.start..k, false)]
+            }
             None => vec![(range.clone(), demand)],
         };
         let (segments, mut split_off) = PartSegments::new();
