@@ -15,6 +15,16 @@ use std::sync::{Arc, Mutex};
 /// One open file of the engine.
 pub trait EngineFile: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// `bufs` one after another from `offset`, as one write would: a stream's chunks
+    /// written where they arrived, without first copying them into one buffer.
+    fn write_all_vectored_at(&self, bufs: &[bytes::Bytes], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Fills `buf` from `offset` (an error if the file ends first).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// `len` bytes from `offset` into a new buffer.
@@ -121,6 +131,28 @@ struct LocalFile(Arc<std::fs::File>);
 impl EngineFile for LocalFile {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(buf, offset)
+    }
+
+    /// One `pwritev` for all of `bufs` (more when the kernel writes less than asked).
+    fn write_all_vectored_at(&self, bufs: &[bytes::Bytes], offset: u64) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        let mut at = offset;
+        // IOV_MAX: a longer vector is written in turns.
+        const MAX_SLICES: usize = 1024;
+        while !rest.is_empty() {
+            let turn = rest.len().min(MAX_SLICES);
+            match nix::sys::uio::pwritev(&*self.0, &rest[..turn], at as i64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -78,6 +78,21 @@ impl Mount {
         Mount::spawn_under(s.env(), url, mnt, cache, extra, None)
     }
 
+    /// Like `start`, mounted by the executable `program` instead of this build's (a
+    /// benchmark comparing two builds side by side).
+    pub fn start_by(
+        program: &Path,
+        s: &Server,
+        url: &str,
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Mount {
+        let mut m = Mount::spawn_program(program, s.env(), url, mnt, cache, extra, None);
+        m.wait_up();
+        m
+    }
+
     /// Like `start`, with `env` as the command's whole environment for OSS (endpoint,
     /// credentials).
     pub fn start_with_env(
@@ -114,6 +129,18 @@ impl Mount {
         extra: &[&str],
         fd_limit: Option<u32>,
     ) -> Mount {
+        Mount::spawn_program(&bin(), env, url, mnt, cache, extra, fd_limit)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        env: Vec<(&'static str, String)>,
+        url: &str,
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+        fd_limit: Option<u32>,
+    ) -> Mount {
         std::fs::create_dir_all(mnt).unwrap();
         let log = mnt.with_extension("log");
         let mut cmd = match fd_limit {
@@ -122,10 +149,10 @@ impl Mount {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-                    .arg(bin());
+                    .arg(program);
                 c
             }
-            None => Command::new(bin()),
+            None => Command::new(program),
         };
         let child = cmd
             .args(["mount", url])
