@@ -15,6 +15,8 @@
 //! - `curl1`: one curl stream;
 //! - `mount`: a cold `cat` through a fresh mount with the defaults (adaptive);
 //! - `mount3`, `mount16`: the same with `--threads 3` and `--threads 16`;
+//! - `mount-open`: the defaults but `--hydrate open` (the whole object from the open on, not
+//!   once the reader has gone sequentially past the readahead window);
 //! - `download`, `download-auto`: `ossmount download` with its defaults (3 threads) and
 //!   with `--threads auto`;
 //! - `first`: the first 4 KiB at a cold, unaligned offset in the middle of a part (fresh
@@ -55,17 +57,19 @@ enum Case {
     Mount,
     Mount3,
     Mount16,
+    MountOpen,
     Download,
     DownloadAuto,
 }
 
 impl Case {
-    const ALL: [(&'static str, Case); 7] = [
+    const ALL: [(&'static str, Case); 8] = [
         ("curl", Case::Curl),
         ("curl1", Case::Curl1),
         ("mount", Case::Mount),
         ("mount3", Case::Mount3),
         ("mount16", Case::Mount16),
+        ("mount-open", Case::MountOpen),
         ("download", Case::Download),
         ("download-auto", Case::DownloadAuto),
     ];
@@ -77,6 +81,7 @@ impl Case {
             Case::Mount => "**mount, cold `cat`, defaults (adaptive)**".into(),
             Case::Mount3 => "mount, cold `cat`, `--threads 3`".into(),
             Case::Mount16 => "mount, cold `cat`, `--threads 16`".into(),
+            Case::MountOpen => "mount, cold `cat`, `--hydrate open` (adaptive)".into(),
             Case::Download => "`ossmount download`, defaults (3 threads)".into(),
             Case::DownloadAuto => "`ossmount download --threads auto`".into(),
         }
@@ -84,7 +89,7 @@ impl Case {
 
     /// The adaptive cases, whose ramp is worth printing.
     fn adaptive(self) -> bool {
-        matches!(self, Case::Mount | Case::DownloadAuto)
+        matches!(self, Case::Mount | Case::MountOpen | Case::DownloadAuto)
     }
 }
 
@@ -433,6 +438,7 @@ fn run_case(
         Case::Mount => cat(&[]),
         Case::Mount3 => (cat(&["--threads", "3"]).0, None),
         Case::Mount16 => (cat(&["--threads", "16"]).0, None),
+        Case::MountOpen => cat(&["--hydrate", "open"]),
         Case::Download => (download(&[]).0, None),
         Case::DownloadAuto => download(&["--threads", "auto"]),
     }
