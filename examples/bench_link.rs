@@ -233,7 +233,7 @@ fn ramp_of(log: &str, start: usize, began: f64) -> String {
     windows.join("→")
 }
 
-fn list<'a>(name: &str, default: &'a str) -> Vec<String> {
+fn list(name: &str, default: &str) -> Vec<String> {
     arg(name, default)
         .split(',')
         .filter(|s| !s.is_empty())
