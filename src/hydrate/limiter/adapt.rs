@@ -13,6 +13,10 @@
 //! first tick in which background fetches queue; while doubling, an interval lasts one
 //! typical request (every connection has run about one whole request, and a wrong "gain"
 //! only doubles once more); once near the link's width, two (a step back must outlast noise).
+//! An interval teaches something when background fetches queued in it or every connection
+//! of the window was busy (the top step has no one queueing behind it, and is judged too); a
+//! step to the largest window that paid stands, rather than being compared for ever with
+//! one noisy sample of the window below.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -149,10 +153,10 @@ impl ConnectionLimiter {
     }
 
     /// The measurement interval: the larger of `MIN_INTERVAL_TICKS` ticks and `requests`
-    /// times the typical time a connection is held. Bytes of one request arrive in bursts, and a new connection
-    /// first pays a round trip and TCP's own slow start; over whole request durations every
-    /// connection of the window has run about one whole request, so the rate reflects the
-    /// window, not which requests happened to start or end in the interval.
+    /// times the typical time a connection is held. Bytes of one request arrive in bursts,
+    /// and a new connection first pays a round trip and TCP's own slow start; over whole
+    /// request durations every connection of the window has run about one whole request, so
+    /// the rate reflects the window, not which requests happened to start or end in it.
     fn interval(&self, tick: Duration, requests: u32) -> Duration {
         let hold = self.typical_hold().unwrap_or_default();
         (tick * MIN_INTERVAL_TICKS).max((hold * requests).min(MAX_INTERVAL))
