@@ -1,7 +1,8 @@
 //! Prometheus metrics of a mount, served at `--metrics-addr` (`GET /metrics`, OpenMetrics
 //! text, by the official `prometheus-client` crate): requests by kind and status and their
 //! retries (seen by the OSS client), bytes fetched and served, cache hits, misses and
-//! evictions, parts in flight, the background connections allowed (the adaptive window), how long demand reads waited, hydrations active, complete and
+//! evictions, parts in flight, the background connections allowed (the adaptive window), held, and
+//! the ramp's moves, how long demand reads waited, hydrations active, complete and
 //! failed, and the cache's bytes against its capacity. Counters are read from the layers that
 //! count them at each scrape; nothing here changes what they do.
 
@@ -211,11 +212,34 @@ pub fn render(requests: &RequestMetrics, fs: &OssFs) -> String {
         "Requests for parts in flight",
         cache.limiter().in_flight() as u64,
     );
+    let limiter = cache.limiter();
     gauge(
         &mut r,
         "connections",
         "Background connections the limiter allows now (adaptive: follows the link)",
-        cache.limiter().window() as u64,
+        limiter.window() as u64,
+    );
+    gauge(
+        &mut r,
+        "connections_in_use",
+        "Background connections held now (follows `connections` while there is more to fetch)",
+        limiter.background_in_use() as u64,
+    );
+    let moves = limiter.moves();
+    r.register(
+        "connection_steps_up",
+        "Times the adaptive window grew because throughput rose with the last step",
+        ConstCounter::new(moves.up),
+    );
+    r.register(
+        "connection_steps_back",
+        "Times the adaptive window took a step back after two intervals without gain",
+        ConstCounter::new(moves.back),
+    );
+    r.register(
+        "connection_throttle_cuts",
+        "Times the adaptive window was halved because the server asked to slow down (503, 429)",
+        ConstCounter::new(moves.throttled),
     );
     gauge(
         &mut r,

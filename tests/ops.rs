@@ -144,8 +144,18 @@ async fn metrics_agree_with_what_the_server_counted() {
     assert_eq!(after["ossmount_hydrations_active"], 0.0);
     assert_eq!(after["ossmount_parts_in_flight"], 0.0);
     assert!(after["ossmount_cache_used_bytes"] >= (48 * MIB) as f64);
-    // The adaptive window: from 3, and only throttling (none here) takes it lower.
+    // The adaptive window: from 3, and only throttling (none here) takes it lower; a
+    // window above 3 got there by steps up the metrics counted; nothing is held once
+    // nothing is fetched.
     assert!(after["ossmount_connections"] >= 3.0, "{after:?}");
+    assert_eq!(after["ossmount_connection_throttle_cuts_total"], 0.0);
+    if after["ossmount_connections"] > 3.0 {
+        assert!(
+            after["ossmount_connection_steps_up_total"] >= 1.0,
+            "{after:?}"
+        );
+    }
+    assert_eq!(after["ossmount_connections_in_use"], 0.0, "{after:?}");
     let _ = std::fs::remove_file(mnt.with_extension("copy"));
 }
 

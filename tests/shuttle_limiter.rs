@@ -7,6 +7,10 @@
 //! which every task waits).
 //!
 //! `SHUTTLE_ITERATIONS` raises the number of schedules per checker (default: a few seconds).
+//!
+//! Then the same claim through the engine, on tokio: a hydration's GETs in flight, as the
+//! store counts them, follow the window through many steps up and back (issue 21: after a
+//! step back and a step forward, fewer background connections ran than the window said).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -137,4 +141,101 @@ fn limiter_interleavings_random() {
 #[test]
 fn limiter_interleavings_pct() {
     shuttle::check_pct(scenario, iterations(), 3);
+}
+
+/// A hydration of many slow parts (each GET ~20 ms), with as many workers as the largest
+/// window, as a mount runs it; the window is moved up and down at random, 40 times one to
+/// three moves in a row. After
+/// each series of moves, the GETs the store has open reach exactly the window (bounded
+/// wait), and never exceed the largest window of the series on the way (a step back is
+/// repaid as GETs end, never overtaken by new ones).
+#[test]
+fn a_hydrations_gets_in_flight_follow_the_window_through_steps_up_and_back() {
+    use ossmount::hydrate::{
+        FetchMode, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
+    };
+    use ossmount::store::memory::{MemoryFaults, MemoryStore};
+    use ossmount::store::ObjectStore;
+    use rand::{Rng, SeedableRng};
+    use std::time::{Duration, Instant};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let part = 32u64 << 10;
+        let store = MemoryStore::new("mem://window");
+        store.put("b", "k", ossmount::sample::bytes(21, 3000 * part as usize));
+        store.set_faults(MemoryFaults {
+            chunk: 4096,
+            chunk_delay: Duration::from_millis(2),
+            ..Default::default()
+        });
+        let lim = ConnectionLimiter::adaptive(16, 2, 3);
+        let meta = store.head("b", "k").await.unwrap();
+        let files = HydrationFiles {
+            data: dir.path().join("obj.data"),
+            checkpoint: None,
+            data_mode: 0o600,
+        };
+        let cfg = HydrationConfig {
+            part_size: part,
+            threads: lim.window_max(),
+            mode: FetchMode::All,
+            ..Default::default()
+        };
+        let id = ObjectIdentity::from_meta("b", "k", &meta);
+        let h = Hydration::start(store.clone(), id, files, cfg, lim.clone(), None).unwrap();
+        let open = || store.counters.gets_open.load(Ordering::SeqCst) as usize;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let mut window = lim.window();
+        for cycle in 0..40 {
+            // One to three moves in a row, a step forward often right after a step back whose
+            // GETs have not ended yet (the interleaving of issue 21).
+            let mut before = window;
+            let mut target = window;
+            for _ in 0..rng.gen_range(1..=3) {
+                target = rng.gen_range(1..=lim.window_max());
+                if target > window {
+                    lim.grow(target - window);
+                } else {
+                    lim.shrink(target);
+                }
+                window = lim.window();
+                assert_eq!(window, target);
+                before = before.max(target);
+            }
+            let since = Instant::now();
+            loop {
+                let now = open();
+                assert!(
+                    now <= before.max(target),
+                    "cycle {cycle}: {now} GETs open, window {before} -> {target}"
+                );
+                if now == target && lim.background_in_use() == target {
+                    break;
+                }
+                // Bounded, and the object must not run out of parts first (a limiter that
+                // lost permits still fetches, on fewer connections).
+                let complete = h.is_complete();
+                assert!(
+                    since.elapsed() < Duration::from_secs(10) && !complete,
+                    "cycle {cycle}: GETs open stayed at {now}, window {target}, for {:?}{}: {:?}",
+                    since.elapsed(),
+                    if complete {
+                        ", until the object ran out of parts"
+                    } else {
+                        ""
+                    },
+                    lim.accounting()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            lim.accounting(); // the book balances mid-flight
+        }
+        h.stop();
+    });
 }

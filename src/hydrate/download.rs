@@ -229,9 +229,11 @@ pub async fn resumable_download_with(
     let adapting = limiter.is_adaptive().then(|| {
         let stats = stats.clone();
         AbortOnDrop(tokio::spawn(
-            limiter.clone().adapt(Duration::from_millis(250), move || {
-                stats.bytes_fetched.load(Ordering::Relaxed)
-            }),
+            limiter
+                .clone()
+                .adapt(crate::hydrate::limiter::ADAPT_TICK, move || {
+                    stats.bytes_fetched.load(Ordering::Relaxed)
+                }),
         ))
     });
     let temp = req.temp_path();

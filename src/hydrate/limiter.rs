@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use adapt::FLOOR;
+pub use adapt::{FLOOR, TICK as ADAPT_TICK};
 
 #[derive(Debug)]
 pub struct ConnectionLimiter {
@@ -32,6 +32,21 @@ pub struct ConnectionLimiter {
     /// Answers that said "slow down" (503, SlowDown) since the last look.
     throttled: AtomicU64,
     adaptive: AtomicBool,
+    /// The ramp's moves so far (`adapt`): the trajectory a scrape of the metrics can follow.
+    steps_up: AtomicU64,
+    steps_back: AtomicU64,
+    throttle_cuts: AtomicU64,
+}
+
+/// How often `adapt` moved the window, by kind of move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RampMoves {
+    /// Throughput rose with the last step: more connections.
+    pub up: u64,
+    /// Two intervals without gain: the last step taken back.
+    pub back: u64,
+    /// The server asked to slow down (503, 429): the window halved.
+    pub throttled: u64,
 }
 
 /// The background share: its semaphore and the book that keeps it equal to `window`.
@@ -168,7 +183,27 @@ impl ConnectionLimiter {
             window_max,
             waited: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            steps_up: AtomicU64::new(0),
+            steps_back: AtomicU64::new(0),
+            throttle_cuts: AtomicU64::new(0),
         })
+    }
+
+    /// The moves `adapt` made so far.
+    pub fn moves(&self) -> RampMoves {
+        RampMoves {
+            up: self.steps_up.load(Ordering::Relaxed),
+            back: self.steps_back.load(Ordering::Relaxed),
+            throttled: self.throttle_cuts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Background connections held now (those a step back still waits for included): what
+    /// follows the window when there is enough to fetch.
+    pub fn background_in_use(&self) -> usize {
+        let book = self.background.book.lock().unwrap();
+        book.issued
+            .saturating_sub(self.background.permits.available_permits())
     }
 
     /// Background connections allowed now.

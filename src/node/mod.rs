@@ -243,9 +243,11 @@ impl Node {
         let mut tasks = Vec::new();
         if opts.adaptive {
             let cache = cache.clone();
-            tasks.push(rt.spawn(limiter.adapt(Duration::from_millis(250), move || {
-                cache.engine_stats().bytes_fetched.load(Ordering::Relaxed)
-            })));
+            tasks.push(
+                rt.spawn(limiter.adapt(crate::hydrate::limiter::ADAPT_TICK, move || {
+                    cache.engine_stats().bytes_fetched.load(Ordering::Relaxed)
+                })),
+            );
         }
         *node.tasks.lock().unwrap() = tasks;
         Ok(node)

@@ -7,6 +7,16 @@
 //! consecutive intervals without gain (one interval can be noise), and never below the
 //! window it came from, so a link that does not throttle never drives it under `FLOOR`.
 //! Only 503/429 answers ("slow down") halve it, below `FLOOR` if need be.
+//!
+//! How long an interval is decides how fast the ramp is and how much noise it sees: the
+//! first step needs no rate (there is nothing to compare it with), so it is taken at the
+//! first tick in which background fetches queue; while doubling, an interval lasts one
+//! typical request (every connection has run about one whole request, and a wrong "gain"
+//! only doubles once more); once near the link's width, two (a step back must outlast noise).
+//! An interval teaches something when background fetches queued in it or every connection
+//! of the window was busy (the top step has no one queueing behind it, and is judged too); a
+//! step to the largest window that paid stands, rather than being compared for ever with
+//! one noisy sample of the window below.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +27,9 @@ use super::ConnectionLimiter;
 /// The SDKs' ParallelThreadCount: an adaptive limiter starts there at least, and only
 /// throttling takes it lower.
 pub const FLOOR: usize = 3;
+/// How often `adapt` looks, for its callers: a backlog's first step and a "slow down" are
+/// answered within it; rates are judged over `MIN_INTERVAL_TICKS` of them at least.
+pub const TICK: Duration = Duration::from_millis(50);
 /// Throughput must rise by more than this to count as a gain (measurement noise).
 const GAIN: f64 = 1.05;
 /// Consecutive intervals without gain before a step is taken back.
@@ -25,6 +38,9 @@ const MISSES: u32 = 2;
 const HOLD: u32 = 20;
 /// The longest measurement interval: a stalled request must not freeze adaptation.
 const MAX_INTERVAL: Duration = Duration::from_secs(8);
+/// The shortest measurement interval, in ticks: the ramp looks often (a backlog or a
+/// "slow down" is answered within a tick) but judges a rate over no less than this.
+const MIN_INTERVAL_TICKS: u32 = 5;
 
 /// What the last measurements decided.
 #[derive(Debug)]
@@ -89,7 +105,11 @@ impl Ramp {
             base => {
                 self.misses = 0;
                 if window >= self.ceiling {
-                    return None; // a gain, but nothing left to add: keep the last base
+                    // The top step paid: it stands. Judged again and again against one
+                    // noisy sample of the window below, it would sooner or later meet two
+                    // unlucky intervals in a row and be taken back for nothing.
+                    self.before = None;
+                    return None;
                 }
                 let step = if self.slow_start { window } else { self.step };
                 if !self.slow_start {
@@ -108,17 +128,38 @@ impl Ramp {
         (self.before, self.misses, self.hold) = (None, 0, HOLD);
         (self.slow_start, self.step) = (false, 1);
     }
+
+    /// Whether the next move waits for a whole measurement interval: only a comparison with
+    /// the rate at an earlier window (or a hold after a step back) does.
+    fn judging(&self) -> bool {
+        self.before.is_some() || self.hold > 0
+    }
+
+    /// Typical requests per measurement interval (see the module's note).
+    fn requests_per_interval(&self) -> u32 {
+        if self.slow_start {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 impl ConnectionLimiter {
-    /// The measurement interval: the larger of `tick` and twice the typical time a
-    /// connection is held. Bytes of one request arrive in bursts, and a new connection
-    /// first pays a round trip and TCP's own slow start; over two request durations every
-    /// connection of the window has run at least one whole request on average, so the rate
-    /// reflects the window, not which requests happened to start or end in the interval.
-    fn interval(&self, tick: Duration) -> Duration {
+    /// Every background connection the window allows is held now.
+    fn background_saturated(&self) -> bool {
+        let window = self.window();
+        self.background_in_use() >= window
+    }
+
+    /// The measurement interval: the larger of `MIN_INTERVAL_TICKS` ticks and `requests`
+    /// times the typical time a connection is held. Bytes of one request arrive in bursts,
+    /// and a new connection first pays a round trip and TCP's own slow start; over whole
+    /// request durations every connection of the window has run about one whole request, so
+    /// the rate reflects the window, not which requests happened to start or end in it.
+    fn interval(&self, tick: Duration, requests: u32) -> Duration {
         let hold = self.typical_hold().unwrap_or_default();
-        tick.max((hold * 2).min(MAX_INTERVAL))
+        (tick * MIN_INTERVAL_TICKS).max((hold * requests).min(MAX_INTERVAL))
     }
 
     /// Moves the background share to follow throughput (`bytes()`: body bytes received so
@@ -132,10 +173,14 @@ impl ConnectionLimiter {
         let mut queued = false;
         loop {
             tokio::time::sleep(tick).await;
-            queued |= self.waited.swap(0, Ordering::Relaxed) > 0;
+            // A backlog, or every connection of the window busy: with as many workers as
+            // the largest window (a mount's, a download's), nobody queues at the top step,
+            // which must be judged all the same.
+            queued |= self.waited.swap(0, Ordering::Relaxed) > 0 || self.background_saturated();
             if self.throttled.swap(0, Ordering::Relaxed) > 0 {
                 let from = self.window();
                 self.shrink(from / 2);
+                self.throttle_cuts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     from,
                     to = self.window(),
@@ -145,33 +190,62 @@ impl ConnectionLimiter {
                 (start, queued) = ((Instant::now(), bytes()), false);
                 continue;
             }
-            if start.0.elapsed() < self.interval(tick) {
+            let interval = if ramp.judging() {
+                self.interval(tick, ramp.requests_per_interval())
+            } else {
+                tick
+            };
+            if start.0.elapsed() < interval {
                 continue;
             }
             let now = (Instant::now(), bytes());
-            let rate =
-                now.1.saturating_sub(start.1) as f64 / (now.0 - start.0).as_secs_f64().max(1e-3);
+            let seconds = (now.0 - start.0).as_secs_f64().max(1e-3);
+            let rate = now.1.saturating_sub(start.1) as f64 / seconds;
             start = now;
             let from = self.window();
-            match ramp.measured(from, rate, std::mem::take(&mut queued)) {
+            let was_queued = std::mem::take(&mut queued);
+            let decided = ramp.measured(from, rate, was_queued);
+            tracing::trace!(
+                window = from,
+                seconds,
+                mb_per_s = megabytes(rate),
+                queued = was_queued,
+                "measured"
+            );
+            match decided {
                 None => {}
                 Some(Move::Up { to, base }) => {
                     self.grow(to - from);
-                    tracing::debug!(from, to, rate, base, "throughput rose: more connections");
-                }
-                Some(Move::Back { to, base }) => {
-                    self.shrink(to);
+                    self.steps_up.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         from,
                         to,
-                        rate,
-                        base,
+                        mb_per_s = megabytes(rate),
+                        before_mb_per_s = base.map(megabytes),
+                        seconds,
+                        "throughput rose: more connections"
+                    );
+                }
+                Some(Move::Back { to, base }) => {
+                    self.shrink(to);
+                    self.steps_back.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        from,
+                        to,
+                        mb_per_s = megabytes(rate),
+                        before_mb_per_s = megabytes(base),
+                        seconds,
                         "two intervals without gain: stepping back"
                     );
                 }
             }
         }
     }
+}
+
+/// Bytes/s as MB/s, rounded to a tenth: what a log line needs.
+fn megabytes(rate: f64) -> f64 {
+    (rate / 1e5).round() / 10.0
 }
 
 #[cfg(test)]
@@ -326,6 +400,87 @@ mod tests {
         assert_eq!(
             r.measured(12, 90.0, true),
             Some(Move::Up { to: 13, base: None })
+        );
+    }
+
+    /// Feeds `Ramp` one interval after another on a simulated link (`rate(window)`, times a
+    /// noise factor drawn per interval), applying its moves as `adapt` would; returns the
+    /// window at each interval.
+    fn trajectory(
+        floor: usize,
+        ceiling: usize,
+        intervals: usize,
+        seed: u64,
+        noise: f64,
+        rate: impl Fn(usize) -> f64,
+    ) -> Vec<usize> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut ramp = Ramp::new(floor, ceiling);
+        let mut window = floor;
+        let mut seen = Vec::with_capacity(intervals);
+        for _ in 0..intervals {
+            let measured = rate(window) * rng.gen_range(1.0 - noise..1.0 + noise);
+            match ramp.measured(window, measured, true) {
+                Some(Move::Up { to, .. }) | Some(Move::Back { to, .. }) => window = to,
+                None => {}
+            }
+            assert!((1..=ceiling).contains(&window));
+            seen.push(window);
+        }
+        seen
+    }
+
+    /// Links that never throttle, of every width (even narrower than `FLOOR`, where more
+    /// connections add nothing at all), with noise up to ±40% per interval: whatever the
+    /// rates say, the window never goes under `FLOOR`.
+    #[test]
+    fn a_link_that_does_not_throttle_never_takes_the_window_under_the_floor() {
+        for width in 1..=16 {
+            for seed in 0..20 {
+                let seen = trajectory(FLOOR, 12, 2000, seed, 0.4, |w| w.min(width) as f64 * 24e6);
+                let lowest = *seen.iter().min().unwrap();
+                assert!(
+                    lowest >= FLOOR,
+                    "width {width}, seed {seed}: window {lowest} under the floor"
+                );
+            }
+        }
+    }
+
+    /// A wide link (8 connections' worth, 24 MB/s each) measured with ±20% noise per
+    /// interval: the ramp gets to the width within a few intervals and spends nearly all of
+    /// its time there or above (a step back lands on a window that was itself a gain).
+    #[test]
+    fn a_noisy_wide_link_is_filled_within_a_few_intervals_and_stays_filled() {
+        for seed in 0..50 {
+            let seen = trajectory(FLOOR, 12, 1000, seed, 0.2, |w| w.min(8) as f64 * 24e6);
+            let reached = seen
+                .iter()
+                .position(|&w| w >= 8)
+                .unwrap_or_else(|| panic!("seed {seed}: never reached the width: {seen:?}"));
+            assert!(
+                reached <= 3,
+                "seed {seed}: the width took {reached} intervals"
+            );
+            let under = seen[reached..].iter().filter(|&&w| w < 8).count();
+            assert!(
+                under * 20 <= seen.len() - reached,
+                "seed {seed}: under the width in {under} of {} intervals: {seen:?}",
+                seen.len() - reached
+            );
+        }
+    }
+
+    /// The top step is judged too: once at the ceiling with nothing more to gain, two
+    /// intervals without gain take it back, and held there (no flapping every interval).
+    #[test]
+    fn a_step_to_the_ceiling_that_gains_nothing_is_taken_back_and_held() {
+        let seen = trajectory(FLOOR, 12, 60, 7, 0.02, |w| w.min(5) as f64 * 25e6);
+        assert_eq!(&seen[..4], &[6, 12, 12, 6], "{seen:?}");
+        assert!(
+            seen[4..4 + HOLD as usize].iter().all(|&w| w == 6),
+            "held after a step back: {seen:?}"
         );
     }
 }
