@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::fs::OssFs;
-use crate::oss::{RequestKind, RequestObserver};
+use crate::store::{RequestKind, RequestObserver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,7 +30,7 @@ struct KindLabel {
     kind: &'static str,
 }
 
-/// What the OSS client reports as it sends; shared with the client as its observer.
+/// What the store's client reports as it sends; shared with the client as its observer.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,

@@ -76,35 +76,9 @@ impl std::str::FromStr for SignatureVersion {
     }
 }
 
-/// What a request asked for, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    Head,
-    Get,
-    List,
-}
-
-impl RequestKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestKind::Head => "head",
-            RequestKind::Get => "get",
-            RequestKind::List => "list",
-        }
-    }
-}
-
-/// Sees every request attempt: its kind, the HTTP status (0 when no answer came), and
-/// whether it repeated an earlier attempt.
-pub trait RequestObserver: Send + Sync {
-    fn request(&self, kind: RequestKind, status: u16, retry: bool);
-}
-
-impl fmt::Debug for dyn RequestObserver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RequestObserver")
-    }
-}
+// What the client reports of each request: the store's words, so the layers above never
+// name an OSS type to observe a request.
+pub use crate::store::{RequestKind, RequestObserver};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone)]

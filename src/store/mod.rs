@@ -6,6 +6,7 @@
 
 pub mod memory;
 
+use std::fmt;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
@@ -243,5 +244,35 @@ pub async fn list_all<S: ObjectStore + ?Sized>(
             }
             _ => return Ok(all),
         }
+    }
+}
+
+/// What a request asked for, for metrics (any store's client reports in these words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Head,
+    Get,
+    List,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Head => "head",
+            RequestKind::Get => "get",
+            RequestKind::List => "list",
+        }
+    }
+}
+
+/// Sees every request attempt: its kind, the HTTP status (0 when no answer came), and
+/// whether it repeated an earlier attempt.
+pub trait RequestObserver: Send + Sync {
+    fn request(&self, kind: RequestKind, status: u16, retry: bool);
+}
+
+impl fmt::Debug for dyn RequestObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestObserver")
     }
 }
