@@ -228,7 +228,7 @@ async fn bench() {
     let mount_args = arg("--mount-args", "");
     let mount_args: Vec<&str> = mount_args.split_whitespace().collect();
     // The node's log of each mount case, kept as DIR/<case>-<round>.log (set RUST_LOG).
-    let keep_logs = (arg("--keep-logs", "") != "").then(|| arg("--keep-logs", ""));
+    let keep_logs = Some(arg("--keep-logs", "")).filter(|d| !d.is_empty());
     let bin = common::bin();
     assert!(
         bin.exists(),

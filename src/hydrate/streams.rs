@@ -105,7 +105,7 @@ impl Streams {
             .filter(|s| s.continued > 0)
             .map(|s| (s.used, s.next))
             .collect();
-        v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        v.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         v.into_iter().map(|(_, next)| next).collect()
     }
 }
