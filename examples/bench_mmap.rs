@@ -19,7 +19,8 @@
 //! (as root). Defaults: 1 GiB, 3 rounds, 4 readers, width 8, +20 ms per request, 24 MB/s per
 //! connection, no link-wide cap. `--size 256MiB --rounds 1` is a short run; `--link 125MB`
 //! adds a link-wide cap; `--cases abcd` picks cases; `--mount-args "--threads 16"` passes
-//! flags to every mount; `--keep-logs DIR` keeps each mount's log.
+//! flags to every mount; `--keep-logs DIR` keeps each mount's log; `--timeline` prints when
+//! each case's requests arrived.
 
 #[path = "common/mod.rs"]
 mod bench;
@@ -228,6 +229,8 @@ async fn bench() {
     let mount_args = arg("--mount-args", "");
     let mount_args: Vec<&str> = mount_args.split_whitespace().collect();
     // The node's log of each mount case, kept as DIR/<case>-<round>.log (set RUST_LOG).
+    // When each case's requests arrived (to see where its time went).
+    let timeline = std::env::args().any(|a| a == "--timeline");
     let keep_logs = Some(arg("--keep-logs", "")).filter(|d| !d.is_empty());
     let bin = common::bin();
     assert!(
@@ -264,6 +267,7 @@ async fn bench() {
             }
             eprintln!("round {}/{rounds}: {name}", round + 1);
             let before = counters(&s);
+            let log_from = s.emu.request_log().len();
             let mut node_cpu = None;
             let secs = if *case == 'd' {
                 let t = Instant::now();
@@ -306,6 +310,26 @@ async fn bench() {
                 secs
             };
             let after = counters(&s);
+            if timeline {
+                // Arrival times of the case's requests for the object, from its first.
+                let log: Vec<_> = s.emu.request_log()[log_from..]
+                    .iter()
+                    .filter(|r| r.key == "model.bin")
+                    .map(|r| r.at)
+                    .collect();
+                if let (Some(first), Some(last)) = (log.first(), log.last()) {
+                    let quarter = log.len() / 4;
+                    eprintln!(
+                        "  {case}: wall {secs:.2} s; requests {}: the last arrived {:.2} s after the first; \
+                         quarters of them by {:.2} / {:.2} / {:.2} s",
+                        log.len(),
+                        (*last - *first).as_secs_f64(),
+                        (log[quarter] - *first).as_secs_f64(),
+                        (log[2 * quarter] - *first).as_secs_f64(),
+                        (log[3 * quarter] - *first).as_secs_f64(),
+                    );
+                }
+            }
             samples[i].push(Sample {
                 secs,
                 fetched: after.body_bytes - before.body_bytes,
