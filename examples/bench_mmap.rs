@@ -20,7 +20,8 @@
 //! connection, no link-wide cap. `--size 256MiB --rounds 1` is a short run; `--link 125MB`
 //! adds a link-wide cap; `--cases abcd` picks cases; `--mount-args "--threads 16"` passes
 //! flags to every mount; `--keep-logs DIR` keeps each mount's log; `--timeline` prints when
-//! each case's requests arrived.
+//! each case's requests arrived; `--madvise random|sequential` is the mmap readers' advice
+//! (random: one page per fault).
 
 #[path = "common/mod.rs"]
 mod bench;
@@ -76,6 +77,15 @@ fn mmap_child(spec: &str) {
         )
     };
     assert!(base != libc::MAP_FAILED, "mmap failed");
+    // `--madvise random` in the parent: every fault reads one page (no read-around), the
+    // page-sized requests some loaders cause; `sequential`: the kernel's largest readahead.
+    let advice = match std::env::var("BENCH_MMAP_ADVICE").as_deref() {
+        Ok("random") => libc::MADV_RANDOM,
+        Ok("sequential") => libc::MADV_SEQUENTIAL,
+        _ => libc::MADV_NORMAL,
+    };
+    // SAFETY: advice on the mapping made above.
+    unsafe { libc::madvise(base, size, advice) };
     // SAFETY: the mapping is `size` bytes long and lives until the munmap below.
     let mapped = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
     println!("ready");
@@ -106,6 +116,7 @@ fn mmap_load(path: &std::path::Path, size: u64, readers: u64) -> Vec<u64> {
             let (a, b) = (i * slice, ((i + 1) * slice).min(size));
             Command::new(&exe)
                 .env(CHILD_ENV, format!("{} {a} {}", path.display(), b - a))
+                .env("BENCH_MMAP_ADVICE", arg("--madvise", "normal"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
