@@ -1,7 +1,8 @@
 //! Defects a line-by-line review of the engine found under concurrency and at the edges, each
 //! provoked on purpose through the real kernel FUSE (root and /dev/fuse required): concurrent
 //! readers of a rotten cached part, a split with every connection taken, a footer read of an
-//! object being fetched whole, and reopens of complete entries. Every mount is owned by a
+//! object being fetched whole, reopens of complete entries, and several processes (behind a
+//! barrier) reading one cold file at once: slices out of one mapping, or all from the start. Every mount is owned by a
 //! guard that unmounts even when an assertion fails; every filesystem operation has a timeout.
 
 mod common;
@@ -283,4 +284,243 @@ async fn reopening_a_complete_entry_reads_nothing_back_and_asks_before_refetchin
         "a complete small file is asked about, not fetched again"
     );
     assert!(after.head_requests > before.head_requests, "{after:?}");
+}
+
+/// Set in a re-executed test binary: `PATH OFFSET LEN SEED` of the slice it copies out of
+/// a mapping (the child's side of the mmap test below).
+const MMAP_SLICE_CHILD: &str = "OSSMOUNT_TEST_MMAP_SLICE";
+
+/// The child's side: maps the whole file read-only, says `ready`, waits for a line on stdin
+/// (the barrier), copies its slice out in 256 KiB pieces (page faults through the mount) and
+/// checks every byte against the object's.
+fn copy_slice_out_of_a_mapping(spec: &str) {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let f: Vec<&str> = spec.split(' ').collect();
+    let (path, offset, len, seed) = (
+        f[0],
+        f[1].parse::<usize>().unwrap(),
+        f[2].parse::<usize>().unwrap(),
+        f[3].parse::<u64>().unwrap(),
+    );
+    let file = std::fs::File::open(path).unwrap();
+    let size = file.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file kept open until the munmap below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert!(base != libc::MAP_FAILED, "mmap of {path} failed");
+    // SAFETY: the mapping is `size` bytes long and lives until the munmap below.
+    let mapped = unsafe { std::slice::from_raw_parts(base as *const u8, size) };
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut String::new())
+        .unwrap();
+    let mut copy = vec![0u8; 256 << 10];
+    let mut want = vec![0u8; 256 << 10];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(copy.len());
+        copy[..n].copy_from_slice(&mapped[at..at + n]);
+        ossmount::sample::fill(seed, at as u64, &mut want[..n]);
+        assert!(
+            copy[..n] == want[..n],
+            "bytes at {at} differ from the object's"
+        );
+        at += n;
+    }
+    // SAFETY: unmapping the mapping made above, no longer used.
+    unsafe { libc::munmap(base, size) };
+    println!("copied {len} bytes at {offset}, all the object's");
+}
+
+/// Children that each print `ready` and then wait for a line on stdin: they are released
+/// together once all are ready (bounded), so their reads reach the mount at the same time.
+/// Each must exit with success; returns what each printed after `ready`.
+fn release_together(children: &mut [std::process::Child]) -> Vec<Vec<String>> {
+    use std::io::{BufRead, Write};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (rest_tx, rest_rx) = std::sync::mpsc::channel();
+    for (i, c) in children.iter_mut().enumerate() {
+        let out = c.stdout.take().unwrap();
+        let (ready_tx, rest_tx) = (ready_tx.clone(), rest_tx.clone());
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(out).lines();
+            // The test harness's "test NAME ... " may share the line.
+            let ready = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.ends_with("ready"));
+            let _ = ready_tx.send(ready);
+            let _ = rest_tx.send((i, lines.map_while(Result::ok).collect::<Vec<_>>()));
+        });
+    }
+    for _ in 0..children.len() {
+        let ready = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a child did not get ready within 60 s");
+        assert!(ready, "a child ended before it was ready");
+    }
+    for c in children.iter_mut() {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    for c in children.iter_mut() {
+        let st = wait_within(c, Duration::from_secs(120), "a reader process");
+        assert!(st.success(), "a reader process failed: {st}");
+    }
+    let mut printed = vec![Vec::new(); children.len()];
+    for _ in 0..children.len() {
+        let (i, rest) = rest_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a child's output did not end");
+        printed[i] = rest;
+    }
+    printed
+}
+
+/// Tensor-parallel ranks loading one model: four processes (not threads: each has its own
+/// mapping, page faults and readahead) map one cold file through the mount and copy their
+/// quarters out at once. Every byte is the object's, and the object is fetched once: at most
+/// one part more per reader (a reader's first read-around may start inside its neighbour's
+/// quarter), however the four streams' reads interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_processes_copying_their_quarters_out_of_one_mapping_fetch_the_object_once() {
+    if let Ok(spec) = std::env::var(MMAP_SLICE_CHILD) {
+        return copy_slice_out_of_a_mapping(&spec);
+    }
+    require_fuse();
+    let s = Server::start().await;
+    const SEED: u64 = 71;
+    let size = 48 * MIB + 12_345;
+    s.put_sample("model.bin", SEED, size);
+    let (mnt, cache) = dirs(&s, "mmap-quarters");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
+    let p = m.path("model.bin");
+    let q = p.clone();
+    assert_eq!(
+        fs_op(T, move || std::fs::metadata(q).unwrap().len()).await,
+        size
+    );
+    // Slow enough that the four streams overlap for a while.
+    s.emu.update_faults(|f| {
+        f.latency_ms = 5;
+        f.bandwidth_per_connection = 8 * MIB;
+    });
+    let before = s.emu.object_counters(BUCKET, "model.bin");
+    let quarter = size.div_ceil(4);
+    let me = std::env::current_exe().unwrap();
+    let name = "four_processes_copying_their_quarters_out_of_one_mapping_fetch_the_object_once";
+    let mut children: Vec<_> = (0..4)
+        .map(|i| {
+            let (a, b) = (i * quarter, ((i + 1) * quarter).min(size));
+            std::process::Command::new(&me)
+                .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+                .env(
+                    MMAP_SLICE_CHILD,
+                    format!("{} {a} {} {SEED}", p.display(), b - a),
+                )
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let printed = fs_op(Duration::from_secs(200), move || {
+        release_together(&mut children)
+    })
+    .await;
+    for (i, lines) in printed.iter().enumerate() {
+        assert!(
+            lines.iter().any(|l| l.starts_with("copied ")),
+            "reader {i} did not copy its quarter: {lines:?}"
+        );
+    }
+    s.emu.update_faults(|f| {
+        f.latency_ms = 0;
+        f.bandwidth_per_connection = 0;
+    });
+    let after = s.emu.object_counters(BUCKET, "model.bin");
+    let fetched = after.body_bytes - before.body_bytes;
+    assert!(
+        fetched >= size && fetched <= size + 4 * MIB,
+        "fetched {fetched} bytes for an object of {size}: {after:?}"
+    );
+    assert!(
+        after.peak_concurrent_bodies >= 4,
+        "the four readers' fetches overlapped: {after:?}"
+    );
+}
+
+/// Several jobs of one node loading one model: four processes `cat` one cold file from the
+/// start, released together. Each gets the object's bytes, and the object is fetched once:
+/// their reads share one hydration (and the kernel's page cache), not four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_processes_reading_one_file_from_the_start_share_one_fetch() {
+    require_fuse();
+    let s = Server::start().await;
+    let size = 40 * MIB + 4321;
+    s.put_sample("model.bin", 72, size);
+    let (mnt, cache) = dirs(&s, "same-start");
+    let m = Mount::start(&s, &url(), &mnt, &cache, &["--part-size", "1MiB"]);
+    let p = m.path("model.bin");
+    let q = p.clone();
+    assert_eq!(
+        fs_op(T, move || std::fs::metadata(q).unwrap().len()).await,
+        size
+    );
+    s.emu.update_faults(|f| {
+        f.latency_ms = 5;
+        f.bandwidth_per_connection = 8 * MIB;
+    });
+    let before = s.emu.object_counters(BUCKET, "model.bin");
+    let outs: Vec<PathBuf> = (0..4)
+        .map(|i| s.scratch.path().join(format!("copy-{i}")))
+        .collect();
+    // Each shell says it is ready, waits for the barrier's line, then becomes `cat`.
+    let mut children: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"echo ready; read go; exec cat "$0" > "$1""#)
+                .arg(&p)
+                .arg(out)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    fs_op(Duration::from_secs(200), move || {
+        release_together(&mut children)
+    })
+    .await;
+    s.emu.update_faults(|f| {
+        f.latency_ms = 0;
+        f.bandwidth_per_connection = 0;
+    });
+    let want = ossmount::sample::bytes(72, size as usize);
+    for out in &outs {
+        assert!(
+            std::fs::read(out).unwrap() == want,
+            "{} differs",
+            out.display()
+        );
+    }
+    let after = s.emu.object_counters(BUCKET, "model.bin");
+    let fetched = after.body_bytes - before.body_bytes;
+    assert!(
+        fetched >= size && fetched <= size + MIB,
+        "fetched {fetched} bytes for an object of {size} read by four processes: {after:?}"
+    );
+    drop(m);
 }

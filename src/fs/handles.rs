@@ -18,6 +18,9 @@ use super::direct::{DirectReader, WINDOW};
 use super::node::Etag;
 use super::{FsError, Kind, OssFs};
 
+/// Reads of at most this many bytes are served from the cache file on the async worker.
+const INLINE_READ_MAX: usize = 16 << 10;
+
 pub(super) enum OpenFile {
     /// Served from the object's cache entry; `served` is what this handle has read.
     Cached {
@@ -430,14 +433,22 @@ impl OssFs {
             }
             return Err(e);
         }
-        let data = tokio::task::spawn_blocking(move || h.read_at(offset, (end - offset) as usize))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|read| read)
-            .map_err(|e| {
-                tracing::warn!("reading the cache file failed: {e}");
-                FsError::Cache(format!("reading the cache file failed: {e}"))
-            })?;
+        let len = (end - offset) as usize;
+        // A few pages (a mapping's page faults, small records) are read here: bytes just
+        // written or just checked, so in the page cache, and one pread of them costs less
+        // than handing it to the blocking pool and back.
+        let data = if len <= INLINE_READ_MAX {
+            h.read_at(offset, len)
+        } else {
+            tokio::task::spawn_blocking(move || h.read_at(offset, len))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|read| read)
+        }
+        .map_err(|e| {
+            tracing::warn!("reading the cache file failed: {e}");
+            FsError::Cache(format!("reading the cache file failed: {e}"))
+        })?;
         self.stats
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);

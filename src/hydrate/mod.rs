@@ -8,7 +8,8 @@
 //!
 //! Rooms: `layout` (parts and object identity), `state` (what is present, in flight, failed,
 //! and the checkpoint it is recorded in), `scheduler` (what is fetched next: demand, then
-//! readahead, then the rest), `worker` (one part: GET, write, sync, record), `checkpoint`,
+//! readahead, then the rest), `streams` (where each sequential reader is, so each gets its
+//! own readahead), `worker` (one part: GET, write, sync, record), `checkpoint`,
 //! `limiter` (connections for the whole mount), `download` (the SDK-style command).
 
 pub mod checkpoint;
@@ -23,6 +24,7 @@ mod scheduler;
 mod segments;
 mod state;
 pub mod storage;
+mod streams;
 mod verify;
 mod worker;
 
@@ -211,9 +213,6 @@ struct Inner {
     /// Whether background work covers the whole object (mode `All`, or `Auto` once the
     /// object is being consumed or is small).
     fetch_all: std::sync::atomic::AtomicBool,
-    /// The reader's sequential run: where the next sequential read would start, and how many
-    /// bytes the run has covered (for `Auto`).
-    sequential: Mutex<(u64, u64)>,
 }
 
 /// A running hydration of one object version into one data file. Clones share it.
@@ -366,7 +365,6 @@ impl Hydration {
                 cfg.mode == FetchMode::All
                     || (cfg.mode == FetchMode::Auto && n <= SMALL_OBJECT_PARTS),
             ),
-            sequential: Mutex::new((0, 0)),
             id,
         });
         let h = Hydration { inner };
@@ -517,30 +515,35 @@ impl Hydration {
         self.inner.fetch_all.load(Ordering::SeqCst)
     }
 
-    /// Tells the hydration what a reader read, for `Auto`: a reader that goes sequentially
-    /// past one readahead window is consuming the object, which is then fetched whole.
+    /// Tells the hydration what a reader read: the read continues its reader's stream (or
+    /// starts one), and each sequential stream gets its own readahead. For `Auto`, a stream
+    /// that goes sequentially past one readahead window is consuming the object, which is
+    /// then fetched whole (whatever other readers do in between: several processes copying
+    /// their slices out of one mapping each count).
     pub fn note_read(&self, range: Range<u64>) {
-        if self.inner.cfg.mode != FetchMode::Auto || self.fetches_all() {
-            return;
-        }
-        let window = self.inner.cfg.readahead_parts as u64 * self.inner.layout.part_size;
-        let mut seq = self.inner.sequential.lock().unwrap();
-        let (next, run) = *seq;
-        // The kernel's readahead may reorder reads a little: a start near the expected
-        // offset continues the run.
-        let slack = 1 << 20;
-        let continues = range.start + slack >= next && range.start <= next + slack;
-        let run = if continues {
-            run + range.end.saturating_sub(range.start.max(next))
-        } else {
-            range.end - range.start
+        tracing::trace!(key = %self.inner.id.key, at = range.start, len = range.end - range.start, "read");
+        let noted = {
+            let mut st = self.inner.state.lock().unwrap();
+            if st.complete || st.stopped || range.is_empty() {
+                return;
+            }
+            st.streams.note(range)
         };
-        *seq = (range.end.max(next), run);
-        if run > window {
-            drop(seq);
+        let window = self.inner.cfg.readahead_parts as u64 * self.inner.layout.part_size;
+        if self.inner.cfg.mode == FetchMode::Auto && !self.fetches_all() && noted.run > window {
             tracing::debug!(key = %self.inner.id.key, "read sequentially past the readahead window: fetching the whole object");
             self.inner.fetch_all.store(true, Ordering::SeqCst);
             self.inner.restart_workers();
+            self.inner.notify();
+            return;
+        }
+        // A stream that became sequential, or moved into another part, may have free parts
+        // in its readahead now: the workers look again.
+        let part = |at: u64| at / self.inner.layout.part_size;
+        let moved = noted
+            .was_at
+            .is_some_and(|was| part(was) != part(noted.now_at));
+        if moved || noted.became_sequential {
             self.inner.notify();
         }
     }

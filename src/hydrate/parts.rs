@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fixedbitset::FixedBitSet;
 
-use super::{segments, worker, HydrateError, PartLayout};
+use super::{segments, streams, worker, HydrateError, PartLayout};
 
 pub(super) struct State {
     pub(super) present: FixedBitSet,
@@ -35,6 +35,8 @@ pub(super) struct State {
     /// The window to open once a demand fetch has its first bytes, so demand always reaches
     /// the server before readahead.
     pub(super) pending_readahead: Option<Range<usize>>,
+    /// Where each sequential reader is: each gets its own readahead.
+    pub(super) streams: streams::Streams,
     pub(super) stopped: bool,
     pub(super) complete: bool,
     /// Bytes of parts still arriving that are already in the data file: readable through the
@@ -87,6 +89,7 @@ impl State {
             fatal: None,
             readahead: 0..0,
             pending_readahead: None,
+            streams: Default::default(),
             stopped: false,
             complete: false,
             written: Default::default(),

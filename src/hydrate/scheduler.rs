@@ -1,6 +1,7 @@
 //! What is fetched next: parts a reader waits for (`want`, `wait_range`) at once on demand
-//! connections, then a readahead window after them, then (mode `All`) the rest in order by
-//! `threads` background workers. Must not write files or the checkpoint.
+//! connections, then a readahead window after them, then each sequential reader's own
+//! readahead (`streams`), then (mode `All`) the rest in order, by `threads` background
+//! workers. Must not write files or the checkpoint.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -9,6 +10,10 @@ use std::sync::atomic::Ordering;
 
 use super::segments::{SegmentTask, SPLIT_ALIGN};
 use super::{HydrateError, Hydration, Inner, State};
+
+/// How far ahead of a sequential reader (in parts) the workers look for its next part when
+/// the whole object is being fetched; beyond it, the lowest missing part comes next.
+const STREAM_REACH: usize = 64;
 
 /// A demanded part starts at the reader's page when that lies at least `SPLIT_MIN` into the
 /// part; nearer its start, one GET from the start is as quick.
@@ -184,16 +189,43 @@ impl Hydration {
 }
 
 impl Inner {
-    /// The next part for a background worker: readahead window first, then (mode All) the
-    /// lowest missing part. Marks it in flight.
+    /// The next part for a background worker: the window after the last demanded parts
+    /// first; then each sequential reader's own readahead, nearest to its reader first, so
+    /// readers at several offsets advance together (in mode All, on past the window, up to
+    /// `STREAM_REACH` parts ahead); then (mode All) the lowest missing part. Marks nothing.
     pub(super) fn next_background(&self, st: &State) -> Option<usize> {
         let free =
             |st: &State, p: usize| !st.present[p] && !st.in_flight[p] && st.failed[p].is_none();
-        let mut pick = st.readahead.clone().find(|&p| free(st, p));
-        if pick.is_none() && self.fetch_all.load(Ordering::SeqCst) {
-            pick = (0..self.layout.count()).find(|&p| free(st, p));
+        if let Some(p) = st.readahead.clone().find(|&p| free(st, p)) {
+            return Some(p);
         }
-        pick
+        let fetch_all = self.fetch_all.load(Ordering::SeqCst);
+        let n = self.layout.count();
+        let reach = if fetch_all {
+            STREAM_REACH.max(self.cfg.readahead_parts)
+        } else {
+            self.cfg.readahead_parts
+        };
+        // (parts between the reader and the pick, pick): the reader with the least ahead of
+        // it is served first.
+        let mut best: Option<(usize, usize)> = None;
+        for at in st.streams.sequential_positions() {
+            let first = (at / self.layout.part_size) as usize;
+            let limit = best.map_or(reach, |(ahead, _)| ahead).min(reach);
+            if let Some(ahead) = (0..limit)
+                .take_while(|d| first + d < n)
+                .find(|&d| free(st, first + d))
+            {
+                best = Some((ahead, first + ahead));
+            }
+        }
+        if let Some((_, p)) = best {
+            return Some(p);
+        }
+        if fetch_all {
+            return (0..n).find(|&p| free(st, p));
+        }
+        None
     }
 
     /// Whether a background worker has anything to do now (it then takes a connection
@@ -300,5 +332,131 @@ struct WorkerCount(Arc<Inner>);
 impl Drop for WorkerCount {
     fn drop(&mut self) {
         self.0.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::hydrate::{
+        ConnectionLimiter, FetchMode, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
+    };
+    use crate::store::memory::MemoryStore;
+    use crate::store::ObjectStore;
+
+    /// Readers are 4 MiB apart: farther than reordered reads of one stream ever are.
+    const PART: u64 = 256 << 10;
+    const PARTS: u64 = 64;
+    /// Where four readers start (in parts): each copies its quarter, as ranks do.
+    const STARTS: [u64; 4] = [0, 16, 32, 48];
+
+    async fn hydration(
+        dir: &std::path::Path,
+        mode: FetchMode,
+        limiter: std::sync::Arc<ConnectionLimiter>,
+    ) -> Hydration {
+        let store = MemoryStore::new("mem");
+        store.put("b", "k", crate::sample::bytes(9, (PARTS * PART) as usize));
+        let meta = store.head("b", "k").await.unwrap();
+        Hydration::start(
+            store.clone(),
+            ObjectIdentity::from_meta("b", "k", &meta),
+            HydrationFiles {
+                data: dir.join("k.data"),
+                checkpoint: Some(dir.join("k.ckpt")),
+                data_mode: 0o600,
+            },
+            HydrationConfig {
+                part_size: PART,
+                threads: 8,
+                mode,
+                readahead_parts: 2,
+                ..Default::default()
+            },
+            limiter,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Reads `len` bytes at `at` as the filesystem does: noted, then waited for (bounded).
+    async fn read(h: &Hydration, at: u64, len: u64) {
+        h.note_read(at..at + len);
+        tokio::time::timeout(Duration::from_secs(10), h.wait_range(at..at + len))
+            .await
+            .expect("a read's bytes arrive")
+            .unwrap();
+    }
+
+    /// Four readers at four offsets, their reads interleaved: each gets its own readahead
+    /// window. Before, only the last window a read had asked for was fetched ahead (the
+    /// fourth reader's): the other three met every part they read next missing, unless a
+    /// worker happened to catch their window before the next reader's read moved it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_sequential_reader_gets_its_own_readahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let limiter = ConnectionLimiter::new(16, 2);
+        let h = hydration(dir.path(), FetchMode::OnDemand, limiter.clone()).await;
+        // Every background connection taken until the four have read: what the workers
+        // fetch then depends on what the engine knows of the readers, not on how quickly
+        // they caught a window before the next read moved it.
+        let mut background = Vec::new();
+        while let Some(p) = limiter.try_acquire(false) {
+            background.push(p);
+        }
+        for half in 0..2 {
+            for s in STARTS {
+                read(&h, s * PART + half * PART / 2, PART / 2).await;
+            }
+        }
+        drop(background);
+        // Each reader stands at the end of its first part: the next two are its window.
+        let windows = || STARTS.iter().map(|s| (s + 1) * PART..(s + 3) * PART);
+        let fetched_ahead = tokio::time::timeout(Duration::from_secs(10), async {
+            while !windows().all(|w| h.is_present(w)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let present: Vec<u64> = (0..PARTS)
+            .filter(|p| h.is_present(p * PART..(p + 1) * PART))
+            .collect();
+        assert!(
+            fetched_ahead.is_ok(),
+            "every reader's next two parts are fetched ahead; present: {present:?}"
+        );
+        // On demand, nothing beyond the readers' parts and windows.
+        let expected: Vec<u64> = STARTS.iter().flat_map(|&s| s..s + 3).collect();
+        assert_eq!(present, expected);
+        h.shutdown().await;
+    }
+
+    /// `Auto`: readers that each read sequentially past a readahead window consume the
+    /// object, though no two consecutive reads the engine sees are adjacent. Before, the
+    /// interleaving broke the one run it tracked, and the object was never fetched whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interleaved_sequential_readers_switch_auto_to_fetching_the_whole_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hydration(dir.path(), FetchMode::Auto, ConnectionLimiter::new(16, 2)).await;
+        let step = PART / 4;
+        for i in 0..10 {
+            if i == 8 {
+                // Each has read exactly one window (2 parts) in sequence: not yet.
+                assert!(
+                    !h.fetches_all(),
+                    "fetching the whole object after one window"
+                );
+            }
+            for s in STARTS {
+                read(&h, s * PART + i * step, step).await;
+            }
+        }
+        assert!(h.fetches_all(), "each reader read 2.5 parts in sequence");
+        tokio::time::timeout(Duration::from_secs(30), h.wait_complete())
+            .await
+            .expect("the whole object arrives")
+            .unwrap();
+        h.shutdown().await;
     }
 }
