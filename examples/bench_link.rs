@@ -100,6 +100,9 @@ struct Measured {
     /// GETs and the most bodies streamed at once, per round.
     gets: Vec<u64>,
     peak_bodies: Vec<u64>,
+    /// Body bytes the server sent, per round (more than the object: bytes fetched twice, or
+    /// sent past the cut of a split stream).
+    fetched: Vec<u64>,
     /// The ramp's windows, per round (adaptive mounts only).
     ramps: Vec<String>,
 }
@@ -335,16 +338,18 @@ async fn main() {
                     m.secs.push(secs);
                     m.gets.push(counters.get_requests);
                     m.peak_bodies.push(counters.peak_concurrent_bodies);
+                    m.fetched.push(counters.body_bytes);
                     if let Some(ramp) = ramp {
                         m.ramps.push(ramp);
                     }
                     eprintln!(
-                        "  {:<14} {:6.2} s {:6.1} MiB/s, {} GETs, at most {} at once{}",
+                        "  {:<14} {:6.2} s {:6.1} MiB/s, {} GETs, at most {} at once, {:.1} MiB sent{}",
                         Case::ALL.iter().find(|c| c.1 == case).unwrap().0,
                         secs,
                         size as f64 / (1 << 20) as f64 / secs,
                         counters.get_requests,
                         counters.peak_concurrent_bodies,
+                        counters.body_bytes as f64 / (1 << 20) as f64,
                         m.ramps
                             .last()
                             .filter(|_| case.adaptive())
@@ -493,8 +498,8 @@ fn print_table(
         human_bytes(size),
         human_bytes(shape.per_connection),
     );
-    println!("| case | MiB/s, median (min–max) | seconds, median | vs parallel range GETs, median (min) | GETs | most at once |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| case | MiB/s, median (min–max) | seconds, median | vs parallel range GETs, median (min) | GETs | most at once | MiB sent, most |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let reference = cases.iter().position(|&c| c == Case::Curl).unwrap();
     let (reference_secs, ..) = median_min_max(&measured[reference].secs);
     let reference_rate = mib / reference_secs;
@@ -503,8 +508,9 @@ fn print_table(
         let (rate, low, high) = (mib / t, mib / slowest, mib / fastest);
         let gets = m.gets.iter().max().unwrap();
         let peak = m.peak_bodies.iter().max().unwrap();
+        let sent = *m.fetched.iter().max().unwrap() as f64 / (1 << 20) as f64;
         println!(
-            "| {} | {rate:.1} ({low:.1}–{high:.1}) | {t:.2} | {:.2} ({:.2}) | {gets} | {peak} |",
+            "| {} | {rate:.1} ({low:.1}–{high:.1}) | {t:.2} | {:.2} ({:.2}) | {gets} | {peak} | {sent:.1} |",
             case.label(width),
             rate / reference_rate,
             low / reference_rate

@@ -53,8 +53,8 @@ pub enum FetchMode {
     All,
     /// Fetch only parts that readers want, plus the readahead window (`--hydrate read`).
     OnDemand,
-    /// Like `OnDemand` until the object is being consumed (read sequentially past one
-    /// readahead window) or is small (at most `SMALL_OBJECT_PARTS` parts); then like `All`
+    /// Like `OnDemand` until the object is being consumed (read sequentially past
+    /// `CONSUMED_AFTER` or one readahead window, whichever is less) or is small (at most `SMALL_OBJECT_PARTS` parts); then like `All`
     /// (`--hydrate auto`).
     Auto,
 }
@@ -90,6 +90,11 @@ struct OpenedPart {
     /// given back with the rest.
     connection: Option<ConnectionPermit>,
 }
+
+/// A sequential run longer than this (or than the readahead window, if smaller) means the
+/// object is being consumed: `FetchMode::Auto` then fetches it whole. Two of the kernel's
+/// 1 MiB readahead windows: a reader that stops after one (`head`, a header) is not.
+const CONSUMED_AFTER: u64 = 2 << 20;
 
 /// Objects of at most this many parts are fetched whole at once in `FetchMode::Auto`.
 pub const SMALL_OBJECT_PARTS: usize = 4;
@@ -517,7 +522,7 @@ impl Hydration {
 
     /// Tells the hydration what a reader read: the read continues its reader's stream (or
     /// starts one), and each sequential stream gets its own readahead. For `Auto`, a stream
-    /// that goes sequentially past one readahead window is consuming the object, which is
+    /// that goes sequentially past `CONSUMED_AFTER` is consuming the object, which is
     /// then fetched whole (whatever other readers do in between: several processes copying
     /// their slices out of one mapping each count).
     pub fn note_read(&self, range: Range<u64>) {
@@ -530,8 +535,12 @@ impl Hydration {
             st.streams.note(range)
         };
         let window = self.inner.cfg.readahead_parts as u64 * self.inner.layout.part_size;
-        if self.inner.cfg.mode == FetchMode::Auto && !self.fetches_all() && noted.run > window {
-            tracing::debug!(key = %self.inner.id.key, "read sequentially past the readahead window: fetching the whole object");
+        let consumed_after = window.min(CONSUMED_AFTER);
+        if self.inner.cfg.mode == FetchMode::Auto
+            && !self.fetches_all()
+            && noted.run > consumed_after
+        {
+            tracing::debug!(key = %self.inner.id.key, run = noted.run, "read sequentially past {consumed_after} bytes: fetching the whole object");
             self.inner.fetch_all.store(true, Ordering::SeqCst);
             self.inner.restart_workers();
             self.inner.notify();

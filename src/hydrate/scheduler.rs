@@ -18,6 +18,9 @@ const STREAM_REACH: usize = 64;
 /// A demanded part starts at the reader's page when that lies at least `SPLIT_MIN` into the
 /// part; nearer its start, one GET from the start is as quick.
 const SPLIT_MIN: u64 = 256 << 10;
+/// The least either half of a tail split may be: below this a GET's round trip costs more
+/// than streaming the bytes on the connection already open.
+const TAIL_SPLIT_MIN: u64 = 1 << 20;
 
 impl Hydration {
     /// Asks for the parts covering `range` ahead of everything else: missing parts that are
@@ -308,12 +311,49 @@ impl Inner {
                     if self.background_work() == Some(true) {
                         continue; // the part it wanted was taken meanwhile; look again
                     }
+                    if self.split_a_tail() {
+                        continue;
+                    }
                     if rx.changed().await.is_err() {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Nothing left to start while the whole object is being fetched: the part in flight
+    /// with the most bytes still to come is split, its second half fetched on a background
+    /// connection free now. Without this, the last parts end one by one at one connection's
+    /// speed while the others idle (256 MiB on a 24 MB/s-per-connection link: the last
+    /// half second at ~30 MB/s). Returns whether a split was started.
+    fn split_a_tail(self: &Arc<Self>) -> bool {
+        if !self.fetch_all.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut st = self.state.lock().unwrap();
+        if st.stopped || st.paused.is_some() || st.fatal.is_some() {
+            return false;
+        }
+        let Some((&part, _)) = st
+            .segments
+            .iter()
+            .map(|(p, s)| (p, s.most_remaining()))
+            .filter(|(_, left)| *left >= 2 * TAIL_SPLIT_MIN)
+            .max_by_key(|(_, left)| *left)
+        else {
+            return false;
+        };
+        let Some(connection) = self.limiter.try_acquire(false) else {
+            return false;
+        };
+        let inner = self.clone();
+        let segments = st.segments.get_mut(&part).expect("found just now");
+        segments.split_tail(TAIL_SPLIT_MIN, |control| {
+            SegmentTask::new(tokio::spawn(
+                inner.fetch_split_segment(part, control, connection),
+            ))
+        })
     }
 
     pub(super) fn open_pending_readahead(&self) {
@@ -457,6 +497,114 @@ mod tests {
             .await
             .expect("the whole object arrives")
             .unwrap();
+        h.shutdown().await;
+    }
+
+    /// The end of a whole-object fetch on a slow link: a worker with no part left to start
+    /// cuts the part in flight with the most left and fetches its second half, so the last
+    /// parts do not end one by one at one connection's speed. The bytes and the object's
+    /// CRC-64 come out whole, and no more GETs are open at once than the connections allow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_parts_in_flight_are_split_for_idle_connections() {
+        use crate::store::memory::MemoryFaults;
+        let dir = tempfile::tempdir().unwrap();
+        let part = 4u64 << 20;
+        // Five parts, three workers: two parts start when the first three end, and the
+        // third worker has nothing left to start.
+        let want = crate::sample::bytes(21, (5 * part) as usize);
+        let store = MemoryStore::new("mem");
+        store.put("b", "k", want.clone());
+        // 64 KiB every 5 ms: ~13 MB/s per GET, a part takes ~0.3 s.
+        store.set_faults(MemoryFaults {
+            chunk: 64 << 10,
+            chunk_delay: Duration::from_millis(5),
+            ..Default::default()
+        });
+        let meta = store.head("b", "k").await.unwrap();
+        let limiter = ConnectionLimiter::new(6, 1);
+        let h = Hydration::start(
+            store.clone(),
+            ObjectIdentity::from_meta("b", "k", &meta),
+            HydrationFiles {
+                data: dir.path().join("k.data"),
+                checkpoint: Some(dir.path().join("k.ckpt")),
+                data_mode: 0o600,
+            },
+            HydrationConfig {
+                part_size: part,
+                threads: 3,
+                mode: FetchMode::All,
+                ..Default::default()
+            },
+            limiter,
+            None,
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), h.wait_verified())
+            .await
+            .expect("fetched within 30 s")
+            .expect("whole and its CRC-64 right");
+        let gets = store
+            .counters
+            .gets
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            gets > 5,
+            "5 parts and {gets} GETs: no tail was split while a worker idled"
+        );
+        let peak = store
+            .counters
+            .gets_open_peak
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(peak <= 6, "{peak} GETs open at once with 6 connections");
+        assert_eq!(h.read_at(0, want.len()).unwrap(), want);
+        h.shutdown().await;
+    }
+
+    /// `Auto` with parts larger than the kernel's readahead: a reader that stops after one
+    /// kernel readahead window (1 MiB: `head`, a header) is not consuming the object; one
+    /// that goes on past 2 MiB is, and the whole object is fetched from then on rather than
+    /// after the engine's readahead window (16 MiB at 8 MiB parts: half a second at 3
+    /// connections of 24 MB/s, the cost of a cold `cp` of 256 MiB beside parallel GETs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_fetches_whole_once_a_reader_is_past_two_mib_in_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = 8u64 << 20;
+        let store = MemoryStore::new("mem");
+        // More parts than SMALL_OBJECT_PARTS (fetched whole from the start).
+        store.put("b", "k", crate::sample::bytes(5, (6 * part) as usize));
+        let meta = store.head("b", "k").await.unwrap();
+        let h = Hydration::start(
+            store.clone(),
+            ObjectIdentity::from_meta("b", "k", &meta),
+            HydrationFiles {
+                data: dir.path().join("k.data"),
+                checkpoint: Some(dir.path().join("k.ckpt")),
+                data_mode: 0o600,
+            },
+            HydrationConfig {
+                part_size: part,
+                threads: 3,
+                mode: FetchMode::Auto,
+                readahead_parts: 2,
+                ..Default::default()
+            },
+            ConnectionLimiter::new(8, 1),
+            None,
+        )
+        .unwrap();
+        let mib = 1u64 << 20;
+        for at in (0..mib).step_by(128 << 10) {
+            read(&h, at, 128 << 10).await;
+        }
+        assert!(!h.fetches_all(), "the whole object after 1 MiB read");
+        for at in (mib..2 * mib + (128 << 10)).step_by(128 << 10) {
+            read(&h, at, 128 << 10).await;
+        }
+        assert!(
+            h.fetches_all(),
+            "not the whole object after 2 MiB in sequence"
+        );
         h.shutdown().await;
     }
 }

@@ -16,6 +16,8 @@ pub(super) const SPLIT_ALIGN: u64 = 4096;
 /// sequential reader runs up to two 1 MiB windows ahead of it, and must not break a part
 /// into GETs.
 const SPLIT_MIN_AHEAD: u64 = 3 << 20;
+/// A tail split is made only for a segment that would stream at least this long more.
+const TAIL_SPLIT_MIN_WAIT: Duration = Duration::from_millis(100);
 /// Segments per part at most (one split per far read; more would only add connections).
 const MAX_SEGMENTS: usize = 4;
 
@@ -125,6 +127,49 @@ impl SegmentControl {
     }
 }
 
+impl SegmentControl {
+    /// Bytes this segment has still to bring (0 once finished).
+    fn remaining(&self) -> u64 {
+        let p = self.progress.lock().unwrap();
+        if p.finished {
+            0
+        } else {
+            p.end.saturating_sub(p.received)
+        }
+    }
+
+    /// Cuts what is left of this segment in two halves of at least `min_each` bytes (on a
+    /// page boundary) when that pays: at the stream's rate so far, what is left takes at
+    /// least `TAIL_SPLIT_MIN_WAIT` and four times the round trip its first byte took. (A cut
+    /// stream's bytes already sent past the cut are fetched for nothing; on a fast link they
+    /// are many and the time won is little.) Returns the second half, for a GET of its own.
+    fn split_half(&self, min_each: u64, now: Instant) -> Option<Range<u64>> {
+        let mut p = self.progress.lock().unwrap();
+        let left = p.end.saturating_sub(p.received);
+        if p.finished || left < 2 * min_each {
+            return None;
+        }
+        let first = p.first_byte?;
+        let streaming = now.saturating_duration_since(first);
+        let got = p.received - p.from;
+        if got == 0 || streaming.is_zero() {
+            return None;
+        }
+        let rate = got as f64 / streaming.as_secs_f64();
+        let wait = Duration::from_secs_f64(left as f64 / rate);
+        if wait < TAIL_SPLIT_MIN_WAIT || wait < (first - p.started) * 4 {
+            return None;
+        }
+        let k = (p.received + left / 2) & !(SPLIT_ALIGN - 1);
+        if k < p.received + min_each || k >= p.end {
+            return None;
+        }
+        let taken = k..p.end;
+        p.end = k;
+        Some(taken)
+    }
+}
+
 /// The segments of one part in flight, and where the GETs started by splits are handed to
 /// the part's fetch, which waits for them before it combines the CRCs.
 pub(super) struct PartSegments<E> {
@@ -171,6 +216,45 @@ impl<E> PartSegments<E> {
         let control = SegmentControl::new(taken);
         self.controls.push(control.clone());
         // The part's fetch holds the receiver until the segments tile the part.
+        let _ = self.spawned.send(start(control));
+        true
+    }
+}
+
+impl<E> PartSegments<E> {
+    /// The most bytes one of this part's segments has still to bring.
+    pub(super) fn most_remaining(&self) -> u64 {
+        if self.controls.len() >= MAX_SEGMENTS {
+            return 0; // no room for another segment
+        }
+        self.controls
+            .iter()
+            .map(|c| c.remaining())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Splits the segment with the most left that can be cut (`split_half`) in two, the
+    /// second half started by `start`: the end of a fetch, where connections would idle
+    /// while the last parts stream one each.
+    pub(super) fn split_tail(
+        &mut self,
+        min_each: u64,
+        start: impl FnOnce(Arc<SegmentControl>) -> SegmentTask<E>,
+    ) -> bool {
+        if self.controls.len() >= MAX_SEGMENTS {
+            return false;
+        }
+        // The most left first; one that cannot be cut yet (a new GET without its first
+        // byte) gives way to the next.
+        let mut by_left: Vec<&Arc<SegmentControl>> = self.controls.iter().collect();
+        by_left.sort_by_key(|c| std::cmp::Reverse(c.remaining()));
+        let now = Instant::now();
+        let Some(taken) = by_left.iter().find_map(|c| c.split_half(min_each, now)) else {
+            return false;
+        };
+        let control = SegmentControl::new(taken);
+        self.controls.push(control.clone());
         let _ = self.spawned.send(start(control));
         true
     }
@@ -243,5 +327,87 @@ mod tests {
         assert!(tiles(&done, &part));
         assert_eq!(combined_crc(&done), crc(&part));
         assert!(!tiles(&done[..1], &part));
+    }
+
+    /// A segment started at `t0` (two seconds ago), its first byte `rtt` ms after, that has
+    /// received `got` bytes.
+    fn streaming(range: Range<u64>, rtt: u64, got: u64) -> (Arc<SegmentControl>, Instant) {
+        let c = SegmentControl::new(range.clone());
+        let t0 = Instant::now() - Duration::from_secs(2);
+        {
+            let mut p = c.progress.lock().unwrap();
+            p.started = t0;
+            p.first_byte = Some(t0 + Duration::from_millis(rtt));
+        }
+        c.arrived(range.start, got);
+        (c, t0)
+    }
+
+    #[test]
+    fn a_tail_split_halves_what_is_left_only_when_the_time_won_is_worth_a_new_get() {
+        // 1 MiB in 1 s after a 20 ms first byte: 7 MiB left is 7 s away. Cut in the middle
+        // of what is left, on a page.
+        let (c, t0) = streaming(0..(8 << 20), 20, 1 << 20);
+        let now = t0 + Duration::from_millis(1020);
+        assert_eq!(c.split_half(1 << 20, now), Some(4_718_592..(8 << 20)));
+        assert_eq!(c.end(), 4_718_592);
+        assert_eq!(c.remaining(), 4_718_592 - (1 << 20));
+        // Too little left for two halves of 1 MiB.
+        let (d, t0) = streaming(0..(3 << 20), 20, (3 << 20) - (1 << 20));
+        assert_eq!(
+            d.split_half(1 << 20, t0 + Duration::from_millis(1020)),
+            None
+        );
+        // Fast: 7 MiB left at 1 GiB/s is 7 ms, under TAIL_SPLIT_MIN_WAIT. A cut there would
+        // waste what is in flight past it for nothing.
+        let (e, t0) = streaming(0..(8 << 20), 1, 1 << 20);
+        assert_eq!(e.split_half(1 << 20, t0 + Duration::from_millis(2)), None);
+        // No byte yet: no rate, no split.
+        let f = SegmentControl::new(0..(8 << 20));
+        assert_eq!(f.split_half(1 << 20, Instant::now()), None);
+        // A finished segment is never cut.
+        let (g, t0) = streaming(0..(8 << 20), 20, 1 << 20);
+        g.finish();
+        assert_eq!(
+            g.split_half(1 << 20, t0 + Duration::from_millis(1020)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_tail_split_cuts_the_segment_with_the_most_left_and_hands_its_half_over() {
+        let (mut segments, mut rx) = PartSegments::<()>::new();
+        let (near, _) = streaming(0..(4 << 20), 20, 3 << 20);
+        let (far, _) = streaming((4 << 20)..(12 << 20), 20, 1 << 20);
+        segments.add(near.clone());
+        segments.add(far.clone());
+        assert_eq!(segments.most_remaining(), (12 << 20) - (5 << 20));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let mut handed = None;
+        assert!(segments.split_tail(1 << 20, |control| {
+            handed = Some(control.start()..control.end());
+            SegmentTask::new(tokio::spawn(async { Err(()) }))
+        }));
+        let half = handed.expect("the new segment was started");
+        assert_eq!(half.end, 12 << 20);
+        assert_eq!(
+            far.end(),
+            half.start,
+            "the far segment ends where the new one starts"
+        );
+        assert_eq!(near.end(), 4 << 20, "the near one is untouched");
+        assert!(
+            rx.try_recv().is_ok(),
+            "the new GET is handed to the part's fetch"
+        );
+        // Room for four segments at most.
+        segments.split_tail(1 << 20, |_| {
+            SegmentTask::new(tokio::spawn(async { Err(()) }))
+        });
+        assert_eq!(segments.most_remaining(), 0);
+        assert!(!segments.split_tail(1 << 20, |_| unreachable!()));
     }
 }
