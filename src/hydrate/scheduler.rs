@@ -328,7 +328,7 @@ impl Inner {
     /// speed while the others idle (256 MiB on a 24 MB/s-per-connection link: the last
     /// half second at ~30 MB/s). Returns whether a split was started.
     fn split_a_tail(self: &Arc<Self>) -> bool {
-        if !self.fetch_all.load(Ordering::SeqCst) {
+        if !self.cfg.split_tails || !self.fetch_all.load(Ordering::SeqCst) {
             return false;
         }
         let mut st = self.state.lock().unwrap();
@@ -534,6 +534,7 @@ mod tests {
                 part_size: part,
                 threads: 3,
                 mode: FetchMode::All,
+                split_tails: true,
                 ..Default::default()
             },
             limiter,
