@@ -398,6 +398,23 @@ mod tests {
     ) -> Hydration {
         let store = MemoryStore::new("mem");
         store.put("b", "k", crate::sample::bytes(9, (PARTS * PART) as usize));
+        let cfg = HydrationConfig {
+            part_size: PART,
+            threads: 8,
+            mode,
+            readahead_parts: 2,
+            ..Default::default()
+        };
+        start(&store, dir, cfg, limiter).await
+    }
+
+    /// Starts the hydration of `b/k` from `store` into `dir`.
+    async fn start(
+        store: &std::sync::Arc<MemoryStore>,
+        dir: &std::path::Path,
+        cfg: HydrationConfig,
+        limiter: std::sync::Arc<ConnectionLimiter>,
+    ) -> Hydration {
         let meta = store.head("b", "k").await.unwrap();
         Hydration::start(
             store.clone(),
@@ -407,13 +424,7 @@ mod tests {
                 checkpoint: Some(dir.join("k.ckpt")),
                 data_mode: 0o600,
             },
-            HydrationConfig {
-                part_size: PART,
-                threads: 8,
-                mode,
-                readahead_parts: 2,
-                ..Default::default()
-            },
+            cfg,
             limiter,
             None,
         )
@@ -520,27 +531,14 @@ mod tests {
             chunk_delay: Duration::from_millis(5),
             ..Default::default()
         });
-        let meta = store.head("b", "k").await.unwrap();
-        let limiter = ConnectionLimiter::new(6, 1);
-        let h = Hydration::start(
-            store.clone(),
-            ObjectIdentity::from_meta("b", "k", &meta),
-            HydrationFiles {
-                data: dir.path().join("k.data"),
-                checkpoint: Some(dir.path().join("k.ckpt")),
-                data_mode: 0o600,
-            },
-            HydrationConfig {
-                part_size: part,
-                threads: 3,
-                mode: FetchMode::All,
-                split_tails: true,
-                ..Default::default()
-            },
-            limiter,
-            None,
-        )
-        .unwrap();
+        let cfg = HydrationConfig {
+            part_size: part,
+            threads: 3,
+            mode: FetchMode::All,
+            split_tails: true,
+            ..Default::default()
+        };
+        let h = start(&store, dir.path(), cfg, ConnectionLimiter::new(6, 1)).await;
         tokio::time::timeout(Duration::from_secs(30), h.wait_verified())
             .await
             .expect("fetched within 30 s")
@@ -574,26 +572,14 @@ mod tests {
         let store = MemoryStore::new("mem");
         // More parts than SMALL_OBJECT_PARTS (fetched whole from the start).
         store.put("b", "k", crate::sample::bytes(5, (6 * part) as usize));
-        let meta = store.head("b", "k").await.unwrap();
-        let h = Hydration::start(
-            store.clone(),
-            ObjectIdentity::from_meta("b", "k", &meta),
-            HydrationFiles {
-                data: dir.path().join("k.data"),
-                checkpoint: Some(dir.path().join("k.ckpt")),
-                data_mode: 0o600,
-            },
-            HydrationConfig {
-                part_size: part,
-                threads: 3,
-                mode: FetchMode::Auto,
-                readahead_parts: 2,
-                ..Default::default()
-            },
-            ConnectionLimiter::new(8, 1),
-            None,
-        )
-        .unwrap();
+        let cfg = HydrationConfig {
+            part_size: part,
+            threads: 3,
+            mode: FetchMode::Auto,
+            readahead_parts: 2,
+            ..Default::default()
+        };
+        let h = start(&store, dir.path(), cfg, ConnectionLimiter::new(8, 1)).await;
         let mib = 1u64 << 20;
         for at in (0..mib).step_by(128 << 10) {
             read(&h, at, 128 << 10).await;
