@@ -153,8 +153,15 @@ fn no_fetch_outlives_a_stop_that_races_a_reader() {
     // GETs wait before their first byte: a fetch that was not aborted keeps its GET open.
     store.stall(true);
     let open = || store.counters.gets_open.load(Ordering::SeqCst);
-    let mut outlived = 0;
-    for _ in 0..2000 {
+    let wait_closed = |limit: Duration| {
+        let t0 = Instant::now();
+        while open() > 0 && t0.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        open() == 0
+    };
+    let mut slow_aborts = 0;
+    for round in 0..2000 {
         let dir = tempfile::tempdir().unwrap();
         let cfg = HydrationConfig {
             part_size: part,
@@ -174,22 +181,19 @@ fn no_fetch_outlives_a_stop_that_races_a_reader() {
         both.wait();
         h.stop();
         reading.join().unwrap();
-        // Aborted fetches drop their GETs at once; give them a moment on a loaded machine.
-        let t0 = Instant::now();
-        while open() > 0 && t0.elapsed() < Duration::from_millis(200) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if open() > 0 {
-            outlived += 1;
-            store.stall(false); // let it end, so the next round counts afresh
-            let t0 = Instant::now();
-            while open() > 0 && t0.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            store.stall(true);
+        // An aborted fetch drops its GET as soon as its runtime gets to the abort, which on
+        // a loaded machine (CI: 1 round in 2000 past 200 ms) can take a while. The store
+        // stays stalled, so a fetch that was never aborted holds its GET for good: only a
+        // GET still open after seconds outlived its stop.
+        if !wait_closed(Duration::from_millis(200)) {
+            slow_aborts += 1;
+            assert!(
+                wait_closed(Duration::from_secs(5)),
+                "round {round}: a fetch outlived its stop (its GET still open 5 s later)"
+            );
         }
     }
-    assert_eq!(outlived, 0, "rounds in which a fetch outlived its stop");
+    eprintln!("rounds whose aborted GET took over 200 ms to close: {slow_aborts}");
 }
 
 /// Before: "records are synced at most a second apart" had no timer behind it: a part's
