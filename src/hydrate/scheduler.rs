@@ -18,9 +18,9 @@ const STREAM_REACH: usize = 64;
 /// A demanded part starts at the reader's page when that lies at least `SPLIT_MIN` into the
 /// part; nearer its start, one GET from the start is as quick.
 const SPLIT_MIN: u64 = 256 << 10;
-/// The least either half of a tail split may be: below this a GET's round trip costs more
-/// than streaming the bytes on the connection already open.
-const TAIL_SPLIT_MIN: u64 = 1 << 20;
+/// The least either half of a part fetched in halves (and of a tail claim) may be: below
+/// this a GET's round trip costs more than streaming the bytes on the connection open.
+pub(super) const TAIL_SPLIT_MIN: u64 = 1 << 20;
 
 impl Hydration {
     /// Asks for the parts covering `range` ahead of everything else: missing parts that are
@@ -311,7 +311,7 @@ impl Inner {
                     if self.background_work() == Some(true) {
                         continue; // the part it wanted was taken meanwhile; look again
                     }
-                    if self.split_a_tail() {
+                    if self.claim_a_tail() {
                         continue;
                     }
                     if rx.changed().await.is_err() {
@@ -322,12 +322,12 @@ impl Inner {
         }
     }
 
-    /// Nothing left to start while the whole object is being fetched: the part in flight
-    /// with the most bytes still to come is split, its second half fetched on a background
+    /// Nothing left to start while the whole object is being fetched: the unasked second
+    /// half of a part in flight (`fetches_in_halves`) is claimed and fetched on a background
     /// connection free now. Without this, the last parts end one by one at one connection's
-    /// speed while the others idle (256 MiB on a 24 MB/s-per-connection link: the last
-    /// half second at ~30 MB/s). Returns whether a split was started.
-    fn split_a_tail(self: &Arc<Self>) -> bool {
+    /// speed while the others idle (256 MiB on a 24 MB/s-per-connection link: the last half
+    /// second at ~30 MB/s). Returns whether a claim was started.
+    fn claim_a_tail(self: &Arc<Self>) -> bool {
         if !self.cfg.split_tails || !self.fetch_all.load(Ordering::SeqCst) {
             return false;
         }
@@ -338,9 +338,9 @@ impl Inner {
         let Some((&part, _)) = st
             .segments
             .iter()
-            .map(|(p, s)| (p, s.most_remaining()))
-            .filter(|(_, left)| *left >= 2 * TAIL_SPLIT_MIN)
-            .max_by_key(|(_, left)| *left)
+            .map(|(p, s)| (p, s.most_unasked()))
+            .filter(|(_, unasked)| *unasked >= TAIL_SPLIT_MIN)
+            .max_by_key(|(_, unasked)| *unasked)
         else {
             return false;
         };
@@ -349,11 +349,28 @@ impl Inner {
         };
         let inner = self.clone();
         let segments = st.segments.get_mut(&part).expect("found just now");
-        segments.split_tail(TAIL_SPLIT_MIN, |control| {
+        segments.claim_tail(TAIL_SPLIT_MIN, |control| {
             SegmentTask::new(tokio::spawn(
                 inner.fetch_split_segment(part, control, connection),
             ))
         })
+    }
+
+    /// Whether a background part starting now is fetched in halves (its second half left for
+    /// a connection that will have nothing else to start): the whole object is being fetched
+    /// and fewer parts are left to start than connections.
+    pub(super) fn fetches_in_halves(&self, range: &Range<u64>) -> bool {
+        if !self.cfg.split_tails
+            || !self.fetch_all.load(Ordering::SeqCst)
+            || range.end - range.start < 2 * TAIL_SPLIT_MIN
+        {
+            return false;
+        }
+        let st = self.state.lock().unwrap();
+        let unstarted = (0..self.layout.count())
+            .filter(|&p| !st.present[p] && !st.in_flight[p])
+            .count();
+        unstarted < self.limiter.window()
     }
 
     pub(super) fn open_pending_readahead(&self) {
@@ -511,10 +528,11 @@ mod tests {
         h.shutdown().await;
     }
 
-    /// The end of a whole-object fetch on a slow link: a worker with no part left to start
-    /// cuts the part in flight with the most left and fetches its second half, so the last
-    /// parts do not end one by one at one connection's speed. The bytes and the object's
-    /// CRC-64 come out whole, and no more GETs are open at once than the connections allow.
+    /// The end of a whole-object fetch on a slow link: the last parts are fetched in halves,
+    /// and a worker with no part left to start claims a second half nobody has asked for
+    /// yet, so the last parts do not end one by one at one connection's speed. The bytes and
+    /// the object's CRC-64 come out whole, every byte is sent once (a claim never cuts a GET),
+    /// and no more GETs are open at once than the connections allow.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_parts_in_flight_are_split_for_idle_connections() {
         use crate::store::memory::MemoryFaults;
@@ -531,11 +549,12 @@ mod tests {
             chunk_delay: Duration::from_millis(5),
             ..Default::default()
         });
+        let stats = std::sync::Arc::new(crate::hydrate::EngineStats::default());
         let cfg = HydrationConfig {
             part_size: part,
             threads: 3,
             mode: FetchMode::All,
-            split_tails: true,
+            stats: stats.clone(),
             ..Default::default()
         };
         let h = start(&store, dir.path(), cfg, ConnectionLimiter::new(6, 1)).await;
@@ -543,14 +562,13 @@ mod tests {
             .await
             .expect("fetched within 30 s")
             .expect("whole and its CRC-64 right");
-        let gets = store
+        let claims = stats.part_splits.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(claims > 0, "no tail half was claimed while a worker idled");
+        let sent = store
             .counters
-            .gets
+            .body_bytes
             .load(std::sync::atomic::Ordering::SeqCst);
-        assert!(
-            gets > 5,
-            "5 parts and {gets} GETs: no tail was split while a worker idled"
-        );
+        assert_eq!(sent, 5 * part, "bytes sent for a {} byte object", 5 * part);
         let peak = store
             .counters
             .gets_open_peak

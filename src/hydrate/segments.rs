@@ -1,6 +1,8 @@
 //! The GETs of a part in flight (its segments) and how far each has got, so a read that lands
 //! far ahead of a stream splits it: the stream stops at the reader's page and a new GET starts
-//! there; the part's CRC-64 is the segments' CRCs combined in order. Owns the split rule and
+//! there; and so a connection with nothing left to start at the end of a whole-object fetch
+//! takes over the half of a part nobody has asked the server for yet (a tail claim). The
+//! part's CRC-64 is the segments' CRCs combined in order. Owns the split and claim rules and
 //! the check that a part's segments tile it; must not write files or choose parts.
 
 use std::ops::Range;
@@ -16,8 +18,9 @@ pub(super) const SPLIT_ALIGN: u64 = 4096;
 /// sequential reader runs up to two 1 MiB windows ahead of it, and must not break a part
 /// into GETs.
 const SPLIT_MIN_AHEAD: u64 = 3 << 20;
-/// A tail split is made only for a segment that would stream at least this long more.
-const TAIL_SPLIT_MIN_WAIT: Duration = Duration::from_millis(100);
+/// A tail claim is made only where the segment's stream would take at least this long to
+/// reach the claimed half (less is not worth a GET's round trip and a connection).
+const TAIL_CLAIM_MIN_WAIT: Duration = Duration::from_millis(100);
 /// Segments per part at most (one split per far read; more would only add connections).
 const MAX_SEGMENTS: usize = 4;
 
@@ -29,6 +32,10 @@ pub(super) struct SegmentControl {
 struct SegmentProgress {
     from: u64,
     end: u64,
+    /// Where the GETs asked for so far end: the bytes past it were never asked for, so
+    /// handing them to another GET costs nothing (a cut inside a GET's range fetches what the
+    /// server already sent past the cut for nothing: on loopback under load, megabytes).
+    asked_to: u64,
     /// Bytes received up to here (written or about to be).
     received: u64,
     started: Instant,
@@ -64,12 +71,41 @@ impl SegmentControl {
             progress: Mutex::new(SegmentProgress {
                 from: range.start,
                 end: range.end,
+                asked_to: range.end,
                 received: range.start,
                 started: Instant::now(),
                 first_byte: None,
                 finished: false,
             }),
         })
+    }
+
+    /// A segment fetched in two GETs, its first half first: until that GET ends, the second
+    /// half can be claimed by an idle connection at no cost (`PartSegments::claim_tail`).
+    /// One of less than `2 * min_each` is fetched in one GET.
+    pub(super) fn in_halves(range: Range<u64>, min_each: u64) -> Arc<Self> {
+        let c = SegmentControl::new(range.clone());
+        let mid = (range.start + (range.end - range.start) / 2) & !(SPLIT_ALIGN - 1);
+        if range.end - range.start >= 2 * min_each && mid > range.start {
+            c.progress.lock().unwrap().asked_to = mid;
+        }
+        c
+    }
+
+    /// Where the GETs asked for so far end (the first GET's end, for a new segment).
+    pub(super) fn asked_to(&self) -> u64 {
+        self.progress.lock().unwrap().asked_to
+    }
+
+    /// The GET that ended at `at` was not the last: asks for the rest of this segment (what
+    /// no claim took), returning where it ends, or `None` when nothing is left.
+    pub(super) fn ask_rest(&self, at: u64) -> Option<u64> {
+        let mut p = self.progress.lock().unwrap();
+        if p.finished || p.end <= at {
+            return None;
+        }
+        p.asked_to = p.end;
+        Some(p.end)
     }
 
     /// Notes `len` more bytes from the stream at `offset`; returns how many of them belong
@@ -128,25 +164,25 @@ impl SegmentControl {
 }
 
 impl SegmentControl {
-    /// Bytes this segment has still to bring (0 once finished).
-    fn remaining(&self) -> u64 {
+    /// Bytes of this segment nobody has asked the server for yet (0 once finished).
+    fn unasked(&self) -> u64 {
         let p = self.progress.lock().unwrap();
         if p.finished {
             0
         } else {
-            p.end.saturating_sub(p.received)
+            p.end.saturating_sub(p.asked_to)
         }
     }
 
-    /// Cuts what is left of this segment in two halves of at least `min_each` bytes (on a
-    /// page boundary) when that pays: at the stream's rate so far, what is left takes at
-    /// least `TAIL_SPLIT_MIN_WAIT` and four times the round trip its first byte took. (A cut
-    /// stream's bytes already sent past the cut are fetched for nothing; on a fast link they
-    /// are many and the time won is little.) Returns the second half, for a GET of its own.
-    fn split_half(&self, min_each: u64, now: Instant) -> Option<Range<u64>> {
+    /// Hands the unasked rest of this segment (at least `min_each` bytes) to another GET when
+    /// that pays: at the stream's rate so far, it would reach those bytes only after
+    /// `TAIL_CLAIM_MIN_WAIT` and four times the round trip its first byte took. No byte is
+    /// fetched twice: the stream's own GET ends where the claim starts. Returns the range
+    /// claimed.
+    fn claim_unasked(&self, min_each: u64, now: Instant) -> Option<Range<u64>> {
         let mut p = self.progress.lock().unwrap();
-        let left = p.end.saturating_sub(p.received);
-        if p.finished || left < 2 * min_each {
+        let k = p.asked_to;
+        if p.finished || p.end < k + min_each {
             return None;
         }
         let first = p.first_byte?;
@@ -156,12 +192,8 @@ impl SegmentControl {
             return None;
         }
         let rate = got as f64 / streaming.as_secs_f64();
-        let wait = Duration::from_secs_f64(left as f64 / rate);
-        if wait < TAIL_SPLIT_MIN_WAIT || wait < (first - p.started) * 4 {
-            return None;
-        }
-        let k = (p.received + left / 2) & !(SPLIT_ALIGN - 1);
-        if k < p.received + min_each || k >= p.end {
+        let wait = Duration::from_secs_f64(k.saturating_sub(p.received) as f64 / rate);
+        if wait < TAIL_CLAIM_MIN_WAIT || wait < (first - p.started) * 4 {
             return None;
         }
         let taken = k..p.end;
@@ -222,22 +254,18 @@ impl<E> PartSegments<E> {
 }
 
 impl<E> PartSegments<E> {
-    /// The most bytes one of this part's segments has still to bring.
-    pub(super) fn most_remaining(&self) -> u64 {
+    /// The most bytes of one of this part's segments that nobody has asked for yet.
+    pub(super) fn most_unasked(&self) -> u64 {
         if self.controls.len() >= MAX_SEGMENTS {
             return 0; // no room for another segment
         }
-        self.controls
-            .iter()
-            .map(|c| c.remaining())
-            .max()
-            .unwrap_or(0)
+        self.controls.iter().map(|c| c.unasked()).max().unwrap_or(0)
     }
 
-    /// Splits the segment with the most left that can be cut (`split_half`) in two, the
-    /// second half started by `start`: the end of a fetch, where connections would idle
-    /// while the last parts stream one each.
-    pub(super) fn split_tail(
+    /// Claims the unasked half of the segment with the most of it (`claim_unasked`), started
+    /// by `start` in halves itself: the end of a whole-object fetch, where connections would
+    /// idle while the last parts stream one each.
+    pub(super) fn claim_tail(
         &mut self,
         min_each: u64,
         start: impl FnOnce(Arc<SegmentControl>) -> SegmentTask<E>,
@@ -245,15 +273,16 @@ impl<E> PartSegments<E> {
         if self.controls.len() >= MAX_SEGMENTS {
             return false;
         }
-        // The most left first; one that cannot be cut yet (a new GET without its first
-        // byte) gives way to the next.
-        let mut by_left: Vec<&Arc<SegmentControl>> = self.controls.iter().collect();
-        by_left.sort_by_key(|c| std::cmp::Reverse(c.remaining()));
+        let mut by_unasked: Vec<&Arc<SegmentControl>> = self.controls.iter().collect();
+        by_unasked.sort_by_key(|c| std::cmp::Reverse(c.unasked()));
         let now = Instant::now();
-        let Some(taken) = by_left.iter().find_map(|c| c.split_half(min_each, now)) else {
+        let Some(taken) = by_unasked
+            .iter()
+            .find_map(|c| c.claim_unasked(min_each, now))
+        else {
             return false;
         };
-        let control = SegmentControl::new(taken);
+        let control = SegmentControl::in_halves(taken, min_each);
         self.controls.push(control.clone());
         let _ = self.spawned.send(start(control));
         true
@@ -329,10 +358,10 @@ mod tests {
         assert!(!tiles(&done[..1], &part));
     }
 
-    /// A segment started at `t0` (two seconds ago), its first byte `rtt` ms after, that has
-    /// received `got` bytes.
+    /// A segment in halves started at `t0` (two seconds ago), its first byte `rtt` ms after,
+    /// that has received `got` bytes.
     fn streaming(range: Range<u64>, rtt: u64, got: u64) -> (Arc<SegmentControl>, Instant) {
-        let c = SegmentControl::new(range.clone());
+        let c = SegmentControl::in_halves(range.clone(), 1 << 20);
         let t0 = Instant::now() - Duration::from_secs(2);
         {
             let mut p = c.progress.lock().unwrap();
@@ -344,59 +373,84 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_split_halves_what_is_left_only_when_the_time_won_is_worth_a_new_get() {
-        // 1 MiB in 1 s after a 20 ms first byte: 7 MiB left is 7 s away. Cut in the middle
-        // of what is left, on a page.
+    fn a_tail_claim_takes_only_the_half_never_asked_for_and_only_when_it_pays() {
+        // 1 MiB in 1 s after a 20 ms first byte: the second half, 3 MiB away, is 3 s off.
         let (c, t0) = streaming(0..(8 << 20), 20, 1 << 20);
+        assert_eq!(
+            c.asked_to(),
+            4 << 20,
+            "the first GET asks for the first half"
+        );
         let now = t0 + Duration::from_millis(1020);
-        assert_eq!(c.split_half(1 << 20, now), Some(4_718_592..(8 << 20)));
-        assert_eq!(c.end(), 4_718_592);
-        assert_eq!(c.remaining(), 4_718_592 - (1 << 20));
-        // Too little left for two halves of 1 MiB.
-        let (d, t0) = streaming(0..(3 << 20), 20, (3 << 20) - (1 << 20));
+        assert_eq!(c.claim_unasked(1 << 20, now), Some((4 << 20)..(8 << 20)));
         assert_eq!(
-            d.split_half(1 << 20, t0 + Duration::from_millis(1020)),
+            c.end(),
+            4 << 20,
+            "the stream's own GET ends where the claim starts"
+        );
+        assert_eq!(c.ask_rest(4 << 20), None, "nothing left to ask for");
+        // The stream keeps every byte of its GET: nothing it was sent is past the claim.
+        assert_eq!(c.arrived(1 << 20, 3 << 20), (3 << 20, true));
+        // Once the rest is asked for, nothing is left to claim.
+        let (d, t0) = streaming(0..(8 << 20), 20, 1 << 20);
+        assert_eq!(d.ask_rest(4 << 20), Some(8 << 20));
+        assert_eq!(d.asked_to(), 8 << 20);
+        assert_eq!(
+            d.claim_unasked(1 << 20, t0 + Duration::from_millis(1020)),
             None
         );
-        // Fast: 7 MiB left at 1 GiB/s is 7 ms, under TAIL_SPLIT_MIN_WAIT. A cut there would
-        // waste what is in flight past it for nothing.
-        let (e, t0) = streaming(0..(8 << 20), 1, 1 << 20);
-        assert_eq!(e.split_half(1 << 20, t0 + Duration::from_millis(2)), None);
-        // No byte yet: no rate, no split.
-        let f = SegmentControl::new(0..(8 << 20));
-        assert_eq!(f.split_half(1 << 20, Instant::now()), None);
-        // A finished segment is never cut.
-        let (g, t0) = streaming(0..(8 << 20), 20, 1 << 20);
-        g.finish();
+        // Too small to halve: one GET, nothing to claim.
+        let (e, t0) = streaming(0..(3 << 19), 20, 1 << 18);
+        assert_eq!(e.asked_to(), 3 << 19);
         assert_eq!(
-            g.split_half(1 << 20, t0 + Duration::from_millis(1020)),
+            e.claim_unasked(1 << 20, t0 + Duration::from_millis(1020)),
             None
         );
+        // Fast: the stream reaches the half within 7 ms, under TAIL_CLAIM_MIN_WAIT.
+        let (f, t0) = streaming(0..(8 << 20), 1, 1 << 20);
+        assert_eq!(
+            f.claim_unasked(1 << 20, t0 + Duration::from_millis(2)),
+            None
+        );
+        // No byte yet: no rate, no claim.
+        let g = SegmentControl::in_halves(0..(8 << 20), 1 << 20);
+        assert_eq!(g.claim_unasked(1 << 20, Instant::now()), None);
+        // A finished segment gives nothing away.
+        let (h, t0) = streaming(0..(8 << 20), 20, 1 << 20);
+        h.finish();
+        assert_eq!(
+            h.claim_unasked(1 << 20, t0 + Duration::from_millis(1020)),
+            None
+        );
+        // A segment asked for in one GET (a demanded part) is never claimed from.
+        let one = SegmentControl::new(0..(8 << 20));
+        assert_eq!(one.unasked(), 0);
     }
 
     #[test]
-    fn a_tail_split_cuts_the_segment_with_the_most_left_and_hands_its_half_over() {
+    fn a_tail_claim_takes_from_the_segment_with_the_most_unasked_and_hands_it_over() {
         let (mut segments, mut rx) = PartSegments::<()>::new();
-        let (near, _) = streaming(0..(4 << 20), 20, 3 << 20);
+        let (near, _) = streaming(0..(4 << 20), 20, 1 << 20);
         let (far, _) = streaming((4 << 20)..(12 << 20), 20, 1 << 20);
         segments.add(near.clone());
         segments.add(far.clone());
-        assert_eq!(segments.most_remaining(), (12 << 20) - (5 << 20));
+        assert_eq!(segments.most_unasked(), 4 << 20);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let _guard = rt.enter();
         let mut handed = None;
-        assert!(segments.split_tail(1 << 20, |control| {
-            handed = Some(control.start()..control.end());
+        assert!(segments.claim_tail(1 << 20, |control| {
+            handed = Some((control.start()..control.end(), control.asked_to()));
             SegmentTask::new(tokio::spawn(async { Err(()) }))
         }));
-        let half = handed.expect("the new segment was started");
-        assert_eq!(half.end, 12 << 20);
+        let (claimed, asked) = handed.expect("the new segment was started");
+        assert_eq!(claimed, (8 << 20)..(12 << 20));
+        assert_eq!(asked, 10 << 20, "the claim is fetched in halves itself");
         assert_eq!(
             far.end(),
-            half.start,
-            "the far segment ends where the new one starts"
+            8 << 20,
+            "the far segment ends where the claim starts"
         );
         assert_eq!(near.end(), 4 << 20, "the near one is untouched");
         assert!(
@@ -404,10 +458,10 @@ mod tests {
             "the new GET is handed to the part's fetch"
         );
         // Room for four segments at most.
-        segments.split_tail(1 << 20, |_| {
+        segments.claim_tail(1 << 20, |_| {
             SegmentTask::new(tokio::spawn(async { Err(()) }))
         });
-        assert_eq!(segments.most_remaining(), 0);
-        assert!(!segments.split_tail(1 << 20, |_| unreachable!()));
+        assert_eq!(segments.most_unasked(), 0);
+        assert!(!segments.claim_tail(1 << 20, |_| unreachable!()));
     }
 }

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use crate::store::{StoreError, StoreErrorKind};
 
 use super::limiter::ConnectionPermit;
+use super::scheduler::TAIL_SPLIT_MIN;
 use super::segments::{self, PartSegments, SegmentControl, SegmentDone};
 use super::{HydrateError, Inner};
 
@@ -233,8 +234,6 @@ impl Inner {
                     Some(p) => p,
                     None => self.limiter.acquire(demand).await,
                 };
-                self.part_requests.fetch_add(1, Ordering::Relaxed);
-                self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
                 if attempt > 1 {
                     self.cfg.stats.part_retries.fetch_add(1, Ordering::Relaxed);
                 }
@@ -314,12 +313,28 @@ impl Inner {
             }
             None => vec![(range.clone(), demand)],
         };
+        // The end of a whole-object fetch: the part's second half is left unasked for a
+        // connection that would otherwise idle (never the answered first-part GET's range,
+        // which is one GET already).
+        let in_halves = !demand
+            && inline.len() == 1
+            && !self
+                .opened_part
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|o| o.range == range)
+            && self.fetches_in_halves(&range);
         let (segments, mut split_off) = PartSegments::new();
         self.state.lock().unwrap().segments.insert(part, segments);
         let _registered = Registered { inner: self, part };
         let mut done = Vec::new();
         for (r, d) in inline {
-            let control = SegmentControl::new(r.clone());
+            let control = if in_halves {
+                SegmentControl::in_halves(r.clone(), TAIL_SPLIT_MIN)
+            } else {
+                SegmentControl::new(r.clone())
+            };
             if let Some(s) = self.state.lock().unwrap().segments.get_mut(&part) {
                 s.add(control.clone());
             }
@@ -365,14 +380,12 @@ impl Inner {
         control: Arc<SegmentControl>,
         _connection: ConnectionPermit,
     ) -> Result<SegmentDone, PartFailure> {
-        self.part_requests.fetch_add(1, Ordering::Relaxed);
-        self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
         self.cfg.stats.part_splits.fetch_add(1, Ordering::Relaxed);
         let range = control.start()..control.end();
         self.fetch_segment(part, range, &control, true).await
     }
 
-    /// One GET of `range` (within `part`), written as it arrives — in small writes at first,
+    /// The GETs of `range` (within `part`: one, or two for a segment in halves), written as it arrives — in small writes at first,
     /// so a waiting reader gets its bytes within a round trip, then in 1 MiB writes — each
     /// noted as readable. Stops early where a split cut it (`control`). Returns the range
     /// fetched and its CRC-64.
@@ -384,12 +397,13 @@ impl Inner {
         demand: bool,
     ) -> Result<SegmentDone, PartFailure> {
         let _finished = FinishOnDrop(control);
+        let mut asked = range.start..control.asked_to();
         // The GET that told the identity at open, when it asked for exactly this range.
         let opened = {
             let mut opened = self.opened_part.lock().unwrap();
             match opened.take() {
                 // Its connection (if still there) goes with it: this fetch holds its own.
-                Some(o) if o.range == range => Some(o.stream),
+                Some(o) if o.range == asked => Some(o.stream),
                 other => {
                     *opened = other;
                     None
@@ -397,13 +411,11 @@ impl Inner {
             }
         };
         let mut stream = match opened {
-            Some(stream) => stream,
-            None => self.store.get_range(
-                &self.id.bucket,
-                &self.id.key,
-                range.clone(),
-                Some(self.id.etag.clone()),
-            ),
+            Some(stream) => {
+                self.count_part_request();
+                stream
+            }
+            None => self.get_segment_range(asked.clone()),
         };
         // Computed with each write, off the async workers.
         let mut crc = Some(crate::crc64::Digest::default());
@@ -416,14 +428,22 @@ impl Inner {
         loop {
             let chunk = stream.next().await;
             let mut done = chunk.is_none();
+            if done && offset == asked.end {
+                // The first half's GET ended: the rest nobody claimed is this stream's too.
+                if let Some(end) = control.ask_rest(offset) {
+                    asked = offset..end;
+                    stream = self.get_segment_range(asked.clone());
+                    done = false;
+                }
+            }
             if let Some(chunk) = chunk {
                 let mut chunk = chunk.map_err(PartFailure::Store)?;
                 if demand && offset == range.start {
                     self.open_pending_readahead();
                 }
-                if offset + chunk.len() as u64 > range.end {
+                if offset + chunk.len() as u64 > asked.end {
                     return Err(PartFailure::Store(
-                        self.protocol_error(format!("part body ran past byte {}", range.end)),
+                        self.protocol_error(format!("part body ran past byte {}", asked.end)),
                     ));
                 }
                 self.bytes_fetched
@@ -487,6 +507,22 @@ impl Inner {
             .expect("the digest is back after the last write")
             .value();
         Ok((range.start..offset, crc))
+    }
+
+    /// One GET of a segment's range, pinned to the opened version, counted as a part request.
+    fn get_segment_range(&self, range: Range<u64>) -> crate::store::ByteStream {
+        self.count_part_request();
+        self.store.get_range(
+            &self.id.bucket,
+            &self.id.key,
+            range,
+            Some(self.id.etag.clone()),
+        )
+    }
+
+    fn count_part_request(&self) {
+        self.part_requests.fetch_add(1, Ordering::Relaxed);
+        self.cfg.stats.part_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records that `part` is wholly written with `crc` and wakes readers when that made
