@@ -5,6 +5,7 @@
 //! It must not name OSS types: `oss` implements this trait, not the other way round.
 
 pub mod memory;
+pub mod s3;
 pub mod time;
 pub mod xml;
 
