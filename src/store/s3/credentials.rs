@@ -78,7 +78,7 @@ impl ChainEnvironment {
     }
 
     /// A variable's value; an empty one counts as unset, as in the AWS SDKs.
-    fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.vars
             .get(name)
             .map(String::as_str)

@@ -83,7 +83,9 @@ fn hint(code: &str) -> Option<&'static str> {
             "check AWS_SECRET_ACCESS_KEY (or the profile's aws_secret_access_key) and --region: \
              the secret does not match the access key id"
         }
-        "InvalidAccessKeyId" => "check AWS_ACCESS_KEY_ID (or the profile's aws_access_key_id)",
+        "InvalidAccessKeyId" | "NotSignedUp" => {
+            "check AWS_ACCESS_KEY_ID (or the profile's aws_access_key_id): the service does not know it"
+        }
         "NoSuchBucket" => "check the bucket name in the s3:// URL, --endpoint and --region",
         "NoSuchKey" => "the object was not found: check the key (it is case-sensitive)",
         "RequestTimeTooSkewed" => "this machine's clock is more than 15 minutes off",
