@@ -1,8 +1,9 @@
 //! `s3://` URLs through the real `ossmount` binary against s3s-fs, a third-party S3 server
 //! from crates.io that checks SigV4, started in this process on 127.0.0.1 over a temp
 //! directory (each subdirectory a bucket) with known keys: `ls` over two listing pages,
-//! `stat`, a multi-part `download` byte-exact with its checkpoint removed, credentials from a
-//! shared credentials file, and a wrong secret refused with the service's error code.
+//! `stat`, a multi-part `download` byte-exact with its checkpoint removed and its MD5 checked,
+//! a byte flipped in transit caught by that check, credentials from a shared credentials
+//! file, and a wrong secret refused with the service's error code.
 
 mod common;
 
@@ -31,6 +32,8 @@ struct S3Server {
     dir: tempfile::TempDir,
     scratch: tempfile::TempDir,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Lie in the body of every GET whose range starts here: its first byte flipped.
+    flip_part_at: Arc<Mutex<Option<u64>>>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -46,22 +49,31 @@ impl S3Server {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let flip_part_at = Arc::new(Mutex::new(None));
+        let flip = flip_part_at.clone();
         let accept_loop = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let service = service.clone();
                 let log = log.clone();
+                let flip = flip.clone();
                 let logged = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
+                        let range = req
+                            .headers()
+                            .get("range")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        let lie = match (*flip.lock().unwrap(), &range) {
+                            (Some(at), Some(r)) => r.starts_with(&format!("bytes={at}-")),
+                            _ => false,
+                        };
                         log.lock().unwrap().push(Seen {
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
-                            range: req
-                                .headers()
-                                .get("range")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string),
+                            range,
                         });
-                        hyper::service::Service::call(&service, req)
+                        let answer = hyper::service::Service::call(&service, req);
+                        relay(answer, lie)
                     },
                 );
                 tokio::spawn(async move {
@@ -77,6 +89,7 @@ impl S3Server {
             dir,
             scratch: tempfile::tempdir().unwrap(),
             seen,
+            flip_part_at,
             accept_loop,
         }
     }
@@ -124,6 +137,23 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.accept_loop.abort();
     }
+}
+
+/// The server's answer, with the first byte of its body flipped when `lie`.
+async fn relay(
+    answer: impl std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>>,
+    lie: bool,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, s3s::StdError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = answer.await.map_err(s3s::StdError::from)?.into_parts();
+    let mut bytes = body.collect().await?.to_bytes().to_vec();
+    if lie && !bytes.is_empty() {
+        bytes[0] ^= 0x01;
+    }
+    Ok(hyper::Response::from_parts(
+        parts,
+        http_body_util::Full::new(bytes::Bytes::from(bytes)),
+    ))
 }
 
 /// Runs `ossmount ARGS` off the runtime (which serves the S3 server meanwhile), bounded.
@@ -253,6 +283,7 @@ async fn download_of_a_multi_part_object_is_byte_exact_and_leaves_no_checkpoint(
     );
     assert!(!sibling(&local, ".dcp").exists(), "checkpoint removed");
     assert!(!sibling(&local, ".tmp").exists(), "temp file renamed");
+    assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
     let mut ranges: Vec<String> = s
         .requests_since(before)
         .iter()
@@ -269,6 +300,44 @@ async fn download_of_a_multi_part_object_is_byte_exact_and_leaves_no_checkpoint(
         .map(|p| format!("bytes={}-{}", p * 4 * MIB, (p + 1) * 4 * MIB - 1))
         .collect();
     assert_eq!(ranges, want, "one ranged GET per 4 MiB part");
+}
+
+/// A server that sends one part with a byte flipped: every part arrives, but the whole
+/// object's MD5 (its ETag) does not match, so the download fails and keeps nothing; the same
+/// download from an honest server succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_flipped_in_transit_fails_the_md5_check_and_nothing_is_kept() {
+    let s = S3Server::start().await;
+    let size = 12 * MIB;
+    let seed = 5150;
+    ossmount::sample::write_file(&s.object_path("lied.bin"), seed, size).unwrap();
+    let local = s.scratch.path().join("lied.bin");
+    let args = [
+        "download",
+        &format!("s3://{BUCKET}/lied.bin"),
+        local.to_str().unwrap(),
+        "--part-size",
+        "4MiB",
+        "--threads",
+        "3",
+    ];
+    *s.flip_part_at.lock().unwrap() = Some(4 * MIB);
+    let out = run(&args, s.env(SK)).await;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("MD5 mismatch"), "{err}");
+    assert!(
+        !local.exists(),
+        "no file from a download that failed its MD5"
+    );
+    assert!(!sibling(&local, ".dcp").exists(), "no checkpoint kept");
+    assert!(!sibling(&local, ".tmp").exists(), "no temp file kept");
+
+    *s.flip_part_at.lock().unwrap() = None;
+    let out = run(&args, s.env(SK)).await;
+    assert_ok(&out, "download from the honest server");
+    assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
+    assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
 }
 
 fn sibling(local: &Path, suffix: &str) -> PathBuf {

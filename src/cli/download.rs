@@ -78,7 +78,7 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
     if !a.quiet {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "downloaded {url} to {}: {} bytes in {:.1}s ({}/s); fetched {}, resumed {} from the checkpoint{}",
+            "downloaded {url} to {}: {} bytes in {:.1}s ({}/s); fetched {}, resumed {} from the checkpoint{}{}",
             a.local.display(),
             r.size,
             secs,
@@ -89,7 +89,8 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
                 format!("; restarted {} time(s) because the object changed", r.restarts)
             } else {
                 String::new()
-            }
+            },
+            if r.md5_verified { "; MD5 verified" } else { "" }
         );
     }
     Ok(ExitCode::SUCCESS)

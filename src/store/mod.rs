@@ -81,6 +81,9 @@ pub struct ObjectMeta {
     /// The Last-Modified header as sent (RFC 1123).
     pub last_modified: String,
     pub crc64: Option<u64>,
+    /// The whole object's MD5, when the store vouches that its ETag is one (S3: a single-part
+    /// upload without SSE-KMS or SSE-C); a download checks it over the whole object.
+    pub md5: Option<[u8; 16]>,
     pub content_type: Option<String>,
     pub request_id: String,
 }

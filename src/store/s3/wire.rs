@@ -52,15 +52,36 @@ pub(super) fn meta_from_headers(
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| missing("Content-Length"))?,
     };
+    let etag = header_str(h, "etag").ok_or_else(|| missing("ETag"))?;
     Ok(ObjectMeta {
         size,
-        etag: header_str(h, "etag").ok_or_else(|| missing("ETag"))?,
+        md5: md5_of_etag(&etag, h),
+        etag,
         last_modified: header_str(h, "last-modified").unwrap_or_default(),
         // S3's checksums are not CRC-64/ECMA: the engine's CRC check does not apply.
         crc64: None,
         content_type: header_str(h, "content-type"),
         request_id: header_str(h, "x-amz-request-id").unwrap_or_default(),
     })
+}
+
+/// The object's MD5 when its ETag is one: 32 hex digits (a multipart upload's ETag has a
+/// `-<parts>` suffix), and neither SSE-KMS nor SSE-C, whose ETags are not the MD5 of the
+/// bytes.
+fn md5_of_etag(etag: &str, h: &HeaderMap) -> Option<[u8; 16]> {
+    let kms =
+        header_str(h, "x-amz-server-side-encryption").is_some_and(|v| v.starts_with("aws:kms"));
+    let customer_key = h.contains_key("x-amz-server-side-encryption-customer-algorithm");
+    if kms || customer_key {
+        return None;
+    }
+    let hex_digits = etag.trim_matches('"');
+    if hex_digits.len() != 32 {
+        return None;
+    }
+    let mut md5 = [0u8; 16];
+    hex::decode_to_slice(hex_digits, &mut md5).ok()?;
+    Some(md5)
 }
 
 /// The store's kind for an S3 failure: what the engine and the filesystem decide by.
@@ -256,6 +277,29 @@ mod tests {
         assert_eq!(p.next_continuation_token.as_deref(), Some("a%2Bb"));
         assert!(p.is_truncated);
         assert!(parse_list_page(b"<Error/>").is_err());
+    }
+
+    #[test]
+    fn only_a_plain_md5_etag_is_taken_for_the_md5() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let plain = "\"9e107d9d372bb6826bd81d3542a419d6\"";
+        let md5 = md5_of_etag(plain, &HeaderMap::new()).unwrap();
+        assert_eq!(hex::encode(md5), "9e107d9d372bb6826bd81d3542a419d6");
+        let sse_s3 = headers(&[("x-amz-server-side-encryption", "AES256")]);
+        assert!(md5_of_etag(plain, &sse_s3).is_some());
+        let kms = headers(&[("x-amz-server-side-encryption", "aws:kms")]);
+        assert!(md5_of_etag(plain, &kms).is_none());
+        let sse_c = headers(&[("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
+        assert!(md5_of_etag(plain, &sse_c).is_none());
+        let multipart = "\"9e107d9d372bb6826bd81d3542a419d6-3\"";
+        assert!(md5_of_etag(multipart, &HeaderMap::new()).is_none());
+        assert!(md5_of_etag("\"not-hex-not-hex-not-hex-not-hex!\"", &HeaderMap::new()).is_none());
     }
 
     #[test]
