@@ -344,6 +344,40 @@ fn sibling(local: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", local.display()))
 }
 
+/// `--endpoint` on the command line wins over AWS_ENDPOINT_URL, and OSS_ENDPOINT (another
+/// service's) is never read for s3:// URLs: both point at a closed port here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_flag_wins_and_oss_variables_are_not_read() {
+    let s = S3Server::start().await;
+    s.put("x/y.bin", b"y");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut env: Vec<(&'static str, String)> = s
+        .env(SK)
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push(("AWS_ENDPOINT_URL", closed.clone()));
+    env.push(("OSS_ENDPOINT", s.endpoint.clone()));
+    let url = format!("s3://{BUCKET}/x/");
+    let out = run(
+        &["--max-attempts", "1", "--endpoint", &s.endpoint, "ls", &url],
+        env.clone(),
+    )
+    .await;
+    assert_ok(&out, "ls with --endpoint");
+    assert_eq!(stdout(&out), "x/y.bin\n");
+    let out = run(&["--max-attempts", "1", "ls", &url], env).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("network error talking to {closed}")),
+        "AWS_ENDPOINT_URL, not OSS_ENDPOINT: {}",
+        stderr(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_come_from_the_shared_credentials_file_profile() {
     let s = S3Server::start().await;

@@ -94,6 +94,12 @@ impl S3Endpoint {
         query: &[(&str, String)],
     ) -> String {
         let key = utf8_percent_encode(key.unwrap_or(""), PATH_ESCAPED);
+        // A dotted bucket name as a sub-domain would not match the endpoint's wildcard TLS
+        // certificate: the AWS SDKs send those path style unless told otherwise.
+        let addressing = match addressing {
+            S3Addressing::Auto if bucket.contains('.') => S3Addressing::Path,
+            other => other,
+        };
         let mut url = match addressing.resolve(self) {
             S3Addressing::Path => {
                 format!("{}://{}/{bucket}/{key}", self.scheme, self.authority())
@@ -118,7 +124,7 @@ impl fmt::Display for S3Endpoint {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum S3Addressing {
-    /// Virtual-hosted for named hosts, path style for IPs and localhost.
+    /// Virtual-hosted for named hosts, path style for IPs, localhost and dotted bucket names.
     #[default]
     Auto,
     /// `https://endpoint/bucket/key` (MinIO and most self-hosted servers).
@@ -201,6 +207,14 @@ mod tests {
         assert_eq!(
             local.request_url(S3Addressing::Auto, "data", Some("k"), &[]),
             "http://127.0.0.1:9000/data/k"
+        );
+        assert_eq!(
+            aws.request_url(S3Addressing::Auto, "my.data", Some("k"), &[]),
+            "https://s3.eu-west-1.amazonaws.com/my.data/k"
+        );
+        assert_eq!(
+            aws.request_url(S3Addressing::Virtual, "my.data", Some("k"), &[]),
+            "https://my.data.s3.eu-west-1.amazonaws.com/k"
         );
         let minio = S3Endpoint::parse("minio.internal:9000").unwrap();
         assert_eq!(
