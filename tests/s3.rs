@@ -449,7 +449,21 @@ async fn a_wrong_secret_is_refused_with_the_service_code_and_never_printed() {
     .await;
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("HTTP 403"), "{err}");
+    assert!(
+        err.contains("SignatureDoesNotMatch") && err.contains("HTTP 403"),
+        "the HEAD's refusal, with the reason a GET asked for: {err}"
+    );
     assert!(!err.contains(wrong) && !err.contains(SK), "{err}");
     assert!(!local.exists(), "nothing written for a refused download");
+    assert!(!sibling(&local, ".dcp").exists() && !sibling(&local, ".tmp").exists());
+
+    let out = run(
+        &["stat", &format!("s3://{BUCKET}/data/one.bin")],
+        s.env(wrong),
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    assert!(!err.contains(wrong) && !err.contains(SK), "{err}");
 }

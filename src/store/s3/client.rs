@@ -168,8 +168,26 @@ impl S3Client {
     }
 
     pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        let resp = self.send(Method::HEAD, bucket, Some(key), &[], &[]).await?;
-        meta_from_headers(resp.headers(), None, &self.endpoint_name())
+        match self.send(Method::HEAD, bucket, Some(key), &[], &[]).await {
+            Ok(resp) => meta_from_headers(resp.headers(), None, &self.endpoint_name()),
+            Err(refused)
+                if matches!(
+                    refused.kind,
+                    StoreErrorKind::AccessDenied | StoreErrorKind::Permanent
+                ) =>
+            {
+                // A HEAD answer has no body, so a refusal comes without its reason: one GET of
+                // the first byte fetches the error document that names it
+                // (SignatureDoesNotMatch, InvalidAccessKeyId, ...). Anything else it answers
+                // leaves the HEAD's error as it was.
+                let range = [("range", "bytes=0-0".to_string())];
+                match self.send(Method::GET, bucket, Some(key), &[], &range).await {
+                    Err(with_reason) if with_reason.kind == refused.kind => Err(with_reason),
+                    _ => Err(refused),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn list_objects_v2(
