@@ -34,6 +34,8 @@ struct S3Server {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Lie in the body of every GET whose range starts here: its first byte flipped.
     flip_part_at: Arc<Mutex<Option<u64>>>,
+    /// Answer this many more ranged GETs with 503 SlowDown instead of passing them on.
+    slow_downs_left: Arc<Mutex<u32>>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -51,11 +53,14 @@ impl S3Server {
         let log = seen.clone();
         let flip_part_at = Arc::new(Mutex::new(None));
         let flip = flip_part_at.clone();
+        let slow_downs_left = Arc::new(Mutex::new(0));
+        let slow = slow_downs_left.clone();
         let accept_loop = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let service = service.clone();
                 let log = log.clone();
                 let flip = flip.clone();
+                let slow = slow.clone();
                 let logged = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let range = req
@@ -67,12 +72,21 @@ impl S3Server {
                             (Some(at), Some(r)) => r.starts_with(&format!("bytes={at}-")),
                             _ => false,
                         };
+                        let slow_down = range.is_some() && {
+                            let mut left = slow.lock().unwrap();
+                            let refuse = *left > 0;
+                            if refuse {
+                                *left -= 1;
+                            }
+                            refuse
+                        };
                         log.lock().unwrap().push(Seen {
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
                             range,
                         });
-                        let answer = hyper::service::Service::call(&service, req);
+                        let answer =
+                            (!slow_down).then(|| hyper::service::Service::call(&service, req));
                         relay(answer, lie)
                     },
                 );
@@ -90,6 +104,7 @@ impl S3Server {
             scratch: tempfile::tempdir().unwrap(),
             seen,
             flip_part_at,
+            slow_downs_left,
             accept_loop,
         }
     }
@@ -139,12 +154,20 @@ impl Drop for S3Server {
     }
 }
 
-/// The server's answer, with the first byte of its body flipped when `lie`.
+/// The server's answer, with the first byte of its body flipped when `lie`; without one, S3's
+/// throttling answer.
 async fn relay(
-    answer: impl std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>>,
+    answer: Option<impl std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>>>,
     lie: bool,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, s3s::StdError> {
     use http_body_util::BodyExt;
+    let Some(answer) = answer else {
+        let slow_down = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>relay-slow-down</RequestId></Error>";
+        return Ok(hyper::Response::builder()
+            .status(503)
+            .header("content-type", "application/xml")
+            .body(http_body_util::Full::new(bytes::Bytes::from(slow_down)))?);
+    };
     let (parts, body) = answer.await.map_err(s3s::StdError::from)?.into_parts();
     let mut bytes = body.collect().await?.to_bytes().to_vec();
     if lie && !bytes.is_empty() {
@@ -338,6 +361,49 @@ async fn a_byte_flipped_in_transit_fails_the_md5_check_and_nothing_is_kept() {
     assert_ok(&out, "download from the honest server");
     assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
     assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
+}
+
+/// 503 SlowDown is retried (with backoff) until the part arrives: the download completes
+/// byte-exact, having sent each refused GET again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_answers_are_retried_until_the_download_completes() {
+    let s = S3Server::start().await;
+    let size = 8 * MIB;
+    let seed = 503;
+    ossmount::sample::write_file(&s.object_path("busy.bin"), seed, size).unwrap();
+    let local = s.scratch.path().join("busy.bin");
+    *s.slow_downs_left.lock().unwrap() = 3;
+    let before = s.request_count();
+    let out = run(
+        &[
+            "download",
+            &format!("s3://{BUCKET}/busy.bin"),
+            local.to_str().unwrap(),
+            "--part-size",
+            "4MiB",
+            "--threads",
+            "2",
+        ],
+        s.env(SK),
+    )
+    .await;
+    assert_ok(&out, "download through SlowDown answers");
+    assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
+    assert_eq!(
+        *s.slow_downs_left.lock().unwrap(),
+        0,
+        "every SlowDown was sent"
+    );
+    let ranged_gets = s
+        .requests_since(before)
+        .iter()
+        .filter(|r| r.method == "GET" && r.range.is_some())
+        .count();
+    assert_eq!(
+        ranged_gets,
+        2 + 3,
+        "two parts, three of their GETs sent again"
+    );
 }
 
 fn sibling(local: &Path, suffix: &str) -> PathBuf {
