@@ -6,14 +6,12 @@
 //! clap.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-
-use std::sync::Arc;
-
-use anyhow::Context;
 
 use ossmount::oss::credentials::{resolve_chain, ChainOptions, CredentialFiles};
 use ossmount::oss::{
