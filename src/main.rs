@@ -25,10 +25,14 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches_from(args);
     let secret_in_argv =
         matches.value_source("access_key_secret") == Some(ValueSource::CommandLine);
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    cli.conn.endpoint_on_command_line =
+        matches.value_source("endpoint") == Some(ValueSource::CommandLine);
+    cli.conn.region_on_command_line =
+        matches.value_source("region") == Some(ValueSource::CommandLine);
     let default = match &cli.cmd {
         Command::Node(_) | Command::Demo(_) | Command::Fluid(_) | Command::Csi(_) => "info",
         Command::Mount(m) if m.foreground => "info",

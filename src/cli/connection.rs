@@ -1,25 +1,35 @@
-//! Command-line options shared by every command that talks to OSS (endpoint, region,
-//! credentials, signature version, addressing, timeouts) and their translation into a
-//! `ClientConfig`. Secrets come from the environment or flags and are never echoed. Only the
-//! command line lives here: the library's types know nothing of clap.
+//! Command-line options shared by every command that talks to object storage (endpoint,
+//! region, credentials, signature version, addressing, timeouts), their translation into an
+//! OSS `ClientConfig` or an `S3Config`, and `ObjectUrl`, by whose scheme (`oss://`, `s3://`) a
+//! command picks the client it builds. Secrets come from the environment, files or flags and
+//! are never echoed. Only the command line lives here: the library's types know nothing of
+//! clap.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
 use ossmount::oss::credentials::{resolve_chain, ChainOptions, CredentialFiles};
 use ossmount::oss::{
-    Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, Secret, SignatureVersion,
+    Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, OssUrl, Secret,
+    SignatureVersion,
 };
+use ossmount::store::s3::credentials::{static_chain, ChainEnvironment};
+use ossmount::store::s3::{S3Addressing, S3Client, S3Config, S3Endpoint, S3Url};
+use ossmount::store::{ObjectStore, RequestObserver};
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionArgs {
-    /// OSS endpoint, e.g. oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000
+    /// OSS endpoint, e.g. oss-cn-hangzhou.aliyuncs.com or http://127.0.0.1:9000; for s3://
+    /// URLs an S3 endpoint (without this flag: AWS_ENDPOINT_URL, else AWS's for the region)
     #[arg(long, env = "OSS_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
-    /// Region for V4 signatures (e.g. cn-hangzhou); derived from standard endpoints when omitted
+    /// Region for V4 signatures (e.g. cn-hangzhou); derived from standard endpoints when omitted.
+    /// For s3:// URLs, without this flag: AWS_REGION, else us-east-1
     #[arg(long, env = "OSS_REGION", global = true)]
     pub region: Option<String>,
     #[arg(long, env = "OSS_ACCESS_KEY_ID", global = true, hide_env_values = true)]
@@ -75,6 +85,56 @@ pub struct ConnectionArgs {
     /// [default: 6; 3 for mount, so a read fails promptly when the server is gone]
     #[arg(long, global = true)]
     pub max_attempts: Option<u32>,
+    /// --endpoint was on the command line (not from OSS_ENDPOINT): only then does an s3://
+    /// URL use it instead of AWS_ENDPOINT_URL. Set by `main` from the parse.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub endpoint_on_command_line: bool,
+    /// --region was on the command line (not from OSS_REGION): only then does an s3:// URL
+    /// use it instead of AWS_REGION.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub region_on_command_line: bool,
+}
+
+/// An object or prefix URL: its scheme picks the store.
+#[derive(Debug, Clone)]
+pub enum ObjectUrl {
+    Oss(OssUrl),
+    S3(S3Url),
+}
+
+impl ObjectUrl {
+    pub fn parse(s: &str) -> Result<ObjectUrl, String> {
+        if s.starts_with("s3://") {
+            S3Url::parse(s).map(ObjectUrl::S3)
+        } else {
+            OssUrl::parse(s).map(ObjectUrl::Oss)
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        match self {
+            ObjectUrl::Oss(u) => &u.bucket,
+            ObjectUrl::S3(u) => &u.bucket,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            ObjectUrl::Oss(u) => &u.key,
+            ObjectUrl::S3(u) => &u.key,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectUrl::Oss(u) => u.fmt(f),
+            ObjectUrl::S3(u) => u.fmt(f),
+        }
+    }
 }
 
 /// Names what was given, never the secret or the token.
@@ -200,5 +260,66 @@ impl ConnectionArgs {
 
     pub async fn client(&self) -> Result<OssClient, OssError> {
         OssClient::new(self.client_config().await?)
+    }
+
+    /// The client for `url`'s store, reporting its requests to `observer`.
+    pub async fn store_for(
+        &self,
+        url: &ObjectUrl,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(match url {
+            ObjectUrl::Oss(_) => {
+                let mut cfg = self.client_config().await?;
+                cfg.observer = observer;
+                Arc::new(OssClient::new(cfg)?)
+            }
+            ObjectUrl::S3(_) => {
+                let mut cfg = self.s3_config(&ChainEnvironment::from_process())?;
+                cfg.observer = observer;
+                Arc::new(S3Client::new(cfg)?)
+            }
+        })
+    }
+
+    /// The S3 client's configuration: the endpoint from --endpoint, else AWS_ENDPOINT_URL,
+    /// else AWS's for the region; the region from --region, else AWS_REGION (or
+    /// AWS_DEFAULT_REGION), else us-east-1; credentials from the AWS chain unless
+    /// `--anonymous`. The OSS_* variables are not read: they name another service.
+    pub fn s3_config(&self, env: &ChainEnvironment) -> anyhow::Result<S3Config> {
+        let var = |name: &str| env.get(name).map(str::to_string);
+        let region = match &self.region {
+            Some(r) if self.region_on_command_line => Some(r.clone()),
+            _ => var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+        }
+        .unwrap_or_else(|| ossmount::store::s3::DEFAULT_REGION.to_string());
+        let endpoint = match &self.endpoint {
+            Some(e) if self.endpoint_on_command_line => Some(e.clone()),
+            _ => var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
+        };
+        let endpoint = match endpoint {
+            Some(e) => S3Endpoint::parse(&e).map_err(anyhow::Error::msg)?,
+            None => S3Endpoint::aws(&region),
+        };
+        let mut cfg = S3Config::new(endpoint);
+        cfg.region = region;
+        cfg.addressing = match self.addressing {
+            Addressing::Auto => S3Addressing::Auto,
+            Addressing::Path => S3Addressing::Path,
+            Addressing::Virtual => S3Addressing::Virtual,
+            Addressing::Cname => anyhow::bail!(
+                "--addressing cname is for OSS custom domains: s3:// URLs take auto, path or virtual"
+            ),
+        };
+        cfg.connect_timeout = self.connect_timeout;
+        cfg.read_timeout = self.read_timeout;
+        cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
+        if !self.anonymous {
+            let source = static_chain(env).context("cannot read the AWS credentials")?;
+            cfg.credentials = Some(source.context(
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE), or pass --anonymous for a public bucket",
+            )?);
+        }
+        Ok(cfg)
     }
 }

@@ -1,4 +1,5 @@
-//! `ossmount download`: the SDK-style resumable download of one object to a local file.
+//! `ossmount download`: the SDK-style resumable download of one object (`oss://` or `s3://`)
+//! to a local file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,15 +10,14 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use ossmount::hydrate::download::{resumable_download_with, DownloadRequest, OnChange};
 use ossmount::metrics::RequestMetrics;
-use ossmount::oss::OssUrl;
 use ossmount::size::{human_bytes, parse_size};
 
-use super::connection::ConnectionArgs;
+use super::connection::{ConnectionArgs, ObjectUrl};
 use super::progress::Reporter;
 
 #[derive(clap::Args)]
 pub struct DownloadArgs {
-    /// oss://bucket/key
+    /// oss://bucket/key or s3://bucket/key
     url: String,
     /// Local file to write (replaced only when the download is complete and verified)
     local: PathBuf,
@@ -47,8 +47,8 @@ pub struct DownloadArgs {
 }
 
 pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
-    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
-    let mut req = DownloadRequest::new(&url.bucket, &url.key, &a.local);
+    let url = ObjectUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let mut req = DownloadRequest::new(url.bucket(), url.key(), &a.local);
     req.part_size = a.part_size;
     match a.threads {
         Threads::Fixed(n) => req.threads = n,
@@ -66,22 +66,19 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
     // Refuse bad values before building a client or sending anything.
     req.validate()?;
     let limiter = req.limiter();
-    let mut cfg = conn.client_config().await?;
     // "Slow down" answers (retried ones too) halve an adaptive download's connections.
     let throttling = Arc::new(RequestMetrics::default());
     throttling.report_throttling_to(limiter.clone());
-    cfg.observer = Some(throttling);
-    let client = ossmount::oss::OssClient::new(cfg)?;
+    let store = conn.store_for(&url, Some(throttling)).await?;
     let started = std::time::Instant::now();
     let mut reporter = Reporter::new(a.quiet, &url.to_string());
-    let result =
-        resumable_download_with(Arc::new(client), &req, limiter, |p| reporter.update(p)).await;
+    let result = resumable_download_with(store, &req, limiter, |p| reporter.update(p)).await;
     reporter.finish();
     let r = result?;
     if !a.quiet {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "downloaded {url} to {}: {} bytes in {:.1}s ({}/s); fetched {}, resumed {} from the checkpoint{}",
+            "downloaded {url} to {}: {} bytes in {:.1}s ({}/s); fetched {}, resumed {} from the checkpoint{}{}",
             a.local.display(),
             r.size,
             secs,
@@ -92,7 +89,8 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
                 format!("; restarted {} time(s) because the object changed", r.restarts)
             } else {
                 String::new()
-            }
+            },
+            if r.md5_verified { "; MD5 verified" } else { "" }
         );
     }
     Ok(ExitCode::SUCCESS)

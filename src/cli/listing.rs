@@ -1,18 +1,18 @@
-//! `ossmount ls` and `ossmount stat`: listings and one object's metadata, printed.
+//! `ossmount ls` and `ossmount stat`: listings and one object's metadata, printed, from
+//! `oss://` or `s3://` URLs alike (through `ObjectStore`).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use ossmount::oss::OssUrl;
 use ossmount::size::human_bytes;
 
-use super::connection::ConnectionArgs;
+use super::connection::{ConnectionArgs, ObjectUrl};
 
 #[derive(clap::Args)]
 pub struct LsArgs {
-    /// oss://bucket/prefix/
+    /// oss://bucket/prefix/ or s3://bucket/prefix/
     url: String,
     /// List every key below the prefix, not just one level
     #[arg(short, long)]
@@ -28,10 +28,10 @@ pub struct StatArgs {
 }
 
 pub async fn ls(conn: &ConnectionArgs, a: LsArgs) -> Result<ExitCode> {
-    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
-    let client = conn.client().await?;
+    let url = ObjectUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let store = conn.store_for(&url, None).await?;
     let delimiter = if a.recursive { None } else { Some("/") };
-    let page = client.list_all(&url.bucket, &url.key, delimiter).await?;
+    let page = ossmount::store::list_all(&*store, url.bucket(), url.key(), delimiter).await?;
     let mut out = std::io::stdout().lock();
     for p in &page.common_prefixes {
         if a.long {
@@ -57,10 +57,10 @@ pub async fn ls(conn: &ConnectionArgs, a: LsArgs) -> Result<ExitCode> {
 }
 
 pub async fn stat(conn: &ConnectionArgs, a: StatArgs) -> Result<ExitCode> {
-    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
-    let client = conn.client().await?;
-    let meta = client
-        .head_object(&url.bucket, &url.key)
+    let url = ObjectUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let store = conn.store_for(&url, None).await?;
+    let meta = store
+        .head(url.bucket(), url.key())
         .await
         .with_context(|| format!("cannot stat {url}"))?;
     println!("object:        {url}");

@@ -6,14 +6,11 @@
 pub mod endpoint;
 pub mod error;
 pub mod sign;
-pub mod time;
-pub mod xml;
+// Shared with the S3 client, so they live below both, in `store`.
+pub use crate::store::{time, xml};
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-
-use rand::Rng;
 
 mod client;
 pub mod credentials;
@@ -27,24 +24,7 @@ pub use endpoint::{Addressing, Endpoint, OssUrl};
 pub use error::{OssError, ServiceError};
 pub use reader::RangeReader;
 
-/// A secret string: compared and used, never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::store::Secret;
 
 #[derive(Clone, Debug)]
 pub struct Credentials {
@@ -80,36 +60,7 @@ impl std::str::FromStr for SignatureVersion {
 // name an OSS type to observe a request.
 pub use crate::store::{RequestKind, RequestObserver};
 
-/// How often and how patiently to retry.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included, for one request; for a body stream, attempts in a
-    /// row that make no progress.
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Full jitter: uniform in [0, min(base * 2^attempt, max)).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let cap = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_delay);
-        cap.mul_f64(rand::thread_rng().gen::<f64>())
-    }
-}
+pub use crate::store::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

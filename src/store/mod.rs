@@ -5,18 +5,72 @@
 //! It must not name OSS types: `oss` implements this trait, not the other way round.
 
 pub mod memory;
+pub mod s3;
+pub mod time;
+pub mod xml;
 
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use rand::Rng;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// A secret string: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included, for one request; for a body stream, attempts in a
+    /// row that make no progress.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: uniform in [0, min(base * 2^attempt, max)).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
+        cap.mul_f64(rand::thread_rng().gen::<f64>())
+    }
+}
 
 /// What a HEAD (or a GET's headers) says about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +81,9 @@ pub struct ObjectMeta {
     /// The Last-Modified header as sent (RFC 1123).
     pub last_modified: String,
     pub crc64: Option<u64>,
+    /// The whole object's MD5, when the store vouches that its ETag is one (S3: a single-part
+    /// upload without SSE-KMS or SSE-C); a download checks it over the whole object.
+    pub md5: Option<[u8; 16]>,
     pub content_type: Option<String>,
     pub request_id: String,
 }

@@ -1,5 +1,6 @@
-//! Parsing the XML bodies OSS returns (ListObjectsV2 results, error documents) into a small
-//! element tree, matched by local name so namespaces and child order do not matter.
+//! Parsing the XML bodies object stores return (ListObjectsV2 results, error documents, from
+//! OSS and S3 alike) into a small element tree, matched by local name so namespaces and child
+//! order do not matter.
 
 use quick_xml::events::Event;
 use quick_xml::Reader;

@@ -1,5 +1,6 @@
-//! Calendar arithmetic for the three time spellings OSS uses: `x-oss-date` (basic ISO 8601),
-//! HTTP dates (RFC 1123, via `httpdate`) and listing times (`2024-03-01T10:00:00.000Z`).
+//! Calendar arithmetic for the three time spellings object stores use: `x-oss-date` and
+//! `x-amz-date` (basic ISO 8601), HTTP dates (RFC 1123, via `httpdate`) and listing times
+//! (`2024-03-01T10:00:00.000Z`).
 //! Pure functions on Unix seconds; no clock reads here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

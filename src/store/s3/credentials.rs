@@ -1,0 +1,313 @@
+//! AWS credentials for the S3 client: what a request is signed with (`AwsCredentials`), the
+//! seam a source stands behind (`CredentialSource`, asked before every request, so a
+//! refreshing source such as web identity, a container endpoint or IMDSv2 can renew its keys
+//! there), and the static sources of the AWS SDKs' chain: the `AWS_*` environment, then the
+//! shared credentials file's profile. Secrets are held in `Secret` and never printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::{BoxFut, Secret, StoreError, StoreErrorKind};
+
+/// One set of keys, as a request is signed with them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// Where the client gets its keys: asked before each request (cheap for a static source; a
+/// refreshing source answers from its cache and renews it before expiry).
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    fn credentials(&self) -> BoxFut<'_, Result<AwsCredentials, StoreError>>;
+
+    /// Who signs, for messages and cache principals: the access key id and where it came
+    /// from, never a secret.
+    fn principal(&self) -> String;
+}
+
+/// Keys that never change: from the environment or the shared credentials file.
+#[derive(Debug)]
+pub struct StaticCredentials {
+    credentials: AwsCredentials,
+    /// Where they were found (`environment`, `profile default of ~/.aws/credentials`).
+    origin: String,
+}
+
+impl StaticCredentials {
+    pub fn new(credentials: AwsCredentials, origin: impl Into<String>) -> StaticCredentials {
+        StaticCredentials {
+            credentials,
+            origin: origin.into(),
+        }
+    }
+}
+
+impl CredentialSource for StaticCredentials {
+    fn credentials(&self) -> BoxFut<'_, Result<AwsCredentials, StoreError>> {
+        Box::pin(async move { Ok(self.credentials.clone()) })
+    }
+
+    fn principal(&self) -> String {
+        format!(
+            "key {} from the {}",
+            self.credentials.access_key_id, self.origin
+        )
+    }
+}
+
+/// The variables the chain reads, captured once (a test or a node hands in its own).
+#[derive(Debug, Clone, Default)]
+pub struct ChainEnvironment {
+    vars: BTreeMap<String, String>,
+}
+
+impl ChainEnvironment {
+    /// This process's environment.
+    pub fn from_process() -> ChainEnvironment {
+        ChainEnvironment {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_vars(vars: BTreeMap<String, String>) -> ChainEnvironment {
+        ChainEnvironment { vars }
+    }
+
+    /// A variable's value; an empty one counts as unset, as in the AWS SDKs.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn shared_credentials_file(&self) -> Option<PathBuf> {
+        match self.get("AWS_SHARED_CREDENTIALS_FILE") {
+            Some(path) => Some(expand_home(path, self.get("HOME"))),
+            None => self
+                .get("HOME")
+                .map(|home| Path::new(home).join(".aws").join("credentials")),
+        }
+    }
+}
+
+fn expand_home(path: &str, home: Option<&str>) -> PathBuf {
+    match (path.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) => Path::new(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+fn config_error(message: String) -> StoreError {
+    StoreError::new(StoreErrorKind::Permanent, message)
+}
+
+/// The static part of the AWS SDKs' chain, in their order: `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the profile `AWS_PROFILE` (or
+/// `default`) of the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or
+/// `~/.aws/credentials`). `None` when neither has keys; an error when a source is half set
+/// or a profile asked for by name is missing, rather than silently trying the next.
+pub fn static_chain(
+    env: &ChainEnvironment,
+) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
+    match (
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(id), Some(secret)) => {
+            let credentials = AwsCredentials {
+                access_key_id: id.to_string(),
+                secret_access_key: Secret::new(secret),
+                session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
+            };
+            return Ok(Some(Arc::new(StaticCredentials::new(
+                credentials,
+                "environment",
+            ))));
+        }
+        (Some(_), None) => {
+            return Err(config_error(
+                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(config_error(
+                "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    let named_profile = env.get("AWS_PROFILE");
+    let profile = named_profile.unwrap_or("default");
+    let Some(path) = env.shared_credentials_file() else {
+        return Ok(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_profile.is_none() => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(config_error(format!(
+                "cannot read the shared credentials file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let origin = format!("profile {profile} of {}", path.display());
+    let Some(section) = parse_credentials_file(&text).remove(profile) else {
+        return match named_profile {
+            Some(_) => Err(config_error(format!(
+                "AWS_PROFILE names profile {profile:?}, which {} does not have",
+                path.display()
+            ))),
+            None => Ok(None),
+        };
+    };
+    let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
+    match (field("aws_access_key_id"), field("aws_secret_access_key")) {
+        (Some(id), Some(secret)) => Ok(Some(Arc::new(StaticCredentials::new(
+            AwsCredentials {
+                access_key_id: id,
+                secret_access_key: Secret::new(secret),
+                session_token: field("aws_session_token").map(Secret::new),
+            },
+            origin,
+        )))),
+        _ => Err(config_error(format!(
+            "{origin} lacks aws_access_key_id or aws_secret_access_key"
+        ))),
+    }
+}
+
+/// The INI of `~/.aws/credentials`: `[profile]` sections of `name = value` lines, `#` and `;`
+/// comment lines. Names are lower-cased (the SDKs read them case-insensitively).
+fn parse_credentials_file(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim().to_string();
+            sections.entry(name.clone()).or_default();
+            current = Some(name);
+        } else if let (Some(section), Some((name, value))) = (&current, line.split_once('=')) {
+            sections
+                .entry(section.clone())
+                .or_default()
+                .insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> ChainEnvironment {
+        ChainEnvironment::from_vars(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    async fn keys(env: &ChainEnvironment) -> AwsCredentials {
+        static_chain(env)
+            .unwrap()
+            .expect("a source")
+            .credentials()
+            .await
+            .unwrap()
+    }
+
+    const FILE: &str = "# comment\n[default]\naws_access_key_id = AKIDEFAULT\naws_secret_access_key = default-secret\n\n[ci]\nAWS_ACCESS_KEY_ID=AKICI\naws_secret_access_key=ci-secret\naws_session_token = ci-token\n[empty]\n";
+
+    #[tokio::test]
+    async fn the_environment_comes_before_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(&file, FILE).unwrap();
+        let file = file.to_str().unwrap();
+        let both = env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIENV"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("AWS_SESSION_TOKEN", "env-token"),
+            ("AWS_SHARED_CREDENTIALS_FILE", file),
+        ]);
+        let k = keys(&both).await;
+        assert_eq!(k.access_key_id, "AKIENV");
+        assert_eq!(k.secret_access_key.expose(), "env-secret");
+        assert_eq!(k.session_token.unwrap().expose(), "env-token");
+        let from_file = keys(&env(&[("AWS_SHARED_CREDENTIALS_FILE", file)])).await;
+        assert_eq!(from_file.access_key_id, "AKIDEFAULT");
+        assert_eq!(from_file.session_token, None);
+        let profile = env(&[("AWS_SHARED_CREDENTIALS_FILE", file), ("AWS_PROFILE", "ci")]);
+        let k = keys(&profile).await;
+        assert_eq!(
+            (k.access_key_id.as_str(), k.secret_access_key.expose()),
+            ("AKICI", "ci-secret")
+        );
+        assert_eq!(k.session_token.unwrap().expose(), "ci-token");
+        let principal = static_chain(&profile).unwrap().unwrap().principal();
+        assert!(principal.contains("AKICI") && principal.contains("profile ci"));
+        assert!(!principal.contains("secret"), "{principal}");
+    }
+
+    #[tokio::test]
+    async fn the_default_file_is_under_home() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".aws")).unwrap();
+        std::fs::write(home.path().join(".aws/credentials"), FILE).unwrap();
+        let k = keys(&env(&[("HOME", home.path().to_str().unwrap())])).await;
+        assert_eq!(k.access_key_id, "AKIDEFAULT");
+    }
+
+    #[test]
+    fn missing_or_half_sources_say_what_is_wrong() {
+        let nowhere = env(&[("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")]);
+        assert!(static_chain(&nowhere).unwrap().is_none());
+        let half = env(&[("AWS_ACCESS_KEY_ID", "AKI")]);
+        assert!(static_chain(&half)
+            .unwrap_err()
+            .message
+            .contains("AWS_SECRET_ACCESS_KEY is not"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(&file, FILE).unwrap();
+        let file = file.to_str().unwrap();
+        let unknown = env(&[
+            ("AWS_SHARED_CREDENTIALS_FILE", file),
+            ("AWS_PROFILE", "nope"),
+        ]);
+        let err = static_chain(&unknown).unwrap_err().message;
+        assert!(err.contains("\"nope\""), "{err}");
+        let keyless = env(&[
+            ("AWS_SHARED_CREDENTIALS_FILE", file),
+            ("AWS_PROFILE", "empty"),
+        ]);
+        let err = static_chain(&keyless).unwrap_err().message;
+        assert!(err.contains("lacks aws_access_key_id"), "{err}");
+        assert!(!err.contains("default-secret"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = AwsCredentials {
+            access_key_id: "AKI".into(),
+            secret_access_key: Secret::new("topsecret"),
+            session_token: Some(Secret::new("sessiontok")),
+        };
+        let s = format!("{:?}", StaticCredentials::new(c, "environment"));
+        assert!(!s.contains("topsecret") && !s.contains("sessiontok"), "{s}");
+    }
+}

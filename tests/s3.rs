@@ -1,0 +1,535 @@
+//! `s3://` URLs through the real `ossmount` binary against s3s-fs, a third-party S3 server
+//! from crates.io that checks SigV4, started in this process on 127.0.0.1 over a temp
+//! directory (each subdirectory a bucket) with known keys: `ls` over two listing pages,
+//! `stat`, a multi-part `download` byte-exact with its checkpoint removed and its MD5 checked,
+//! a byte flipped in transit caught by that check, credentials from a shared credentials
+//! file, and a wrong secret refused with the service's error code.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bin, within, CommandWithin};
+
+const AK: &str = "s3-test-ak-0001";
+const SK: &str = "s3-test-secret-DO-NOT-PRINT-4c1d9e";
+const BUCKET: &str = "s3-bucket";
+const MIB: u64 = 1 << 20;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    range: Option<String>,
+}
+
+struct S3Server {
+    endpoint: String,
+    dir: tempfile::TempDir,
+    scratch: tempfile::TempDir,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Lie in the body of every GET whose range starts here: its first byte flipped.
+    flip_part_at: Arc<Mutex<Option<u64>>>,
+    /// Answer this many more ranged GETs with 503 SlowDown instead of passing them on.
+    slow_downs_left: Arc<Mutex<u32>>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    async fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(BUCKET)).unwrap();
+        let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let flip_part_at = Arc::new(Mutex::new(None));
+        let flip = flip_part_at.clone();
+        let slow_downs_left = Arc::new(Mutex::new(0));
+        let slow = slow_downs_left.clone();
+        let accept_loop = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                let log = log.clone();
+                let flip = flip.clone();
+                let slow = slow.clone();
+                let logged = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let range = req
+                            .headers()
+                            .get("range")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        let lie = match (*flip.lock().unwrap(), &range) {
+                            (Some(at), Some(r)) => r.starts_with(&format!("bytes={at}-")),
+                            _ => false,
+                        };
+                        let slow_down = range.is_some() && {
+                            let mut left = slow.lock().unwrap();
+                            let refuse = *left > 0;
+                            if refuse {
+                                *left -= 1;
+                            }
+                            refuse
+                        };
+                        log.lock().unwrap().push(Seen {
+                            method: req.method().to_string(),
+                            path: req.uri().path().to_string(),
+                            range,
+                        });
+                        let answer =
+                            (!slow_down).then(|| hyper::service::Service::call(&service, req));
+                        relay(answer, lie)
+                    },
+                );
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(socket);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, logged)
+                        .await;
+                });
+            }
+        });
+        S3Server {
+            endpoint,
+            dir,
+            scratch: tempfile::tempdir().unwrap(),
+            seen,
+            flip_part_at,
+            slow_downs_left,
+            accept_loop,
+        }
+    }
+
+    fn object_path(&self, key: &str) -> PathBuf {
+        self.dir.path().join(BUCKET).join(key)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) {
+        let path = self.object_path(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// The binary's environment: this server, its keys, and no other AWS source.
+    fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", AK.into()),
+            ("AWS_SECRET_ACCESS_KEY", secret.into()),
+            ("AWS_SESSION_TOKEN", String::new()),
+            ("AWS_PROFILE", String::new()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.scratch
+                    .path()
+                    .join("no-credentials-file")
+                    .display()
+                    .to_string(),
+            ),
+        ]
+    }
+
+    fn requests_since(&self, from: usize) -> Vec<Seen> {
+        self.seen.lock().unwrap()[from..].to_vec()
+    }
+
+    fn request_count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+/// The server's answer, with the first byte of its body flipped when `lie`; without one, S3's
+/// throttling answer.
+async fn relay(
+    answer: Option<impl std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>>>,
+    lie: bool,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, s3s::StdError> {
+    use http_body_util::BodyExt;
+    let Some(answer) = answer else {
+        let slow_down = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>relay-slow-down</RequestId></Error>";
+        return Ok(hyper::Response::builder()
+            .status(503)
+            .header("content-type", "application/xml")
+            .body(http_body_util::Full::new(bytes::Bytes::from(slow_down)))?);
+    };
+    let (parts, body) = answer.await.map_err(s3s::StdError::from)?.into_parts();
+    let mut bytes = body.collect().await?.to_bytes().to_vec();
+    if lie && !bytes.is_empty() {
+        bytes[0] ^= 0x01;
+    }
+    Ok(hyper::Response::from_parts(
+        parts,
+        http_body_util::Full::new(bytes::Bytes::from(bytes)),
+    ))
+}
+
+/// Runs `ossmount ARGS` off the runtime (which serves the S3 server meanwhile), bounded.
+async fn run(args: &[&str], env: Vec<(&'static str, String)>) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let what = format!("ossmount {}", args.join(" "));
+    within(
+        Duration::from_secs(200),
+        &what.clone(),
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(&args)
+                .envs(env)
+                .output_within(Duration::from_secs(180), &what)
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_reads_two_listing_pages_and_stat_reads_the_head() {
+    let s = S3Server::start().await;
+    let many: Vec<String> = (0..1500).map(|i| format!("many/k{i:05}")).collect();
+    for (i, key) in many.iter().enumerate() {
+        s.put(key, &ossmount::sample::bytes(i as u64, 1 + i % 7));
+    }
+    let top = ossmount::sample::bytes(77, 12_345);
+    s.put("top.bin", &top);
+    s.put("dir/inner.txt", b"inner");
+
+    let before = s.request_count();
+    let out = run(&["ls", &format!("s3://{BUCKET}/many/")], s.env(SK)).await;
+    assert_ok(&out, "ls many/");
+    let listed: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(listed.len(), 1500);
+    assert_eq!(listed, many, "every key once, in order");
+    let pages = s
+        .requests_since(before)
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/{BUCKET}/"))
+        .count();
+    assert_eq!(
+        pages, 2,
+        "1,500 keys at 1,000 a page: two ListObjectsV2 requests"
+    );
+
+    let out = run(&["ls", &format!("s3://{BUCKET}/")], s.env(SK)).await;
+    assert_ok(&out, "ls /");
+    assert_eq!(stdout(&out), "dir/\nmany/\ntop.bin\n");
+
+    let out = run(&["ls", "-r", &format!("s3://{BUCKET}/dir/")], s.env(SK)).await;
+    assert_ok(&out, "ls -r dir/");
+    assert_eq!(stdout(&out), "dir/inner.txt\n");
+
+    let out = run(&["stat", &format!("s3://{BUCKET}/top.bin")], s.env(SK)).await;
+    assert_ok(&out, "stat");
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("object:        s3://{BUCKET}/top.bin")),
+        "{text}"
+    );
+    assert!(text.contains("size:          12345 "), "{text}");
+    let etag = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etag:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .expect("an etag line");
+    assert!(
+        etag.len() == 32 && etag.bytes().all(|c| c.is_ascii_hexdigit()),
+        "a single-part object's ETag is its MD5: {etag}"
+    );
+
+    let out = run(&["stat", &format!("s3://{BUCKET}/missing.bin")], s.env(SK)).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NoSuchKey"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_of_a_multi_part_object_is_byte_exact_and_leaves_no_checkpoint() {
+    let s = S3Server::start().await;
+    let size = 20 * MIB;
+    let seed = 2020;
+    ossmount::sample::write_file(&s.object_path("big/model.bin"), seed, size).unwrap();
+    let local = s.scratch.path().join("model.bin");
+    let before = s.request_count();
+    let started = std::time::Instant::now();
+    let out = run(
+        &[
+            "download",
+            &format!("s3://{BUCKET}/big/model.bin"),
+            local.to_str().unwrap(),
+            "--part-size",
+            "4MiB",
+            "--threads",
+            "3",
+        ],
+        s.env(SK),
+    )
+    .await;
+    assert_ok(&out, "download");
+    eprintln!("20 MiB from s3s-fs in {:?}", started.elapsed());
+    let got = std::fs::read(&local).unwrap();
+    assert_eq!(got.len() as u64, size);
+    assert!(
+        got == ossmount::sample::bytes(seed, size as usize),
+        "downloaded bytes differ"
+    );
+    assert!(!sibling(&local, ".dcp").exists(), "checkpoint removed");
+    assert!(!sibling(&local, ".tmp").exists(), "temp file renamed");
+    assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
+    let mut ranges: Vec<String> = s
+        .requests_since(before)
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/{BUCKET}/big/model.bin"))
+        .filter_map(|r| r.range.clone())
+        .collect();
+    ranges.sort_by_key(|r| {
+        r.trim_start_matches("bytes=")
+            .split('-')
+            .next()
+            .and_then(|a| a.parse::<u64>().ok())
+    });
+    let want: Vec<String> = (0..5)
+        .map(|p| format!("bytes={}-{}", p * 4 * MIB, (p + 1) * 4 * MIB - 1))
+        .collect();
+    assert_eq!(ranges, want, "one ranged GET per 4 MiB part");
+}
+
+/// A server that sends one part with a byte flipped: every part arrives, but the whole
+/// object's MD5 (its ETag) does not match, so the download fails and keeps nothing; the same
+/// download from an honest server succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_flipped_in_transit_fails_the_md5_check_and_nothing_is_kept() {
+    let s = S3Server::start().await;
+    let size = 12 * MIB;
+    let seed = 5150;
+    ossmount::sample::write_file(&s.object_path("lied.bin"), seed, size).unwrap();
+    let local = s.scratch.path().join("lied.bin");
+    let args = [
+        "download",
+        &format!("s3://{BUCKET}/lied.bin"),
+        local.to_str().unwrap(),
+        "--part-size",
+        "4MiB",
+        "--threads",
+        "3",
+    ];
+    *s.flip_part_at.lock().unwrap() = Some(4 * MIB);
+    let out = run(&args, s.env(SK)).await;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("MD5 mismatch"), "{err}");
+    assert!(
+        !local.exists(),
+        "no file from a download that failed its MD5"
+    );
+    assert!(!sibling(&local, ".dcp").exists(), "no checkpoint kept");
+    assert!(!sibling(&local, ".tmp").exists(), "no temp file kept");
+
+    *s.flip_part_at.lock().unwrap() = None;
+    let out = run(&args, s.env(SK)).await;
+    assert_ok(&out, "download from the honest server");
+    assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
+    assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
+}
+
+/// 503 SlowDown is retried (with backoff) until the part arrives: the download completes
+/// byte-exact, having sent each refused GET again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_answers_are_retried_until_the_download_completes() {
+    let s = S3Server::start().await;
+    let size = 8 * MIB;
+    let seed = 503;
+    ossmount::sample::write_file(&s.object_path("busy.bin"), seed, size).unwrap();
+    let local = s.scratch.path().join("busy.bin");
+    *s.slow_downs_left.lock().unwrap() = 3;
+    let before = s.request_count();
+    let out = run(
+        &[
+            "download",
+            &format!("s3://{BUCKET}/busy.bin"),
+            local.to_str().unwrap(),
+            "--part-size",
+            "4MiB",
+            "--threads",
+            "2",
+        ],
+        s.env(SK),
+    )
+    .await;
+    assert_ok(&out, "download through SlowDown answers");
+    assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
+    assert_eq!(
+        *s.slow_downs_left.lock().unwrap(),
+        0,
+        "every SlowDown was sent"
+    );
+    let ranged_gets = s
+        .requests_since(before)
+        .iter()
+        .filter(|r| r.method == "GET" && r.range.is_some())
+        .count();
+    assert_eq!(
+        ranged_gets,
+        2 + 3,
+        "two parts, three of their GETs sent again"
+    );
+}
+
+fn sibling(local: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", local.display()))
+}
+
+/// `--endpoint` on the command line wins over AWS_ENDPOINT_URL, and OSS_ENDPOINT (another
+/// service's) is never read for s3:// URLs: both point at a closed port here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_flag_wins_and_oss_variables_are_not_read() {
+    let s = S3Server::start().await;
+    s.put("x/y.bin", b"y");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut env: Vec<(&'static str, String)> = s
+        .env(SK)
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push(("AWS_ENDPOINT_URL", closed.clone()));
+    env.push(("OSS_ENDPOINT", s.endpoint.clone()));
+    let url = format!("s3://{BUCKET}/x/");
+    let out = run(
+        &["--max-attempts", "1", "--endpoint", &s.endpoint, "ls", &url],
+        env.clone(),
+    )
+    .await;
+    assert_ok(&out, "ls with --endpoint");
+    assert_eq!(stdout(&out), "x/y.bin\n");
+    let out = run(&["--max-attempts", "1", "ls", &url], env).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("network error talking to {closed}")),
+        "AWS_ENDPOINT_URL, not OSS_ENDPOINT: {}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_shared_credentials_file_profile() {
+    let s = S3Server::start().await;
+    s.put("a.txt", b"a");
+    let file = s.scratch.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!("[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n\n[ci]\naws_access_key_id = {AK}\naws_secret_access_key = {SK}\n"),
+    )
+    .unwrap();
+    let mut env: Vec<(&'static str, String)> = s
+        .env(SK)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_SHARED") && !k.starts_with("AWS_PROFILE"))
+        .map(|(k, v)| match k {
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => (k, String::new()),
+            _ => (k, v),
+        })
+        .collect();
+    env.push(("AWS_SHARED_CREDENTIALS_FILE", file.display().to_string()));
+    env.push(("AWS_PROFILE", "ci".into()));
+    let out = run(&["ls", &format!("s3://{BUCKET}/")], env.clone()).await;
+    assert_ok(&out, "ls with profile ci");
+    assert_eq!(stdout(&out), "a.txt\n");
+
+    // Without AWS_PROFILE the default profile's keys are sent, and refused: s3s answers an
+    // unknown access key id with NotSignedUp (AWS with InvalidAccessKeyId).
+    env.retain(|(k, _)| *k != "AWS_PROFILE");
+    let out = run(&["ls", &format!("s3://{BUCKET}/")], env).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("NotSignedUp") && err.contains("HTTP 403"),
+        "{err}"
+    );
+    assert!(err.contains("check AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_with_the_service_code_and_never_printed() {
+    let s = S3Server::start().await;
+    s.put(
+        "data/one.bin",
+        &ossmount::sample::bytes(1, 5 * MIB as usize),
+    );
+    let wrong = "wrong-secret-MUST-NOT-APPEAR-77";
+
+    let out = run(&["ls", &format!("s3://{BUCKET}/data/")], s.env(wrong)).await;
+    assert!(!out.status.success());
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    assert!(err.contains("HTTP 403"), "{err}");
+    assert!(
+        err.contains("AWS_SECRET_ACCESS_KEY"),
+        "the hint names the key: {err}"
+    );
+    assert!(!err.contains(wrong) && !err.contains(SK), "{err}");
+
+    let local = s.scratch.path().join("one.bin");
+    let out = run(
+        &[
+            "download",
+            &format!("s3://{BUCKET}/data/one.bin"),
+            local.to_str().unwrap(),
+        ],
+        s.env(wrong),
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("SignatureDoesNotMatch") && err.contains("HTTP 403"),
+        "the HEAD's refusal, with the reason a GET asked for: {err}"
+    );
+    assert!(!err.contains(wrong) && !err.contains(SK), "{err}");
+    assert!(!local.exists(), "nothing written for a refused download");
+    assert!(!sibling(&local, ".dcp").exists() && !sibling(&local, ".tmp").exists());
+
+    let out = run(
+        &["stat", &format!("s3://{BUCKET}/data/one.bin")],
+        s.env(wrong),
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    assert!(!err.contains(wrong) && !err.contains(SK), "{err}");
+}
