@@ -432,6 +432,9 @@ impl Inner {
                 // The first half's GET ended: the rest nobody claimed is this stream's too.
                 if let Some(end) = control.ask_rest(offset) {
                     asked = offset..end;
+                    // The ended GET goes before the next is asked for: never two at once on
+                    // this fetch's one connection.
+                    drop(stream);
                     stream = self.get_segment_range(asked.clone());
                     done = false;
                 }
