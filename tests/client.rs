@@ -354,6 +354,26 @@ async fn cli_reports_bad_secret_and_missing_key_without_leaking() {
     );
     assert!(!text.contains(SK), "secret leaked: {text}");
 
+    // A download's error is printed once (it was printed twice: the store error was the
+    // download error's message and its source as well).
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("a.txt");
+    let mut env = s.env();
+    env.retain(|(k, _)| *k != "OSS_ACCESS_KEY_SECRET");
+    env.push(("OSS_ACCESS_KEY_SECRET", wrong_secret.into()));
+    let (status, text) = run_cli(
+        &[
+            "download",
+            "oss://test-bucket/dir/a.txt",
+            target.to_str().unwrap(),
+        ],
+        env,
+    )
+    .await;
+    assert!(!status.success());
+    assert_eq!(text.matches("SignatureDoesNotMatch").count(), 1, "{text}");
+    assert!(!target.exists());
+
     let (status, listing) = run_cli(&["ls", "-l", "oss://test-bucket/dir/"], s.env()).await;
     assert!(status.success());
     assert!(

@@ -166,7 +166,7 @@ pub struct DownloadResult {
 pub enum DownloadError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
     Hydrate(Arc<HydrateError>),

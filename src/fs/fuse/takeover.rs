@@ -48,7 +48,7 @@ const FUSE_HAS_RESEND: u64 = 1 << 39;
 pub enum TakeOverError {
     #[error("the connection's INIT was answered differently by this version ({0}); it cannot take this connection over")]
     Incompatible(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
