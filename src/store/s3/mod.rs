@@ -9,6 +9,7 @@ mod client;
 pub mod credentials;
 mod endpoint;
 mod reader;
+pub mod refresh;
 mod wire;
 
 use std::sync::Arc;
