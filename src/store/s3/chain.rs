@@ -507,3 +507,63 @@ async fn resolve(env: &ChainEnvironment) -> Result<Arc<dyn CredentialSource>, St
         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials or ~/.aws/config (AWS_PROFILE), or a web identity role (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), or pass --anonymous for a public bucket (the EC2 instance role: {imds_why})"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_uri_gets_the_token_over_https_or_to_this_machine_and_the_agents_only() {
+        for ok in [
+            "https://credentials.example.com/v1/creds",
+            "http://127.0.0.1:51679/creds",
+            "http://localhost/creds",
+            "http://[::1]:8080/creds",
+            "http://169.254.170.2/v2/credentials/abc",
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+        ] {
+            assert!(allowed_full_uri(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://credentials.example.com/v1/creds",
+            "http://10.0.0.7/creds",
+            "http://169.254.169.254/latest/meta-data/",
+            "ftp://127.0.0.1/creds",
+            "not a url",
+        ] {
+            let err = allowed_full_uri(refused).unwrap_err().message;
+            assert!(err.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sts_is_regional_when_a_region_is_known() {
+        assert_eq!(
+            sts_endpoint(Some("eu-west-1")),
+            "https://sts.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            sts_endpoint(Some("cn-north-1")),
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(sts_endpoint(None), "https://sts.amazonaws.com");
+    }
+
+    #[test]
+    fn answers_without_keys_or_with_a_failure_code_are_errors_that_hold_no_secret() {
+        let failed = r#"{"Code":"AssumeRoleUnauthorizedAccess","AccessKeyId":"ASIAX","SecretAccessKey":"do-not-print","Token":"tok"}"#;
+        let err = CredentialsJson::parse(failed, "IMDS").unwrap_err().message;
+        assert!(err.contains("AssumeRoleUnauthorizedAccess"), "{err}");
+        assert!(!err.contains("do-not-print"), "{err}");
+        let keyless = r#"{"AccessKeyId":"ASIAX","Token":"tok"}"#;
+        let err = CredentialsJson::parse(keyless, "IMDS").unwrap_err().message;
+        assert!(err.contains("SecretAccessKey"), "{err}");
+        let expiring = r#"{"AccessKeyId":"ASIAX","SecretAccessKey":"s","Token":"t","Expiration":"2030-01-02T03:04:05Z"}"#;
+        let e = CredentialsJson::parse(expiring, "IMDS").unwrap();
+        assert_eq!(
+            e.expiration.map(time::iso8601_extended).as_deref(),
+            Some("2030-01-02T03:04:05.000Z")
+        );
+    }
+}
