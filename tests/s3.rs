@@ -128,6 +128,8 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY", secret.into()),
             ("AWS_SESSION_TOKEN", String::new()),
             ("AWS_PROFILE", String::new()),
+            // Never ask a real instance metadata service, whatever a test leaves out.
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
             (
                 "AWS_SHARED_CREDENTIALS_FILE",
                 self.scratch

@@ -18,7 +18,7 @@ use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, OssUrl, Secret,
     SignatureVersion,
 };
-use ossmount::store::s3::credentials::{static_chain, ChainEnvironment};
+use ossmount::store::s3::credentials::ChainEnvironment;
 use ossmount::store::s3::{S3Addressing, S3Client, S3Config, S3Endpoint, S3Url};
 use ossmount::store::{ObjectStore, RequestObserver};
 
@@ -275,7 +275,7 @@ impl ConnectionArgs {
                 Arc::new(OssClient::new(cfg)?)
             }
             ObjectUrl::S3(_) => {
-                let mut cfg = self.s3_config(&ChainEnvironment::from_process())?;
+                let mut cfg = self.s3_config(&ChainEnvironment::from_process()).await?;
                 cfg.observer = observer;
                 Arc::new(S3Client::new(cfg)?)
             }
@@ -285,8 +285,10 @@ impl ConnectionArgs {
     /// The S3 client's configuration: the endpoint from --endpoint, else AWS_ENDPOINT_URL,
     /// else AWS's for the region; the region from --region, else AWS_REGION (or
     /// AWS_DEFAULT_REGION), else us-east-1; credentials from the AWS chain unless
-    /// `--anonymous`. The OSS_* variables are not read: they name another service.
-    pub fn s3_config(&self, env: &ChainEnvironment) -> anyhow::Result<S3Config> {
+    /// `--anonymous` (environment, web identity, container, shared files, IMDSv2: see
+    /// `store::s3::chain`; a temporary source is asked once here, so a broken one fails now).
+    /// The OSS_* variables are not read: they name another service.
+    pub async fn s3_config(&self, env: &ChainEnvironment) -> anyhow::Result<S3Config> {
         let var = |name: &str| env.get(name).map(str::to_string);
         let region = match &self.region {
             Some(r) if self.region_on_command_line => Some(r.clone()),
@@ -315,10 +317,10 @@ impl ConnectionArgs {
         cfg.read_timeout = self.read_timeout;
         cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
         if !self.anonymous {
-            let source = static_chain(env).context("cannot read the AWS credentials")?;
-            cfg.credentials = Some(source.context(
-                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE), or pass --anonymous for a public bucket",
-            )?);
+            let source = ossmount::store::s3::resolve_chain(env)
+                .await
+                .context("cannot get AWS credentials")?;
+            cfg.credentials = Some(source);
         }
         Ok(cfg)
     }

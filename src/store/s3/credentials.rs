@@ -1,8 +1,9 @@
 //! AWS credentials for the S3 client: what a request is signed with (`AwsCredentials`), the
 //! seam a source stands behind (`CredentialSource`, asked before every request, so a
-//! refreshing source such as web identity, a container endpoint or IMDSv2 can renew its keys
-//! there), and the static sources of the AWS SDKs' chain: the `AWS_*` environment, then the
-//! shared credentials file's profile. Secrets are held in `Secret` and never printed.
+//! refreshing source such as web identity, a container endpoint or IMDSv2 (`chain`) renews its
+//! keys there), and the static sources of the AWS SDKs' chain: the `AWS_*` environment, and a
+//! profile's keys in the shared credentials and config files. Secrets are held in `Secret` and
+//! never printed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,6 +94,15 @@ impl ChainEnvironment {
                 .map(|home| Path::new(home).join(".aws").join("credentials")),
         }
     }
+
+    fn shared_config_file(&self) -> Option<PathBuf> {
+        match self.get("AWS_CONFIG_FILE") {
+            Some(path) => Some(expand_home(path, self.get("HOME"))),
+            None => self
+                .get("HOME")
+                .map(|home| Path::new(home).join(".aws").join("config")),
+        }
+    }
 }
 
 fn expand_home(path: &str, home: Option<&str>) -> PathBuf {
@@ -106,12 +116,21 @@ fn config_error(message: String) -> StoreError {
     StoreError::new(StoreErrorKind::Permanent, message)
 }
 
-/// The static part of the AWS SDKs' chain, in their order: `AWS_ACCESS_KEY_ID` and
-/// `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the profile `AWS_PROFILE` (or
-/// `default`) of the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or
-/// `~/.aws/credentials`). `None` when neither has keys; an error when a source is half set
-/// or a profile asked for by name is missing, rather than silently trying the next.
+/// The static part of the chain, in its order: the environment's keys, then the shared
+/// files' profile (`chain::resolve_chain` puts the temporary sources between them). `None`
+/// when neither has keys.
 pub fn static_chain(
+    env: &ChainEnvironment,
+) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
+    match environment_keys(env)? {
+        Some(keys) => Ok(Some(keys)),
+        None => shared_profile(env),
+    }
+}
+
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`); an error when
+/// only one of the pair is set, rather than silently trying the next source.
+pub fn environment_keys(
     env: &ChainEnvironment,
 ) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
     match (
@@ -124,67 +143,108 @@ pub fn static_chain(
                 secret_access_key: Secret::new(secret),
                 session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
             };
-            return Ok(Some(Arc::new(StaticCredentials::new(
+            Ok(Some(Arc::new(StaticCredentials::new(
                 credentials,
                 "environment",
-            ))));
+            ))))
         }
-        (Some(_), None) => {
-            return Err(config_error(
-                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(config_error(
-                "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into(),
-            ))
-        }
-        (None, None) => {}
+        (Some(_), None) => Err(config_error(
+            "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
+        )),
+        (None, Some(_)) => Err(config_error(
+            "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into(),
+        )),
+        (None, None) => Ok(None),
     }
-    let named_profile = env.get("AWS_PROFILE");
-    let profile = named_profile.unwrap_or("default");
-    let Some(path) = env.shared_credentials_file() else {
-        return Ok(None);
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named_profile.is_none() => {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(config_error(format!(
-                "cannot read the shared credentials file {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let origin = format!("profile {profile} of {}", path.display());
-    let Some(section) = parse_credentials_file(&text).remove(profile) else {
-        return match named_profile {
-            Some(_) => Err(config_error(format!(
-                "AWS_PROFILE names profile {profile:?}, which {} does not have",
-                path.display()
-            ))),
-            None => Ok(None),
-        };
-    };
-    let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
-    match (field("aws_access_key_id"), field("aws_secret_access_key")) {
-        (Some(id), Some(secret)) => Ok(Some(Arc::new(StaticCredentials::new(
-            AwsCredentials {
-                access_key_id: id,
-                secret_access_key: Secret::new(secret),
-                session_token: field("aws_session_token").map(Secret::new),
-            },
-            origin,
-        )))),
-        _ => Err(config_error(format!(
-            "{origin} lacks aws_access_key_id or aws_secret_access_key"
+}
+
+/// One shared file's text, `None` when it does not exist.
+fn read_shared_file(path: &Path, what: &str) -> Result<Option<String>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(config_error(format!(
+            "cannot read the shared {what} file {}: {e}",
+            path.display()
         ))),
     }
 }
 
-/// The INI of `~/.aws/credentials`: `[profile]` sections of `name = value` lines, `#` and `;`
+/// The static keys of profile `AWS_PROFILE` (or `default`): from the shared credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`, sections `[name]`), else from the
+/// config file (`AWS_CONFIG_FILE`, or `~/.aws/config`, sections `[profile name]` and
+/// `[default]`); the credentials file wins, as in the SDKs. `None` when the default profile
+/// has no keys (a config file's `[default]` often holds only a region). A profile named by
+/// `AWS_PROFILE` that is missing or has no keys is an error: the user asked for it.
+pub fn shared_profile(
+    env: &ChainEnvironment,
+) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
+    let named_profile = env.get("AWS_PROFILE");
+    let profile = named_profile.unwrap_or("default");
+    let mut looked_in = Vec::new();
+    let mut found_without_keys = None;
+    let files = [
+        (
+            env.shared_credentials_file(),
+            "credentials",
+            profile.to_string(),
+        ),
+        (
+            env.shared_config_file(),
+            "config",
+            if profile == "default" {
+                "default".to_string()
+            } else {
+                format!("profile {profile}")
+            },
+        ),
+    ];
+    for (path, what, section_name) in files {
+        let Some(path) = path else { continue };
+        let Some(text) = read_shared_file(&path, what)? else {
+            continue;
+        };
+        looked_in.push(path.display().to_string());
+        let Some(section) = parse_credentials_file(&text).remove(&section_name) else {
+            continue;
+        };
+        let origin = format!("profile {profile} of {}", path.display());
+        let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
+        match (field("aws_access_key_id"), field("aws_secret_access_key")) {
+            (Some(id), Some(secret)) => {
+                return Ok(Some(Arc::new(StaticCredentials::new(
+                    AwsCredentials {
+                        access_key_id: id,
+                        secret_access_key: Secret::new(secret),
+                        session_token: field("aws_session_token").map(Secret::new),
+                    },
+                    origin,
+                ))))
+            }
+            (None, None) => found_without_keys = found_without_keys.or(Some(origin)),
+            _ => {
+                return Err(config_error(format!(
+                    "{origin} lacks aws_access_key_id or aws_secret_access_key"
+                )))
+            }
+        }
+    }
+    match (named_profile, found_without_keys) {
+        (None, _) => Ok(None),
+        (Some(_), Some(origin)) => Err(config_error(format!(
+            "{origin} lacks aws_access_key_id or aws_secret_access_key (ossmount reads static keys from profiles; role_arn, sso_* and credential_process are not read)"
+        ))),
+        (Some(_), None) if looked_in.is_empty() => Err(config_error(format!(
+            "AWS_PROFILE names profile {profile:?}, but there is no shared credentials or config file"
+        ))),
+        (Some(_), None) => Err(config_error(format!(
+            "AWS_PROFILE names profile {profile:?}, which {} does not have",
+            looked_in.join(" and ")
+        ))),
+    }
+}
+
+/// The INI of `~/.aws/credentials` and `~/.aws/config`: `[section]`s of `name = value` lines, `#` and `;`
 /// comment lines. Names are lower-cased (the SDKs read them case-insensitively).
 fn parse_credentials_file(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -195,7 +255,8 @@ fn parse_credentials_file(text: &str) -> BTreeMap<String, BTreeMap<String, Strin
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = name.trim().to_string();
+            // `[profile  ci]` and `[profile ci]` are one section, as in the SDKs.
+            let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
             sections.entry(name.clone()).or_default();
             current = Some(name);
         } else if let (Some(section), Some((name, value))) = (&current, line.split_once('=')) {

@@ -1,19 +1,23 @@
 //! The S3 read client: HeadObject, ranged GetObject as a resumable byte stream pinned by
 //! `If-Match`, and ListObjectsV2, signed with SigV4 by `reqsign` (never by hand), with retries,
 //! backoff and connection pooling, behind `store::ObjectStore`. It owns S3 endpoints and
-//! addressing, AWS credentials and the S3 wire format (headers, XML errors and listings). It
-//! must not touch files, caches, FUSE or the OSS client (it shares only `store`'s helpers), and
-//! no credential or signature ever reaches a log line or an error.
+//! addressing, AWS credentials (the SDKs' chain, refreshed) and the S3 wire format (headers,
+//! XML errors and listings). It must not touch files other than the credential sources' (shared
+//! config and token files), caches, FUSE or the OSS client (it shares only `store`'s helpers),
+//! and no credential or signature ever reaches a log line or an error.
 
+pub mod chain;
 mod client;
 pub mod credentials;
 mod endpoint;
 mod reader;
+pub mod refresh;
 mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use chain::resolve_chain;
 pub use client::S3Client;
 pub use credentials::{AwsCredentials, CredentialSource, StaticCredentials};
 pub use endpoint::{S3Addressing, S3Endpoint, S3Url};
