@@ -122,6 +122,35 @@ async fn a_cold_cp_of_a_multi_part_object_is_byte_exact() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("s3://{BUCKET}/big.bin")), "{text}");
+    // A prefetch into the mount's cache is the mount's work (its control socket), asked by
+    // scheme: the s3:// one runs with the mount's client (the object is already complete:
+    // nothing is fetched), an oss:// one of the same bucket finds no mount to run it.
+    let prefetch = |what: String| {
+        Command::new(bin())
+            .args(["prefetch", &what, "--cache-dir"])
+            .arg(&cache)
+            .envs(s.env(SK))
+            .output_within(Duration::from_secs(120), "ossmount prefetch")
+            .unwrap()
+    };
+    let gets_before = s.request_count();
+    let out = prefetch(format!("s3://{BUCKET}/"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("prefetched 1 objects"), "{err}");
+    assert!(
+        s.requests_since(gets_before)
+            .iter()
+            .all(|r| r.range.is_none()),
+        "a complete entry is not fetched again"
+    );
+    let out = prefetch(format!("oss://{BUCKET}/"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("no mount of oss://{BUCKET}")),
+        "{err}"
+    );
     drop(m);
 }
 
@@ -189,6 +218,7 @@ async fn sigkill_mid_hydration_then_remount_fetches_only_the_rest() {
         sha256_file(&s.object_path("resume.bin"))
     );
     let second = s.body_bytes.load(Ordering::SeqCst) - before;
+    eprintln!("present after the kill: {present} of {size} bytes; the second run fetched {second}");
     assert!(
         second < size && second <= size - present + part,
         "the second run fetched {second} bytes; {} were missing",
