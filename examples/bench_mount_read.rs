@@ -70,7 +70,7 @@ fn with_tuned_mount<T>(
     let _g = rt.enter();
     let client = Arc::new(OssClient::new(cfg).unwrap());
     let mut opts = MountOptions::new(
-        OssUrl::parse("oss://bench/").unwrap(),
+        OssUrl::parse("oss://bench/").unwrap().into(),
         mnt.clone(),
         dir.join("cache"),
     );

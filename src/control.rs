@@ -25,9 +25,17 @@ use crate::hydrate::Progress;
 use crate::prefetch::{prefetch, PrefetchReport};
 use crate::store::ObjectStore;
 
+fn oss_scheme() -> String {
+    "oss".into()
+}
+
 #[derive(Serialize, Deserialize)]
 pub enum Request {
     Prefetch {
+        /// The URL's scheme (`oss`, `s3`): only a mount of that store may serve the prefetch
+        /// (absent from an older command: `oss`).
+        #[serde(default = "oss_scheme")]
+        scheme: String,
         bucket: String,
         prefix: String,
         objects: usize,
@@ -48,8 +56,13 @@ pub enum Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Prefetch { bucket, prefix, .. } => {
-                write!(f, "Prefetch({bucket}/{prefix})")
+            Request::Prefetch {
+                scheme,
+                bucket,
+                prefix,
+                ..
+            } => {
+                write!(f, "Prefetch({scheme}://{bucket}/{prefix})")
             }
             Request::Mount { foreground, .. } => write!(f, "Mount(foreground: {foreground})"),
             Request::Attach { mount_id } => write!(f, "Attach({mount_id})"),
@@ -79,8 +92,12 @@ pub enum Reply {
 
 /// What a control socket serves (the node; something smaller in tests).
 pub trait Served: Send + Sync + 'static {
-    /// The store and cache a prefetch of `bucket` runs with, or why there are none.
-    fn prefetch_with(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String>;
+    /// The store and cache a prefetch of `scheme://bucket` runs with, or why there are none.
+    fn prefetch_with(
+        &self,
+        scheme: &str,
+        bucket: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String>;
 
     /// Runs a mount request to its end: answers on `w`, and for a foreground client reads
     /// `lines` (an `unmount` line or the client leaving ends the mount).
@@ -231,7 +248,7 @@ async fn handle(
         Ok(req) => req,
         Err(problem) => return send(&mut w, &Reply::Error(problem)).await,
     };
-    let (bucket, prefix, objects) = match req {
+    let (scheme, bucket, prefix, objects) = match req {
         Request::Mount { spec, foreground } => {
             if let Some(why) = foreign {
                 tracing::warn!("a mount request refused: {why}");
@@ -255,12 +272,13 @@ async fn handle(
             return Ok(());
         }
         Request::Prefetch {
+            scheme,
             bucket,
             prefix,
             objects,
-        } => (bucket, prefix, objects),
+        } => (scheme, bucket, prefix, objects),
     };
-    let (store, cache) = match served.prefetch_with(&bucket) {
+    let (store, cache) = match served.prefetch_with(&scheme, &bucket) {
         Ok(found) => found,
         Err(msg) => return send(&mut w, &Reply::Error(msg)).await,
     };
@@ -404,6 +422,7 @@ pub(crate) async fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> s
 /// Asks the mount behind `cache_dir` to prefetch; `on_progress` sees its progress.
 pub async fn request_prefetch(
     cache_dir: &Path,
+    scheme: &str,
     bucket: &str,
     prefix: &str,
     objects: usize,
@@ -415,6 +434,7 @@ pub async fn request_prefetch(
         .map_err(|e| format!("cannot reach the mount at {}: {e}", path.display()))?;
     let (r, mut w) = conn.into_split();
     let req = Request::Prefetch {
+        scheme: scheme.into(),
         bucket: bucket.into(),
         prefix: prefix.into(),
         objects,
@@ -489,6 +509,7 @@ mod tests {
     impl Served for OneBucket {
         fn prefetch_with(
             &self,
+            _scheme: &str,
             bucket: &str,
         ) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String> {
             if bucket != BUCKET {
@@ -559,7 +580,7 @@ mod tests {
         // naming another bucket, which needs no object).
         let answered = tokio::time::timeout(
             BOUND,
-            request_prefetch(m.dir.path(), "other", "", 1, |_| {}),
+            request_prefetch(m.dir.path(), "oss", "other", "", 1, |_| {}),
         )
         .await
         .expect("a normal client is answered while the others hang on");
@@ -596,7 +617,7 @@ mod tests {
         let server = m.serve(REQUEST_LIMITS);
         let dir = m.dir.path().to_path_buf();
         let client =
-            tokio::spawn(async move { request_prefetch(&dir, BUCKET, "", 1, |_| {}).await });
+            tokio::spawn(async move { request_prefetch(&dir, "oss", BUCKET, "", 1, |_| {}).await });
         tokio::time::timeout(BOUND, async {
             while m.cache.active().is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,10 +1,10 @@
 //! Prometheus metrics of a mount, served at `--metrics-addr` (`GET /metrics`, OpenMetrics
 //! text, by the official `prometheus-client` crate): requests by kind and status and their
-//! retries (seen by the OSS client), bytes fetched and served, cache hits, misses and
-//! evictions, parts in flight, the background connections allowed (the adaptive window), held, and
-//! the ramp's moves, how long demand reads waited, hydrations active, complete and
-//! failed, and the cache's bytes against its capacity. Counters are read from the layers that
-//! count them at each scrape; nothing here changes what they do.
+//! retries (seen by the store's client, OSS or S3), bytes fetched and served, cache hits,
+//! misses and evictions, parts in flight, the background connections allowed (the adaptive
+//! window), held, and the ramp's moves, how long demand reads waited, hydrations active,
+//! complete and failed, and the cache's bytes against its capacity. Counters are read from the
+//! layers that count them at each scrape; nothing here changes what they do.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,13 +12,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::hydrate::FetchMode;
 use crate::metrics::RequestMetrics;
-use crate::oss::OssUrl;
-use crate::store::ListRequest;
-use crate::store::ObjectStore;
+use crate::store::{ListRequest, ObjectStore, StoreUrl};
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
-    pub url: OssUrl,
+    /// The bucket and prefix, as the user wrote them (`oss://` or `s3://`).
+    pub url: StoreUrl,
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     pub part_size: u64,
@@ -61,7 +60,7 @@ pub struct MountOptions {
 impl MountOptions {
     /// The defaults of `ossmount mount` (the SDKs' PartSize and ParallelThreadCount, whole-file
     /// hydration, files owned by the caller, read-only modes, passthrough when offered).
-    pub fn new(url: OssUrl, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
+    pub fn new(url: StoreUrl, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
         MountOptions {
             url,
             mountpoint,
@@ -156,7 +155,7 @@ pub fn check_mountpoint(path: &Path) -> Result<()> {
 }
 
 /// One request that proves the credentials, region, endpoint and bucket before mounting.
-pub async fn preflight(store: &dyn ObjectStore, url: &OssUrl, prefix: &str) -> Result<()> {
+pub async fn preflight(store: &dyn ObjectStore, url: &StoreUrl, prefix: &str) -> Result<()> {
     store
         .list_page(
             &url.bucket,

@@ -105,6 +105,8 @@ fn unix(t: SystemTime) -> u64 {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct EntryStatus {
+    /// The URL scheme of the store the entry was read from (`oss`, `s3`).
+    pub scheme: &'static str,
     pub bucket: String,
     pub key: String,
     pub size: u64,
@@ -194,13 +196,14 @@ pub fn cache_status(dir: &Path) -> std::io::Result<CacheStatus> {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         entries.push(EntryStatus {
             bytes_present: c.bytes_present(),
+            scheme: crate::store::scheme_of_location(&c.store),
             bucket: c.bucket,
             key: c.key,
             size: c.size,
             parts_present: present,
             parts_total: total,
             state: state.into(),
-            last_use: crate::oss::time::iso8601_extended(used),
+            last_use: crate::store::time::iso8601_extended(used),
         });
     }
     entries.sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
@@ -279,11 +282,12 @@ pub fn render(s: &CacheStatus) -> String {
     }
     for e in &s.entries {
         out.push_str(&format!(
-            "{:<10} {:>11} {:>11} {:<24} oss://{}/{}\n",
+            "{:<10} {:>11} {:>11} {:<24} {}://{}/{}\n",
             e.state,
             format!("{}/{}", e.parts_present, e.parts_total),
             human_bytes(e.bytes_present),
             e.last_use,
+            e.scheme,
             e.bucket,
             e.key
         ));

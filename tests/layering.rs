@@ -16,7 +16,10 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Modules that must reach object storage only through `store` (its trait, types, errors).
-const BEHIND_THE_STORE_SEAM: &[&str] = &["prefetch", "fs::fuse", "fs", "cache", "hydrate"];
+/// `mount`, `metrics` and `status` too: the CLI picks and builds the client (OSS or S3).
+const BEHIND_THE_STORE_SEAM: &[&str] = &[
+    "mount", "metrics", "status", "prefetch", "fs::fuse", "fs", "cache", "hydrate",
+];
 
 /// Modules that reach the engine only through `cache` (its `OpenEntry`): of `hydrate` they
 /// may name only these plain types, never drive a hydration themselves.

@@ -5,6 +5,7 @@
 //! are never echoed. Only the command line lives here: the library's types know nothing of
 //! clap.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use ossmount::oss::{
 };
 use ossmount::store::s3::credentials::ChainEnvironment;
 use ossmount::store::s3::{S3Addressing, S3Client, S3Config, S3Endpoint, S3Url};
-use ossmount::store::{ObjectStore, RequestObserver};
+use ossmount::store::{ObjectStore, RequestObserver, StoreUrl};
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionArgs {
@@ -86,14 +87,15 @@ pub struct ConnectionArgs {
     #[arg(long, global = true)]
     pub max_attempts: Option<u32>,
     /// --endpoint was on the command line (not from OSS_ENDPOINT): only then does an s3://
-    /// URL use it instead of AWS_ENDPOINT_URL. Set by `main` from the parse.
+    /// URL use it instead of AWS_ENDPOINT_URL. Set by `main` from the parse; sent to a node
+    /// with the mount (absent from an older command's spec: false).
     #[arg(skip)]
-    #[serde(skip)]
+    #[serde(default)]
     pub endpoint_on_command_line: bool,
     /// --region was on the command line (not from OSS_REGION): only then does an s3:// URL
     /// use it instead of AWS_REGION.
     #[arg(skip)]
-    #[serde(skip)]
+    #[serde(default)]
     pub region_on_command_line: bool,
 }
 
@@ -124,6 +126,14 @@ impl ObjectUrl {
         match self {
             ObjectUrl::Oss(u) => &u.key,
             ObjectUrl::S3(u) => &u.key,
+        }
+    }
+
+    /// The bucket and key in the library's words (what `mount` and `prefetch` take).
+    pub fn store_url(&self) -> StoreUrl {
+        match self {
+            ObjectUrl::Oss(u) => u.clone().into(),
+            ObjectUrl::S3(u) => u.clone().into(),
         }
     }
 }
@@ -160,14 +170,10 @@ impl std::fmt::Debug for ConnectionArgs {
 }
 
 impl ConnectionArgs {
-    /// The client's configuration, with credentials from the default chain (flags and
-    /// `OSS_*` first; see `oss::credentials`) unless `--anonymous`.
-    pub async fn client_config(&self) -> Result<ClientConfig, OssError> {
-        self.client_config_in(None).await
-    }
-
-    /// `client_config` with the credential chain reading `env` instead of this process's
-    /// environment (a node builds each mount in its command's environment).
+    /// The OSS client's configuration, with credentials from the default chain (flags and
+    /// `OSS_*` first; see `oss::credentials`) unless `--anonymous`, the chain reading `env`
+    /// (a node builds each mount in its command's environment) or, without it, this
+    /// process's environment.
     pub async fn client_config_in(
         &self,
         env: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
@@ -258,28 +264,64 @@ impl ConnectionArgs {
         Ok(())
     }
 
-    pub async fn client(&self) -> Result<OssClient, OssError> {
-        OssClient::new(self.client_config().await?)
-    }
-
     /// The client for `url`'s store, reporting its requests to `observer`.
     pub async fn store_for(
         &self,
         url: &ObjectUrl,
         observer: Option<Arc<dyn RequestObserver>>,
     ) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        self.store_in(url, observer, None, 6).await
+    }
+
+    /// `store_for` with the credential chain reading `env` instead of this process's
+    /// environment (a node builds each mount in its command's environment), and
+    /// `default_attempts` when --max-attempts is not given (a mount's reads fail sooner than a
+    /// download's).
+    pub async fn store_in(
+        &self,
+        url: &ObjectUrl,
+        observer: Option<Arc<dyn RequestObserver>>,
+        env: Option<Arc<BTreeMap<String, String>>>,
+        default_attempts: u32,
+    ) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        let attempts = self.max_attempts.unwrap_or(default_attempts).max(1);
         Ok(match url {
             ObjectUrl::Oss(_) => {
-                let mut cfg = self.client_config().await?;
+                let mut cfg = self.client_config_in(env).await?;
+                cfg.retry.max_attempts = attempts;
                 cfg.observer = observer;
                 Arc::new(OssClient::new(cfg)?)
             }
             ObjectUrl::S3(_) => {
-                let mut cfg = self.s3_config(&ChainEnvironment::from_process()).await?;
+                let env = match env {
+                    Some(vars) => ChainEnvironment::from_vars((*vars).clone()),
+                    None => ChainEnvironment::from_process(),
+                };
+                let mut cfg = self.s3_config(&env).await?;
+                cfg.retry.max_attempts = attempts;
                 cfg.observer = observer;
                 Arc::new(S3Client::new(cfg)?)
             }
         })
+    }
+
+    /// What names `url`'s endpoint in a default cache directory's name: the OSS endpoint as
+    /// before (so existing default caches are found again); for S3 the kind and the endpoint
+    /// an S3 client would use, so an `s3://` and an `oss://` mount of one bucket do not meet
+    /// in one directory by default.
+    pub fn cache_dir_endpoint(&self, url: &ObjectUrl, env: &ChainEnvironment) -> String {
+        match url {
+            ObjectUrl::Oss(_) => self.endpoint.clone().unwrap_or_default(),
+            ObjectUrl::S3(_) => {
+                let endpoint = match &self.endpoint {
+                    Some(e) if self.endpoint_on_command_line => Some(e.as_str()),
+                    _ => env
+                        .get("AWS_ENDPOINT_URL_S3")
+                        .or_else(|| env.get("AWS_ENDPOINT_URL")),
+                };
+                format!("s3+{}", endpoint.unwrap_or("aws"))
+            }
+        }
     }
 
     /// The S3 client's configuration: the endpoint from --endpoint, else AWS_ENDPOINT_URL,

@@ -49,7 +49,7 @@ pub fn run(a: &DemoArgs, rt: &tokio::runtime::Runtime) -> Result<ExitCode> {
     let _guard = rt.enter();
     let client = OssClient::new(cfg)?;
     let url = OssUrl::parse(&format!("oss://{bucket}/")).map_err(anyhow::Error::msg)?;
-    let mut opts = MountOptions::new(url, mnt.clone(), cache.clone());
+    let mut opts = MountOptions::new(url.into(), mnt.clone(), cache.clone());
     opts.threads = 4;
     opts.max_connections = 16;
     let m = mnt.display();

@@ -46,7 +46,8 @@ const GENERIC: &[&str] = &[
 
 /// Whether `args` (without the program name) is a mount helper call: a source URL first.
 pub fn is_helper_call(args: &[String]) -> bool {
-    args.first().is_some_and(|a| a.starts_with("oss://"))
+    args.first()
+        .is_some_and(|a| a.starts_with("oss://") || a.starts_with("s3://"))
 }
 
 /// `SOURCE MOUNTPOINT [-o OPTS]...` → `mount SOURCE MOUNTPOINT --flag value ...`.
@@ -153,5 +154,12 @@ mod tests {
         assert!(err.contains("\"cache_sise\""), "{err}");
         assert!(translate(&s(&["oss://b/", "/m", "-o", "cache_dir"])).is_err());
         assert!(!is_helper_call(&s(&["mount", "oss://b/"])));
+        // An S3 source is a helper call too, turned into the same flags.
+        let args = s(&["s3://b/p/", "/m", "-o", "endpoint=http://e,ro"]);
+        assert!(is_helper_call(&args));
+        assert_eq!(
+            translate(&args).unwrap(),
+            s(&["mount", "s3://b/p/", "/m", "--endpoint", "http://e"])
+        );
     }
 }

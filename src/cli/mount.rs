@@ -11,17 +11,17 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use ossmount::hydrate::{validate_part_size, validate_threads, FetchMode};
 use ossmount::mount::MountOptions;
-use ossmount::oss::OssUrl;
 use ossmount::size::{parse_duration, parse_size};
 
 use ossmount::node::join;
 use ossmount::store::ObjectStore;
 
-use super::connection::ConnectionArgs;
+use super::connection::{ConnectionArgs, ObjectUrl};
 
 #[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MountArgs {
-    /// oss://bucket or oss://bucket/prefix/
+    /// oss://bucket or oss://bucket/prefix/ (or s3://bucket/prefix/ for S3-compatible
+    /// storage)
     url: String,
     /// An existing directory to mount on
     mountpoint: PathBuf,
@@ -118,17 +118,17 @@ fn parse_memory_limit(s: &str) -> Result<u64, String> {
 }
 
 fn mount_options(conn: &ConnectionArgs, m: &MountArgs) -> Result<MountOptions> {
-    let url = OssUrl::parse(&m.url).map_err(anyhow::Error::msg)?;
+    let url = ObjectUrl::parse(&m.url).map_err(anyhow::Error::msg)?;
     validate_part_size(m.part_size).map_err(anyhow::Error::msg)?;
     if let Some(t) = m.threads {
         validate_threads(t).map_err(anyhow::Error::msg)?;
     }
-    let endpoint = conn.endpoint.clone().unwrap_or_default();
-    let cache_dir = m
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| ossmount::cache::default_cache_dir(&endpoint, &url.bucket, &url.key));
-    let mut o = MountOptions::new(url, m.mountpoint.clone(), cache_dir);
+    let cache_dir = m.cache_dir.clone().unwrap_or_else(|| {
+        let env = ossmount::store::s3::credentials::ChainEnvironment::from_process();
+        let endpoint = conn.cache_dir_endpoint(&url, &env);
+        ossmount::cache::default_cache_dir(&endpoint, url.bucket(), url.key())
+    });
+    let mut o = MountOptions::new(url.store_url(), m.mountpoint.clone(), cache_dir);
     o.part_size = m.part_size;
     if let Some(t) = m.threads {
         (o.threads, o.adaptive) = (t, false);
@@ -167,11 +167,18 @@ impl MountSpec {
     /// The mount's options and its store, as the node runs it.
     pub async fn build(self) -> Result<(MountOptions, Arc<dyn ObjectStore>)> {
         let opts = mount_options(&self.conn, &self.mount)?;
-        let mut cfg = self.conn.client_config_in(Some(Arc::new(self.env))).await?;
-        cfg.retry.max_attempts = self.conn.max_attempts.unwrap_or(3).max(1);
-        cfg.observer = Some(opts.request_metrics.clone());
-        let client = ossmount::oss::OssClient::new(cfg)?;
-        Ok((opts, Arc::new(client)))
+        let url = ObjectUrl::parse(&self.mount.url).map_err(anyhow::Error::msg)?;
+        // 3 attempts: a read fails promptly when the server is gone.
+        let store = self
+            .conn
+            .store_in(
+                &url,
+                Some(opts.request_metrics.clone()),
+                Some(Arc::new(self.env)),
+                3,
+            )
+            .await?;
+        Ok((opts, store))
     }
 }
 
@@ -262,6 +269,9 @@ pub async fn ask_node(
     let mut conn = conn.clone();
     conn.make_paths_absolute()?;
     let opts = mount_options(&conn, &m)?;
+    // The default directory as this command found it: the node, in another environment,
+    // might name another (an S3 one depends on AWS_ENDPOINT_URL).
+    m.cache_dir = Some(opts.cache_dir.clone());
     ossmount::mount::check_mountpoint(&opts.mountpoint)?;
     ossmount::cache::private_dir(&opts.cache_dir)?;
     let spec = MountSpec {
@@ -278,6 +288,16 @@ pub async fn ask_node(
     Ok((opts, joined))
 }
 
+/// What of this command's environment the node's credential chain for `url` reads: the OSS
+/// chain's variables, and for an `s3://` URL the AWS ones (keys, profile, endpoint, region).
+pub fn chain_environment(url: &str) -> std::collections::BTreeMap<String, String> {
+    let mut env = ossmount::oss::credentials::chain_environment();
+    if url.starts_with("s3://") {
+        env.extend(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")));
+    }
+    env
+}
+
 /// Asks the node serving the mount's cache directory for the mount, in this command's
 /// credential environment, starting a node when none runs, and says so on stderr; returns
 /// once mounted.
@@ -287,7 +307,7 @@ pub fn join(
     rt: &tokio::runtime::Runtime,
     log: &super::node::NodeLog<'_>,
 ) -> Result<join::Joined> {
-    let env = ossmount::oss::credentials::chain_environment();
+    let env = chain_environment(&m.url);
     let (opts, joined) = rt.block_on(ask_node(conn, m, env, log))?;
     tracing::debug!(
         "mount {} served by node {}",

@@ -2,22 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
 
 use ossmount::cache::{Cache, Capacity};
 use ossmount::hydrate::{validate_part_size, validate_threads, ConnectionLimiter, HydrationConfig};
-use ossmount::oss::OssUrl;
 use ossmount::size::{human_bytes, parse_size};
-use ossmount::store::ObjectStore;
+use ossmount::store::StoreUrl;
 
-use super::connection::ConnectionArgs;
+use super::connection::{ConnectionArgs, ObjectUrl};
 use super::progress::Reporter;
 
 #[derive(clap::Args)]
 pub struct PrefetchArgs {
-    /// oss://bucket/prefix/
+    /// oss://bucket/prefix/ or s3://bucket/prefix/
     url: String,
     #[arg(long)]
     cache_dir: PathBuf,
@@ -37,7 +35,8 @@ pub struct PrefetchArgs {
 }
 
 pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
-    let url = OssUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let object_url = ObjectUrl::parse(&a.url).map_err(anyhow::Error::msg)?;
+    let url = object_url.store_url();
     validate_part_size(a.part_size).map_err(anyhow::Error::msg)?;
     validate_threads(a.threads).map_err(anyhow::Error::msg)?;
     if ossmount::cache::lock_is_held(&a.cache_dir)
@@ -47,6 +46,7 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
         let mut reporter = Reporter::new(a.quiet, &url.to_string());
         let report = ossmount::control::request_prefetch(
             &a.cache_dir,
+            url.scheme,
             &url.bucket,
             &url.key,
             a.objects,
@@ -57,7 +57,7 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
         let report = report.map_err(anyhow::Error::msg)?;
         return Ok(print_report(&a, &url, &report, None));
     }
-    let client: Arc<dyn ObjectStore> = Arc::new(conn.client().await?);
+    let client = conn.store_for(&object_url, None).await?;
     ossmount::cache::private_dir(&a.cache_dir)?;
     let defaults = Capacity::default_for(&a.cache_dir);
     let capacity = Capacity {
@@ -86,22 +86,23 @@ pub async fn run(conn: &ConnectionArgs, a: PrefetchArgs) -> Result<ExitCode> {
 /// What was fetched, skipped and failed; the exit code.
 fn print_report(
     a: &PrefetchArgs,
-    url: &OssUrl,
+    url: &StoreUrl,
     report: &ossmount::prefetch::PrefetchReport,
     capacity: Option<u64>,
 ) -> ExitCode {
     for (key, size) in &report.skipped {
         eprintln!(
-            "not prefetched (does not fit the cache's capacity{}): oss://{}/{key} ({})",
+            "not prefetched (does not fit the cache's capacity{}): {}://{}/{key} ({})",
             capacity
                 .map(|c| format!(" of {}", human_bytes(c)))
                 .unwrap_or_default(),
+            url.scheme,
             url.bucket,
             human_bytes(*size)
         );
     }
     for (key, err) in &report.failed {
-        eprintln!("failed: oss://{}/{key}: {err}", url.bucket);
+        eprintln!("failed: {}://{}/{key}: {err}", url.scheme, url.bucket);
     }
     if !a.quiet {
         eprintln!(

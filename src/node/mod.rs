@@ -511,11 +511,12 @@ impl Node {
         self.sessions.lock().unwrap().live.clone()
     }
 
-    /// A live session serving `bucket` (for a prefetch asked over the control socket).
-    pub fn session_for_bucket(&self, bucket: &str) -> Option<Arc<MountSession>> {
+    /// A live session serving `bucket` through the store of `scheme` (for a prefetch asked
+    /// over the control socket): an `s3://` prefetch is never run with an OSS mount's client.
+    pub fn session_for_bucket(&self, scheme: &str, bucket: &str) -> Option<Arc<MountSession>> {
         self.sessions()
             .into_iter()
-            .find(|s| s.opts.url.bucket == bucket && !s.has_ended())
+            .find(|s| s.opts.url.scheme == scheme && s.opts.url.bucket == bucket && !s.has_ended())
     }
 
     /// Waits until a first mount has been asked for (taken or refused).
@@ -682,10 +683,14 @@ fn raise_open_file_limit() {
 }
 
 impl crate::control::Served for Node {
-    fn prefetch_with(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String> {
-        let s = self.session_for_bucket(bucket).ok_or_else(|| {
+    fn prefetch_with(
+        &self,
+        scheme: &str,
+        bucket: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, Arc<Cache>), String> {
+        let s = self.session_for_bucket(scheme, bucket).ok_or_else(|| {
             format!(
-                "no mount of bucket {bucket} is served from this cache directory; mount it first, or prefetch into another --cache-dir"
+                "no mount of {scheme}://{bucket} is served from this cache directory; mount it first, or prefetch into another --cache-dir"
             )
         })?;
         Ok((s.fs.store().clone(), s.fs.cache().clone()))

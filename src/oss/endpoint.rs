@@ -242,6 +242,16 @@ impl fmt::Display for OssUrl {
     }
 }
 
+impl From<OssUrl> for crate::store::StoreUrl {
+    fn from(u: OssUrl) -> Self {
+        crate::store::StoreUrl {
+            scheme: "oss",
+            bucket: u.bucket,
+            key: u.key,
+        }
+    }
+}
+
 pub fn validate_bucket(bucket: &str) -> Result<(), String> {
     let ok_chars = bucket
         .bytes()

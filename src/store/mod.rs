@@ -72,6 +72,23 @@ impl RetryPolicy {
     }
 }
 
+/// A bucket and a key (or prefix), with the scheme it was written in (`oss`, `s3`): what a
+/// mount, a prefetch and their reports name, whichever store serves them. Parsing and
+/// checking a URL is each store's (`oss::OssUrl`, `s3::S3Url`, which convert into this);
+/// this only carries the result, so the layers above the stores need no store's types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    pub scheme: &'static str,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}/{}", self.scheme, self.bucket, self.key)
+    }
+}
+
 /// What a HEAD (or a GET's headers) says about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -252,7 +269,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         })
     }
 
-    /// Where the objects come from (endpoint), to tell caches of different stores apart.
+    /// Where the objects come from, to tell caches of different stores apart: a cache entry
+    /// is named by it, the bucket and the key, and its checkpoint holds it. It must name the
+    /// kind of store as well as the endpoint wherever two kinds could share an endpoint: the
+    /// OSS client's is its bare endpoint URL (as before there was any other kind, so caches
+    /// written then stay valid), the S3 client's `s3+` and its endpoint.
     fn location(&self) -> String;
 
     /// Who this store reads as (its endpoint and its credentials' principal, never a
@@ -260,6 +281,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// object before they are served it from the cache.
     fn principal(&self) -> String {
         self.location()
+    }
+}
+
+/// The URL scheme of the store a location (`ObjectStore::location`, as a checkpoint records
+/// it) belongs to: `s3` for the S3 client's `s3+` locations; `oss` for the bare endpoints
+/// the OSS client has always recorded.
+pub fn scheme_of_location(location: &str) -> &'static str {
+    if location.starts_with("s3+") {
+        "s3"
+    } else {
+        "oss"
     }
 }
 

@@ -289,8 +289,12 @@ impl ObjectStore for S3Client {
         Box::pin(async move { self.list_objects_v2(bucket, &req).await })
     }
 
+    /// `s3+` and the endpoint: the OSS client's location is its bare endpoint, and OSS
+    /// answers S3 requests too, so without the kind one endpoint's object read through both
+    /// APIs would be one cache entry (its checkpoint, ETag and checksums are not the same
+    /// between them).
     fn location(&self) -> String {
-        self.endpoint_name()
+        format!("s3+{}", self.endpoint_name())
     }
 
     fn principal(&self) -> String {
@@ -298,6 +302,6 @@ impl ObjectStore for S3Client {
             Some(source) => source.principal(),
             None => "anonymous".into(),
         };
-        format!("{} as {who}", self.endpoint_name())
+        format!("{} as {who}", self.location())
     }
 }

@@ -173,6 +173,16 @@ impl fmt::Display for S3Url {
     }
 }
 
+impl From<S3Url> for crate::store::StoreUrl {
+    fn from(u: S3Url) -> Self {
+        crate::store::StoreUrl {
+            scheme: "s3",
+            bucket: u.bucket,
+            key: u.key,
+        }
+    }
+}
+
 /// S3's bucket naming rules (general purpose buckets): 3-63 characters of a-z, 0-9, '.' and
 /// '-', starting and ending with a letter or digit.
 fn validate_bucket(bucket: &str) -> Result<(), String> {
