@@ -46,6 +46,12 @@ pub enum Request {
     Mount {
         spec: serde_json::Value,
         foreground: bool,
+        /// The command asked before and its node went away without an answer: a mount
+        /// already served at the same mount point of the same URL may be the one it asked
+        /// for (taken over by the new server), and is answered as this request's (absent
+        /// from an older command: false).
+        #[serde(default)]
+        again: bool,
     },
     /// A foreground command whose node was replaced (crash, upgrade) watches its mount
     /// again: as after `Mount`, it hears `Mounted`, then `Ended`.
@@ -105,6 +111,7 @@ pub trait Served: Send + Sync + 'static {
         self: Arc<Self>,
         spec: serde_json::Value,
         foreground: bool,
+        again: bool,
         fd: Option<std::os::fd::OwnedFd>,
         lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
         w: OwnedWriteHalf,
@@ -249,7 +256,11 @@ async fn handle(
         Err(problem) => return send(&mut w, &Reply::Error(problem)).await,
     };
     let (scheme, bucket, prefix, objects) = match req {
-        Request::Mount { spec, foreground } => {
+        Request::Mount {
+            spec,
+            foreground,
+            again,
+        } => {
             if let Some(why) = foreign {
                 tracing::warn!("a mount request refused: {why}");
                 return send(&mut w, &Reply::Error(why)).await;
@@ -260,7 +271,7 @@ async fn handle(
                 return send(&mut w, &Reply::Error(msg)).await;
             }
             let lines = BufReader::new(r).lines();
-            served.mount(spec, foreground, fd, lines, w).await;
+            served.mount(spec, foreground, again, fd, lines, w).await;
             return Ok(());
         }
         Request::Attach { mount_id } => {
@@ -522,6 +533,7 @@ mod tests {
             self: Arc<Self>,
             _spec: serde_json::Value,
             _foreground: bool,
+            _again: bool,
             _fd: Option<OwnedFd>,
             _lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
             mut w: OwnedWriteHalf,

@@ -308,7 +308,10 @@ pub fn join(
     log: &super::node::NodeLog<'_>,
 ) -> Result<join::Joined> {
     let env = chain_environment(&m.url);
-    let (opts, joined) = rt.block_on(ask_node(conn, m, env, log))?;
+    let (opts, mut joined) = rt.block_on(ask_node(conn, m, env, log))?;
+    if ossmount::mount::fuse_fd(&opts.mountpoint).is_none() {
+        joined.set_mountpoint(&opts.mountpoint);
+    }
     tracing::debug!(
         "mount {} served by node {}",
         joined.mount_id,

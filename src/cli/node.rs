@@ -239,6 +239,8 @@ pub async fn join_or_start(
     log: &NodeLog<'_>,
 ) -> Result<Joined> {
     let mut last = String::new();
+    // A node that went away without answering may have mounted it first.
+    let mut again = false;
     for attempt in 0..10u32 {
         let conn = match join::connect(cache_dir).await {
             Some(c) => Some(c),
@@ -246,13 +248,16 @@ pub async fn join_or_start(
         };
         // `None`: another node holds the cache and is ending; ask again in a moment.
         if let Some(conn) = conn {
-            match join::request_mount(conn, req).await {
+            match join::request_mount(conn, req, again).await {
                 Ok(mut j) => {
                     j.set_cache_dir(cache_dir);
                     return Ok(j);
                 }
                 Err(JoinError::Refused(msg)) => bail!("{msg}"),
-                Err(JoinError::Gone(why)) => last = why,
+                Err(JoinError::Gone(why)) => {
+                    last = why;
+                    again = true;
+                }
             }
         } else {
             last = "the node holding the cache directory was ending".into();

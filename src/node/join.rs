@@ -46,6 +46,9 @@ pub struct Joined {
     w: OwnedWriteHalf,
     /// Where to find the node again when it is replaced (see `wait`).
     cache_dir: Option<std::path::PathBuf>,
+    /// Where the mount is (a path, not a descriptor): gone from the mount table while no
+    /// server answers means it was unmounted meanwhile (see `reattach`).
+    mountpoint: Option<std::path::PathBuf>,
 }
 
 /// The node serving `cache_dir`, if one answers on its socket.
@@ -53,11 +56,17 @@ pub async fn connect(cache_dir: &Path) -> Option<UnixStream> {
     UnixStream::connect(socket_path(cache_dir)).await.ok()
 }
 
-/// Asks the node on `conn` for the mount.
-pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joined, JoinError> {
+/// Asks the node on `conn` for the mount; `again` after a node went away without answering
+/// (see `Request::Mount`).
+pub async fn request_mount(
+    conn: UnixStream,
+    req: &MountRequest,
+    again: bool,
+) -> Result<Joined, JoinError> {
     let request = Request::Mount {
         spec: req.spec.clone(),
         foreground: req.foreground,
+        again,
     };
     let mut line = serde_json::to_vec(&request).expect("requests serialise");
     line.push(b'\n');
@@ -86,6 +95,7 @@ pub async fn request_mount(conn: UnixStream, req: &MountRequest) -> Result<Joine
                 lines,
                 w,
                 cache_dir: None,
+                mountpoint: None,
             }),
             Ok(Reply::Error(e)) => Err(JoinError::Refused(e)),
             Ok(other) => Err(JoinError::Refused(format!("unexpected answer: {other:?}"))),
@@ -103,9 +113,26 @@ impl Joined {
         self.cache_dir = Some(dir.to_path_buf());
     }
 
+    /// The mount's path, so that a `wait` whose server is being replaced learns of an
+    /// unmount that came meanwhile.
+    pub fn set_mountpoint(&mut self, at: &Path) {
+        self.mountpoint = Some(at.to_path_buf());
+    }
+
+    /// The mount was unmounted (its path left the mount table): known only for a mount at a
+    /// path, and only when the table can be read.
+    fn was_unmounted(&self) -> bool {
+        self.mountpoint.as_deref().is_some_and(|at| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .is_ok_and(|table| !fuse_mounted_in(&table, at))
+        })
+    }
+
     /// Watches the mount again through whichever server serves the cache directory now
-    /// (its holder started a new one): bounded, 60 s.
-    async fn reattach(&mut self, asked_unmount: bool) -> Result<(), String> {
+    /// (its holder started a new one): bounded, 60 s. `Ok(false)`: it was unmounted
+    /// meanwhile (an `umount` right after the crash: the server that took it over ended
+    /// with it before this command could ask), which is the end it was waiting for.
+    async fn reattach(&mut self, asked_unmount: bool) -> Result<bool, String> {
         let gone = || "the node serving the mount ended before the mount did".to_string();
         let Some(dir) = self.cache_dir.clone() else {
             return Err(gone());
@@ -114,6 +141,9 @@ impl Joined {
         while start.elapsed() < std::time::Duration::from_secs(60) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let Some(conn) = connect(&dir).await else {
+                if self.was_unmounted() {
+                    return Ok(false);
+                }
                 continue;
             };
             let (r, mut w) = conn.into_split();
@@ -135,8 +165,9 @@ impl Joined {
                         if asked_unmount {
                             let _ = self.w.write_all(b"unmount\n").await;
                         }
-                        return Ok(());
+                        return Ok(true);
                     }
+                    Ok(Reply::Error(_)) if self.was_unmounted() => return Ok(false),
                     Ok(Reply::Error(e)) => return Err(format!("the mount ended: {e}")),
                     _ => continue,
                 },
@@ -171,11 +202,38 @@ impl Joined {
                         Ok(Reply::Error(msg)) => eprintln!("ossmount: {msg}"),
                         _ => continue,
                     },
-                    Ok(None) | Err(_) => self.reattach(asked > 0).await?,
+                    Ok(None) | Err(_) => {
+                        if !self.reattach(asked > 0).await? {
+                            return Ok(());
+                        }
+                    }
                 },
             }
         }
     }
+}
+
+/// Whether `table` (mountinfo text) lists a FUSE filesystem mounted at `at`.
+fn fuse_mounted_in(table: &str, at: &Path) -> bool {
+    // mountinfo writes space, tab, newline and backslash as octal escapes.
+    let mut want = String::new();
+    for c in at.to_string_lossy().chars() {
+        match c {
+            ' ' => want.push_str("\\040"),
+            '\t' => want.push_str("\\011"),
+            '\n' => want.push_str("\\012"),
+            '\\' => want.push_str("\\134"),
+            c => want.push(c),
+        }
+    }
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fs_type = fields
+            .iter()
+            .position(|f| *f == "-")
+            .and_then(|dash| fields.get(dash + 1));
+        fields.get(4) == Some(&want.as_str()) && fs_type.is_some_and(|t| t.starts_with("fuse"))
+    })
 }
 
 async fn send(w: &mut OwnedWriteHalf, reply: &Reply) -> bool {
@@ -189,6 +247,7 @@ pub(super) async fn serve_mount(
     node: Arc<Node>,
     spec: serde_json::Value,
     foreground: bool,
+    again: bool,
     fd: Option<OwnedFd>,
     lines: Lines<BufReader<OwnedReadHalf>>,
     mut w: OwnedWriteHalf,
@@ -220,6 +279,22 @@ pub(super) async fn serve_mount(
         send(&mut w, &Reply::Error(msg)).await;
         return;
     }
+    if again && fd.is_none() {
+        if let Some(session) = mount_taken_over(&node, &opts).await {
+            // Its earlier request mounted this, and the server that did was replaced before
+            // it answered: the command watches the mount the new server took over.
+            let _told = starting;
+            let mounted = Reply::Mounted {
+                mount_id: session.id,
+                node_pid: std::process::id(),
+                notes: Vec::new(),
+            };
+            if send(&mut w, &mounted).await && foreground {
+                watch_for_command(&node, &session, lines, w).await;
+            }
+            return;
+        }
+    }
     let notes = node.differences(&opts);
     let n = node.clone();
     let session =
@@ -250,6 +325,29 @@ pub(super) async fn serve_mount(
         return;
     }
     watch_for_command(&node, &session, lines, w).await;
+}
+
+/// The live mount of `opts`' URL at its mount point, waited for while this server takes
+/// mounts over (bounded, 60 s).
+async fn mount_taken_over(
+    node: &Arc<Node>,
+    opts: &crate::mount::MountOptions,
+) -> Option<Arc<MountSession>> {
+    let find = || {
+        node.sessions().into_iter().find(|s| {
+            !s.has_ended() && s.opts.mountpoint == opts.mountpoint && s.opts.url == opts.url
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut found = find();
+    while found.is_none()
+        && node.taking_over()
+        && start.elapsed() < std::time::Duration::from_secs(60)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        found = find();
+    }
+    found
 }
 
 /// A foreground command that watched mount `mount_id` through a server now gone watches it
@@ -369,5 +467,24 @@ fn unmount(s: &MountSession, lazily: bool) {
                 s.opts.mountpoint.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuse_mounted_in;
+    use std::path::Path;
+
+    #[test]
+    fn a_fuse_mount_is_found_at_its_escaped_path_and_nothing_else_counts() {
+        let table = "\
+36 25 0:32 / /tmp/a\\040b/mnt rw,nosuid,nodev - fuse.ossmount ossmount rw,user_id=0
+37 25 0:33 / /tmp/plain rw - tmpfs tmpfs rw
+38 25 0:34 / /tmp/plainer rw shared:5 - fuse.ossmount ossmount rw
+";
+        assert!(fuse_mounted_in(table, Path::new("/tmp/a b/mnt")));
+        assert!(fuse_mounted_in(table, Path::new("/tmp/plainer")));
+        assert!(!fuse_mounted_in(table, Path::new("/tmp/plain")), "tmpfs");
+        assert!(!fuse_mounted_in(table, Path::new("/tmp/a b")), "unmounted");
     }
 }

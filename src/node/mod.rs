@@ -700,11 +700,14 @@ impl crate::control::Served for Node {
         self: Arc<Self>,
         spec: serde_json::Value,
         foreground: bool,
+        again: bool,
         fd: Option<std::os::fd::OwnedFd>,
         lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
         w: tokio::net::unix::OwnedWriteHalf,
     ) -> crate::store::BoxFut<'static, ()> {
-        Box::pin(join::serve_mount(self, spec, foreground, fd, lines, w))
+        Box::pin(join::serve_mount(
+            self, spec, foreground, again, fd, lines, w,
+        ))
     }
 
     fn attach(
