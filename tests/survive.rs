@@ -607,13 +607,9 @@ async fn a_killed_holder_leaves_the_server_serving_and_unmount_ends_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreground_mount_command_follows_its_mount_to_the_new_server() {
-    require_fuse();
-    let s = Server::start().await;
-    s.put("f.txt", b"foreground");
-    let (mnt, cache) = dirs(&s, "foreground");
-    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+/// SIGKILL of the server of `m`'s mount; returns its pid once a new server took the mount
+/// over (bounded).
+fn kill_the_server_until_a_new_one_took_over(m: &Mount) -> i32 {
     let old = m.node_pid().expect("a server");
     // SAFETY: signalling a process by pid.
     unsafe { libc::kill(old, libc::SIGKILL) };
@@ -625,6 +621,17 @@ async fn a_foreground_mount_command_follows_its_mount_to_the_new_server() {
         "no new server: {}",
         m.log_text()
     );
+    old
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_mount_command_follows_its_mount_to_the_new_server() {
+    require_fuse();
+    let s = Server::start().await;
+    s.put("f.txt", b"foreground");
+    let (mnt, cache) = dirs(&s, "foreground");
+    let mut m = Mount::start(&s, &url(), &mnt, &cache, &[]);
+    kill_the_server_until_a_new_one_took_over(&m);
     assert_eq!(std::fs::read(mnt.join("f.txt")).unwrap(), b"foreground");
     // The command is still there, watching through the new server.
     std::thread::sleep(Duration::from_millis(500));
@@ -665,17 +672,7 @@ async fn a_foreground_mount_whose_server_dies_before_answering_follows_its_mount
             );
             std::thread::sleep(Duration::from_micros(200));
         }
-        let old = m.node_pid().expect("a server");
-        // SAFETY: signalling a process by pid.
-        unsafe { libc::kill(old, libc::SIGKILL) };
-        assert!(
-            wait_until(Duration::from_secs(30), || m
-                .node_pid()
-                .is_some_and(|p| p != old)
-                && m.log_text().contains("took over")),
-            "no new server: {}",
-            m.log_text()
-        );
+        let old = kill_the_server_until_a_new_one_took_over(&m);
         assert_eq!(std::fs::read(mnt.join("f.txt")).unwrap(), b"answered");
         // The command heard "mounted" (from one server or the other) and is still there.
         assert!(

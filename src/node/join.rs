@@ -327,16 +327,16 @@ pub(super) async fn serve_mount(
     watch_for_command(&node, &session, lines, w).await;
 }
 
-/// The live mount of `opts`' URL at its mount point, waited for while this server takes
-/// mounts over (bounded, 60 s).
-async fn mount_taken_over(
+/// The live mount that `is` picks, waited for while this server takes mounts over (a mount
+/// handed over may not be taken over yet; bounded, 60 s).
+async fn live_session(
     node: &Arc<Node>,
-    opts: &crate::mount::MountOptions,
+    is: impl Fn(&MountSession) -> bool,
 ) -> Option<Arc<MountSession>> {
     let find = || {
-        node.sessions().into_iter().find(|s| {
-            !s.has_ended() && s.opts.mountpoint == opts.mountpoint && s.opts.url == opts.url
-        })
+        node.sessions()
+            .into_iter()
+            .find(|s| !s.has_ended() && is(s))
     };
     let start = std::time::Instant::now();
     let mut found = find();
@@ -350,6 +350,17 @@ async fn mount_taken_over(
     found
 }
 
+/// The live mount of `opts`' URL at its mount point.
+async fn mount_taken_over(
+    node: &Arc<Node>,
+    opts: &crate::mount::MountOptions,
+) -> Option<Arc<MountSession>> {
+    live_session(node, |s| {
+        s.opts.mountpoint == opts.mountpoint && s.opts.url == opts.url
+    })
+    .await
+}
+
 /// A foreground command that watched mount `mount_id` through a server now gone watches it
 /// again through this one.
 pub(super) async fn serve_attach(
@@ -361,22 +372,7 @@ pub(super) async fn serve_attach(
     let Some(_told) = node.starting() else {
         return;
     };
-    // A mount handed over may not be taken over yet: waited for (bounded).
-    let find = || {
-        node.sessions()
-            .into_iter()
-            .find(|s| s.id == mount_id && !s.has_ended())
-    };
-    let start = std::time::Instant::now();
-    let mut found = find();
-    while found.is_none()
-        && node.taking_over()
-        && start.elapsed() < std::time::Duration::from_secs(60)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        found = find();
-    }
-    let Some(session) = found else {
+    let Some(session) = live_session(&node, |s| s.id == mount_id).await else {
         let msg = format!("mount {mount_id} is not served from this cache directory any more");
         send(&mut w, &Reply::Error(msg)).await;
         return;
