@@ -105,6 +105,21 @@ async fn readahead_stops_at_the_budget_and_starts_again_on_a_second_pass() {
     // The window read and two ahead: the budget holds three.
     assert_eq!(r.state.lock().unwrap().by_start.len(), 3);
     assert!(read_all(&r, 16 << 10).await == crate::sample::bytes(80, 20 * SMALL_WINDOW as usize));
+    // The fetches of the windows still held end first (bounded): each keeps its window, and
+    // the window's memory, for a moment after its last bytes (on a loaded machine, past the
+    // next read: CI once saw the third window find no memory).
+    let started = std::time::Instant::now();
+    while !r
+        .state
+        .lock()
+        .unwrap()
+        .by_start
+        .values()
+        .all(|w| w.fetch_ended())
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // A new pass from the start gets its windows fetched ahead again.
     let gets = store.counters.gets.load(Ordering::Relaxed);
     bounded(&r, 0, 100).await.unwrap();

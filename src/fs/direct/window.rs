@@ -135,6 +135,13 @@ impl Window {
     pub(super) fn len(&self) -> u64 {
         self.range.end - self.range.start
     }
+
+    /// The window's fetch task has ended (it holds the window, and so its memory, for a
+    /// moment after its last bytes arrived).
+    #[cfg(test)]
+    pub(super) fn fetch_ended(&self) -> bool {
+        self.fetch.get().is_none_or(|h| h.is_finished())
+    }
 }
 
 /// Marks a window failed if its fetch ends (or is torn down) before the whole range arrived,
