@@ -489,7 +489,7 @@ impl OssFs {
         if matches!(e, HydrateError::ObjectChanged { .. }) || e.is_corrupt() {
             self.cache.discard(id);
             let mut ns = self.ns.lock().unwrap();
-            ns.forget_identity(&id.key);
+            ns.forget_identity(&id.key, e.is_corrupt());
         }
     }
 

@@ -207,9 +207,12 @@ impl Namespace {
     }
 
     /// The version known for `key` is not to be trusted (it changed, or its bytes failed
-    /// their check): the next open of any inode of that key asks the server. (A walk over
-    /// the nodes that know an identity, on a failure's path only.)
-    pub(super) fn forget_identity(&mut self, key: &str) {
+    /// their check): the next open of any inode of that key asks the server. With
+    /// `pages_bad` (bytes failed their check) the kernel's page cache of it is not trusted
+    /// either: it may hold bytes served before the check, so the next open drops it even for
+    /// the same version. (A walk over the nodes that know an identity, on a failure's path
+    /// only.)
+    pub(super) fn forget_identity(&mut self, key: &str, pages_bad: bool) {
         let last = key
             .trim_end_matches('/')
             .rsplit('/')
@@ -218,7 +221,7 @@ impl Namespace {
         let same_key: Vec<u64> = self
             .nodes
             .iter()
-            .filter(|(_, n)| *n.name == *last && n.identity().is_some())
+            .filter(|(_, n)| *n.name == *last && n.opened.is_some())
             .map(|(ino, _)| *ino)
             .filter(|ino| self.key_of(*ino).as_deref() == Some(key))
             .collect();
@@ -226,6 +229,9 @@ impl Namespace {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 if let Some(o) = n.opened.as_mut() {
                     o.identity = None;
+                    if pages_bad {
+                        o.kernel_etag = None;
+                    }
                 }
                 n.tidy_opened();
             }

@@ -343,8 +343,9 @@ impl OssFs {
                     .engine_stats()
                     .crc_mismatches
                     .fetch_add(1, Ordering::Relaxed);
-                // The next open asks the server again rather than trusting this version.
-                self.ns.lock().unwrap().forget_identity(&r.id.key);
+                // The next open asks the server again rather than trusting this version, and
+                // drops the pages the kernel kept of it.
+                self.ns.lock().unwrap().forget_identity(&r.id.key, true);
                 Err(mismatch_error(r, v))
             }
             Some(Verdict::Unverified) => {
