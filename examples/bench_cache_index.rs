@@ -29,6 +29,7 @@ fn populate(entries: &Path, n: usize, parts: usize) {
             etag: format!("\"{i:032X}\""),
             last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
             crc64: Some(i as u64),
+            digest: None,
         };
         let name = Cache::entry_name(LOCATION, "bench", &key);
         let data = entries.join(format!("{name}.data"));

@@ -41,6 +41,7 @@ fn identity(size: u64) -> ObjectIdentity {
         etag: "\"0123456789ABCDEF0123456789ABCDEF\"".into(),
         last_modified: "Mon, 30 Nov 2026 00:00:00 GMT".into(),
         crc64: Some(0x1234_5678_9ABC_DEF0),
+        digest: None,
     }
 }
 

@@ -480,6 +480,7 @@ async fn an_unread_first_part_get_yields_its_connection_to_a_footer_read_and_to_
                 cfg,
                 limiter,
                 None,
+                None,
                 Some(Prefetched::Part {
                     range: 0..part,
                     stream,

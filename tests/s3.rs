@@ -2,8 +2,9 @@
 //! from crates.io that checks SigV4, started in this process on 127.0.0.1 over a temp
 //! directory (each subdirectory a bucket) with known keys: `ls` over two listing pages,
 //! `stat`, a multi-part `download` byte-exact with its checkpoint removed and its MD5 checked,
-//! a byte flipped in transit caught by that check, credentials from a shared credentials
-//! file, and a wrong secret refused with the service's error code.
+//! a byte flipped in transit caught by that check, an object uploaded with its CRC64NVME
+//! checked by that instead (and a lie caught), credentials from a shared credentials file,
+//! and a wrong secret refused with the service's error code.
 
 mod common;
 #[path = "common/s3.rs"]
@@ -216,6 +217,61 @@ async fn a_byte_flipped_in_transit_fails_the_md5_check_and_nothing_is_kept() {
     assert_ok(&out, "download from the honest server");
     assert!(stderr(&out).contains("MD5 verified"), "{}", stderr(&out));
     assert!(std::fs::read(&local).unwrap() == ossmount::sample::bytes(seed, size as usize));
+}
+
+/// An object uploaded with its CRC64NVME, as AWS SDKs upload new objects (s3s-fs checks the
+/// value against its own implementation and keeps it): `stat` shows it, a download checks the
+/// whole object against it (preferred to the MD5 ETag: cheaper), and a byte flipped in
+/// transit fails that check and keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crc64nvme_object_is_checked_by_it_and_a_byte_flipped_in_transit_is_caught() {
+    let s = S3Server::start().await;
+    let size = 9 * MIB + 77;
+    let data = ossmount::sample::bytes(7070, size as usize);
+    let crc = s.put_with_crc64nvme("nvme.bin", &data).await;
+    let url = format!("s3://{BUCKET}/nvme.bin");
+
+    let out = run(&["stat", &url], s.env(SK)).await;
+    assert_ok(&out, "stat");
+    assert!(
+        stdout(&out).contains(&format!("checksum:      CRC64NVME {crc:016x}")),
+        "{}",
+        stdout(&out)
+    );
+
+    let local = s.scratch.path().join("nvme.bin");
+    let args = [
+        "download",
+        &url,
+        local.to_str().unwrap(),
+        "--part-size",
+        "2MiB",
+        "--threads",
+        "3",
+    ];
+    *s.flip_part_at.lock().unwrap() = Some(4 * MIB);
+    let out = run(&args, s.env(SK)).await;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("CRC64NVME mismatch") && err.contains(&format!("{crc:016x}")),
+        "{err}"
+    );
+    assert!(
+        !local.exists(),
+        "no file from a download that failed its check"
+    );
+    assert!(!sibling(&local, ".dcp").exists(), "no checkpoint kept");
+
+    *s.flip_part_at.lock().unwrap() = None;
+    let out = run(&args, s.env(SK)).await;
+    assert_ok(&out, "download from the honest server");
+    assert!(
+        stderr(&out).contains("CRC64NVME verified"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&local).unwrap() == data);
 }
 
 /// 503 SlowDown is retried (with backoff) until the part arrives: the download completes

@@ -2,8 +2,9 @@
 //! FUSE (root and /dev/fuse required), against s3s-fs on 127.0.0.1 (tests/common/s3.rs):
 //! `ls -l` of 1,500 keys over two listing pages, a cold multi-part `cp` byte-exact, resume
 //! after SIGKILL with the relay counting the bytes of the second run, a wrong secret refused
-//! with the service's error code and nothing mounted, and cache entries of an `s3://` and an
-//! `oss://` store of one endpoint kept apart. Every mount is a `Mount` guard, which unmounts
+//! with the service's error code and nothing mounted, cache entries of an `s3://` and an
+//! `oss://` store of one endpoint kept apart, and reads served to the end only once the whole
+//! object matches its CRC64NVME or MD5 (`--require-crc` refusing an object with neither). Every mount is a `Mount` guard, which unmounts
 //! and reaps it even when the test fails; every wait is bounded.
 
 mod common;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mount::{
-    entry_checkpoints, force_unmount, fs_op, is_mounted, refused_mount, require_fuse, Mount,
+    entry_checkpoints, force_unmount, fs_op, getxattr, is_mounted, refused_mount, require_fuse,
+    Mount,
 };
 use common::{bin, sha256_file, wait_until, CommandWithin};
 use s3_server::*;
@@ -338,4 +340,96 @@ async fn an_s3_entry_is_never_an_oss_entry_of_the_same_endpoint_bucket_and_key()
     let by_oss = by_s3.for_store(oss);
     assert!(by_oss.cached_identity(BUCKET, "data/p.bin").is_none());
     assert!(by_oss.entry_state(BUCKET, "data/p.bin").is_none());
+}
+
+/// `cat` of a mounted file, bounded: whether it succeeded, and what it printed.
+async fn cat(p: std::path::PathBuf) -> (bool, Vec<u8>) {
+    fs_op(Duration::from_secs(120), move || {
+        let out = Command::new("cat")
+            .arg(p)
+            .output_within(Duration::from_secs(120), "cat")
+            .unwrap();
+        (out.status.success(), out.stdout)
+    })
+    .await
+}
+
+/// A mounted S3 object is served to its end only once the whole object matches its digest:
+/// CRC64NVME where it was uploaded with one, the MD5 ETag otherwise. A byte flipped in
+/// transit fails the `cat` (the mismatch logged and counted), and the next open, with the
+/// server honest again, is served byte-exact. `--require-crc` serves objects with either
+/// digest and refuses, before any GET, one whose ETag is a multipart upload's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_end_only_on_bytes_that_match_the_whole_object_digest() {
+    require_fuse();
+    let s = S3Server::start().await;
+    let size = 13 * MIB + 5;
+    let md5_data = ossmount::sample::bytes(61, size as usize);
+    s.put("md5.bin", &md5_data);
+    let nvme_data = ossmount::sample::bytes(62, size as usize);
+    s.put_with_crc64nvme("nvme.bin", &nvme_data).await;
+    s.put("multi.bin", &ossmount::sample::bytes(63, size as usize));
+    s.as_multipart_upload("multi.bin");
+    let (mnt, cache) = dirs(&s, "digest");
+    let flags = ["--part-size", "4MiB"];
+    let m = Mount::start_with_env(&url(), &mnt, &cache, &flags, s.env(SK));
+
+    for (key, data, algorithm) in [
+        ("md5.bin", &md5_data, "MD5"),
+        ("nvme.bin", &nvme_data, "CRC64NVME"),
+    ] {
+        *s.flip_part_at.lock().unwrap() = Some(8 * MIB);
+        let (ok, out) = cat(m.path(key)).await;
+        assert!(
+            !ok,
+            "{key}: cat of bytes that fail the {algorithm} check must fail"
+        );
+        assert!(
+            out.len() < size as usize,
+            "{key}: the end is never served ({} bytes)",
+            out.len()
+        );
+        let log = m.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{algorithm} mismatch")) && l.contains(key)),
+            "{log}"
+        );
+        *s.flip_part_at.lock().unwrap() = None;
+        let (ok, out) = cat(m.path(key)).await;
+        assert!(
+            ok && out == *data,
+            "{key}: served byte-exact once the server is honest ({} bytes): {}",
+            out.len(),
+            m.log_text()
+        );
+        assert_eq!(
+            getxattr(&m.path(key), "user.ossmount.cached").as_deref(),
+            Some("complete"),
+            "{key}: checked by its {algorithm}"
+        );
+    }
+    let (ok, _) = cat(m.path("multi.bin")).await;
+    assert!(ok, "without --require-crc an unverifiable object is served");
+    assert_eq!(
+        getxattr(&m.path("multi.bin"), "user.ossmount.cached").as_deref(),
+        Some("unverified")
+    );
+    drop(m);
+
+    let (mnt, cache) = dirs(&s, "require");
+    let flags = ["--part-size", "4MiB", "--require-crc"];
+    let m = Mount::start_with_env(&url(), &mnt, &cache, &flags, s.env(SK));
+    let (ok, out) = cat(m.path("md5.bin")).await;
+    assert!(ok && out == md5_data, "an MD5 ETag verifies it");
+    let before = s.request_count();
+    let (ok, _) = cat(m.path("multi.bin")).await;
+    assert!(!ok, "a multipart ETag is no MD5: refused");
+    assert!(
+        s.requests_since(before).iter().all(|r| r.range.is_none()),
+        "refused before any GET of its bytes"
+    );
+    let log = m.log_text();
+    assert!(log.contains("--require-crc"), "{log}");
+    drop(m);
 }

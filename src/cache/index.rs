@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::hydrate::{Hydration, ObjectIdentity};
+use crate::hydrate::{Checked, Hydration, ObjectIdentity};
 
 use super::capacity::IndexEntry;
 use super::claims::Claim;
@@ -26,7 +26,7 @@ pub(super) struct Index {
     pub(super) active: HashMap<String, Hydration>,
     /// Parts each entry's earlier hydrations checked in this mount's life (for the version
     /// they belonged to): a reopen trusts them instead of reading the entry back again.
-    pub(super) checked: HashMap<String, (ObjectIdentity, fixedbitset::FixedBitSet)>,
+    pub(super) checked: HashMap<String, (ObjectIdentity, Checked)>,
     /// Entries whose files someone is working on outside the lock (`claims`): opens of them
     /// wait, eviction passes them over. Never also in `active`.
     pub(super) claims: HashMap<String, Claim>,

@@ -33,8 +33,8 @@ pub use entry::OpenEntry;
 
 use crate::hydrate::checkpoint::{Checkpoint, Verdict};
 use crate::hydrate::{
-    ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles, ObjectIdentity,
-    Prefetched,
+    Checked, ConnectionLimiter, HydrateError, Hydration, HydrationConfig, HydrationFiles,
+    ObjectIdentity, Prefetched,
 };
 use crate::store::ObjectStore;
 use capacity::{build_index, clean_strays, entry_files, Budget, Removal, Shared, FIXED_OVERHEAD};
@@ -318,7 +318,7 @@ impl Cache {
         h.stop();
         claim.release_with(|idx| {
             if h.failure().is_none() {
-                let kept = (h.identity().clone(), h.checked_parts());
+                let kept = (h.identity().clone(), h.checked());
                 idx.checked.insert(name.to_string(), kept);
             }
         });
@@ -360,7 +360,7 @@ impl Cache {
         id: &ObjectIdentity,
         name: &str,
         old: Option<Hydration>,
-        earlier_checks: Option<(ObjectIdentity, fixedbitset::FixedBitSet)>,
+        earlier_checks: Option<(ObjectIdentity, Checked)>,
         prefetched: Option<Prefetched>,
     ) -> Result<Hydration, HydrateError> {
         let mut start_fresh = false;
@@ -412,11 +412,9 @@ impl Cache {
             self.cfg.clone(),
             self.limiter.clone(),
             resume.as_ref(),
+            earlier_checks.as_ref().map(|(_, checked)| checked),
             prefetched,
         )?;
-        if let (Some((_, checked)), Some(_)) = (earlier_checks, &resume) {
-            h.trust_checked(&checked);
-        }
         Ok(h)
     }
 
@@ -465,16 +463,30 @@ impl Cache {
                 parts_total: p.parts_total,
                 etag: h.identity().etag.clone(),
                 complete: p.complete,
-                verified: p.complete && h.identity().crc64.is_some(),
+                // Complete means the whole-object digest passed, where there is one.
+                verified: p.complete
+                    && (h.identity().crc64.is_some() || h.identity().digest.is_some()),
             });
         }
         let c = Checkpoint::load(self.files(&name).checkpoint.as_ref()?).ok()?;
         let verdict = c.verdict();
+        // A whole-object digest is checked by reading the object back, which a record cannot
+        // show: verified if a hydration of this version passed it in this mount's life.
+        let digest_passed = c.digest.is_some()
+            && self
+                .shared
+                .index
+                .lock()
+                .unwrap()
+                .checked
+                .get(&name)
+                .is_some_and(|(id, checked)| checked.digest_passed && *id == c.identity());
         Some(EntryState {
             parts_present: c.parts_present(),
             parts_total: c.layout().count(),
             complete: matches!(verdict, Verdict::Complete | Verdict::Unverified),
-            verified: verdict == Verdict::Complete,
+            verified: verdict == Verdict::Complete
+                || (verdict == Verdict::Unverified && digest_passed),
             etag: c.etag,
         })
     }

@@ -24,6 +24,7 @@ fn fake_entry(entries: &Path, key: &str, present: &str, age_secs: u64) -> String
         etag: "\"E\"".into(),
         last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
         crc64: None,
+        digest: None,
     };
     let name = Cache::entry_name("http://127.0.0.1:1", "b", key);
     let data = entries.join(format!("{name}.data"));
@@ -372,6 +373,7 @@ fn a_reservation_looks_at_the_entries_it_evicts_not_at_every_entry() {
         etag: "\"E\"".into(),
         last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
         crc64: None,
+        digest: None,
     };
     assert!(shared.reserve("new", &id, 3 * 4096));
     let evictions = shared

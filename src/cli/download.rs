@@ -90,7 +90,9 @@ pub async fn run(conn: &ConnectionArgs, a: DownloadArgs) -> Result<ExitCode> {
             } else {
                 String::new()
             },
-            if r.md5_verified { "; MD5 verified" } else { "" }
+            r.digest_verified
+                .map(|a| format!("; {a} verified"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

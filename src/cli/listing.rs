@@ -67,9 +67,11 @@ pub async fn stat(conn: &ConnectionArgs, a: StatArgs) -> Result<ExitCode> {
     println!("size:          {} ({})", meta.size, human_bytes(meta.size));
     println!("etag:          {}", meta.etag);
     println!("last-modified: {}", meta.last_modified);
-    match meta.crc64 {
-        Some(c) => println!("crc64:         {c}"),
-        None => println!("crc64:         (not given by the server)"),
+    match (meta.crc64, meta.digest) {
+        (Some(c), _) => println!("crc64:         {c}"),
+        // S3: the whole object is checked by this instead of a CRC-64.
+        (None, Some(d)) => println!("checksum:      {} {}", d.algorithm(), d.hex()),
+        (None, None) => println!("crc64:         (not given by the server: not verifiable)"),
     }
     if let Some(ct) = &meta.content_type {
         println!("content-type:  {ct}");

@@ -78,8 +78,9 @@ pub struct MountArgs {
     /// directly (FUSE passthrough, used when the kernel offers it)
     #[arg(long)]
     no_passthrough: bool,
-    /// Refuse objects the server sends no CRC-64 for (they cannot be verified); without
-    /// it they are served and shown as unverified
+    /// Refuse objects that cannot be verified: no CRC-64 (OSS), or on S3 neither a
+    /// CRC64NVME nor an ETag that is the MD5; without it they are served and shown as
+    /// unverified
     #[arg(long)]
     require_crc: bool,
     /// Memory the node aims to stay under, e.g. 512MiB: read windows take a quarter of it,

@@ -42,9 +42,13 @@ pub enum FsError {
     /// kernel holds it from an earlier process whose journal did not keep it).
     #[error("inode {0} is unknown to this server and to the mount's journal; look it up again")]
     UnknownInode(u64),
-    /// `--require-crc` and the server announced no CRC-64 for the object.
-    #[error("oss://{bucket}/{key}: the server sends no CRC-64 (x-oss-hash-crc64ecma) for it, and --require-crc refuses objects that cannot be verified")]
-    NoCrc { bucket: String, key: String },
+    /// `--require-crc` and nothing to verify the object by.
+    #[error("{bucket}/{key}: {why}, and --require-crc refuses objects that cannot be verified")]
+    NoCrc {
+        bucket: String,
+        key: String,
+        why: &'static str,
+    },
     /// A read waited longer than `--read-deadline`.
     #[error("the read waited longer than its deadline ({0:?}) for its bytes")]
     Deadline(std::time::Duration),

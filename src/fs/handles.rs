@@ -239,11 +239,12 @@ impl OssFs {
     pub async fn open(&self, ino: u64) -> Result<Opened, FsError> {
         self.resolve(ino)?;
         let (id, prefetched) = self.identity_for_open(ino).await?;
-        if id.crc64.is_none() && self.cfg.require_crc {
-            tracing::warn!(key = %id.key, "refusing an object without a CRC-64 (--require-crc)");
+        if let Some(why) = self.unverifiable(&id).filter(|_| self.cfg.require_crc) {
+            tracing::warn!(key = %id.key, "refusing an object that cannot be verified (--require-crc): {why}");
             return Err(FsError::NoCrc {
                 bucket: id.bucket,
                 key: id.key,
+                why,
             });
         }
         // A new version while handles of another are open (or opening): it gets its own
@@ -316,6 +317,18 @@ impl OssFs {
             complete_file,
             version_changed,
         })
+    }
+
+    /// Why version `id` could not be verified when read whole, if it could not: a CRC-64
+    /// (OSS) is checked on every path; a whole-object digest (S3's CRC64NVME or MD5) only
+    /// through the cache, which an object larger than the whole cache bypasses.
+    fn unverifiable(&self, id: &ObjectIdentity) -> Option<&'static str> {
+        match (id.crc64, id.digest) {
+            (Some(_), _) => None,
+            (None, Some(_)) if id.size <= self.cache.capacity().max_bytes => None,
+            (None, Some(_)) => Some("only a whole-object digest (CRC64NVME or MD5) vouches for it, which is checked only for objects the cache can hold (raise --cache-size)"),
+            (None, None) => Some("the server sends no checksum for it (no x-oss-hash-crc64ecma; on S3 no CRC64NVME and an ETag that is not an MD5)"),
+        }
     }
 
     /// The reader of version `id` of `ino`: its cache entry (joining or starting its

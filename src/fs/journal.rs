@@ -44,6 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crc64;
 use crate::hydrate::ObjectIdentity;
+use crate::store::WholeDigest;
 
 use super::Kind;
 
@@ -76,6 +77,9 @@ const TAG_FILE: u8 = 2;
 const TAG_OPEN: u8 = 3;
 const TAG_BACKING: u8 = 4;
 const TAG_CLOSE: u8 = 5;
+/// The kinds of an open handle's whole-object digest.
+const DIGEST_CRC64NVME: u8 = 1;
+const DIGEST_MD5: u8 = 2;
 
 /// The version of a file a listing or HEAD showed when its node was journaled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -591,6 +595,18 @@ fn encode_open(buf: &mut Vec<u8>, fh: u64, ino: u64, id: &ObjectIdentity) {
         }
         None => buf.push(0),
     }
+    // Optional (a record of an earlier version ends before it).
+    match id.digest {
+        Some(WholeDigest::Crc64Nvme(crc)) => {
+            buf.push(DIGEST_CRC64NVME);
+            buf.extend_from_slice(&crc.to_le_bytes());
+        }
+        Some(WholeDigest::Md5(md5)) => {
+            buf.push(DIGEST_MD5);
+            buf.extend_from_slice(&md5);
+        }
+        None => {}
+    }
     seal(buf, start);
 }
 
@@ -700,6 +716,11 @@ fn open_handles(mut bytes: &[u8]) -> Vec<HandleRecord> {
                         1 => Some(f.u64()?),
                         _ => None,
                     };
+                    let digest = match f.u8() {
+                        Some(DIGEST_CRC64NVME) => Some(WholeDigest::Crc64Nvme(f.u64()?)),
+                        Some(DIGEST_MD5) => Some(WholeDigest::Md5(f.take(16)?.try_into().ok()?)),
+                        _ => None,
+                    };
                     Some(HandleRecord {
                         fh,
                         ino,
@@ -710,6 +731,7 @@ fn open_handles(mut bytes: &[u8]) -> Vec<HandleRecord> {
                             etag,
                             last_modified,
                             crc64,
+                            digest,
                         },
                         backing: None,
                     })
@@ -744,6 +766,7 @@ mod tests {
             etag: etag.into(),
             last_modified: "Tue, 01 Dec 2026 10:00:00 GMT".into(),
             crc64: Some(42),
+            digest: None,
         }
     }
 
@@ -819,6 +842,38 @@ mod tests {
                 backing: Some(7),
             }]
         );
+    }
+
+    /// An open handle's whole-object digest (S3) comes back with it; a record without one (an
+    /// OSS object, or one an earlier version wrote) reads as none.
+    #[test]
+    fn an_open_handles_digest_comes_back_with_it() {
+        let with = |digest| {
+            let mut id = id("k", "\"E\"");
+            id.crc64 = None;
+            id.digest = digest;
+            id
+        };
+        let ids = [
+            with(Some(WholeDigest::Md5(*b"0123456789abcdef"))),
+            with(Some(WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888))),
+            with(None),
+            id("k", "\"E\""),
+        ];
+        let mut buf = Vec::new();
+        for (fh, id) in ids.iter().enumerate() {
+            encode_open(&mut buf, fh as u64, 10 + fh as u64, id);
+        }
+        let back = open_handles(&buf);
+        let mut got: Vec<_> = back.iter().map(|h| (h.fh, h.identity.clone())).collect();
+        got.sort_by_key(|(fh, _)| *fh);
+        let want: Vec<_> = ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, id)| (i as u64, id))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

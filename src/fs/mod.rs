@@ -60,7 +60,7 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
-    /// Refuse objects the server announces no CRC-64 for (they cannot be verified).
+    /// Refuse objects that cannot be verified (no CRC-64, no whole-object digest).
     pub require_crc: bool,
     /// The longest a read waits for its bytes before it fails with EIO.
     pub read_deadline: Duration,

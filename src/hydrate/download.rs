@@ -137,7 +137,7 @@ impl DownloadRequest {
         }
         if self.key.is_empty() || self.key.ends_with('/') {
             return bad(format!(
-                "oss://{}/{} names a prefix, not an object: give the object's full key",
+                "{}/{} names a prefix, not an object: give the object's full key",
                 self.bucket, self.key
             ));
         }
@@ -158,8 +158,9 @@ pub struct DownloadResult {
     pub bytes_resumed: u64,
     /// Times the download started over because the object changed.
     pub restarts: u32,
-    /// The whole object's MD5 was checked (the store gave one) and matched.
-    pub md5_verified: bool,
+    /// The whole-object digest that was checked and matched (the store gave one): `MD5`
+    /// or `CRC64NVME`.
+    pub digest_verified: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,13 +171,6 @@ pub enum DownloadError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Hydrate(Arc<HydrateError>),
-    #[error("MD5 mismatch for {bucket}/{key}: the server's ETag says {expected}, the downloaded bytes give {actual}; nothing was kept")]
-    Md5Mismatch {
-        bucket: String,
-        key: String,
-        expected: String,
-        actual: String,
-    },
     #[error("local file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -300,19 +294,6 @@ pub async fn resumable_download_with(
         h.shutdown().await;
         match outcome {
             Ok(()) => {
-                if let Some(expected) = meta.md5 {
-                    let actual = md5_of_file(&temp).await?;
-                    if actual != expected {
-                        // The same rule as a CRC-64 mismatch: no byte of it is kept.
-                        discard(req, &temp);
-                        return Err(DownloadError::Md5Mismatch {
-                            bucket: req.bucket.clone(),
-                            key: req.key.clone(),
-                            expected: hex::encode(expected),
-                            actual: hex::encode(actual),
-                        });
-                    }
-                }
                 finish(req, &temp)?;
                 return Ok(DownloadResult {
                     size: id.size,
@@ -323,12 +304,12 @@ pub async fn resumable_download_with(
                     bytes_fetched: progress.bytes_fetched + fetched_before_restart,
                     bytes_resumed: progress.bytes_resumed,
                     restarts,
-                    md5_verified: meta.md5.is_some(),
+                    digest_verified: id.digest.map(|d| d.algorithm()),
                 });
             }
             Err(e) => {
                 let changed = matches!(*e, HydrateError::ObjectChanged { .. });
-                let corrupt = matches!(*e, HydrateError::ChecksumMismatch { .. });
+                let corrupt = e.is_corrupt();
                 if changed || corrupt {
                     // Never keep bytes of a version that is gone or that failed its checksum.
                     discard(req, &temp);
@@ -396,35 +377,6 @@ fn load_resume(
             None
         }
     }
-}
-
-/// The MD5 of a file (an empty object has no temp file: the MD5 of nothing), read off the
-/// runtime.
-async fn md5_of_file(path: &Path) -> Result<[u8; 16], DownloadError> {
-    use md5::Digest;
-    use std::io::Read;
-    let owned = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 16]> {
-        let mut hasher = md5::Md5::new();
-        let mut file = match std::fs::File::open(&owned) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(hasher.finalize().into())
-            }
-            Err(e) => return Err(e),
-        };
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok(hasher.finalize().into());
-            }
-            hasher.update(&buf[..n]);
-        }
-    })
-    .await
-    .expect("hashing does not panic");
-    digest.map_err(io(path))
 }
 
 fn discard(req: &DownloadRequest, temp: &Path) {

@@ -6,20 +6,28 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HydrateError {
-    #[error("oss://{bucket}/{key} changed on the server while it was being fetched (it was ETag {etag}); its old bytes were not mixed with new ones")]
+    #[error("{bucket}/{key} changed on the server while it was being fetched (it was ETag {etag}); its old bytes were not mixed with new ones")]
     ObjectChanged {
         bucket: String,
         key: String,
         etag: String,
     },
-    #[error("CRC-64 mismatch for oss://{bucket}/{key}: the server says {expected}, the fetched bytes give {actual}; the data was not used")]
+    #[error("CRC-64 mismatch for {bucket}/{key}: the server says {expected}, the fetched bytes give {actual}; the data was not used")]
     ChecksumMismatch {
         bucket: String,
         key: String,
         expected: u64,
         actual: u64,
     },
-    #[error("part {part} (bytes {start}-{end}) of oss://{bucket}/{key} failed after {attempts} attempts: {source}")]
+    #[error("{algorithm} mismatch for {bucket}/{key}: the server says {expected}, the fetched bytes give {actual}; the data was not used")]
+    DigestMismatch {
+        bucket: String,
+        key: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("part {part} (bytes {start}-{end}) of {bucket}/{key} failed after {attempts} attempts: {source}")]
     Part {
         bucket: String,
         key: String,
@@ -36,9 +44,9 @@ pub enum HydrateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("hydration of oss://{bucket}/{key} was stopped")]
+    #[error("hydration of {bucket}/{key} was stopped")]
     Stopped { bucket: String, key: String },
-    #[error("no room in the cache for part {part} of oss://{bucket}/{key}: every other entry is open or the disk is full; raise --cache-size or free disk space")]
+    #[error("no room in the cache for part {part} of {bucket}/{key}: every other entry is open or the disk is full; raise --cache-size or free disk space")]
     NoSpace {
         bucket: String,
         key: String,
@@ -55,9 +63,13 @@ impl HydrateError {
         }
     }
 
-    /// The fetched bytes failed the whole-object CRC-64: none of them may be served.
+    /// The fetched bytes failed the whole-object CRC-64 or digest: none of them may be
+    /// served.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, HydrateError::ChecksumMismatch { .. })
+        matches!(
+            self,
+            HydrateError::ChecksumMismatch { .. } | HydrateError::DigestMismatch { .. }
+        )
     }
 
     /// The disk (or the cache's capacity) had no room for the part.

@@ -1,10 +1,10 @@
 //! Part layout and object identity: how an object of `size` bytes splits into parts of
 //! PartSize, which parts hold a byte range, and the one version (size, ETag, Last-Modified,
-//! CRC-64) every part request is pinned to. Pure: no I/O.
+//! CRC-64 or whole-object digest) every part request is pinned to. Pure: no I/O.
 
 use std::ops::Range;
 
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, WholeDigest};
 
 /// The largest part size accepted (the object-store limit for one part).
 pub const MAX_PART_SIZE: u64 = 5 << 30;
@@ -37,6 +37,9 @@ pub struct ObjectIdentity {
     pub etag: String,
     pub last_modified: String,
     pub crc64: Option<u64>,
+    /// A whole-object checksum the parts' CRC-64s cannot be folded into (S3), checked by
+    /// reading the object back once every byte is in.
+    pub digest: Option<WholeDigest>,
 }
 
 impl ObjectIdentity {
@@ -48,6 +51,7 @@ impl ObjectIdentity {
             etag: meta.etag.clone(),
             last_modified: meta.last_modified.clone(),
             crc64: meta.crc64,
+            digest: meta.digest,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! `limiter` (connections for the whole mount), `download` (the SDK-style command).
 
 pub mod checkpoint;
+mod digest;
 pub mod download;
 mod error;
 #[cfg(test)]
@@ -43,6 +44,7 @@ pub use error::HydrateError;
 pub use layout::{validate_part_size, validate_threads, ObjectIdentity, PartLayout, MAX_PART_SIZE};
 pub use limiter::{ConnectionLimiter, ConnectionPermit};
 pub use state::Progress;
+pub use verify::Checked;
 
 use crate::store::ObjectStore;
 use parts::State;
@@ -191,6 +193,9 @@ impl Default for HydrationConfig {
 }
 
 struct Inner {
+    /// This hydration itself, for work it starts from code that holds only `&Inner` (the
+    /// whole-object digest check).
+    me: std::sync::Weak<Inner>,
     store: Arc<dyn ObjectStore>,
     id: ObjectIdentity,
     layout: PartLayout,
@@ -223,6 +228,8 @@ struct Inner {
     /// Whether background work covers the whole object (mode `All`, or `Auto` once the
     /// object is being consumed or is small).
     fetch_all: std::sync::atomic::AtomicBool,
+    /// The whole-object digest's follower runs (`digest`).
+    digest_follower: std::sync::atomic::AtomicBool,
 }
 
 /// A running hydration of one object version into one data file. Clones share it.
@@ -235,7 +242,7 @@ impl std::fmt::Debug for Hydration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Hydration(oss://{}/{})",
+            "Hydration({}/{})",
             self.inner.id.bucket, self.inner.id.key
         )
     }
@@ -283,12 +290,16 @@ impl Hydration {
             cfg,
             limiter,
             resume,
+            None,
             body.map(Prefetched::Whole),
         )
     }
 
     /// `start`, with bytes of the object already asked for (`Prefetched`): the whole object
     /// is written from them, or a part's answered GET is read by that part's first fetch.
+    /// `trusted`: what an earlier hydration of the same entry checked in this mount's life,
+    /// applied before anything is checked again (`trust_checked`).
+    #[allow(clippy::too_many_arguments)] // each is one thing the caller decides
     pub fn start_prefetched(
         store: Arc<dyn ObjectStore>,
         id: ObjectIdentity,
@@ -296,6 +307,7 @@ impl Hydration {
         cfg: HydrationConfig,
         limiter: Arc<ConnectionLimiter>,
         resume: Option<&Checkpoint>,
+        trusted: Option<&Checked>,
         prefetched: Option<Prefetched>,
     ) -> Result<Hydration, HydrateError> {
         let (body, opened_part) = match prefetched {
@@ -338,7 +350,8 @@ impl Hydration {
         let complete = present.is_full();
         let (changed, _) = watch::channel(0);
         let has_checkpoint = files.checkpoint.is_some();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             store_location: store.location(),
             store,
             layout,
@@ -375,9 +388,15 @@ impl Hydration {
                 cfg.mode == FetchMode::All
                     || (cfg.mode == FetchMode::Auto && n <= SMALL_OBJECT_PARTS),
             ),
+            digest_follower: std::sync::atomic::AtomicBool::new(false),
             id,
         });
         let h = Hydration { inner };
+        if let (Some(trusted), Some(_)) = (trusted, resume) {
+            h.trust_checked(trusted);
+        }
+        // Hashes what arrives, in order, from the start (objects with a digest only).
+        h.inner.start_digest_check();
         if complete {
             h.inner.finish_if_complete();
         } else {

@@ -55,6 +55,33 @@ pub(super) struct State {
     /// The whole object's bytes are in the data file and match the server's CRC-64 (or it
     /// announced none): a read may finish on them, though the record may still be on its way.
     pub(super) verified: bool,
+    /// For an object with a whole-object digest (S3's CRC64NVME or MD5): where its check,
+    /// which reads every byte back once all are in, stands.
+    pub(super) digest: DigestCheck,
+}
+
+/// The whole-object digest check of an object that has one (`ObjectIdentity::digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum DigestCheck {
+    #[default]
+    NotStarted,
+    /// Reading the bytes back; the round tells a verdict from a check made stale by a part
+    /// that failed its own check meanwhile (its bytes are fetched again).
+    Running {
+        round: u64,
+    },
+    Passed,
+}
+
+/// What noting a wholly written part found (`State::note_part_written`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PartWritten {
+    /// More parts to come, or the object was verified already.
+    Noted,
+    /// The last part: the parts' CRC-64s give the server's (or it announced none).
+    Verified,
+    /// The last part of an object with a whole-object digest: its check can start.
+    CheckDigest,
 }
 
 /// What a verification of a byte range finds under the lock (`State::claim_checks`).
@@ -97,6 +124,7 @@ impl State {
             segments: Default::default(),
             crc_known: Default::default(),
             verified: false,
+            digest: DigestCheck::NotStarted,
         }
     }
 
@@ -154,6 +182,9 @@ impl State {
             } else {
                 self.present.set(p, false);
                 self.complete = false;
+                // Its bytes are fetched again: the whole object's digest is checked again.
+                self.verified = false;
+                self.digest = DigestCheck::NotStarted;
                 failed.push(p);
             }
         }
@@ -190,17 +221,25 @@ impl State {
 
     /// Notes that `part`'s bytes are all written with CRC-64 `crc`, and checks the whole
     /// object once every part is (a mismatch is left to `finish_if_complete`, which fails the
-    /// hydration). True when this made the object verified.
+    /// hydration). An object with a whole-object digest is verified only by that digest's
+    /// check, which the last part starts.
     pub(super) fn note_part_written(
         &mut self,
         layout: PartLayout,
         part: usize,
         crc: u64,
         expected: Option<u64>,
-    ) -> bool {
+        has_digest: bool,
+    ) -> PartWritten {
         self.crc_known.insert(part, crc);
         if self.verified || self.complete || !self.all_fetched() {
-            return false;
+            return PartWritten::Noted;
+        }
+        if has_digest {
+            return match self.digest {
+                DigestCheck::NotStarted => PartWritten::CheckDigest,
+                _ => PartWritten::Noted,
+            };
         }
         let combined = layout.combined_crc(|p| {
             if self.present[p] {
@@ -210,7 +249,33 @@ impl State {
             }
         });
         self.verified = expected.is_none_or(|e| e == combined);
-        self.verified
+        if self.verified {
+            PartWritten::Verified
+        } else {
+            PartWritten::Noted
+        }
+    }
+
+    /// Forgets what was written of `part` (its fetch failed, or its bytes were not kept):
+    /// they are fetched again, so a whole-object digest that may have hashed them starts
+    /// over (only wholly written parts are hashed). True when it did.
+    pub(super) fn unwrite(&mut self, layout: PartLayout, part: usize) -> bool {
+        let r = layout.range(part);
+        let whole = self.crc_known.remove(&part).is_some()
+            | self
+                .written
+                .remove(&part)
+                .is_some_and(|ws| ws.iter().any(|w| w.start <= r.start && r.end <= w.end));
+        let hashed = whole
+            && matches!(
+                self.digest,
+                DigestCheck::Running { .. } | DigestCheck::Passed
+            );
+        if hashed {
+            self.digest = DigestCheck::NotStarted;
+            self.verified = false;
+        }
+        hashed
     }
 
     /// Notes `range` of `part` written (streams write contiguously, so it extends a run).

@@ -9,6 +9,7 @@ use std::time::Duration;
 /// Records are made durable together, at most this far apart.
 const RECORD_SYNC_EVERY: Duration = Duration::from_secs(1);
 
+use super::parts::DigestCheck;
 use super::{Checkpoint, HydrateError, Inner};
 
 /// A snapshot of a hydration's progress.
@@ -43,6 +44,14 @@ impl Inner {
     pub(super) fn finish_if_complete(&self) {
         let mut st = self.state.lock().unwrap();
         if st.complete || st.fatal.is_some() || !st.present.is_full() || !st.recorded.is_full() {
+            return;
+        }
+        if self.id.digest.is_some() && st.digest != DigestCheck::Passed {
+            // Complete only once the whole-object digest passed; its check calls back here.
+            if st.digest == DigestCheck::NotStarted {
+                drop(st);
+                self.start_digest_check();
+            }
             return;
         }
         let combined = self.layout.combined_crc(|p| st.part_crc[p]);

@@ -12,8 +12,16 @@ use std::sync::Arc;
 
 use fixedbitset::FixedBitSet;
 
-use super::parts::CheckStep;
+use super::parts::{CheckStep, DigestCheck};
 use super::{HydrateError, Hydration, Inner};
+
+/// What a hydration checked in its life (`Hydration::checked`): its parts, and whether the
+/// whole object passed its digest.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub parts: FixedBitSet,
+    pub digest_passed: bool,
+}
 
 impl Hydration {
     /// Checks every present part holding bytes of `range` that was not checked in this
@@ -84,26 +92,42 @@ impl Hydration {
                 }
                 self.inner.save_checkpoint().await?;
                 self.inner.restart_workers();
+                // Their bytes come again: so does the whole object's digest.
+                self.inner.start_digest_check();
             }
         }
     }
 
-    /// The parts checked in this hydration's life, for the cache to keep beyond it.
-    pub fn checked_parts(&self) -> FixedBitSet {
-        self.inner.state.lock().unwrap().checked.clone()
+    /// What was checked in this hydration's life, for the cache to keep beyond it.
+    pub fn checked(&self) -> Checked {
+        let st = self.inner.state.lock().unwrap();
+        Checked {
+            parts: st.checked.clone(),
+            digest_passed: st.digest == DigestCheck::Passed,
+        }
     }
 
-    /// Parts of the same entry that an earlier hydration in this mount's life checked: their
-    /// bytes have not changed since (only this mount writes its cache), so they are not read
-    /// back again at the next open.
-    pub fn trust_checked(&self, checked: &FixedBitSet) {
+    /// What an earlier hydration of the same entry checked in this mount's life: its bytes
+    /// have not changed since (only this mount writes its cache), so neither those parts
+    /// nor (when every part is still present) the whole object's digest are read back again
+    /// at the next open.
+    pub(super) fn trust_checked(&self, checked: &Checked) {
         let mut st = self.inner.state.lock().unwrap();
-        if checked.len() != st.present.len() {
+        if checked.parts.len() != st.present.len() {
             return;
         }
-        let mut trusted = checked.clone();
+        let mut trusted = checked.parts.clone();
         trusted.intersect_with(&st.present);
         st.checked.union_with(&trusted);
+        let digest_trusted = checked.digest_passed
+            && self.inner.id.digest.is_some()
+            && st.present.is_full()
+            && st.digest != DigestCheck::Passed
+            && st.fatal.is_none();
+        if digest_trusted {
+            st.digest = DigestCheck::Passed;
+            st.verified = true;
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use crate::store::{StoreError, StoreErrorKind};
 
 use super::limiter::ConnectionPermit;
+use super::parts::PartWritten;
 use super::scheduler::TAIL_SPLIT_MIN;
 use super::segments::{self, PartSegments, SegmentControl, SegmentDone};
 use super::{HydrateError, Inner};
@@ -109,8 +110,10 @@ impl Inner {
                     }
                     let mut st = self.state.lock().unwrap();
                     st.in_flight[part] = false;
-                    st.written.remove(&part);
-                    st.crc_known.remove(&part);
+                    if st.unwrite(self.layout, part) {
+                        drop(st);
+                        self.start_digest_check();
+                    }
                 }
             }
         }
@@ -157,8 +160,7 @@ impl Inner {
                 let e = Arc::new(e);
                 let mut st = self.state.lock().unwrap();
                 st.in_flight[part] = false;
-                st.written.remove(&part);
-                st.crc_known.remove(&part);
+                let rehash = st.unwrite(self.layout, part);
                 if fatal {
                     if st.fatal.is_none() {
                         self.cfg
@@ -171,6 +173,9 @@ impl Inner {
                     st.failed[part] = Some(e.clone());
                 }
                 drop(st);
+                if rehash {
+                    self.start_digest_check();
+                }
                 if let Some(se) = e.store_error() {
                     tracing::warn!(bucket = %self.id.bucket, key = %self.id.key, part, code = se.code().unwrap_or(""), request_id = se.request_id().unwrap_or(""), "part failed: {e}");
                 } else {
@@ -529,15 +534,19 @@ impl Inner {
     }
 
     /// Records that `part` is wholly written with `crc` and wakes readers when that made
-    /// the object verified.
+    /// the object verified (or starts the whole-object digest's check that will).
     fn note_part_written(&self, part: usize, crc: u64) {
-        let verified =
-            self.state
-                .lock()
-                .unwrap()
-                .note_part_written(self.layout, part, crc, self.id.crc64);
-        if verified {
-            self.notify();
+        let written = self.state.lock().unwrap().note_part_written(
+            self.layout,
+            part,
+            crc,
+            self.id.crc64,
+            self.id.digest.is_some(),
+        );
+        match written {
+            PartWritten::Verified => self.notify(),
+            PartWritten::CheckDigest => self.start_digest_check(),
+            PartWritten::Noted => {}
         }
     }
 

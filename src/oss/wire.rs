@@ -44,7 +44,7 @@ pub(super) fn meta_from_headers(
         etag: header_str(h, "etag").ok_or_else(|| missing("ETag"))?,
         last_modified: header_str(h, "last-modified").unwrap_or_default(),
         crc64: header_str(h, "x-oss-hash-crc64ecma").and_then(|v| v.parse().ok()),
-        md5: None,
+        digest: None,
         content_type: header_str(h, "content-type"),
         request_id: header_str(h, "x-oss-request-id").unwrap_or_default(),
     })

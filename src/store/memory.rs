@@ -180,7 +180,7 @@ impl ObjectStore for MemoryStore {
                 etag: o.etag,
                 last_modified: httpdate::fmt_http_date(o.modified),
                 crc64: o.announced_crc64,
-                md5: None,
+                digest: None,
                 content_type: None,
                 request_id: String::new(),
             })

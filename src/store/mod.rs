@@ -98,9 +98,9 @@ pub struct ObjectMeta {
     /// The Last-Modified header as sent (RFC 1123).
     pub last_modified: String,
     pub crc64: Option<u64>,
-    /// The whole object's MD5, when the store vouches that its ETag is one (S3: a single-part
-    /// upload without SSE-KMS or SSE-C); a download checks it over the whole object.
-    pub md5: Option<[u8; 16]>,
+    /// A whole-object checksum that parts' CRC-64s cannot be folded into (S3's CRC64NVME, or
+    /// an ETag the store vouches is the MD5): checked over the whole object once it is in.
+    pub digest: Option<WholeDigest>,
     pub content_type: Option<String>,
     pub request_id: String,
 }
@@ -108,6 +108,65 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     pub fn last_modified_time(&self) -> Option<SystemTime> {
         httpdate::parse_http_date(&self.last_modified).ok()
+    }
+}
+
+/// A checksum of a whole object that is checked by reading the whole object back, not by
+/// folding its parts' CRC-64s: what S3 offers where OSS offers CRC-64/ECMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeDigest {
+    /// `x-amz-checksum-crc64nvme`: a full-object checksum (AWS adds it to new objects).
+    Crc64Nvme(u64),
+    /// An ETag that is the MD5 of the bytes (S3: a single-part upload without SSE-KMS/C).
+    Md5([u8; 16]),
+}
+
+impl WholeDigest {
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            WholeDigest::Crc64Nvme(_) => "CRC64NVME",
+            WholeDigest::Md5(_) => "MD5",
+        }
+    }
+
+    /// The value as logs and errors show it (hex).
+    pub fn hex(&self) -> String {
+        match self {
+            WholeDigest::Crc64Nvme(v) => format!("{v:016x}"),
+            WholeDigest::Md5(d) => hex::encode(d),
+        }
+    }
+
+    /// The same algorithm's digest of `data`, streamed in.
+    pub fn hasher(&self) -> DigestHasher {
+        match self {
+            WholeDigest::Crc64Nvme(_) => {
+                DigestHasher::Crc64Nvme(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme))
+            }
+            WholeDigest::Md5(_) => DigestHasher::Md5(md5::Md5::default()),
+        }
+    }
+}
+
+/// Computes a `WholeDigest` of the same algorithm as bytes stream in.
+pub enum DigestHasher {
+    Crc64Nvme(crc_fast::Digest),
+    Md5(md5::Md5),
+}
+
+impl DigestHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            DigestHasher::Crc64Nvme(d) => d.update(data),
+            DigestHasher::Md5(d) => md5::Digest::update(d, data),
+        }
+    }
+
+    pub fn finish(self) -> WholeDigest {
+        match self {
+            DigestHasher::Crc64Nvme(d) => WholeDigest::Crc64Nvme(d.finalize()),
+            DigestHasher::Md5(d) => WholeDigest::Md5(md5::Digest::finalize(d).into()),
+        }
     }
 }
 

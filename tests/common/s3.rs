@@ -135,6 +135,61 @@ impl S3Server {
         std::fs::write(path, data).unwrap();
     }
 
+    /// Uploads `data` with a real, signed PutObject that carries its CRC64NVME, as AWS SDKs
+    /// do for new objects: s3s-fs checks the value against its own computation (a second,
+    /// independent implementation) and keeps it. Returns the CRC64NVME.
+    pub async fn put_with_crc64nvme(&self, key: &str, data: &[u8]) -> u64 {
+        use base64::Engine;
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
+        let client = reqwest::Client::new();
+        let mut request = client
+            .put(format!("{}/{BUCKET}/{key}", self.endpoint))
+            .header(
+                "x-amz-checksum-crc64nvme",
+                base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()),
+            )
+            .body(data.to_vec())
+            .build()
+            .unwrap();
+        let keys = reqsign::AwsCredential {
+            access_key_id: AK.into(),
+            secret_access_key: SK.into(),
+            session_token: None,
+            expires_in: None,
+        };
+        reqsign::AwsV4Signer::new("s3", "us-east-1")
+            .sign(&mut request, &keys)
+            .unwrap();
+        let answer = client.execute(request).await.unwrap();
+        let status = answer.status();
+        assert!(
+            status.is_success(),
+            "PutObject: {status} {}",
+            answer.text().await.unwrap_or_default()
+        );
+        crc
+    }
+
+    /// Makes `key` look like a multipart upload (ETag `<md5 of md5s>-3`, not the bytes' MD5):
+    /// s3s-fs 0.14 keeps an object's ETag in `.bucket-B.object-K.internal.json` (B and K in
+    /// unpadded URL-safe base64) at its root, and answers with it when there is one.
+    pub fn as_multipart_upload(&self, key: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let etag = "0123456789abcdef0123456789abcdef-3";
+        let info = serde_json::json!({ "e_tag": etag });
+        std::fs::write(
+            self.dir.path().join(format!(
+                ".bucket-{}.object-{}.internal.json",
+                b64(BUCKET),
+                b64(key)
+            )),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        format!("\"{etag}\"")
+    }
+
     /// The binary's environment: this server, its keys, and no other AWS source.
     pub fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
         vec![

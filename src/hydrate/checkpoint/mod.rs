@@ -26,6 +26,7 @@ pub use super::storage::sync_dir;
 #[cfg(test)]
 use super::storage::Local;
 use super::{ObjectIdentity, PartLayout};
+use crate::store::WholeDigest;
 use records::record;
 pub use records::RecordFile;
 
@@ -47,6 +48,9 @@ pub struct Checkpoint {
     pub etag: String,
     pub last_modified: String,
     pub crc64: Option<u64>,
+    /// The whole-object digest (S3), as `ALGORITHM:hex`; format 2 only.
+    #[serde(skip)]
+    pub digest: Option<WholeDigest>,
     pub part_size: u64,
     /// The file the parts are in.
     pub data_file: String,
@@ -91,6 +95,22 @@ pub enum Rejected {
     DataFileMismatch(String),
 }
 
+/// `ALGORITHM:hex` as the header writes a `WholeDigest`.
+fn parse_digest(text: &str) -> Option<WholeDigest> {
+    let (algorithm, value) = text.split_once(':')?;
+    match algorithm {
+        "CRC64NVME" => u64::from_str_radix(value, 16)
+            .ok()
+            .map(WholeDigest::Crc64Nvme),
+        "MD5" => {
+            let mut md5 = [0u8; 16];
+            hex::decode_to_slice(value, &mut md5).ok()?;
+            Some(WholeDigest::Md5(md5))
+        }
+        _ => None,
+    }
+}
+
 impl Checkpoint {
     pub fn new(store: &str, id: &ObjectIdentity, part_size: u64, data_file: &Path) -> Checkpoint {
         let parts = PartLayout::new(id.size, part_size).count();
@@ -104,6 +124,7 @@ impl Checkpoint {
             etag: id.etag.clone(),
             last_modified: id.last_modified.clone(),
             crc64: id.crc64,
+            digest: id.digest,
             part_size,
             data_file: data_file.to_string_lossy().into_owned(),
             present: FixedBitSet::with_capacity(parts),
@@ -121,6 +142,7 @@ impl Checkpoint {
             etag: self.etag.clone(),
             last_modified: self.last_modified.clone(),
             crc64: self.crc64,
+            digest: self.digest,
         }
     }
 
@@ -199,6 +221,7 @@ impl Checkpoint {
             "etag": self.etag,
             "last_modified": self.last_modified,
             "crc64": self.crc64,
+            "digest": self.digest.map(|d| format!("{}:{}", d.algorithm(), d.hex())),
             "part_size": self.part_size,
             "data_file": self.data_file,
             "parts": self.present.len(),
@@ -256,6 +279,10 @@ impl Checkpoint {
             etag: text("etag")?,
             last_modified: text("last_modified")?,
             crc64: meta["crc64"].as_u64(),
+            digest: match meta["digest"].as_str() {
+                None => None,
+                Some(text) => Some(parse_digest(text).ok_or(Rejected::Inconsistent)?),
+            },
             part_size: number("part_size")?,
             data_file: text("data_file")?,
             present: FixedBitSet::new(),
@@ -339,6 +366,7 @@ impl Checkpoint {
             || self.etag != id.etag
             || self.last_modified != id.last_modified
             || self.crc64 != id.crc64
+            || self.digest != id.digest
         {
             return Err(Rejected::ObjectChanged(format!(
                 "was {} bytes, ETag {}, now {} bytes, ETag {}",
@@ -413,6 +441,7 @@ mod tests {
             etag: "\"E\"".into(),
             last_modified: "Wed, 01 Jan 2025 00:00:00 GMT".into(),
             crc64: Some(7),
+            digest: None,
         }
     }
 
@@ -502,6 +531,42 @@ mod tests {
             (old.version, old.present, old.part_crc64),
             (1, v1.present, v1.part_crc64)
         );
+    }
+
+    /// An S3 object's whole-object digest is kept in the header and must match at resume,
+    /// as the CRC-64 must; a header without one (an OSS object, or an earlier version's)
+    /// reads as none.
+    #[test]
+    fn a_whole_object_digest_round_trips_and_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::write(&data, vec![0u8; 25]).unwrap();
+        for digest in [
+            WholeDigest::Md5(*b"0123456789abcdef"),
+            WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888),
+        ] {
+            let mut s3 = id();
+            s3.crc64 = None;
+            s3.digest = Some(digest);
+            let path = dir.path().join(format!("{}.ckpt", digest.algorithm()));
+            let c = Checkpoint::new("s3+http://x", &s3, 10, &data);
+            let mut file = RecordFile::create(&c, &path, true, &Local).unwrap();
+            file.set(1, Some(5)).unwrap();
+            file.sync().unwrap();
+            let back = Checkpoint::load(&path).unwrap();
+            assert_eq!(back.identity(), s3);
+            assert_eq!(back.check_identity("s3+http://x", &s3, &data), Ok(()));
+            let mut other = s3.clone();
+            other.digest = Some(WholeDigest::Crc64Nvme(1));
+            assert!(matches!(
+                back.check_identity("s3+http://x", &other, &data),
+                Err(Rejected::ObjectChanged(_))
+            ));
+        }
+        let path = dir.path().join("oss.ckpt");
+        let c = Checkpoint::new("http://x", &id(), 10, &data);
+        RecordFile::create(&c, &path, true, &Local).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap().digest, None);
     }
 
     #[test]

@@ -110,6 +110,7 @@ mod tests {
                 etag: "\"E\"".into(),
                 last_modified: "Mon, 30 Nov 2026 00:00:00 GMT".into(),
                 crc64: None,
+                digest: None,
             },
             1 << 20,
             &dir.path().join("data"),

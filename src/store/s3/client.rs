@@ -168,7 +168,12 @@ impl S3Client {
     }
 
     pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
-        match self.send(Method::HEAD, bucket, Some(key), &[], &[]).await {
+        // The full-object checksum (CRC64NVME) comes back only when asked for.
+        let checksum_mode = [("x-amz-checksum-mode", "ENABLED".to_string())];
+        match self
+            .send(Method::HEAD, bucket, Some(key), &[], &checksum_mode)
+            .await
+        {
             Ok(resp) => meta_from_headers(resp.headers(), None, &self.endpoint_name()),
             Err(refused)
                 if matches!(

@@ -6,7 +6,9 @@
 
 use reqwest::header::HeaderMap;
 
-use crate::store::{time, xml, ListPage, ListedObject, ObjectMeta, StoreError, StoreErrorKind};
+use crate::store::{
+    time, xml, ListPage, ListedObject, ObjectMeta, StoreError, StoreErrorKind, WholeDigest,
+};
 
 pub(super) fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)
@@ -55,14 +57,31 @@ pub(super) fn meta_from_headers(
     let etag = header_str(h, "etag").ok_or_else(|| missing("ETag"))?;
     Ok(ObjectMeta {
         size,
-        md5: md5_of_etag(&etag, h),
+        // CRC64NVME when the service keeps one (cheaper to check), else an MD5 ETag.
+        digest: crc64nvme_of(h)
+            .map(WholeDigest::Crc64Nvme)
+            .or_else(|| md5_of_etag(&etag, h).map(WholeDigest::Md5)),
         etag,
         last_modified: header_str(h, "last-modified").unwrap_or_default(),
-        // S3's checksums are not CRC-64/ECMA: the engine's CRC check does not apply.
+        // S3's checksums are not CRC-64/ECMA: the parts' CRC-64s are not folded into one.
         crc64: None,
         content_type: header_str(h, "content-type"),
         request_id: header_str(h, "x-amz-request-id").unwrap_or_default(),
     })
+}
+
+/// The full-object CRC64NVME (base64 of its 8 big-endian bytes), when the answer carries
+/// one. A composite checksum (a checksum of parts' checksums) is not the object's: ignored.
+fn crc64nvme_of(h: &HeaderMap) -> Option<u64> {
+    use base64::Engine;
+    if header_str(h, "x-amz-checksum-type").is_some_and(|t| t.eq_ignore_ascii_case("COMPOSITE")) {
+        return None;
+    }
+    let value = header_str(h, "x-amz-checksum-crc64nvme")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// The object's MD5 when its ETag is one: 32 hex digits (a multipart upload's ETag has a
@@ -300,6 +319,41 @@ mod tests {
         let multipart = "\"9e107d9d372bb6826bd81d3542a419d6-3\"";
         assert!(md5_of_etag(multipart, &HeaderMap::new()).is_none());
         assert!(md5_of_etag("\"not-hex-not-hex-not-hex-not-hex!\"", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_full_object_crc64nvme_is_taken_and_a_composite_one_is_not() {
+        let mut h = HeaderMap::new();
+        // CRC64NVME("123456789") = 0xae8b14860a799888, sent as base64 of its big-endian bytes.
+        h.insert("x-amz-checksum-crc64nvme", "rosUhgp5mIg=".parse().unwrap());
+        assert_eq!(crc64nvme_of(&h), Some(0xae8b_1486_0a79_9888));
+        h.insert("x-amz-checksum-type", "FULL_OBJECT".parse().unwrap());
+        assert_eq!(crc64nvme_of(&h), Some(0xae8b_1486_0a79_9888));
+        h.insert("x-amz-checksum-type", "COMPOSITE".parse().unwrap());
+        assert_eq!(crc64nvme_of(&h), None);
+        let mut short = HeaderMap::new();
+        short.insert("x-amz-checksum-crc64nvme", "AAAA".parse().unwrap());
+        assert_eq!(crc64nvme_of(&short), None, "not 8 bytes");
+        let mut both = HeaderMap::new();
+        both.insert("x-amz-checksum-crc64nvme", "rosUhgp5mIg=".parse().unwrap());
+        both.insert(
+            "etag",
+            "\"9e107d9d372bb6826bd81d3542a419d6\"".parse().unwrap(),
+        );
+        both.insert("content-length", "9".parse().unwrap());
+        let meta = meta_from_headers(&both, None, "e").unwrap();
+        assert_eq!(
+            meta.digest,
+            Some(WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888)),
+            "CRC64NVME is preferred to the MD5"
+        );
+        let mut nvme = WholeDigest::Crc64Nvme(0).hasher();
+        nvme.update(b"1234");
+        nvme.update(b"56789");
+        assert_eq!(nvme.finish(), WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888));
+        let mut md5 = WholeDigest::Md5([0; 16]).hasher();
+        md5.update(b"The quick brown fox jumps over the lazy dog");
+        assert_eq!(md5.finish().hex(), "9e107d9d372bb6826bd81d3542a419d6");
     }
 
     #[test]
