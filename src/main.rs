@@ -5,9 +5,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
-
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -22,17 +19,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    let matches = Cli::command().get_matches_from(args);
-    let secret_in_argv =
-        matches.value_source("access_key_secret") == Some(ValueSource::CommandLine);
-    let mut cli = match Cli::from_arg_matches(&matches) {
+    let secret_in_argv = args[1..]
+        .iter()
+        .any(|a| a == "--access-key-secret" || a.starts_with("--access-key-secret="));
+    let cli = match Cli::parse_args(&args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    cli.conn.endpoint_on_command_line =
-        matches.value_source("endpoint") == Some(ValueSource::CommandLine);
-    cli.conn.region_on_command_line =
-        matches.value_source("region") == Some(ValueSource::CommandLine);
     let default = match &cli.cmd {
         Command::Node(_) | Command::Demo(_) | Command::Fluid(_) | Command::Csi(_) => "info",
         Command::Mount(m) if m.foreground => "info",

@@ -1,9 +1,11 @@
 //! The CSI node plugin driven as kubelet drives it: the real `ossmount csi` binary on a
-//! unix socket, a tonic gRPC client, the emulator, and the real kernel FUSE (root and
-//! /dev/fuse required). Every mount, the plugin and the node server it started are taken
+//! unix socket, a tonic gRPC client, the emulator (and s3s-fs for an S3 volume), and the real
+//! kernel FUSE (root and /dev/fuse required). Every mount, the plugin and the node server it started are taken
 //! down by a guard, also when the test fails; every wait is bounded.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -475,4 +477,84 @@ async fn a_non_unix_endpoint_is_refused_clearly() {
     .await;
     assert!(!status.success());
     assert!(out.contains("unix:///csi/csi.sock"), "{out}");
+}
+
+/// An S3 volume (`store: s3`) publishes like an OSS one, its keys from the secret's AWS
+/// names: read byte-exact through its target from s3s-fs (path-style, chosen for the IP
+/// endpoint). A second volume of the same bucket with a wrong secret is refused with S3's
+/// error code, never quoting the secret, and nothing is mounted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_volume_is_published_from_the_aws_keys_of_its_secret() {
+    require_fuse();
+    let s3 = s3_server::S3Server::start().await;
+    let size = 5 * MIB + 3;
+    let want = ossmount::sample::bytes(41, size as usize);
+    s3.put("models/w.bin", &want);
+    let scratch = s3.scratch.path();
+    let target = |pod: &str| {
+        scratch
+            .join("kubelet/pods")
+            .join(pod)
+            .join("volumes/kubernetes.io~csi/pv/mount")
+    };
+    let (a, b) = (target("a"), target("b"));
+    let mut plugin = Plugin::start(
+        &scratch.join("plugin/csi.sock"),
+        &scratch.join("cache"),
+        &scratch.join("plugin.log"),
+    );
+    plugin.targets = vec![a.clone(), b.clone()];
+    let (_, mut node) = plugin.clients().await;
+    let s3_volume = |secret: &str| {
+        let context = [
+            ("store", "s3"),
+            ("bucket", s3_server::BUCKET),
+            ("path", "/models/"),
+            ("url", s3.endpoint.as_str()),
+            ("region", "us-east-1"),
+            ("otherOpts", "-o allow_other"),
+        ];
+        let secrets = [
+            ("AWS_ACCESS_KEY_ID", s3_server::AK),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ];
+        let own = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        (own(&context), own(&secrets))
+    };
+
+    let (res, _) = publish(
+        &mut node,
+        publish_request("s3-a", &a, s3_volume(s3_server::SK)),
+    )
+    .await;
+    res.unwrap_or_else(|e| panic!("publish the S3 volume: {e}\n{}", plugin.log_text()));
+    assert_eq!(ossmount_mounts_at(&a), 1);
+    assert!(
+        read(a.join("w.bin")).await == want,
+        "bytes differ through the S3 volume"
+    );
+    assert!(
+        s3.requests_since(0)
+            .iter()
+            .any(|r| r.range.is_some() && r.path == format!("/{}/models/w.bin", s3_server::BUCKET)),
+        "read from the S3 server, path-style"
+    );
+
+    let (res, _) = publish(
+        &mut node,
+        publish_request("s3-b", &b, s3_volume(WRONG_SECRET)),
+    )
+    .await;
+    let e = res.unwrap_err();
+    assert!(e.message().contains("SignatureDoesNotMatch"), "{e}");
+    assert!(!e.message().contains(WRONG_SECRET), "{e}");
+    assert_eq!(ossmount_mounts_at(&b), 0);
+    assert!(!plugin.log_text().contains(WRONG_SECRET));
+
+    unpublish(&mut node, "s3-a", &a).await;
+    assert_eq!(ossmount_mounts_at(&a), 0);
 }

@@ -5,8 +5,11 @@
 //! for); several go under targetPath/<name>. Reads are byte-exact, SIGTERM ends the command
 //! with exit 0 and nothing mounted, and no secret reaches the output. A Secret kubelet
 //! updates (its `..data` link swapped, the old STS keys revoked) reaches the running mount.
+//! An `s3://` Dataset mounts from s3s-fs with its keys from the same kind of Secret files.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -563,4 +566,59 @@ async fn a_config_with_no_mounts_waits_for_sigterm_and_exits_0() {
     );
     assert!(status.success(), "exit {status:?}");
     assert!(!target.exists(), "nothing mounted or made");
+}
+
+/// An S3 Dataset (`s3://` mountPoint) mounts like an OSS one, its keys from Secret files
+/// Fluid mounted (used as AWS keys, re-read when kubelet rotates them): reads byte-exact from
+/// s3s-fs, SIGTERM ends it with exit 0, and the secret reaches neither the log nor the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_dataset_mounts_with_keys_from_its_secret_files() {
+    require_fuse();
+    let s3 = s3_server::S3Server::start().await;
+    let data = ossmount::sample::bytes(8, (2 << 20) + 17);
+    s3.put("ds/a.bin", &data);
+    let base = s3.scratch.path();
+    let secrets = fluid_secret(
+        &base.join("secrets"),
+        "s3-keys",
+        &[
+            ("akId", &format!("{}\n", s3_server::AK)),
+            ("akSecret", &format!("{}\n", s3_server::SK)),
+        ],
+    );
+    let target = base.join("runtime-mnt/thin/default/ds/thin-fuse");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let cache = base.join("cache");
+    let config = serde_json::json!({
+        "mounts": [{
+            "mountPoint": format!("s3://{}/ds", s3_server::BUCKET),
+            "name": "ds",
+            "options": {
+                "url": s3.endpoint,
+                "region": "us-east-1",
+                "akId": secrets.join("akId"),
+                "akSecret": secrets.join("akSecret"),
+            },
+        }],
+        "targetPath": target,
+        "runtimeOptions": {"cache-dir": cache},
+        "accessModes": ["ReadOnlyMany"],
+    });
+    let config_path = base.join("config.json");
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+
+    let mut fluid = Fluid::start(&config_path, &cache, vec![target.clone()]);
+    assert!(
+        read_all(target.join("a.bin")).await == data,
+        "a.bin differs"
+    );
+    let status = fluid.terminate();
+    assert!(status.success(), "exit {status:?}: {}", fluid.log_text());
+    assert!(!is_mounted(&target));
+    let log = fluid.log_text();
+    assert!(
+        !log.contains(s3_server::SK),
+        "the secret reached the log: {log}"
+    );
+    assert!(files_holding(&cache, &[s3_server::SK]).is_empty());
 }

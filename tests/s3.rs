@@ -322,6 +322,68 @@ async fn slow_down_answers_are_retried_until_the_download_completes() {
     );
 }
 
+/// Keys given as flags, or in key files (`--credentials-dir`, `--access-key-*-file`: the
+/// files kubelet and Fluid mount from Secrets), sign s3:// requests in place of the AWS
+/// chain, whose keys here are wrong; OSS_ACCESS_KEY_* variables are OSS keys and never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_flags_or_key_files_sign_and_oss_key_variables_do_not() {
+    let s = S3Server::start().await;
+    s.put("k.bin", b"hello");
+    let url = format!("s3://{BUCKET}/k.bin");
+    let wrong_chain = s.env("wrong-secret-of-the-chain");
+
+    let out = run(
+        &[
+            "stat",
+            &url,
+            "--access-key-id",
+            AK,
+            "--access-key-secret",
+            SK,
+        ],
+        wrong_chain.clone(),
+    )
+    .await;
+    assert_ok(&out, "stat with the keys as flags");
+    assert!(!stderr(&out).contains(SK));
+
+    let mut oss_vars = wrong_chain.clone();
+    oss_vars.push(("OSS_ACCESS_KEY_ID", AK.into()));
+    oss_vars.push(("OSS_ACCESS_KEY_SECRET", SK.into()));
+    let out = run(&["stat", &url], oss_vars).await;
+    assert!(!out.status.success(), "OSS keys signed an S3 request");
+    assert!(
+        stderr(&out).contains("SignatureDoesNotMatch"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = s.scratch.path().join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("AccessKeyId"), AK).unwrap();
+    std::fs::write(dir.join("AccessKeySecret"), format!("{SK}\n")).unwrap();
+    let out = run(
+        &["stat", &url, "--credentials-dir", dir.to_str().unwrap()],
+        wrong_chain.clone(),
+    )
+    .await;
+    assert_ok(&out, "stat with a key directory");
+    let out = run(
+        &[
+            "stat",
+            &url,
+            "--access-key-id-file",
+            dir.join("AccessKeyId").to_str().unwrap(),
+            "--access-key-secret-file",
+            dir.join("AccessKeySecret").to_str().unwrap(),
+        ],
+        wrong_chain.clone(),
+    )
+    .await;
+    assert_ok(&out, "stat with key files");
+    assert!(!stderr(&out).contains(SK));
+}
+
 fn sibling(local: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", local.display()))
 }

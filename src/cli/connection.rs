@@ -14,12 +14,17 @@ use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
-use ossmount::oss::credentials::{resolve_chain, ChainOptions, CredentialFiles};
+use ossmount::oss::credentials::{
+    resolve_chain, ChainOptions, CredentialFiles, ProvideCredentials, RotatingFiles,
+};
 use ossmount::oss::{
     Addressing, ClientConfig, Credentials, Endpoint, OssClient, OssError, OssUrl, Secret,
     SignatureVersion,
 };
 use ossmount::store::s3::credentials::ChainEnvironment;
+use ossmount::store::s3::{
+    AwsCredentials, CredentialSource as S3CredentialSource, StaticCredentials,
+};
 use ossmount::store::s3::{S3Addressing, S3Client, S3Config, S3Endpoint, S3Url};
 use ossmount::store::{ObjectStore, RequestObserver, StoreUrl};
 
@@ -97,6 +102,11 @@ pub struct ConnectionArgs {
     #[arg(skip)]
     #[serde(default)]
     pub region_on_command_line: bool,
+    /// --access-key-id/--access-key-secret were on the command line (or set from a Fluid
+    /// mount's keys), not from OSS_ACCESS_KEY_*: only then does an s3:// URL sign with them.
+    #[arg(skip)]
+    #[serde(default)]
+    pub keys_on_command_line: bool,
 }
 
 /// An object or prefix URL: its scheme picks the store.
@@ -359,11 +369,76 @@ impl ConnectionArgs {
         cfg.read_timeout = self.read_timeout;
         cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
         if !self.anonymous {
-            let source = ossmount::store::s3::resolve_chain(env)
-                .await
-                .context("cannot get AWS credentials")?;
-            cfg.credentials = Some(source);
+            cfg.credentials = Some(self.s3_credentials(env).await?);
         }
         Ok(cfg)
+    }
+
+    /// The keys an s3:// URL signs with: the key files (`--credentials-dir`,
+    /// `--access-key-*-file`, re-read when they change), else keys given on the command line,
+    /// else the AWS chain. OSS_ACCESS_KEY_* variables are OSS keys: never used for S3.
+    async fn s3_credentials(
+        &self,
+        env: &ChainEnvironment,
+    ) -> anyhow::Result<Arc<dyn S3CredentialSource>> {
+        if let Some(files) = self.credential_files()? {
+            let files = RotatingFiles::open(files)?;
+            tracing::info!("using AWS credentials from {}", files.describe());
+            return Ok(Arc::new(KeyFilesForS3(files)));
+        }
+        if self.keys_on_command_line {
+            let (Some(id), Some(secret)) = (&self.access_key_id, &self.access_key_secret) else {
+                anyhow::bail!("--access-key-id and --access-key-secret go together");
+            };
+            let keys = AwsCredentials {
+                access_key_id: id.clone(),
+                secret_access_key: ossmount::store::Secret::new(secret.clone()),
+                session_token: self.session_token.clone().map(ossmount::store::Secret::new),
+            };
+            let source = StaticCredentials::new(keys, "command line");
+            tracing::info!("using AWS credentials: {}", source.principal());
+            return Ok(Arc::new(source));
+        }
+        ossmount::store::s3::resolve_chain(env)
+            .await
+            .context("cannot get AWS credentials")
+    }
+}
+
+/// Key files (`--credentials-dir`, `--access-key-*-file`) for an S3 client: the same files,
+/// re-read when kubelet or ACK rotate them, handed out as AWS keys.
+struct KeyFilesForS3(RotatingFiles);
+
+impl std::fmt::Debug for KeyFilesForS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyFilesForS3({})", self.0.describe())
+    }
+}
+
+impl S3CredentialSource for KeyFilesForS3 {
+    fn credentials(
+        &self,
+    ) -> ossmount::store::BoxFut<'_, Result<AwsCredentials, ossmount::store::StoreError>> {
+        Box::pin(async move {
+            let keys = self.0.credentials().await.map_err(|e| {
+                ossmount::store::StoreError::new(
+                    ossmount::store::StoreErrorKind::Permanent,
+                    format!("cannot read the AWS keys from the credential files: {e}"),
+                )
+            })?;
+            Ok(AwsCredentials {
+                access_key_id: keys.access_key_id,
+                secret_access_key: ossmount::store::Secret::new(
+                    keys.access_key_secret.expose().to_string(),
+                ),
+                session_token: keys
+                    .security_token
+                    .map(|t| ossmount::store::Secret::new(t.expose().to_string())),
+            })
+        })
+    }
+
+    fn principal(&self) -> String {
+        self.0.principal()
     }
 }

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use clap::Parser;
 
 use ossmount::csi::{MountRefusal, Mounter, Plugin, PublishRequest};
 
@@ -61,7 +60,7 @@ impl Mounter for NodeMounter {
                 call.extend(["-o".to_string(), "allow_other".to_string()]);
             }
             let argv = super::helper::translate(&call).map_err(MountRefusal::Invalid)?;
-            let cli = Cli::try_parse_from(std::iter::once("ossmount".to_string()).chain(argv))
+            let cli = Cli::parse_args(std::iter::once("ossmount".to_string()).chain(argv))
                 .map_err(|e| MountRefusal::Invalid(e.to_string().trim().to_string()))?;
             let Command::Mount(m) = cli.cmd else {
                 unreachable!("a helper call is a mount")
@@ -69,8 +68,8 @@ impl Mounter for NodeMounter {
             let mut conn = cli.conn;
             // Credentials come from the volume's secrets (as the chain's environment, so
             // never on a command line) or, without them, from this plugin's own chain
-            // (its OSS_* variables, RRSA, the ECS role...).
-            let mut env = ossmount::oss::credentials::chain_environment();
+            // (its OSS_* variables, RRSA, the ECS role...; for S3 its AWS_* ones, IRSA...).
+            let mut env = super::mount::chain_environment(&req.volume.source);
             if !req.volume.credentials_env.is_empty() {
                 conn.access_key_id = None;
                 conn.access_key_secret = None;
@@ -104,6 +103,9 @@ fn is_credential(var: &str) -> bool {
             | "ALIBABA_CLOUD_ACCESS_KEY_ID"
             | "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
             | "ALIBABA_CLOUD_SECURITY_TOKEN"
+            | "AWS_ACCESS_KEY_ID"
+            | "AWS_SECRET_ACCESS_KEY"
+            | "AWS_SESSION_TOKEN"
     )
 }
 

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::FromArgMatches;
 
 use super::fluid_config::{self, Keys, PlannedMount};
 use super::mount::{self, Signals};
@@ -48,10 +47,8 @@ fn mount_command(
             argv.extend(["--session-token-file".into(), token.display().to_string()]);
         }
     }
-    let matches = <Cli as clap::CommandFactory>::command()
-        .try_get_matches_from(&argv)
+    let Cli { mut conn, cmd, .. } = Cli::parse_args(&argv)
         .map_err(|e| anyhow::anyhow!("mount {:?}: {}", p.name, e.render()))?;
-    let Cli { mut conn, cmd, .. } = Cli::from_arg_matches(&matches)?;
     let Command::Mount(m) = cmd else {
         unreachable!("the command line names mount")
     };
@@ -61,6 +58,7 @@ fn mount_command(
             conn.access_key_secret = Some(secret.expose().to_string());
             conn.session_token = token.as_ref().map(|t| t.expose().to_string());
             conn.credentials_dir = None;
+            conn.keys_on_command_line = true;
         }
         Keys::Files { .. } => {
             // Keys from the environment would be a second source: the files win.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde::Deserialize;
 
-use ossmount::oss::{OssUrl, Secret};
+use ossmount::oss::Secret;
 
 /// Where Fluid writes the config.
 pub const DEFAULT_CONFIG: &str = "/etc/fluid/config/config.json";
@@ -254,7 +254,7 @@ pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMou
                 "{what} still has encryptOptions: Fluid resolves them into options before the fuse container starts; is this config written by Fluid's thin runtime?"
             ));
         }
-        let url = oss_url(&m.mount_point).map_err(|e| format!("{what}: {e}"))?;
+        let url = store_url(&m.mount_point).map_err(|e| format!("{what}: {e}"))?;
         let mountpoint = if several {
             target.join(subdir(m).map_err(|e| format!("{what}: {e}"))?)
         } else {
@@ -299,19 +299,20 @@ pub fn plan(config: &FluidConfig, default_cache: &Path) -> Result<Vec<PlannedMou
     Ok(planned)
 }
 
-/// `oss://bucket/prefix` as ossmount takes it: a Dataset's mount point is a directory, so
-/// a prefix ends with `/`.
-fn oss_url(mount_point: &str) -> Result<String, String> {
-    if !mount_point.starts_with("oss://") {
+/// `oss://bucket/prefix` (or `s3://...`) as ossmount takes it: a Dataset's mount point is a
+/// directory, so a prefix ends with `/`.
+fn store_url(mount_point: &str) -> Result<String, String> {
+    if !(mount_point.starts_with("oss://") || mount_point.starts_with("s3://")) {
         return Err(format!(
-            "mountPoint {mount_point:?} is not an OSS URL: write it as oss://bucket/ or oss://bucket/prefix/"
+            "mountPoint {mount_point:?} is not an OSS or S3 URL: write it as oss://bucket/prefix/ or s3://bucket/prefix/"
         ));
     }
-    let mut url = OssUrl::parse(mount_point)?;
-    if !url.key.is_empty() && !url.key.ends_with('/') {
-        url.key.push('/');
+    let url = super::connection::ObjectUrl::parse(mount_point)?.store_url();
+    let mut key = url.key.clone();
+    if !key.is_empty() && !key.ends_with('/') {
+        key.push('/');
     }
-    Ok(url.to_string())
+    Ok(format!("{}://{}/{key}", url.scheme, url.bucket))
 }
 
 /// The directory under `targetPath` of one of several mounts: its `path` (unless `/`),
@@ -518,6 +519,29 @@ mod tests {
         );
     }
 
+    /// An S3 Dataset (`s3://`): the same options, its keys from the same Secrets (used as
+    /// AWS keys), a prefix made a directory.
+    #[test]
+    fn an_s3_mount_point_is_mounted_as_s3() {
+        let plan = parse(r#"{"mounts":[{"mountPoint":"s3://data.example/train","options":{"url":"http://minio.local:9000","region":"auto","addressing":"path","akId":"/etc/fluid/secrets/s3/akId","akSecret":"/etc/fluid/secrets/s3/akSecret"}}],"targetPath":"/t"}"#).unwrap();
+        assert_eq!(plan[0].url, "s3://data.example/train/");
+        assert_eq!(
+            plan[0].flags,
+            [
+                "--addressing",
+                "path",
+                "--endpoint",
+                "http://minio.local:9000",
+                "--region",
+                "auto",
+                "--allow-other",
+                "--cache-dir",
+                DEFAULT_CACHE_DIR
+            ]
+        );
+        assert!(matches!(plan[0].keys, Keys::Files { .. }));
+    }
+
     #[test]
     fn several_mounts_go_under_target_path_by_path_or_name() {
         let plan = parse(
@@ -615,7 +639,7 @@ mod tests {
         let err = with(r#"{"allow-other":"yes"}"#);
         assert!(err.contains("switch"), "{err}");
         let err =
-            parse(r#"{"mounts":[{"mountPoint":"s3://bkt/"}],"targetPath":"/t"}"#).unwrap_err();
+            parse(r#"{"mounts":[{"mountPoint":"gs://bkt/"}],"targetPath":"/t"}"#).unwrap_err();
         assert!(err.contains("oss://bucket/"), "{err}");
         let err = parse(r#"{"mounts":[{"mountPoint":"oss://bkt/"}]}"#).unwrap_err();
         assert!(err.contains("targetPath"), "{err}");

@@ -45,6 +45,28 @@ pub struct Cli {
     pub cmd: Command,
 }
 
+impl Cli {
+    /// Parses a command line (`args[0]` the program), noting which connection flags were
+    /// written on it rather than taken from OSS_* variables: an `s3://` URL uses `--endpoint`
+    /// and `--region` only then. Every parse of a command line (the binary's own, a CSI
+    /// volume's, a Fluid mount's) goes through here.
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let on_command_line = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+        cli.conn.endpoint_on_command_line = on_command_line("endpoint");
+        cli.conn.region_on_command_line = on_command_line("region");
+        cli.conn.keys_on_command_line =
+            on_command_line("access_key_id") || on_command_line("access_key_secret");
+        Ok(cli)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// List objects and prefixes: one decoded key per line

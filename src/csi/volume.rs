@@ -1,7 +1,8 @@
 //! A CSI volume as alibaba-cloud-csi-driver's OSS volumes describe it, turned into what
 //! `ossmount mount` takes: the `volume_context` keys (`bucket`, `path`, `url`, `region`,
-//! `sigVersion`, `otherOpts`), the PV's `mountOptions`, and the `node_publish_secrets`
-//! (`akId`/`akSecret`, or `AccessKeyId`/`AccessKeySecret`/`SecurityToken`). ossfs options
+//! `sigVersion`, `otherOpts`, and `store: s3` for an S3 bucket, with `addressingStyle`), the
+//! PV's `mountOptions`, and the `node_publish_secrets` (`akId`/`akSecret`, or
+//! `AccessKeyId`/`AccessKeySecret`/`SecurityToken`; for S3 also the AWS names). ossfs options
 //! with an ossmount meaning become ossmount's `-o` options; the rest are refused by name.
 //! Pure functions: no I/O, no mount. Secrets go only into the environment map, and no error
 //! quotes a secret's value.
@@ -17,7 +18,7 @@ pub struct InvalidVolume(pub String);
 /// the credential environment the node's chain reads (secret; never logged).
 #[derive(Clone, PartialEq, Eq)]
 pub struct VolumeMount {
-    /// `oss://bucket/prefix/` (prefix empty for the whole bucket).
+    /// `oss://bucket/prefix/` or `s3://bucket/prefix/` (prefix empty for the whole bucket).
     pub source: String,
     pub bucket: String,
     pub options: Vec<String>,
@@ -67,6 +68,8 @@ pub fn volume_mount(
     let mut path = String::new();
     let mut options = Vec::new();
     let mut other_opts = String::new();
+    let mut store = Store::Oss;
+    let mut addressing = None;
     for (key, value) in context {
         if key.starts_with(KUBELET_PREFIX) {
             continue;
@@ -86,6 +89,28 @@ pub fn volume_mount(
                 }
             },
             "otheropts" => other_opts = value.to_string(),
+            "store" => {
+                store = match value.to_ascii_lowercase().as_str() {
+                    "" | "oss" => Store::Oss,
+                    "s3" => Store::S3,
+                    _ => {
+                        return Err(InvalidVolume(format!(
+                            "volumeAttributes store is {value:?}; it takes oss (the default) or s3"
+                        )))
+                    }
+                }
+            }
+            "addressingstyle" => {
+                addressing = match value {
+                    "" => None,
+                    "path" | "virtual" => Some(value.to_string()),
+                    _ => {
+                        return Err(InvalidVolume(format!(
+                            "volumeAttributes addressingStyle is {value:?}; it takes path or virtual"
+                        )))
+                    }
+                }
+            }
             "akid" | "aksecret" => {
                 return Err(InvalidVolume(format!(
                     "volumeAttributes {key} puts a credential in the PersistentVolume, readable by anyone who can read PVs; put akId and akSecret in a Secret and name it in nodePublishSecretRef"
@@ -95,7 +120,7 @@ pub fn volume_mount(
             "url" | "region" => {}
             _ => {
                 return Err(InvalidVolume(format!(
-                    "unknown volumeAttributes key {key:?}; ossmount takes bucket, path, url, region, sigVersion and otherOpts"
+                    "unknown volumeAttributes key {key:?}; ossmount takes bucket, path, url, region, sigVersion, otherOpts, store and addressingStyle"
                 )))
             }
         }
@@ -104,12 +129,23 @@ pub fn volume_mount(
         Some(b) if !b.is_empty() => b,
         _ => {
             return Err(InvalidVolume(
-                "volumeAttributes has no bucket: set bucket (the OSS bucket to mount) in the PersistentVolume's csi.volumeAttributes".into(),
+                "volumeAttributes has no bucket: set bucket (the bucket to mount) in the PersistentVolume's csi.volumeAttributes".into(),
             ))
         }
     };
-    crate::oss::endpoint::validate_bucket(&bucket)
-        .map_err(|e| InvalidVolume(format!("volumeAttributes bucket: {e}")))?;
+    match store {
+        Store::Oss => crate::oss::endpoint::validate_bucket(&bucket),
+        Store::S3 => crate::store::s3::validate_bucket(&bucket),
+    }
+    .map_err(|e| InvalidVolume(format!("volumeAttributes bucket: {e}")))?;
+    if let Some(style) = addressing {
+        if store == Store::Oss {
+            return Err(InvalidVolume(
+                "volumeAttributes addressingStyle is for S3 volumes (store: s3); OSS volumes are always virtual-hosted".into(),
+            ));
+        }
+        options.push(format!("addressing={style}"));
+    }
     for opt in ossfs_options(&other_opts)?
         .into_iter()
         .chain(mount_flags.iter().map(|f| f.trim().to_string()))
@@ -128,13 +164,36 @@ pub fn volume_mount(
             )));
         }
     }
+    if store == Store::S3 {
+        if let Some(o) = options.iter().find(|o| o.starts_with("signature_version=")) {
+            return Err(InvalidVolume(format!(
+                "{o} (sigVersion, or ossfs's sigv1) is an OSS signature; S3 volumes are signed with SigV4: remove it"
+            )));
+        }
+    }
     let prefix = prefix_of(&path)?;
     Ok(VolumeMount {
-        source: format!("oss://{bucket}/{prefix}"),
+        source: format!("{}://{bucket}/{prefix}", store.scheme()),
         bucket,
         options,
-        credentials_env: credentials_env(secrets)?,
+        credentials_env: credentials_env(secrets, store)?,
     })
+}
+
+/// Which kind of store a volume's bucket is in (`store` attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Oss,
+    S3,
+}
+
+impl Store {
+    fn scheme(self) -> &'static str {
+        match self {
+            Store::Oss => "oss",
+            Store::S3 => "s3",
+        }
+    }
 }
 
 /// A region's name (`cn-hangzhou`): checked, since it travels as one helper option and a
@@ -268,9 +327,13 @@ fn ossfs_option(opt: &str) -> Result<Option<String>, InvalidVolume> {
 
 /// The secrets as the credential chain's environment: `akId`/`akSecret` (the CSI driver's
 /// legacy keys), or `AccessKeyId`/`AccessKeySecret` with an optional `SecurityToken` (any
-/// case). No secrets: an empty map (the node's own chain applies, e.g. RRSA).
+/// case); an S3 volume also takes the AWS names (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) and mountpoint-s3's CSI driver's (`key_id`,
+/// `access_key`, `session_token`). No secrets: an empty map (the node's own chain applies,
+/// e.g. RRSA or IRSA).
 fn credentials_env(
     secrets: &BTreeMap<String, String>,
+    store: Store,
 ) -> Result<BTreeMap<String, String>, InvalidVolume> {
     let find = |names: &[&str]| {
         secrets
@@ -280,22 +343,46 @@ fn credentials_env(
             })
             .map(|(_, v)| v.trim().to_string())
     };
-    let id = find(&["akId", "AccessKeyId"]);
-    let secret = find(&["akSecret", "AccessKeySecret"]);
-    let token = find(&["SecurityToken", "stsToken"]);
+    let (id, secret, token, names) = match store {
+        Store::Oss => (
+            find(&["akId", "AccessKeyId"]),
+            find(&["akSecret", "AccessKeySecret"]),
+            find(&["SecurityToken", "stsToken"]),
+            [
+                "ALIBABA_CLOUD_ACCESS_KEY_ID",
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                "ALIBABA_CLOUD_SECURITY_TOKEN",
+            ],
+        ),
+        Store::S3 => (
+            find(&["AWS_ACCESS_KEY_ID", "key_id", "akId", "AccessKeyId"]),
+            find(&[
+                "AWS_SECRET_ACCESS_KEY",
+                "access_key",
+                "akSecret",
+                "AccessKeySecret",
+            ]),
+            find(&["AWS_SESSION_TOKEN", "session_token", "SecurityToken"]),
+            [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+            ],
+        ),
+    };
     let mut env = BTreeMap::new();
     match (id, secret) {
         (Some(id), Some(secret)) => {
-            env.insert("ALIBABA_CLOUD_ACCESS_KEY_ID".into(), id);
-            env.insert("ALIBABA_CLOUD_ACCESS_KEY_SECRET".into(), secret);
+            env.insert(names[0].into(), id);
+            env.insert(names[1].into(), secret);
             if let Some(t) = token {
-                env.insert("ALIBABA_CLOUD_SECURITY_TOKEN".into(), t);
+                env.insert(names[2].into(), t);
             }
         }
         (None, None) if token.is_none() => {}
         _ => {
             return Err(InvalidVolume(
-                "the volume's secret (nodePublishSecretRef) must hold both akId and akSecret (or AccessKeyId and AccessKeySecret, with SecurityToken for STS)".into(),
+                "the volume's secret (nodePublishSecretRef) must hold both akId and akSecret (or AccessKeyId and AccessKeySecret, with SecurityToken for STS; for S3 also AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with AWS_SESSION_TOKEN)".into(),
             ))
         }
     }
@@ -342,6 +429,82 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    /// `store: s3` mounts an S3 bucket: S3's bucket rules (dots allowed), the AWS secret
+    /// names (and mountpoint-s3's), `addressingStyle`; OSS-only settings are refused by name.
+    #[test]
+    fn an_s3_volume_becomes_an_s3_mount() {
+        let v = volume_mount(
+            &map(&[
+                ("store", "S3"),
+                ("bucket", "data.example"),
+                ("path", "/models/"),
+                ("url", "https://minio.local:9000"),
+                ("region", "auto"),
+                ("addressingStyle", "path"),
+                ("otherOpts", "-o allow_other -o parallel_count=8"),
+            ]),
+            &[],
+            &map(&[
+                ("AWS_ACCESS_KEY_ID", "AKIA"),
+                ("AWS_SECRET_ACCESS_KEY", "S3SECRET"),
+                ("AWS_SESSION_TOKEN", "TOKEN"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(v.source, "s3://data.example/models/");
+        assert_eq!(
+            v.options,
+            [
+                "region=auto",
+                "endpoint=https://minio.local:9000",
+                "addressing=path",
+                "allow_other",
+                "threads=8"
+            ]
+        );
+        assert_eq!(
+            v.credentials_env,
+            map(&[
+                ("AWS_ACCESS_KEY_ID", "AKIA"),
+                ("AWS_SECRET_ACCESS_KEY", "S3SECRET"),
+                ("AWS_SESSION_TOKEN", "TOKEN")
+            ])
+        );
+        assert!(!format!("{v:?}").contains("S3SECRET"), "{v:?}");
+        let mountpoint_names = volume_mount(
+            &map(&[("store", "s3"), ("bucket", "b-1")]),
+            &[],
+            &map(&[("key_id", "K"), ("access_key", "S")]),
+        )
+        .unwrap();
+        assert_eq!(
+            mountpoint_names.credentials_env,
+            map(&[("AWS_ACCESS_KEY_ID", "K"), ("AWS_SECRET_ACCESS_KEY", "S")])
+        );
+        let refused = |context: &[(&str, &str)], flags: &[&str]| {
+            let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+            volume_mount(&map(context), &flags, &map(&[]))
+                .unwrap_err()
+                .0
+        };
+        let e = refused(
+            &[("store", "s3"), ("bucket", "b-1"), ("sigVersion", "v1")],
+            &[],
+        );
+        assert!(e.contains("SigV4"), "{e}");
+        let e = refused(&[("store", "s3"), ("bucket", "b-1")], &["sigv1"]);
+        assert!(e.contains("SigV4"), "{e}");
+        let e = refused(&[("store", "gcs"), ("bucket", "b-1")], &[]);
+        assert!(e.contains("oss (the default) or s3"), "{e}");
+        let e = refused(&[("bucket", "b-1"), ("addressingStyle", "path")], &[]);
+        assert!(e.contains("S3 volumes"), "{e}");
+        let e = refused(&[("store", "s3"), ("bucket", "B_1")], &[]);
+        assert!(e.contains("bucket"), "{e}");
+        // An OSS volume keeps OSS's rules: no dots in its bucket's name.
+        let e = refused(&[("bucket", "data.example")], &[]);
+        assert!(e.contains("bucket"), "{e}");
     }
 
     #[test]

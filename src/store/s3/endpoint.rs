@@ -185,7 +185,7 @@ impl From<S3Url> for crate::store::StoreUrl {
 
 /// S3's bucket naming rules (general purpose buckets): 3-63 characters of a-z, 0-9, '.' and
 /// '-', starting and ending with a letter or digit.
-fn validate_bucket(bucket: &str) -> Result<(), String> {
+pub(crate) fn validate_bucket(bucket: &str) -> Result<(), String> {
     let ok_chars = bucket
         .bytes()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use chain::resolve_chain;
 pub use client::S3Client;
 pub use credentials::{AwsCredentials, CredentialSource, StaticCredentials};
+pub(crate) use endpoint::validate_bucket;
 pub use endpoint::{S3Addressing, S3Endpoint, S3Url};
 
 use super::{RequestObserver, RetryPolicy};
