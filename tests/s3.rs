@@ -220,8 +220,8 @@ async fn a_byte_flipped_in_transit_fails_the_md5_check_and_nothing_is_kept() {
 }
 
 /// An object uploaded with its CRC64NVME, as AWS SDKs upload new objects (s3s-fs checks the
-/// value against its own implementation and keeps it): `stat` shows it, a download checks the
-/// whole object against it (preferred to the MD5 ETag: cheaper), and a byte flipped in
+/// value against its own implementation and keeps it), in parts (so its ETag is no MD5):
+/// `stat` shows it, a download checks the whole object against it, and a byte flipped in
 /// transit fails that check and keeps nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crc64nvme_object_is_checked_by_it_and_a_byte_flipped_in_transit_is_caught() {
@@ -229,6 +229,7 @@ async fn a_crc64nvme_object_is_checked_by_it_and_a_byte_flipped_in_transit_is_ca
     let size = 9 * MIB + 77;
     let data = ossmount::sample::bytes(7070, size as usize);
     let crc = s.put_with_crc64nvme("nvme.bin", &data).await;
+    s.as_multipart_upload("nvme.bin");
     let url = format!("s3://{BUCKET}/nvme.bin");
 
     let out = run(&["stat", &url], s.env(SK)).await;

@@ -154,7 +154,9 @@ impl OssFs {
                 )
                 .await
             {
-                Ok((meta, stream)) if meta.crc64.is_some() => Ok((
+                // What the object is verified by came with the answer (OSS: the CRC-64 on
+                // ranged answers too; S3: an MD5 ETag, which a HEAD would give the same).
+                Ok((meta, stream)) if meta.crc64.is_some() || meta.digest.is_some() => Ok((
                     meta,
                     Some(Prefetched::Part {
                         range: first_part,
@@ -163,8 +165,8 @@ impl OssFs {
                     }),
                 )),
                 Ok((meta, stream)) => {
-                    // OSS sends the whole object's CRC-64 on a ranged answer too; one that
-                    // came without it (a proxy, an object without one) is asked by HEAD,
+                    // One that came without it (a proxy, an object without one, an S3
+                    // multipart upload whose CRC64NVME only a HEAD tells) is asked by HEAD,
                     // so the identity never depends on which request told it.
                     self.stats.heads.fetch_add(1, Ordering::Relaxed);
                     match self.store.head(&self.cfg.bucket, &key).await {

@@ -170,23 +170,25 @@ impl S3Server {
         crc
     }
 
-    /// Makes `key` look like a multipart upload (ETag `<md5 of md5s>-3`, not the bytes' MD5):
-    /// s3s-fs 0.14 keeps an object's ETag in `.bucket-B.object-K.internal.json` (B and K in
-    /// unpadded URL-safe base64) at its root, and answers with it when there is one.
+    /// Makes `key` look like a multipart upload (ETag `<md5 of md5s>-3`, not the bytes' MD5),
+    /// keeping what else s3s-fs knows of it (a CRC64NVME): s3s-fs 0.14 keeps an object's ETag
+    /// and checksums in `.bucket-B.object-K.internal.json` (B and K in unpadded URL-safe
+    /// base64) at its root, and answers with them when there are some.
     pub fn as_multipart_upload(&self, key: &str) -> String {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let etag = "0123456789abcdef0123456789abcdef-3";
-        let info = serde_json::json!({ "e_tag": etag });
-        std::fs::write(
-            self.dir.path().join(format!(
-                ".bucket-{}.object-{}.internal.json",
-                b64(BUCKET),
-                b64(key)
-            )),
-            serde_json::to_vec(&info).unwrap(),
-        )
-        .unwrap();
+        let path = self.dir.path().join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64(BUCKET),
+            b64(key)
+        ));
+        let mut info: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        info.insert("e_tag".into(), etag.into());
+        std::fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
         format!("\"{etag}\"")
     }
 

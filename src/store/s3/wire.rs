@@ -57,10 +57,13 @@ pub(super) fn meta_from_headers(
     let etag = header_str(h, "etag").ok_or_else(|| missing("ETag"))?;
     Ok(ObjectMeta {
         size,
-        // CRC64NVME when the service keeps one (cheaper to check), else an MD5 ETag.
-        digest: crc64nvme_of(h)
-            .map(WholeDigest::Crc64Nvme)
-            .or_else(|| md5_of_etag(&etag, h).map(WholeDigest::Md5)),
+        // The MD5 when the ETag is one, else the full-object CRC64NVME. The same answer
+        // whichever request told it: a ranged GET carries the ETag but never the full-object
+        // checksum, so a GET and a HEAD of one version give one identity (and an open needs
+        // no HEAD after its first GET when the ETag is an MD5).
+        digest: md5_of_etag(&etag, h)
+            .map(WholeDigest::Md5)
+            .or_else(|| crc64nvme_of(h).map(WholeDigest::Crc64Nvme)),
         etag,
         last_modified: header_str(h, "last-modified").unwrap_or_default(),
         // S3's checksums are not CRC-64/ECMA: the parts' CRC-64s are not folded into one.
@@ -343,9 +346,19 @@ mod tests {
         both.insert("content-length", "9".parse().unwrap());
         let meta = meta_from_headers(&both, None, "e").unwrap();
         assert_eq!(
+            meta.digest.map(|d| d.algorithm()),
+            Some("MD5"),
+            "the MD5 ETag first: a ranged GET tells it too"
+        );
+        both.insert(
+            "etag",
+            "\"9e107d9d372bb6826bd81d3542a419d6-2\"".parse().unwrap(),
+        );
+        let meta = meta_from_headers(&both, None, "e").unwrap();
+        assert_eq!(
             meta.digest,
             Some(WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888)),
-            "CRC64NVME is preferred to the MD5"
+            "a multipart upload's ETag is no MD5: its CRC64NVME"
         );
         let mut nvme = WholeDigest::Crc64Nvme(0).hasher();
         nvme.update(b"1234");
