@@ -93,16 +93,8 @@ async fn a_direct_read_that_waits_past_its_deadline_fails_with_eio() {
     );
 }
 
-/// `cat PATH`, off the runtime: whether it succeeded, and what it printed.
 async fn cat(p: std::path::PathBuf) -> (bool, Vec<u8>) {
-    fs_op(T, move || {
-        let out = std::process::Command::new("cat")
-            .arg(p)
-            .output_within(T, "cat")
-            .unwrap();
-        (out.status.success(), out.stdout)
-    })
-    .await
+    cat_within(T, p).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mount::{
-    entry_checkpoints, force_unmount, fs_op, getxattr, is_mounted, refused_mount, require_fuse,
-    Mount,
+    cat_within, entry_checkpoints, force_unmount, fs_op, getxattr, is_mounted, refused_mount,
+    require_fuse, Mount,
 };
 use common::{bin, sha256_file, wait_until, CommandWithin};
 use s3_server::*;
@@ -342,16 +342,8 @@ async fn an_s3_entry_is_never_an_oss_entry_of_the_same_endpoint_bucket_and_key()
     assert!(by_oss.entry_state(BUCKET, "data/p.bin").is_none());
 }
 
-/// `cat` of a mounted file, bounded: whether it succeeded, and what it printed.
 async fn cat(p: std::path::PathBuf) -> (bool, Vec<u8>) {
-    fs_op(Duration::from_secs(120), move || {
-        let out = Command::new("cat")
-            .arg(p)
-            .output_within(Duration::from_secs(120), "cat")
-            .unwrap();
-        (out.status.success(), out.stdout)
-    })
-    .await
+    cat_within(Duration::from_secs(120), p).await
 }
 
 /// A mounted S3 object is served to its end only once the whole object matches its digest:

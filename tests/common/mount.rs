@@ -318,6 +318,19 @@ impl Drop for Mount {
     }
 }
 
+/// `cat PATH` within `limit`: whether it succeeded, and what it printed.
+pub async fn cat_within(limit: Duration, path: PathBuf) -> (bool, Vec<u8>) {
+    use super::CommandWithin;
+    fs_op(limit, move || {
+        let out = std::process::Command::new("cat")
+            .arg(path)
+            .output_within(limit, "cat")
+            .unwrap();
+        (out.status.success(), out.stdout)
+    })
+    .await
+}
+
 /// Runs blocking filesystem work off the runtime, failing the test (naming the caller's line)
 /// if it takes longer than `limit`. The work itself cannot be cancelled; the failing test's
 /// `Mount` guard then kills the mount, which ends the stuck system call.
