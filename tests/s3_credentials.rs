@@ -6,7 +6,9 @@
 //! read at the next refresh; credentials refreshed ahead of expiry without making a caller
 //! wait, and after expiry with one; an unreachable IMDS failing within its timeouts; and end
 //! to end, `ossmount ls s3://...` through the binary with web identity against s3s-fs (which
-//! checks the SigV4 signature, `x-amz-security-token` included). Every environment is built
+//! checks the SigV4 signature, `x-amz-security-token` included). A profile's
+//! `credential_process` is a real script: run, run again once its keys near expiry, and its
+//! failures said without quoting what it printed. Every environment is built
 //! by the test: nothing reaches a real AWS address. Times come from real clocks, so the
 //! short-lived credentials live a few seconds.
 
@@ -796,4 +798,79 @@ async fn ls_through_the_binary_with_web_identity_against_s3s() {
     );
     assert!(!stderr.contains("jwt-revoked"), "{stderr}");
     assert_eq!(s3.tokens.lock().unwrap().len(), asked);
+}
+
+/// A profile's `credential_process`: the script's keys sign, it runs again once they near
+/// their Expiration (here a few seconds ahead, within the refresh margin) and its new keys
+/// take over; a script that fails, or prints something else, is an error that names the
+/// profile and quotes nothing it printed.
+#[tokio::test]
+async fn a_credential_process_profile_is_run_and_run_again_before_its_keys_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let script = dir.path().join("creds.sh");
+    // Each run prints keys numbered by how many runs came before, expiring in 4 s.
+    write(
+        &script,
+        &format!(
+            "#!/bin/sh\necho run >> {runs}\nn=$(wc -l < {runs})\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"AKIAPROC%s\", \"SecretAccessKey\": \"proc-secret\", \"SessionToken\": \"proc-token\", \"Expiration\": \"%s\"}}' \"$n\" \"$1\"\n",
+            runs = runs.display()
+        ),
+    );
+    let config = dir.path().join("config");
+    let expiring = expiring_in(Duration::from_secs(4));
+    write(
+        &config,
+        &format!(
+            "[profile proc]\ncredential_process = sh {} {expiring}\n\n[profile broken]\ncredential_process = sh -c 'echo leaked-secret-output; echo stderr-secret >&2; exit 3'\n\n[profile garbage]\ncredential_process = echo not-json-secret\n",
+            script.display()
+        ),
+    );
+    let with = |profile: &'static str| {
+        env(&[
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_PROFILE", profile),
+        ])
+    };
+    let source = resolve_chain(&with("proc")).await.unwrap();
+    let first = source.credentials().await.unwrap();
+    assert_eq!(first.access_key_id, "AKIAPROC1");
+    assert_eq!(first.secret_access_key.expose(), "proc-secret");
+    assert_eq!(first.session_token.unwrap().expose(), "proc-token");
+    assert!(
+        source.principal().contains("profile proc"),
+        "{}",
+        source.principal()
+    );
+    // Within the margin (a third of 4 s is left at most): a refresh runs the script again.
+    let renewed = within(
+        Duration::from_secs(20),
+        "a second run of the script",
+        async {
+            loop {
+                let k = source.credentials().await.unwrap();
+                if k.access_key_id != "AKIAPROC1" {
+                    return k;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    assert!(
+        renewed.access_key_id.starts_with("AKIAPROC"),
+        "{}",
+        renewed.access_key_id
+    );
+    assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
+
+    for (profile, what) in [("broken", "failed"), ("garbage", "unexpected output")] {
+        let err = resolve_err(&with(profile)).await;
+        assert!(
+            err.contains(what) && err.contains(&format!("profile {profile}")),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+    }
 }

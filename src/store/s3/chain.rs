@@ -4,7 +4,8 @@
 //! the token file re-read at every refresh because EKS rotates it); container credentials
 //! (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, with the authorization token
 //! file re-read at every refresh: ECS, EKS Pod Identity); the shared credentials and config
-//! files' profile; the EC2 instance role through IMDSv2. The first source that is configured
+//! files' profile (static keys, or a `credential_process` run again before its keys expire);
+//! the EC2 instance role through IMDSv2. The first source that is configured
 //! decides: a configured source that fails is an error, not a reason to try the next one, so
 //! a broken role never silently becomes other keys. Temporary credentials are kept fresh by
 //! `refresh::Refreshing`. `AWS_ENDPOINT_URL_STS`, `OSSMOUNT_CONTAINER_CREDENTIALS_ENDPOINT`
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 use super::credentials::{
     environment_keys, shared_profile, AwsCredentials, ChainEnvironment, CredentialSource,
+    ProfileCredentials,
 };
 use super::refresh::{Expiring, Fetch, Refreshing};
 use crate::store::{time, xml, BoxFut, Secret, StoreError, StoreErrorKind};
@@ -122,6 +124,87 @@ impl CredentialsJson {
             },
             expiration,
         })
+    }
+}
+
+/// How long a `credential_process` command may run.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A profile's `credential_process`: the command (run by `sh -c`, as the AWS SDKs run it on
+/// Unix) prints `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken",
+/// "Expiration"}` on stdout. Run again before the keys expire (`Refreshing`); keys without an
+/// Expiration are kept. Neither its output nor its stderr (which may hold keys) is ever quoted.
+pub struct CredentialProcess {
+    command: String,
+    origin: String,
+}
+
+/// What a `credential_process` prints.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessJson {
+    version: u32,
+    access_key_id: String,
+    secret_access_key: String,
+    #[serde(default)]
+    session_token: Option<String>,
+    #[serde(default)]
+    expiration: Option<String>,
+}
+
+impl Fetch for CredentialProcess {
+    fn fetch(&self) -> BoxFut<'_, Result<Expiring, StoreError>> {
+        Box::pin(async move {
+            let what = format!("credential_process of {}", self.origin);
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&self.command)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .output();
+            let out = match tokio::time::timeout(PROCESS_TIMEOUT, run).await {
+                Err(_) => {
+                    return Err(transient(format!(
+                        "{what} did not finish within {PROCESS_TIMEOUT:?}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(permanent(format!("{what} could not run: {e}"))),
+                Ok(Ok(out)) => out,
+            };
+            if !out.status.success() {
+                return Err(permanent(format!(
+                    "{what} failed ({}); run it by hand to see why",
+                    out.status
+                )));
+            }
+            // serde's message names the field, never a value.
+            let j: ProcessJson = serde_json::from_slice(&out.stdout)
+                .map_err(|e| permanent(format!("{what} printed unexpected output: {e}")))?;
+            if j.version != 1 {
+                return Err(permanent(format!(
+                    "{what} printed Version {}; the AWS SDKs read Version 1",
+                    j.version
+                )));
+            }
+            let expiration = match &j.expiration {
+                Some(t) => Some(parse_expiration(t, &what)?),
+                None => None,
+            };
+            Ok(Expiring {
+                credentials: AwsCredentials {
+                    access_key_id: j.access_key_id,
+                    secret_access_key: Secret::new(j.secret_access_key),
+                    session_token: j.session_token.filter(|t| !t.is_empty()).map(Secret::new),
+                },
+                expiration,
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("the credential_process of {}", self.origin)
     }
 }
 
@@ -484,8 +567,14 @@ async fn resolve(env: &ChainEnvironment) -> Result<Arc<dyn CredentialSource>, St
         p.credentials().await?;
         return Ok(Arc::new(p));
     }
-    if let Some(profile) = shared_profile(env)? {
-        return Ok(profile);
+    match shared_profile(env)? {
+        Some(ProfileCredentials::Keys(keys)) => return Ok(keys),
+        Some(ProfileCredentials::Process { command, origin }) => {
+            let p = Refreshing::new(CredentialProcess { command, origin });
+            p.credentials().await?;
+            return Ok(Arc::new(p));
+        }
+        None => {}
     }
     let imds_why = if env
         .get("AWS_EC2_METADATA_DISABLED")

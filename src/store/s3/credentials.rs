@@ -2,7 +2,8 @@
 //! seam a source stands behind (`CredentialSource`, asked before every request, so a
 //! refreshing source such as web identity, a container endpoint or IMDSv2 (`chain`) renews its
 //! keys there), and the static sources of the AWS SDKs' chain: the `AWS_*` environment, and a
-//! profile's keys in the shared credentials and config files. Secrets are held in `Secret` and
+//! profile's keys (or its `credential_process`, which `chain` runs) in the shared credentials
+//! and config files. Secrets are held in `Secret` and
 //! never printed.
 
 use std::collections::BTreeMap;
@@ -116,18 +117,6 @@ fn config_error(message: String) -> StoreError {
     StoreError::new(StoreErrorKind::Permanent, message)
 }
 
-/// The static part of the chain, in its order: the environment's keys, then the shared
-/// files' profile (`chain::resolve_chain` puts the temporary sources between them). `None`
-/// when neither has keys.
-pub fn static_chain(
-    env: &ChainEnvironment,
-) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
-    match environment_keys(env)? {
-        Some(keys) => Ok(Some(keys)),
-        None => shared_profile(env),
-    }
-}
-
 /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`); an error when
 /// only one of the pair is set, rather than silently trying the next source.
 pub fn environment_keys(
@@ -170,15 +159,14 @@ fn read_shared_file(path: &Path, what: &str) -> Result<Option<String>, StoreErro
     }
 }
 
-/// The static keys of profile `AWS_PROFILE` (or `default`): from the shared credentials file
+/// The keys of profile `AWS_PROFILE` (or `default`), static or by `credential_process`
+/// (static keys win where a profile has both): from the shared credentials file
 /// (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`, sections `[name]`), else from the
 /// config file (`AWS_CONFIG_FILE`, or `~/.aws/config`, sections `[profile name]` and
 /// `[default]`); the credentials file wins, as in the SDKs. `None` when the default profile
 /// has no keys (a config file's `[default]` often holds only a region). A profile named by
 /// `AWS_PROFILE` that is missing or has no keys is an error: the user asked for it.
-pub fn shared_profile(
-    env: &ChainEnvironment,
-) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
+pub fn shared_profile(env: &ChainEnvironment) -> Result<Option<ProfileCredentials>, StoreError> {
     let named_profile = env.get("AWS_PROFILE");
     let profile = named_profile.unwrap_or("default");
     let mut looked_in = Vec::new();
@@ -212,16 +200,21 @@ pub fn shared_profile(
         let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
         match (field("aws_access_key_id"), field("aws_secret_access_key")) {
             (Some(id), Some(secret)) => {
-                return Ok(Some(Arc::new(StaticCredentials::new(
-                    AwsCredentials {
-                        access_key_id: id,
-                        secret_access_key: Secret::new(secret),
-                        session_token: field("aws_session_token").map(Secret::new),
-                    },
-                    origin,
+                return Ok(Some(ProfileCredentials::Keys(Arc::new(
+                    StaticCredentials::new(
+                        AwsCredentials {
+                            access_key_id: id,
+                            secret_access_key: Secret::new(secret),
+                            session_token: field("aws_session_token").map(Secret::new),
+                        },
+                        origin,
+                    ),
                 ))))
             }
-            (None, None) => found_without_keys = found_without_keys.or(Some(origin)),
+            (None, None) => match field("credential_process") {
+                Some(command) => return Ok(Some(ProfileCredentials::Process { command, origin })),
+                None => found_without_keys = found_without_keys.or(Some(origin)),
+            },
             _ => {
                 return Err(config_error(format!(
                     "{origin} lacks aws_access_key_id or aws_secret_access_key"
@@ -232,7 +225,7 @@ pub fn shared_profile(
     match (named_profile, found_without_keys) {
         (None, _) => Ok(None),
         (Some(_), Some(origin)) => Err(config_error(format!(
-            "{origin} lacks aws_access_key_id or aws_secret_access_key (ossmount reads static keys from profiles; role_arn, sso_* and credential_process are not read)"
+            "{origin} lacks aws_access_key_id or aws_secret_access_key (ossmount reads static keys and credential_process from profiles; role_arn and sso_* are not read)"
         ))),
         (Some(_), None) if looked_in.is_empty() => Err(config_error(format!(
             "AWS_PROFILE names profile {profile:?}, but there is no shared credentials or config file"
@@ -242,6 +235,13 @@ pub fn shared_profile(
             looked_in.join(" and ")
         ))),
     }
+}
+
+/// What a shared profile holds: static keys, or a `credential_process` command whose output
+/// is the keys (run by the chain, and run again before they expire).
+pub enum ProfileCredentials {
+    Keys(Arc<dyn CredentialSource>),
+    Process { command: String, origin: String },
 }
 
 /// The INI of `~/.aws/credentials` and `~/.aws/config`: `[section]`s of `name = value` lines, `#` and `;`
@@ -280,6 +280,20 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    /// The static part of the chain, in its order: the environment's keys, then the shared
+    /// files' profile (a `credential_process` profile is not static: none).
+    fn static_chain(
+        env: &ChainEnvironment,
+    ) -> Result<Option<Arc<dyn CredentialSource>>, StoreError> {
+        match environment_keys(env)? {
+            Some(keys) => Ok(Some(keys)),
+            None => Ok(match shared_profile(env)? {
+                Some(ProfileCredentials::Keys(keys)) => Some(keys),
+                _ => None,
+            }),
+        }
     }
 
     async fn keys(env: &ChainEnvironment) -> AwsCredentials {
