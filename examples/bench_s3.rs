@@ -15,7 +15,8 @@
 //!   half the object, the mount detached (`umount -l`), a new mount on the same cache
 //!   directory, then a `cp` of the whole object timed, and the MiB sent after the remount.
 //!
-//! Every copy is compared with the seed's bytes. Tools (`--tools`, default
+//! Every copy is compared with the seed's bytes. `--keep-logs DIR` keeps each mount's log
+//! (rclone's and s3fs's stderr, ossmount's command and node logs). Tools (`--tools`, default
 //! `ossmount,rclone,s3fs`) are run with their defaults otherwise; one not installed is
 //! skipped and the table says so (nothing is installed here). In each of `--rounds` (3)
 //! rounds every case runs every tool, the tools' order rotating from round to round; the
@@ -354,7 +355,13 @@ impl Bench {
             .env_remove("AWS_CA_BUNDLE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut d = Daemon {
@@ -489,7 +496,24 @@ impl Bench {
         (base, cache)
     }
 
+    /// Removes a case's directory; with `--keep-logs DIR`, its logs are copied there first
+    /// (`DIR/<tool>-<case>-<n>-<file>`).
     fn done(&self, base: &Path) {
+        static KEPT: AtomicU64 = AtomicU64::new(0);
+        let keep = arg("--keep-logs", "");
+        if !keep.is_empty() {
+            std::fs::create_dir_all(&keep).unwrap();
+            let n = KEPT.fetch_add(1, Ordering::SeqCst);
+            let name = base.file_name().unwrap().to_string_lossy().into_owned();
+            for log in ["mnt.log", "rclone.log", "s3fs.log", "cache/ossmount.log"] {
+                let from = base.join(log);
+                if from.exists() {
+                    let file = log.replace('/', "-");
+                    let _ =
+                        std::fs::copy(&from, Path::new(&keep).join(format!("{name}-{n}-{file}")));
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(base);
     }
 
