@@ -42,6 +42,17 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
+        S3Server::start_relayed(true).await
+    }
+
+    /// s3s-fs answering straight, without the relay: bodies stream as the server reads them
+    /// (the relay holds each whole body in memory, fine for tests, not for a GiB), and
+    /// nothing is logged, changed or counted (a benchmark counts in front of it).
+    pub async fn start_streaming() -> S3Server {
+        S3Server::start_relayed(false).await
+    }
+
+    async fn start_relayed(relayed: bool) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(BUCKET)).unwrap();
         let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
@@ -63,6 +74,15 @@ impl S3Server {
         let accept_loop = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let service = service.clone();
+                if !relayed {
+                    tokio::spawn(async move {
+                        let io = hyper_util::rt::TokioIo::new(socket);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    });
+                    continue;
+                }
                 let log = log.clone();
                 let flip = flip.clone();
                 let slow = slow.clone();
