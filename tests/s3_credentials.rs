@@ -822,7 +822,7 @@ async fn a_credential_process_profile_is_run_and_run_again_before_its_keys_expir
     write(
         &config,
         &format!(
-            "[profile proc]\ncredential_process = sh {} {expiring}\n\n[profile broken]\ncredential_process = sh -c 'echo leaked-secret-output; echo stderr-secret >&2; exit 3'\n\n[profile garbage]\ncredential_process = echo not-json-secret\n",
+            "[profile proc]\ncredential_process = sh {} {expiring}\n\n[profile broken]\ncredential_process = sh -c 'echo leaked-secret-output; echo stderr-secret >&2; exit 3'\n\n[profile garbage]\ncredential_process = echo not-json-secret\n\n[profile wrongtype]\ncredential_process = echo '{{\"Version\": \"type-secret\", \"AccessKeyId\": \"a\", \"SecretAccessKey\": \"b\"}}'\n",
             script.display()
         ),
     );
@@ -865,12 +865,130 @@ async fn a_credential_process_profile_is_run_and_run_again_before_its_keys_expir
     );
     assert!(std::fs::read_to_string(&runs).unwrap().lines().count() >= 2);
 
-    for (profile, what) in [("broken", "failed"), ("garbage", "unexpected output")] {
+    for (profile, what) in [
+        ("broken", "failed"),
+        ("garbage", "unexpected output"),
+        // serde would quote a value of the wrong type: it is not.
+        ("wrongtype", "wrong type"),
+    ] {
         let err = resolve_err(&with(profile)).await;
         assert!(
             err.contains(what) && err.contains(&format!("profile {profile}")),
             "{err}"
         );
         assert!(!err.contains("secret"), "{err}");
+    }
+}
+
+/// STS's answer to AssumeRole.
+fn assume_role_answer(id: &str, secret: &str, token: &str, lifetime: Duration) -> String {
+    sts_answer(id, secret, token, lifetime)
+        .replace("AssumeRoleWithWebIdentity", "AssumeRole")
+        .replace(
+            "<SubjectFromWebIdentityToken>system:serviceaccount:ml:trainer</SubjectFromWebIdentityToken>",
+            "<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/reader/s</Arn></AssumedRoleUser>",
+        )
+}
+
+/// A `role_arn` profile, end to end: STS AssumeRole is asked with a GET signed (SigV4,
+/// service `sts`) with the keys of its `source_profile` (a static profile here), naming the
+/// role, the session name and the external id; the role's keys (the pair s3s knows, with a
+/// session token) sign the S3 requests of `ls` through the binary. A loop of
+/// source_profiles, and a role without a source, are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_arn_profile_assumes_its_role_with_the_keys_of_its_source_profile() {
+    let s3 = S3Server::start().await;
+    let path = s3.dir.path().join(BUCKET).join("r.txt");
+    std::fs::write(&path, b"role").unwrap();
+    const SESSION: &str = "role-session-DO-NOT-PRINT-77";
+    const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/reader";
+    let sts = StandIn::start(|hit| {
+        let query = |name: &str| {
+            let (_, q) = hit.uri.split_once('?')?;
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == name).then(|| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+            })
+        };
+        let signed_by_source = hit.header("authorization").is_some_and(|a| {
+            a.starts_with("AWS4-HMAC-SHA256 Credential=AKIASOURCE/")
+                && a.contains("/us-east-1/sts/aws4_request")
+                && a.contains("Signature=")
+        }) && hit.header("x-amz-date").is_some();
+        let good = hit.method == "GET"
+            && signed_by_source
+            && query("Action").as_deref() == Some("AssumeRole")
+            && query("RoleArn").as_deref() == Some(ROLE_ARN)
+            && query("RoleSessionName").as_deref() == Some("nightly-job")
+            && query("ExternalId").as_deref() == Some("ext-42");
+        if good {
+            (200, assume_role_answer(AK, SK, SESSION, HOUR))
+        } else {
+            (
+                403,
+                STS_REFUSAL.replace("InvalidIdentityToken", "AccessDenied"),
+            )
+        }
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    write(
+        &config,
+        &format!(
+            "[profile reader]\nrole_arn = {ROLE_ARN}\nsource_profile = base\nrole_session_name = nightly-job\nexternal_id = ext-42\n\n[profile base]\naws_access_key_id = AKIASOURCE\naws_secret_access_key = source-secret-NEVER-PRINTED\n\n[profile loop-a]\nrole_arn = {ROLE_ARN}\nsource_profile = loop-b\n\n[profile loop-b]\nrole_arn = {ROLE_ARN}\nsource_profile = loop-a\n\n[profile sourceless]\nrole_arn = {ROLE_ARN}\n"
+        ),
+    );
+    let env_for = |profile: &str| -> Vec<(String, String)> {
+        [
+            ("HOME", home.path().to_str().unwrap().to_string()),
+            ("AWS_CONFIG_FILE", config.to_str().unwrap().to_string()),
+            ("AWS_ENDPOINT_URL_S3", s3.endpoint.clone()),
+            ("AWS_ENDPOINT_URL_STS", sts.url.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_PROFILE", profile.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let out = run(&["ls", &format!("s3://{BUCKET}/")], env_for("reader")).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "ls failed: {stdout}{stderr}\n{:?}",
+        sts.hits()
+    );
+    assert_eq!(stdout, "r.txt\n");
+    assert_eq!(sts.hits().len(), 1, "one AssumeRole");
+    let tokens = s3.tokens.lock().unwrap().clone();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t.as_deref() == Some(SESSION)),
+        "every S3 request carries the role's session token: {tokens:?}"
+    );
+    for secret in [SK, SESSION, "source-secret-NEVER-PRINTED"] {
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "{stderr}"
+        );
+    }
+
+    for (profile, why) in [
+        ("loop-a", "more than 4 profiles"),
+        ("sourceless", "without source_profile"),
+    ] {
+        let out = run(&["ls", &format!("s3://{BUCKET}/")], env_for(profile)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success());
+        assert!(stderr.contains(why), "{profile}: {stderr}");
     }
 }

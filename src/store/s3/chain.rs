@@ -4,7 +4,8 @@
 //! the token file re-read at every refresh because EKS rotates it); container credentials
 //! (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, with the authorization token
 //! file re-read at every refresh: ECS, EKS Pod Identity); the shared credentials and config
-//! files' profile (static keys, or a `credential_process` run again before its keys expire);
+//! files' profile (a `role_arn` assumed with its `source_profile`'s keys, static keys, or a
+//! `credential_process`; the role and the process renewed before their keys expire);
 //! the EC2 instance role through IMDSv2. The first source that is configured
 //! decides: a configured source that fails is an error, not a reason to try the next one, so
 //! a broken role never silently becomes other keys. Temporary credentials are kept fresh by
@@ -13,6 +14,7 @@
 //! on 127.0.0.1). Written here rather than taken from reqsign 0.16's loaders, which have no
 //! container source, hard-code the STS and IMDS addresses and refresh inside the request.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,8 +23,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::credentials::{
-    environment_keys, shared_profile, AwsCredentials, ChainEnvironment, CredentialSource,
-    ProfileCredentials,
+    environment_keys, shared_profile, AssumeRoleProfile, AwsCredentials, ChainEnvironment,
+    CredentialSource, ProfileCredentials,
 };
 use super::refresh::{Expiring, Fetch, Refreshing};
 use crate::store::{time, xml, BoxFut, Secret, StoreError, StoreErrorKind};
@@ -90,6 +92,23 @@ fn parse_expiration(t: &str, from: &str) -> Result<std::time::SystemTime, StoreE
         .ok_or_else(|| permanent(format!("{from} gave an unreadable Expiration {t:?}")))
 }
 
+/// What was wrong with a JSON answer, without quoting any of it: serde's own message quotes
+/// a value of the wrong type (`invalid type: string "..."`), which may be a secret. A missing
+/// field is named (a field name is no secret).
+fn json_error_without_values(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("missing field") {
+        return text;
+    }
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "a value of the wrong type or shape",
+        serde_json::error::Category::Eof => "cut short",
+        serde_json::error::Category::Io => "unreadable",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
 /// The JSON answer of container endpoints and IMDS.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -106,9 +125,12 @@ struct CredentialsJson {
 
 impl CredentialsJson {
     fn parse(body: &str, from: &str) -> Result<Expiring, StoreError> {
-        // serde's message names the field, never a value.
-        let j: CredentialsJson = serde_json::from_str(body)
-            .map_err(|e| permanent(format!("{from} gave an unexpected answer: {e}")))?;
+        let j: CredentialsJson = serde_json::from_str(body).map_err(|e| {
+            permanent(format!(
+                "{from} gave an unexpected answer: {}",
+                json_error_without_values(&e)
+            ))
+        })?;
         if let Some(code) = j.code.as_deref().filter(|c| *c != "Success") {
             return Err(permanent(format!("{from} answered Code {code:?}")));
         }
@@ -131,12 +153,15 @@ impl CredentialsJson {
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A profile's `credential_process`: the command (run by `sh -c`, as the AWS SDKs run it on
-/// Unix) prints `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken",
+/// Unix, in the mount's environment) prints `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken",
 /// "Expiration"}` on stdout. Run again before the keys expire (`Refreshing`); keys without an
 /// Expiration are kept. Neither its output nor its stderr (which may hold keys) is ever quoted.
 pub struct CredentialProcess {
     command: String,
     origin: String,
+    /// The mount's environment (its AWS_PROFILE, HOME, ...): the command runs in it, as the
+    /// SDKs run it in their caller's, not in whatever the long-lived node started with.
+    env: BTreeMap<String, String>,
 }
 
 /// What a `credential_process` prints.
@@ -156,19 +181,30 @@ impl Fetch for CredentialProcess {
     fn fetch(&self) -> BoxFut<'_, Result<Expiring, StoreError>> {
         Box::pin(async move {
             let what = format!("credential_process of {}", self.origin);
-            let run = tokio::process::Command::new("sh")
+            // Its own process group, so a timeout ends what the shell started too.
+            let child = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(&self.command)
+                .envs(&self.env)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
+                .process_group(0)
                 .kill_on_drop(true)
-                .output();
-            let out = match tokio::time::timeout(PROCESS_TIMEOUT, run).await {
+                .spawn()
+                .map_err(|e| permanent(format!("{what} could not run: {e}")))?;
+            let group = child.id();
+            let out = match tokio::time::timeout(PROCESS_TIMEOUT, child.wait_with_output()).await {
                 Err(_) => {
+                    if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+                        // SAFETY: signalling the process group this call started.
+                        unsafe {
+                            libc::kill(-pid, libc::SIGKILL);
+                        }
+                    }
                     return Err(transient(format!(
                         "{what} did not finish within {PROCESS_TIMEOUT:?}"
-                    )))
+                    )));
                 }
                 Ok(Err(e)) => return Err(permanent(format!("{what} could not run: {e}"))),
                 Ok(Ok(out)) => out,
@@ -179,9 +215,12 @@ impl Fetch for CredentialProcess {
                     out.status
                 )));
             }
-            // serde's message names the field, never a value.
-            let j: ProcessJson = serde_json::from_slice(&out.stdout)
-                .map_err(|e| permanent(format!("{what} printed unexpected output: {e}")))?;
+            let j: ProcessJson = serde_json::from_slice(&out.stdout).map_err(|e| {
+                permanent(format!(
+                    "{what} printed unexpected output: {}",
+                    json_error_without_values(&e)
+                ))
+            })?;
             if j.version != 1 {
                 return Err(permanent(format!(
                     "{what} printed Version {}; the AWS SDKs read Version 1",
@@ -232,18 +271,8 @@ impl WebIdentity {
                 "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: web identity needs both",
             ))),
         };
-        let endpoint = match env
-            .get("AWS_ENDPOINT_URL_STS")
-            .or_else(|| env.get("AWS_ENDPOINT_URL"))
-        {
-            Some(e) => e.to_string(),
-            None => sts_endpoint(
-                env.get("AWS_REGION")
-                    .or_else(|| env.get("AWS_DEFAULT_REGION")),
-            ),
-        };
         Some(Ok(WebIdentity {
-            endpoint,
+            endpoint: sts_endpoint_of(env),
             role_arn,
             token_file,
             session_name: env
@@ -252,6 +281,150 @@ impl WebIdentity {
                 .unwrap_or_else(|| format!("ossmount-{}", time::unix_now())),
             http: http(Duration::from_secs(5)),
         }))
+    }
+}
+
+/// The temporary keys of an STS answer (`<{result}><Credentials>...`).
+fn sts_credentials(body: &str, result: &str, from: &str) -> Result<Expiring, StoreError> {
+    let doc = xml::parse(body.as_bytes())
+        .map_err(|e| permanent(format!("{from} gave an unreadable answer: {e}")))?;
+    let c = doc
+        .child(result)
+        .and_then(|r| r.child("Credentials"))
+        .ok_or_else(|| permanent(format!("{from} gave an answer without Credentials")))?;
+    let field = |name: &str| {
+        c.child_text(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| permanent(format!("{from} gave Credentials without {name}")))
+    };
+    Ok(Expiring {
+        credentials: AwsCredentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: Secret::new(field("SecretAccessKey")?),
+            session_token: Some(Secret::new(field("SessionToken")?)),
+        },
+        expiration: Some(parse_expiration(&field("Expiration")?, from)?),
+    })
+}
+
+/// Where STS is: `AWS_ENDPOINT_URL_STS`, else `AWS_ENDPOINT_URL`, else the regional one.
+fn sts_endpoint_of(env: &ChainEnvironment) -> String {
+    match env
+        .get("AWS_ENDPOINT_URL_STS")
+        .or_else(|| env.get("AWS_ENDPOINT_URL"))
+    {
+        Some(e) => e.to_string(),
+        None => sts_endpoint(
+            env.get("AWS_REGION")
+                .or_else(|| env.get("AWS_DEFAULT_REGION")),
+        ),
+    }
+}
+
+/// A profile's role: STS `AssumeRole`, a GET signed (SigV4, service `sts`) with the source
+/// profile's keys, which are asked again at every refresh (they may be temporary too).
+pub struct AssumeRole {
+    role: AssumeRoleProfile,
+    source: Arc<dyn CredentialSource>,
+    endpoint: String,
+    region: String,
+    session_name: String,
+    http: reqwest::Client,
+}
+
+impl Fetch for AssumeRole {
+    fn fetch(&self) -> BoxFut<'_, Result<Expiring, StoreError>> {
+        Box::pin(async move {
+            let keys = self.source.credentials().await?;
+            let from = format!("STS AssumeRole at {}", self.endpoint);
+            let mut query: Vec<(&str, String)> = vec![
+                ("Action", "AssumeRole".into()),
+                ("Version", "2011-06-15".into()),
+                ("RoleArn", self.role.role_arn.clone()),
+                ("RoleSessionName", self.session_name.clone()),
+            ];
+            if let Some(id) = &self.role.external_id {
+                query.push(("ExternalId", id.clone()));
+            }
+            if let Some(d) = self.role.duration_seconds {
+                query.push(("DurationSeconds", d.to_string()));
+            }
+            let mut request = self
+                .http
+                .get(&self.endpoint)
+                .query(&query)
+                .build()
+                .map_err(|e| permanent(format!("{from}: {}", e.without_url())))?;
+            let signing = reqsign::AwsCredential {
+                access_key_id: keys.access_key_id.clone(),
+                secret_access_key: keys.secret_access_key.expose().to_string(),
+                session_token: keys.session_token.as_ref().map(|t| t.expose().to_string()),
+                expires_in: None,
+            };
+            // The signer's errors name what was malformed, never the keys.
+            reqsign::AwsV4Signer::new("sts", &self.region)
+                .sign(&mut request, &signing)
+                .map_err(|e| permanent(format!("cannot sign the request to {from}: {e}")))?;
+            let resp = self.http.execute(request).await;
+            let body = success_body(
+                resp,
+                &from,
+                &format!(
+                    "check that the keys of {}'s source_profile may assume {} (the role's trust policy)",
+                    self.role.origin, self.role.role_arn
+                ),
+            )
+            .await?;
+            sts_credentials(&body, "AssumeRoleResult", &from)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "role {} of {} (AssumeRole at {}, with {})",
+            self.role.role_arn,
+            self.role.origin,
+            self.endpoint,
+            self.source.principal()
+        )
+    }
+
+    fn principal(&self) -> String {
+        format!("role {} ({})", self.role.role_arn, self.role.origin)
+    }
+}
+
+/// The source a shared profile stands for: its keys, its process or its role, the last two
+/// kept fresh by `Refreshing`.
+fn profile_source(
+    profile: ProfileCredentials,
+    env: &ChainEnvironment,
+) -> Arc<dyn CredentialSource> {
+    match profile {
+        ProfileCredentials::Keys(keys) => keys,
+        ProfileCredentials::Process { command, origin } => {
+            Arc::new(Refreshing::new(CredentialProcess {
+                command,
+                origin,
+                env: env.vars().clone(),
+            }))
+        }
+        ProfileCredentials::Role { role, source } => Arc::new(Refreshing::new(AssumeRole {
+            session_name: role
+                .session_name
+                .clone()
+                .unwrap_or_else(|| format!("ossmount-{}", time::unix_now())),
+            role,
+            source: profile_source(*source, env),
+            endpoint: sts_endpoint_of(env),
+            region: env
+                .get("AWS_REGION")
+                .or_else(|| env.get("AWS_DEFAULT_REGION"))
+                .unwrap_or(super::DEFAULT_REGION)
+                .to_string(),
+            http: http(Duration::from_secs(5)),
+        })),
     }
 }
 
@@ -299,26 +472,7 @@ impl Fetch for WebIdentity {
                 "check that the role in AWS_ROLE_ARN trusts the token's issuer and that the token file is current",
             )
             .await?;
-            let doc = xml::parse(body.as_bytes())
-                .map_err(|e| permanent(format!("{from} gave an unreadable answer: {e}")))?;
-            let c = doc
-                .child("AssumeRoleWithWebIdentityResult")
-                .and_then(|r| r.child("Credentials"))
-                .ok_or_else(|| permanent(format!("{from} gave an answer without Credentials")))?;
-            let field = |name: &str| {
-                c.child_text(name)
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| permanent(format!("{from} gave Credentials without {name}")))
-            };
-            Ok(Expiring {
-                credentials: AwsCredentials {
-                    access_key_id: field("AccessKeyId")?,
-                    secret_access_key: Secret::new(field("SecretAccessKey")?),
-                    session_token: Some(Secret::new(field("SessionToken")?)),
-                },
-                expiration: Some(parse_expiration(&field("Expiration")?, &from)?),
-            })
+            sts_credentials(&body, "AssumeRoleWithWebIdentityResult", &from)
         })
     }
 
@@ -567,14 +721,11 @@ async fn resolve(env: &ChainEnvironment) -> Result<Arc<dyn CredentialSource>, St
         p.credentials().await?;
         return Ok(Arc::new(p));
     }
-    match shared_profile(env)? {
-        Some(ProfileCredentials::Keys(keys)) => return Ok(keys),
-        Some(ProfileCredentials::Process { command, origin }) => {
-            let p = Refreshing::new(CredentialProcess { command, origin });
-            p.credentials().await?;
-            return Ok(Arc::new(p));
-        }
-        None => {}
+    if let Some(profile) = shared_profile(env)? {
+        let source = profile_source(profile, env);
+        // A process or a role that fails is said now, not at the first request.
+        source.credentials().await?;
+        return Ok(source);
     }
     let imds_why = if env
         .get("AWS_EC2_METADATA_DISABLED")

@@ -79,6 +79,12 @@ impl ChainEnvironment {
         ChainEnvironment { vars }
     }
 
+    /// Every variable captured (what a `credential_process` runs with, over the process's
+    /// own environment).
+    pub fn vars(&self) -> &BTreeMap<String, String> {
+        &self.vars
+    }
+
     /// A variable's value; an empty one counts as unset, as in the AWS SDKs.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars
@@ -159,94 +165,205 @@ fn read_shared_file(path: &Path, what: &str) -> Result<Option<String>, StoreErro
     }
 }
 
-/// The keys of profile `AWS_PROFILE` (or `default`), static or by `credential_process`
-/// (static keys win where a profile has both): from the shared credentials file
+/// The keys of profile `AWS_PROFILE` (or `default`): from the shared credentials file
 /// (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`, sections `[name]`), else from the
 /// config file (`AWS_CONFIG_FILE`, or `~/.aws/config`, sections `[profile name]` and
-/// `[default]`); the credentials file wins, as in the SDKs. `None` when the default profile
-/// has no keys (a config file's `[default]` often holds only a region). A profile named by
-/// `AWS_PROFILE` that is missing or has no keys is an error: the user asked for it.
+/// `[default]`); the credentials file wins, as in the SDKs. A profile gives a role to assume
+/// (`role_arn` with `source_profile`), else static keys, else a `credential_process`.
+/// `None` when the default profile has no keys (a config file's `[default]` often holds only
+/// a region). A profile named by `AWS_PROFILE` that is missing or has no keys is an error:
+/// the user asked for it.
 pub fn shared_profile(env: &ChainEnvironment) -> Result<Option<ProfileCredentials>, StoreError> {
     let named_profile = env.get("AWS_PROFILE");
     let profile = named_profile.unwrap_or("default");
-    let mut looked_in = Vec::new();
-    let mut found_without_keys = None;
-    let files = [
-        (
-            env.shared_credentials_file(),
-            "credentials",
-            profile.to_string(),
-        ),
-        (
-            env.shared_config_file(),
-            "config",
-            if profile == "default" {
-                "default".to_string()
-            } else {
-                format!("profile {profile}")
-            },
-        ),
-    ];
-    for (path, what, section_name) in files {
-        let Some(path) = path else { continue };
-        let Some(text) = read_shared_file(&path, what)? else {
-            continue;
-        };
-        looked_in.push(path.display().to_string());
-        let Some(section) = parse_credentials_file(&text).remove(&section_name) else {
-            continue;
-        };
-        let origin = format!("profile {profile} of {}", path.display());
-        let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
-        match (field("aws_access_key_id"), field("aws_secret_access_key")) {
-            (Some(id), Some(secret)) => {
-                return Ok(Some(ProfileCredentials::Keys(Arc::new(
-                    StaticCredentials::new(
-                        AwsCredentials {
-                            access_key_id: id,
-                            secret_access_key: Secret::new(secret),
-                            session_token: field("aws_session_token").map(Secret::new),
-                        },
-                        origin,
-                    ),
-                ))))
-            }
-            (None, None) => match field("credential_process") {
-                Some(command) => return Ok(Some(ProfileCredentials::Process { command, origin })),
-                None => found_without_keys = found_without_keys.or(Some(origin)),
-            },
-            _ => {
-                return Err(config_error(format!(
-                    "{origin} lacks aws_access_key_id or aws_secret_access_key"
-                )))
-            }
-        }
-    }
-    match (named_profile, found_without_keys) {
-        (None, _) => Ok(None),
-        (Some(_), Some(origin)) => Err(config_error(format!(
-            "{origin} lacks aws_access_key_id or aws_secret_access_key (ossmount reads static keys and credential_process from profiles; role_arn and sso_* are not read)"
+    let files = SharedFiles::read(env)?;
+    match (files.credentials(profile, 0)?, named_profile) {
+        (Lookup::Found(c), _) => Ok(Some(c)),
+        (_, None) => Ok(None),
+        (Lookup::WithoutKeys(origin), Some(_)) => Err(config_error(format!(
+            "{origin} has no aws_access_key_id and aws_secret_access_key, role_arn or credential_process (sso_* profiles are not read)"
         ))),
-        (Some(_), None) if looked_in.is_empty() => Err(config_error(format!(
+        (Lookup::Missing, Some(_)) if files.parsed.is_empty() => Err(config_error(format!(
             "AWS_PROFILE names profile {profile:?}, but there is no shared credentials or config file"
         ))),
-        (Some(_), None) => Err(config_error(format!(
+        (Lookup::Missing, Some(_)) => Err(config_error(format!(
             "AWS_PROFILE names profile {profile:?}, which {} does not have",
-            looked_in.join(" and ")
+            files
+                .parsed
+                .iter()
+                .map(|(path, _, _)| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
         ))),
     }
 }
 
-/// What a shared profile holds: static keys, or a `credential_process` command whose output
-/// is the keys (run by the chain, and run again before they expire).
+/// The longest chain of `source_profile`s followed (the SDKs refuse loops; so does this).
+const MAX_SOURCE_PROFILES: usize = 4;
+
+/// The shared credentials and config files that exist, parsed once.
+struct SharedFiles {
+    /// (path, is the config file, sections), the credentials file first.
+    parsed: Vec<(PathBuf, bool, Sections)>,
+}
+
+/// An INI file's `[section]`s of `name = value`.
+type Sections = BTreeMap<String, BTreeMap<String, String>>;
+
+/// What one profile gives.
+enum Lookup {
+    Found(ProfileCredentials),
+    /// The profile is there, without keys, a role or a process (its first place named).
+    WithoutKeys(String),
+    Missing,
+}
+
+impl SharedFiles {
+    fn read(env: &ChainEnvironment) -> Result<SharedFiles, StoreError> {
+        let mut parsed = Vec::new();
+        for (path, what) in [
+            (env.shared_credentials_file(), "credentials"),
+            (env.shared_config_file(), "config"),
+        ] {
+            let Some(path) = path else { continue };
+            if let Some(text) = read_shared_file(&path, what)? {
+                parsed.push((path, what == "config", parse_credentials_file(&text)));
+            }
+        }
+        Ok(SharedFiles { parsed })
+    }
+
+    /// What `profile` gives, following `source_profile` at most `MAX_SOURCE_PROFILES` deep.
+    fn credentials(&self, profile: &str, depth: usize) -> Result<Lookup, StoreError> {
+        let mut without_keys = None;
+        for (path, is_config, sections) in &self.parsed {
+            let section_name = match (*is_config, profile) {
+                (true, "default") | (false, _) => profile.to_string(),
+                (true, _) => format!("profile {profile}"),
+            };
+            let Some(section) = sections.get(&section_name) else {
+                continue;
+            };
+            let origin = format!("profile {profile} of {}", path.display());
+            let field = |name: &str| section.get(name).filter(|v| !v.is_empty()).cloned();
+            let keys = match (field("aws_access_key_id"), field("aws_secret_access_key")) {
+                (Some(id), Some(secret)) => Some(AwsCredentials {
+                    access_key_id: id,
+                    secret_access_key: Secret::new(secret),
+                    session_token: field("aws_session_token").map(Secret::new),
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(config_error(format!(
+                        "{origin} lacks aws_access_key_id or aws_secret_access_key"
+                    )))
+                }
+            };
+            if let Some(role_arn) = field("role_arn") {
+                let source = self.role_source(profile, &origin, keys, &field, depth)?;
+                return Ok(Lookup::Found(ProfileCredentials::Role {
+                    role: AssumeRoleProfile {
+                        role_arn,
+                        session_name: field("role_session_name"),
+                        external_id: field("external_id"),
+                        duration_seconds: match field("duration_seconds") {
+                            Some(d) => Some(d.parse().map_err(|_| {
+                                config_error(format!(
+                                    "{origin}: duration_seconds {d:?} is not a number of seconds"
+                                ))
+                            })?),
+                            None => None,
+                        },
+                        origin,
+                    },
+                    source: Box::new(source),
+                }));
+            }
+            if let Some(keys) = keys {
+                return Ok(Lookup::Found(ProfileCredentials::Keys(Arc::new(
+                    StaticCredentials::new(keys, origin),
+                ))));
+            }
+            if let Some(command) = field("credential_process") {
+                return Ok(Lookup::Found(ProfileCredentials::Process {
+                    command,
+                    origin,
+                }));
+            }
+            without_keys = without_keys.or(Some(origin));
+        }
+        Ok(match without_keys {
+            Some(origin) => Lookup::WithoutKeys(origin),
+            None => Lookup::Missing,
+        })
+    }
+
+    /// The keys a `role_arn` profile assumes its role with: its `source_profile`'s (its own
+    /// static keys when it names itself, as the SDKs allow).
+    fn role_source(
+        &self,
+        profile: &str,
+        origin: &str,
+        own_keys: Option<AwsCredentials>,
+        field: &dyn Fn(&str) -> Option<String>,
+        depth: usize,
+    ) -> Result<ProfileCredentials, StoreError> {
+        let Some(source_profile) = field("source_profile") else {
+            return Err(config_error(format!(
+                "{origin} has role_arn without source_profile (credential_source is not read): name the profile whose keys assume the role"
+            )));
+        };
+        if source_profile == profile {
+            return own_keys
+                .map(|k| ProfileCredentials::Keys(Arc::new(StaticCredentials::new(k, origin))))
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "{origin} names itself as source_profile but has no aws_access_key_id and aws_secret_access_key"
+                    ))
+                });
+        }
+        if depth >= MAX_SOURCE_PROFILES {
+            return Err(config_error(format!(
+                "{origin}: source_profile leads through more than {MAX_SOURCE_PROFILES} profiles (a loop?)"
+            )));
+        }
+        match self.credentials(&source_profile, depth + 1)? {
+            Lookup::Found(c) => Ok(c),
+            _ => Err(config_error(format!(
+                "{origin} names source_profile {source_profile:?}, which has no keys"
+            ))),
+        }
+    }
+}
+
+/// What a shared profile holds: static keys, a `credential_process` command whose output is
+/// the keys, or a role to assume with another profile's keys (`chain` runs and refreshes
+/// the last two).
 pub enum ProfileCredentials {
     Keys(Arc<dyn CredentialSource>),
-    Process { command: String, origin: String },
+    Process {
+        command: String,
+        origin: String,
+    },
+    Role {
+        role: AssumeRoleProfile,
+        source: Box<ProfileCredentials>,
+    },
+}
+
+/// A profile's `role_arn` and how to assume it (STS `AssumeRole`).
+#[derive(Debug, Clone)]
+pub struct AssumeRoleProfile {
+    pub role_arn: String,
+    pub session_name: Option<String>,
+    pub external_id: Option<String>,
+    pub duration_seconds: Option<u32>,
+    pub origin: String,
 }
 
 /// The INI of `~/.aws/credentials` and `~/.aws/config`: `[section]`s of `name = value` lines, `#` and `;`
 /// comment lines. Names are lower-cased (the SDKs read them case-insensitively).
-fn parse_credentials_file(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+fn parse_credentials_file(text: &str) -> Sections {
     let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -371,7 +488,7 @@ mod tests {
             ("AWS_PROFILE", "empty"),
         ]);
         let err = static_chain(&keyless).unwrap_err().message;
-        assert!(err.contains("lacks aws_access_key_id"), "{err}");
+        assert!(err.contains("has no aws_access_key_id"), "{err}");
         assert!(!err.contains("default-secret"));
     }
 
