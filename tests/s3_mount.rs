@@ -427,3 +427,53 @@ async fn reads_end_only_on_bytes_that_match_the_whole_object_digest() {
     assert!(log.contains("--require-crc"), "{log}");
     drop(m);
 }
+
+/// A digest mismatch that no read sees (the reader that took the corrupt bytes stopped short
+/// of the end and closed; the fetch went on and failed the check alone) still costs the
+/// kernel's pages of that version and the entry: the next open, with the server honest again,
+/// is served byte-exact, not from pages the first reader left behind, and nothing of the
+/// failed entry is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_digest_mismatch_no_read_saw_still_drops_the_pages_and_the_entry() {
+    require_fuse();
+    let s = S3Server::start().await;
+    let size = 13 * MIB + 5;
+    let data = ossmount::sample::bytes(64, size as usize);
+    s.put("quiet.bin", &data);
+    let (mnt, cache) = dirs(&s, "quiet");
+    let m = Mount::start_with_env(&url(), &mnt, &cache, &["--part-size", "4MiB"], s.env(SK));
+    *s.flip_part_at.lock().unwrap() = Some(8 * MIB);
+    // Reads the first 9 MiB (the flipped byte among them) and closes.
+    let path = m.path("quiet.bin");
+    let head = fs_op(Duration::from_secs(60), move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; (9 * MIB) as usize];
+        f.read_exact(&mut buf).map(|_| buf)
+    })
+    .await
+    .unwrap();
+    assert_ne!(
+        head[..],
+        data[..head.len()],
+        "the first reader got the flipped byte"
+    );
+    let failed = wait_until(Duration::from_secs(60), || {
+        m.log_text()
+            .lines()
+            .any(|l| l.contains("MD5 mismatch") && l.contains("quiet.bin"))
+    });
+    assert!(
+        failed,
+        "the fetch went on and failed its check: {}",
+        m.log_text()
+    );
+    *s.flip_part_at.lock().unwrap() = None;
+    let (ok, out) = cat(m.path("quiet.bin")).await;
+    assert!(ok, "{}", m.log_text());
+    assert!(
+        out == data,
+        "served byte-exact, not the first reader's pages"
+    );
+    drop(m);
+}

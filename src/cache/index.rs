@@ -35,6 +35,10 @@ pub(super) struct Index {
     pub(super) freeing: u64,
     /// Entries a reservation looked at, for a test that its cost follows what it evicts.
     pub(super) examined: u64,
+    /// Entries whose hydration failed its whole-object check since their last open: the
+    /// kernel may hold pages of those bytes, so the next open must not keep its page cache
+    /// (`Cache::take_failed_check`).
+    pub(super) failed_check: std::collections::HashSet<String>,
 }
 
 impl Index {
@@ -51,6 +55,7 @@ impl Index {
             claims: HashMap::new(),
             freeing: 0,
             examined: 0,
+            failed_check: Default::default(),
         }
     }
 

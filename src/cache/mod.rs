@@ -236,6 +236,13 @@ impl Cache {
                 // claim goes in the same critical section that counts the open.
                 let claim = self.shared.claim(&mut idx, &name, Claim::Opening);
                 let old = idx.active.remove(&name);
+                if old
+                    .as_ref()
+                    .and_then(|h| h.failure())
+                    .is_some_and(|e| e.is_corrupt())
+                {
+                    idx.failed_check.insert(name.clone());
+                }
                 let earlier_checks = idx.checked.remove(&name).filter(|(v, _)| v == id);
                 drop(idx);
                 let h = self.start_hydration(id, &name, old, earlier_checks, prefetched)?;
@@ -263,6 +270,11 @@ impl Cache {
         if !idx.closed(&name) {
             return;
         }
+        if let Some(removed) = self.take_failed_check_entry(&mut idx, &name) {
+            drop(idx);
+            self.shared.finish_removal(removed);
+            return;
+        }
         let reaped = self.take_finished(&mut idx, &name);
         drop(idx);
         if let Some((claim, h)) = reaped {
@@ -281,17 +293,42 @@ impl Cache {
             .filter(|k| !idx.is_open(k))
             .cloned()
             .collect();
-        let reaped: Vec<_> = unopened
-            .into_iter()
-            .filter_map(|name| {
-                let (claim, h) = self.take_finished(&mut idx, &name)?;
-                Some((claim, name, h))
-            })
-            .collect();
+        let mut removed = Vec::new();
+        let mut reaped = Vec::new();
+        for name in unopened {
+            if let Some(r) = self.take_failed_check_entry(&mut idx, &name) {
+                removed.push(r);
+            } else if let Some((claim, h)) = self.take_finished(&mut idx, &name) {
+                reaped.push((claim, name, h));
+            }
+        }
         drop(idx);
+        for r in removed {
+            self.shared.finish_removal(r);
+        }
         for (claim, name, h) in reaped {
             Cache::stop_reaped(claim, &name, h);
         }
+    }
+
+    /// Takes out (to be removed, files and all) an unopened entry whose hydration failed its
+    /// whole-object check: its parts passed their own CRC-64s, so a later open would resume
+    /// them and fail the check again. Notes it for `take_failed_check`.
+    fn take_failed_check_entry(&self, idx: &mut Index, name: &str) -> Option<claims::Removed<'_>> {
+        let failed = idx.active.get(name)?.failure()?;
+        if !failed.is_corrupt() {
+            return None;
+        }
+        idx.failed_check.insert(name.to_string());
+        Some(self.shared.detach(idx, name, Removal::Replaced))
+    }
+
+    /// Whether the object's entry failed its whole-object check since it was last asked (and
+    /// forgets it): an open then drops the kernel's pages of the version, which may hold
+    /// bytes served before the check, even when no read saw the failure.
+    pub fn take_failed_check(&self, bucket: &str, key: &str) -> bool {
+        let name = Cache::entry_name(&self.location, bucket, key);
+        self.shared.index.lock().unwrap().failed_check.remove(&name)
     }
 
     /// Takes `name`'s hydration out (to close its data file) when it is complete or failed,

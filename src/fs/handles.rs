@@ -269,6 +269,9 @@ impl OssFs {
             }
         };
         let file = self.open_file(ino, &id, prefetched).await?;
+        // A hydration of this object failed its whole-object check with no read there to
+        // see it: the kernel's pages of the version may hold those bytes.
+        let pages_bad = self.cache.take_failed_check(&id.bucket, &id.key);
         let id_size = id.size;
         let journaled_id = self.journal.as_ref().map(|_| id.clone());
         let (keep_cache, version_changed) = {
@@ -283,7 +286,7 @@ impl OssFs {
             }
             let opened = n.opened_mut();
             opened.open_size = Some(id.size);
-            let keep = opened.kernel_etag.as_ref().is_some_and(|e| e.is(&id.etag));
+            let keep = !pages_bad && opened.kernel_etag.as_ref().is_some_and(|e| e.is(&id.etag));
             // A version the kernel has not seen, or a size other than the one it was shown
             // (the object changed between the listing and this first open): either way its
             // cached size is stale, and a larger object would read short.
@@ -502,9 +505,13 @@ impl OssFs {
     fn after_failure(&self, h: &OpenEntry, e: &HydrateError) {
         let id = h.identity();
         if matches!(e, HydrateError::ObjectChanged { .. }) || e.is_corrupt() {
+            // Forgotten first: an open between the two must not keep the kernel's pages of
+            // bytes the discarded entry held.
+            self.ns
+                .lock()
+                .unwrap()
+                .forget_identity(&id.key, e.is_corrupt());
             self.cache.discard(id);
-            let mut ns = self.ns.lock().unwrap();
-            ns.forget_identity(&id.key, e.is_corrupt());
         }
     }
 

@@ -19,6 +19,8 @@ use crate::store::{DigestHasher, WholeDigest};
 
 /// Read back in pieces this large (one buffer per piece of work).
 const READ_BACK: u64 = 8 << 20;
+/// The most bytes checked and hashed in one step.
+const HASH_AT_ONCE: u64 = 64 << 20;
 
 /// Tells one round of hashing from another (`DigestCheck::Running`), across hydrations too.
 static ROUNDS: AtomicU64 = AtomicU64::new(1);
@@ -132,10 +134,16 @@ impl Inner {
         }
     }
 
-    /// The end of the whole parts from `at` (a part boundary) on that are all readable.
+    /// The end of the whole parts from `at` (a part boundary) on that are all readable, at
+    /// most `HASH_AT_ONCE` bytes of them (one part at least): a resumed run's parts are
+    /// claimed for their own check piece by piece, so a reader never waits behind the
+    /// read-back of the whole entry.
     fn readable_parts_from(&self, st: &State, at: u64) -> u64 {
         let mut end = at;
         for p in self.layout.parts_for(at..self.id.size) {
+            if end > at && end - at >= HASH_AT_ONCE {
+                break;
+            }
             let r = self.layout.range(p);
             if !st.covers(self.layout, r.clone()) {
                 break;

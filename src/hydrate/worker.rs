@@ -270,6 +270,22 @@ impl Inner {
                 });
             }
             tracing::debug!(key = %self.id.key, part, attempt, "part attempt failed, retrying: {err}");
+            if self.id.digest.is_some() {
+                // The retry writes the part again: if the failed attempt had written all of
+                // it, the whole-object digest may have hashed those bytes.
+                let rehash = {
+                    let mut st = self.state.lock().unwrap();
+                    let r = self.layout.range(part);
+                    let whole = st
+                        .written
+                        .get(&part)
+                        .is_some_and(|ws| ws.iter().any(|w| w.start <= r.start && r.end <= w.end));
+                    whole && st.unwrite(self.layout, part)
+                };
+                if rehash {
+                    self.start_digest_check();
+                }
+            }
             tokio::time::sleep(self.cfg.retry_delay * attempt).await;
         }
     }
