@@ -75,6 +75,11 @@ pub struct ConnectionArgs {
     /// Send unsigned requests (public-read buckets)
     #[arg(long, global = true)]
     pub anonymous: bool,
+    /// s3:// URLs: an ETag of 32 hex digits is not the object's MD5 on this store (it is on
+    /// AWS, MinIO and R2 for single-part uploads), so objects are not verified by it
+    #[arg(long, global = true)]
+    #[serde(default)]
+    pub etag_is_not_md5: bool,
     #[arg(long, default_value = "v4", global = true,
           value_parser = PossibleValuesParser::new(SignatureVersion::NAMES).map(|s| s.parse::<SignatureVersion>().expect("a listed name")))]
     pub signature_version: SignatureVersion,
@@ -102,11 +107,21 @@ pub struct ConnectionArgs {
     #[arg(skip)]
     #[serde(default)]
     pub region_on_command_line: bool,
-    /// --access-key-id/--access-key-secret were on the command line (or set from a Fluid
-    /// mount's keys), not from OSS_ACCESS_KEY_*: only then does an s3:// URL sign with them.
+    /// Which of --access-key-id, --access-key-secret and --session-token were on the command
+    /// line (or set from a Fluid mount's keys), not from OSS_* variables: an s3:// URL signs
+    /// only with keys given so, both of them, and sends a token only if it was given so too
+    /// (an OSS STS token never goes to an S3 endpoint).
     #[arg(skip)]
     #[serde(default)]
-    pub keys_on_command_line: bool,
+    pub keys_on_command_line: KeysOnCommandLine,
+}
+
+/// See `ConnectionArgs::keys_on_command_line`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeysOnCommandLine {
+    pub id: bool,
+    pub secret: bool,
+    pub token: bool,
 }
 
 /// An object or prefix URL: its scheme picks the store.
@@ -368,6 +383,7 @@ impl ConnectionArgs {
         cfg.connect_timeout = self.connect_timeout;
         cfg.read_timeout = self.read_timeout;
         cfg.retry.max_attempts = self.max_attempts.unwrap_or(6).max(1);
+        cfg.etag_is_md5 = !self.etag_is_not_md5;
         if !self.anonymous {
             cfg.credentials = Some(self.s3_credentials(env).await?);
         }
@@ -381,19 +397,34 @@ impl ConnectionArgs {
         &self,
         env: &ChainEnvironment,
     ) -> anyhow::Result<Arc<dyn S3CredentialSource>> {
+        let given = self.keys_on_command_line;
         if let Some(files) = self.credential_files()? {
+            if given.id || given.secret {
+                anyhow::bail!(
+                    "keys were given twice: {} and --access-key-id/--access-key-secret; give one of them",
+                    files.source
+                );
+            }
             let files = RotatingFiles::open(files)?;
             tracing::info!("using AWS credentials from {}", files.describe());
             return Ok(Arc::new(KeyFilesForS3(files)));
         }
-        if self.keys_on_command_line {
-            let (Some(id), Some(secret)) = (&self.access_key_id, &self.access_key_secret) else {
-                anyhow::bail!("--access-key-id and --access-key-secret go together");
+        if given.id || given.secret {
+            let (Some(id), Some(secret), true, true) = (
+                &self.access_key_id,
+                &self.access_key_secret,
+                given.id,
+                given.secret,
+            ) else {
+                anyhow::bail!(
+                    "for an s3:// URL give both --access-key-id and --access-key-secret on the command line (OSS_ACCESS_KEY_* variables are OSS keys and are not used for S3)"
+                );
             };
+            let token = self.session_token.clone().filter(|_| given.token);
             let keys = AwsCredentials {
                 access_key_id: id.clone(),
                 secret_access_key: ossmount::store::Secret::new(secret.clone()),
-                session_token: self.session_token.clone().map(ossmount::store::Secret::new),
+                session_token: token.map(ossmount::store::Secret::new),
             };
             let source = StaticCredentials::new(keys, "command line");
             tracing::info!("using AWS credentials: {}", source.principal());

@@ -71,9 +71,16 @@ impl Mounter for NodeMounter {
             // (its OSS_* variables, RRSA, the ECS role...; for S3 its AWS_* ones, IRSA...).
             let mut env = super::mount::chain_environment(&req.volume.source);
             if !req.volume.credentials_env.is_empty() {
+                // The volume's own keys: no other source of the plugin's (its key files, its
+                // OSS_* variables) may win over them.
                 conn.access_key_id = None;
                 conn.access_key_secret = None;
                 conn.session_token = None;
+                conn.keys_on_command_line = Default::default();
+                conn.credentials_dir = None;
+                conn.access_key_id_file = None;
+                conn.access_key_secret_file = None;
+                conn.session_token_file = None;
                 env.retain(|k, _| !is_credential(k));
                 env.extend(req.volume.credentials_env.clone());
             }

@@ -58,7 +58,11 @@ fn mount_command(
             conn.access_key_secret = Some(secret.expose().to_string());
             conn.session_token = token.as_ref().map(|t| t.expose().to_string());
             conn.credentials_dir = None;
-            conn.keys_on_command_line = true;
+            conn.keys_on_command_line = super::connection::KeysOnCommandLine {
+                id: true,
+                secret: true,
+                token: token.is_some(),
+            };
         }
         Keys::Files { .. } => {
             // Keys from the environment would be a second source: the files win.

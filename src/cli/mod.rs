@@ -61,8 +61,11 @@ impl Cli {
         let on_command_line = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
         cli.conn.endpoint_on_command_line = on_command_line("endpoint");
         cli.conn.region_on_command_line = on_command_line("region");
-        cli.conn.keys_on_command_line =
-            on_command_line("access_key_id") || on_command_line("access_key_secret");
+        cli.conn.keys_on_command_line = connection::KeysOnCommandLine {
+            id: on_command_line("access_key_id"),
+            secret: on_command_line("access_key_secret"),
+            token: on_command_line("session_token"),
+        };
         Ok(cli)
     }
 }

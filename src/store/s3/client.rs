@@ -174,7 +174,12 @@ impl S3Client {
             .send(Method::HEAD, bucket, Some(key), &[], &checksum_mode)
             .await
         {
-            Ok(resp) => meta_from_headers(resp.headers(), None, &self.endpoint_name()),
+            Ok(resp) => meta_from_headers(
+                resp.headers(),
+                None,
+                &self.endpoint_name(),
+                self.inner.cfg.etag_is_md5,
+            ),
             Err(refused)
                 if matches!(
                     refused.kind,

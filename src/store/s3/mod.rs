@@ -43,6 +43,10 @@ pub struct S3Config {
     pub read_timeout: Duration,
     pub retry: RetryPolicy,
     pub max_idle_connections: usize,
+    /// Whether an ETag of 32 hex digits is the object's MD5, as on AWS, MinIO and R2 for a
+    /// single-part upload (`--etag-is-not-md5` for a store where it is not): the object is
+    /// then verified by it.
+    pub etag_is_md5: bool,
 }
 
 impl S3Config {
@@ -57,6 +61,7 @@ impl S3Config {
             read_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             max_idle_connections: 64,
+            etag_is_md5: true,
         }
     }
 }

@@ -102,7 +102,12 @@ impl RangeReader {
                     )
                 })?
         };
-        let meta = meta_from_headers(resp.headers(), Some(total), &endpoint)?;
+        let meta = meta_from_headers(
+            resp.headers(),
+            Some(total),
+            &endpoint,
+            self.client.config().etag_is_md5,
+        )?;
         let expected = self
             .meta
             .as_ref()

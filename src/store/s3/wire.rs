@@ -46,6 +46,7 @@ pub(super) fn meta_from_headers(
     h: &HeaderMap,
     size_override: Option<u64>,
     endpoint: &str,
+    etag_is_md5: bool,
 ) -> Result<ObjectMeta, StoreError> {
     let missing = |what: &str| protocol_error(endpoint, format!("the answer has no {what} header"));
     let size = match size_override {
@@ -62,6 +63,7 @@ pub(super) fn meta_from_headers(
         // checksum, so a GET and a HEAD of one version give one identity (and an open needs
         // no HEAD after its first GET when the ETag is an MD5).
         digest: md5_of_etag(&etag, h)
+            .filter(|_| etag_is_md5)
             .map(WholeDigest::Md5)
             .or_else(|| crc64nvme_of(h).map(WholeDigest::Crc64Nvme)),
         etag,
@@ -344,7 +346,7 @@ mod tests {
             "\"9e107d9d372bb6826bd81d3542a419d6\"".parse().unwrap(),
         );
         both.insert("content-length", "9".parse().unwrap());
-        let meta = meta_from_headers(&both, None, "e").unwrap();
+        let meta = meta_from_headers(&both, None, "e", true).unwrap();
         assert_eq!(
             meta.digest.map(|d| d.algorithm()),
             Some("MD5"),
@@ -354,11 +356,23 @@ mod tests {
             "etag",
             "\"9e107d9d372bb6826bd81d3542a419d6-2\"".parse().unwrap(),
         );
-        let meta = meta_from_headers(&both, None, "e").unwrap();
+        let meta = meta_from_headers(&both, None, "e", true).unwrap();
         assert_eq!(
             meta.digest,
             Some(WholeDigest::Crc64Nvme(0xae8b_1486_0a79_9888)),
             "a multipart upload's ETag is no MD5: its CRC64NVME"
+        );
+        let not_md5 = meta_from_headers(&both, None, "e", false).unwrap();
+        assert_eq!(not_md5.digest.map(|d| d.algorithm()), Some("CRC64NVME"));
+        both.remove("x-amz-checksum-crc64nvme");
+        both.insert(
+            "etag",
+            "\"9e107d9d372bb6826bd81d3542a419d6\"".parse().unwrap(),
+        );
+        assert_eq!(
+            meta_from_headers(&both, None, "e", false).unwrap().digest,
+            None,
+            "--etag-is-not-md5: an MD5-looking ETag verifies nothing"
         );
         let mut nvme = WholeDigest::Crc64Nvme(0).hasher();
         nvme.update(b"1234");
