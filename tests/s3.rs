@@ -348,6 +348,39 @@ async fn keys_from_flags_or_key_files_sign_and_oss_key_variables_do_not() {
     assert_ok(&out, "stat with the keys as flags");
     assert!(!stderr(&out).contains(SK));
 
+    // An OSS STS token in the environment never goes to S3 with command-line keys, and one
+    // key on the command line with the other from OSS_* is refused.
+    let mut with_oss_token = wrong_chain.clone();
+    with_oss_token.push(("OSS_SESSION_TOKEN", "oss-sts-token-NOT-FOR-S3".into()));
+    with_oss_token.push(("OSS_ACCESS_KEY_SECRET", SK.into()));
+    let before = s.request_count();
+    let out = run(
+        &[
+            "stat",
+            &url,
+            "--access-key-id",
+            AK,
+            "--access-key-secret",
+            SK,
+        ],
+        with_oss_token.clone(),
+    )
+    .await;
+    assert_ok(&out, "stat with keys as flags beside OSS variables");
+    let sent = s.requests_since(before);
+    assert!(
+        !sent.is_empty() && sent.iter().all(|r| r.token.is_none()),
+        "{sent:?}"
+    );
+    let out = run(&["stat", &url, "--access-key-id", AK], with_oss_token).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("give both --access-key-id and --access-key-secret"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(SK));
+
     let mut oss_vars = wrong_chain.clone();
     oss_vars.push(("OSS_ACCESS_KEY_ID", AK.into()));
     oss_vars.push(("OSS_ACCESS_KEY_SECRET", SK.into()));

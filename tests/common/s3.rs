@@ -22,6 +22,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub range: Option<String>,
+    /// The `x-amz-security-token` it carried.
+    pub token: Option<String>,
 }
 
 pub struct S3Server {
@@ -112,6 +114,11 @@ impl S3Server {
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
                             range,
+                            token: req
+                                .headers()
+                                .get("x-amz-security-token")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string),
                         });
                         let answer =
                             (!slow_down).then(|| hyper::service::Service::call(&service, req));
