@@ -397,18 +397,24 @@ async fn reads_end_only_on_bytes_that_match_the_whole_object_digest() {
             out.len(),
             m.log_text()
         );
-        assert_eq!(
-            getxattr(&m.path(key), "user.ossmount.cached").as_deref(),
-            Some("complete"),
-            "{key}: checked by its {algorithm}"
+        // Complete once its last records are durable too, a moment after the last read.
+        let path = m.path(key);
+        let complete = wait_until(Duration::from_secs(20), || {
+            getxattr(&path, "user.ossmount.cached").as_deref() == Some("complete")
+        });
+        assert!(
+            complete,
+            "{key}: checked by its {algorithm}: {:?}",
+            getxattr(&path, "user.ossmount.cached")
         );
     }
     let (ok, _) = cat(m.path("multi.bin")).await;
     assert!(ok, "without --require-crc an unverifiable object is served");
-    assert_eq!(
-        getxattr(&m.path("multi.bin"), "user.ossmount.cached").as_deref(),
-        Some("unverified")
-    );
+    let path = m.path("multi.bin");
+    let unverified = wait_until(Duration::from_secs(20), || {
+        getxattr(&path, "user.ossmount.cached").as_deref() == Some("unverified")
+    });
+    assert!(unverified, "{:?}", getxattr(&path, "user.ossmount.cached"));
     drop(m);
 
     let (mnt, cache) = dirs(&s, "require");
@@ -443,6 +449,8 @@ async fn a_digest_mismatch_no_read_saw_still_drops_the_pages_and_the_entry() {
     let (mnt, cache) = dirs(&s, "quiet");
     let m = Mount::start_with_env(&url(), &mnt, &cache, &["--part-size", "4MiB"], s.env(SK));
     *s.flip_part_at.lock().unwrap() = Some(8 * MIB);
+    // The last part comes late: the check cannot end before the reader is gone.
+    *s.hold_part_at.lock().unwrap() = Some((12 * MIB, Duration::from_secs(3)));
     // Reads the first 9 MiB (the flipped byte among them) and closes.
     let path = m.path("quiet.bin");
     let head = fs_op(Duration::from_secs(60), move || {
@@ -469,6 +477,7 @@ async fn a_digest_mismatch_no_read_saw_still_drops_the_pages_and_the_entry() {
         m.log_text()
     );
     *s.flip_part_at.lock().unwrap() = None;
+    *s.hold_part_at.lock().unwrap() = None;
     let (ok, out) = cat(m.path("quiet.bin")).await;
     assert!(ok, "{}", m.log_text());
     assert!(

@@ -37,6 +37,8 @@ pub struct S3Server {
     pub slow_downs_left: Arc<Mutex<u32>>,
     /// Hold every ranged GET's answer this long before sending it (a slow link).
     pub body_delay: Arc<Mutex<Duration>>,
+    /// Hold the answer of every GET whose range starts here this long (one slow part).
+    pub hold_part_at: Arc<Mutex<Option<(u64, Duration)>>>,
     /// Body bytes of the ranged GETs answered so far (as the relay sent them).
     pub body_bytes: Arc<AtomicU64>,
     accept_loop: tokio::task::JoinHandle<()>,
@@ -71,6 +73,8 @@ impl S3Server {
         let slow = slow_downs_left.clone();
         let body_delay = Arc::new(Mutex::new(Duration::ZERO));
         let delay = body_delay.clone();
+        let hold_part_at = Arc::new(Mutex::new(None));
+        let hold_at = hold_part_at.clone();
         let body_bytes = Arc::new(AtomicU64::new(0));
         let counted = body_bytes.clone();
         let accept_loop = tokio::spawn(async move {
@@ -89,6 +93,7 @@ impl S3Server {
                 let flip = flip.clone();
                 let slow = slow.clone();
                 let delay = delay.clone();
+                let hold_at = hold_at.clone();
                 let counted = counted.clone();
                 let logged = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -100,6 +105,12 @@ impl S3Server {
                         let lie = match (*flip.lock().unwrap(), &range) {
                             (Some(at), Some(r)) => r.starts_with(&format!("bytes={at}-")),
                             _ => false,
+                        };
+                        let held = match (*hold_at.lock().unwrap(), &range) {
+                            (Some((at, d)), Some(r)) if r.starts_with(&format!("bytes={at}-")) => {
+                                Some(d)
+                            }
+                            _ => None,
                         };
                         let slow_down = range.is_some() && {
                             let mut left = slow.lock().unwrap();
@@ -122,10 +133,10 @@ impl S3Server {
                         });
                         let answer =
                             (!slow_down).then(|| hyper::service::Service::call(&service, req));
-                        let hold = if ranged {
-                            *delay.lock().unwrap()
-                        } else {
-                            Duration::ZERO
+                        let hold = match (ranged, held) {
+                            (true, Some(d)) => d,
+                            (true, None) => *delay.lock().unwrap(),
+                            (false, _) => Duration::ZERO,
                         };
                         let counted = ranged.then(|| counted.clone());
                         relay(answer, lie, hold, counted)
@@ -147,6 +158,7 @@ impl S3Server {
             flip_part_at,
             slow_downs_left,
             body_delay,
+            hold_part_at,
             body_bytes,
             accept_loop,
         }
