@@ -36,18 +36,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use bench::arg;
+use bench::{arg, list};
 use common::mount::Mount;
 use common::{Server, BUCKET};
 use ossmount::size::{human_bytes, parse_size};
-
-/// One link the emulator imitates.
-struct Shape {
-    name: &'static str,
-    per_connection: u64,
-    /// 0: no link-wide cap.
-    link: u64,
-}
 
 /// One way of reading the object.
 #[derive(Clone, Copy, PartialEq)]
@@ -236,41 +228,13 @@ fn ramp_of(log: &str, start: usize, began: f64) -> String {
     windows.join("→")
 }
 
-fn list(name: &str, default: &str) -> Vec<String> {
-    arg(name, default)
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let latency: u64 = arg("--latency-ms", "20").parse().unwrap();
     let width: u64 = arg("--width", "8").parse().unwrap();
     let rounds: usize = arg("--rounds", "5").parse().unwrap();
-    let all_shapes = [
-        Shape {
-            name: "per-connection",
-            per_connection: parse_size(&arg("--per-connection", "24MB")).unwrap(),
-            link: 0,
-        },
-        Shape {
-            name: "link",
-            per_connection: parse_size(&arg("--link-per-connection", "25MB")).unwrap(),
-            link: parse_size(&arg("--link", "125MB")).unwrap(),
-        },
-    ];
-    let shape_names = list("--shapes", "per-connection,link");
-    let shapes: Vec<&Shape> = shape_names
-        .iter()
-        .map(|n| {
-            all_shapes
-                .iter()
-                .find(|s| s.name == n)
-                .unwrap_or_else(|| panic!("--shapes: {n} is not one of per-connection, link"))
-        })
-        .collect();
+    let all_shapes = bench::shapes();
+    let shapes: Vec<&bench::Shape> = all_shapes.iter().collect();
     let sizes: Vec<u64> = list("--sizes", "256MiB,1GiB")
         .iter()
         .map(|s| parse_size(s).unwrap_or_else(|e| panic!("--sizes: {s}: {e}")))
@@ -479,7 +443,7 @@ fn first_bytes_at(s: &Server, key: &str, url: &str, size: u64) -> (f64, f64) {
 }
 
 fn print_table(
-    shape: &Shape,
+    shape: &bench::Shape,
     size: u64,
     latency: u64,
     width: u64,

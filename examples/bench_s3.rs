@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::arg;
+use bench::{arg, list};
 use common::mount::{force_unmount, is_mounted, Mount};
 use common::wait_until;
 use ossmount::size::{human_bytes, parse_size};
@@ -637,14 +637,6 @@ struct Measured {
     failures: Vec<String>,
 }
 
-fn list(name: &str, default: &str) -> Vec<String> {
-    arg(name, default)
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
     e.downcast_ref::<String>()
         .cloned()
@@ -658,39 +650,14 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .collect()
 }
 
-struct Shape {
-    name: &'static str,
-    per_connection: u64,
-    link: u64,
-}
-
 fn main() {
     let size = parse_size(&arg("--size", "1GiB")).unwrap();
     let rounds: usize = arg("--rounds", "3").parse().unwrap();
     let latency: u64 = arg("--latency-ms", "20").parse().unwrap();
     let offset = parse_size(&arg("--offset", "700MiB")).unwrap();
     assert!(offset + 4096 <= size, "--offset must leave 4 KiB in --size");
-    let all_shapes = [
-        Shape {
-            name: "per-connection",
-            per_connection: parse_size(&arg("--per-connection", "24MB")).unwrap(),
-            link: 0,
-        },
-        Shape {
-            name: "link",
-            per_connection: parse_size(&arg("--link-per-connection", "25MB")).unwrap(),
-            link: parse_size(&arg("--link", "125MB")).unwrap(),
-        },
-    ];
-    let shapes: Vec<&Shape> = list("--shapes", "per-connection,link")
-        .iter()
-        .map(|n| {
-            all_shapes
-                .iter()
-                .find(|s| s.name == n)
-                .unwrap_or_else(|| panic!("--shapes: {n} is not one of per-connection, link"))
-        })
-        .collect();
+    let all_shapes = bench::shapes();
+    let shapes: Vec<&bench::Shape> = all_shapes.iter().collect();
     let cases: Vec<Case> = list("--cases", "cp,first,resume")
         .iter()
         .map(|c| Case::parse(c))
@@ -848,7 +815,7 @@ fn write_object(s3: &S3Server, size: u64) {
 #[allow(clippy::too_many_arguments)]
 fn print_table(
     b: &Bench,
-    shape: &Shape,
+    shape: &bench::Shape,
     latency: u64,
     rounds: usize,
     offset: u64,
