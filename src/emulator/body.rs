@@ -19,6 +19,8 @@ use super::{bump, ConnCtx, State};
 /// `cut.1`) if a fault was rolled.
 pub(super) struct BodyPlan {
     pub(super) path: PathBuf,
+    /// The version the answer's headers named: the file opened must still be it.
+    pub(super) etag: String,
     pub(super) start: u64,
     pub(super) end: u64,
     pub(super) cut: Option<(u64, bool)>,
@@ -33,12 +35,20 @@ pub(super) async fn stream_file(
 ) -> std::io::Result<()> {
     let BodyPlan {
         path,
+        etag,
         start,
         end,
         cut,
     } = plan;
     let _streaming = Streaming::begin(state, ctx);
     let mut file = std::fs::File::open(&path)?;
+    // Replaced (renamed over) since its headers were decided: its bytes are another
+    // version's. A real server never mixes them; the answer breaks off instead.
+    if super::objects::etag_of(&file.metadata()?) != etag {
+        return Err(std::io::Error::other(
+            "the object was replaced while it was being answered",
+        ));
+    }
     file.seek(SeekFrom::Start(start))?;
     let mut pos = start;
     while pos < end {

@@ -41,7 +41,10 @@ pub(super) fn etag_of(md: &std::fs::Metadata) -> String {
 }
 
 pub(super) async fn stat_object(state: &Arc<State>, path: PathBuf) -> Option<ObjectFile> {
-    let md = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+    // One open file for the version's metadata and its CRC: a replacement renamed over the
+    // path in between must not lend the old version the new one's CRC.
+    let file = std::fs::File::open(&path).ok()?;
+    let md = file.metadata().ok().filter(|m| m.is_file())?;
     let key = (
         md.size(),
         md.mtime_nsec() + md.mtime() * 1_000_000_000,
@@ -57,9 +60,8 @@ pub(super) async fn stat_object(state: &Arc<State>, path: PathBuf) -> Option<Obj
     let crc64 = match cached {
         Some(c) => c,
         None => {
-            let p = path.clone();
             let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-                let mut f = std::fs::File::open(p)?;
+                let mut f = file;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut crc = crate::crc64::Digest::default();
                 loop {
@@ -314,9 +316,11 @@ pub(super) async fn get_object(
         key: ctx.key.clone(),
     };
     let path = obj.path.clone();
+    let etag = obj.etag.clone();
     tokio::spawn(async move {
         let plan = BodyPlan {
             path,
+            etag,
             start,
             end,
             cut,
